@@ -1,0 +1,25 @@
+//! The pure model of gapless: what a pipeline is, which cells exist and what state they are in,
+//! and what a backfill must do.
+//!
+//! - [`spec`]: `gapless.toml` parsed into a validated [`spec::Spec`], with every error collected
+//!   as a [`diagnostic::Diagnostic`] that points at the file.
+//! - [`dates`]: strict ISO dates, inclusive date ranges and durations.
+//! - [`cells`]: observed counts and expectations turned into cell states
+//!   ([`cells::CellState`]), the phase × date matrix.
+//! - [`plan`]: the planner, a pure function from spec + observed states + request to tasks.
+//! - [`select`]: the `--phases` list.
+//! - [`policy`]: retry backoff.
+//! - [`render`]: human renderings of status matrices and plans (strings in, strings out).
+//!
+//! This crate does no I/O, reads no clock and has no async runtime: the adapters (`store`,
+//! `connect`, `runtime`) run probes and hand the results in. CI checks it with `cargo tree`.
+
+pub mod cells;
+pub mod dates;
+pub mod diagnostic;
+pub mod plan;
+pub mod policy;
+pub mod render;
+pub mod select;
+pub mod spec;
+pub mod template;

@@ -1,0 +1,258 @@
+//! Human renderings of the status matrix and of plans, and the JSON documents behind them.
+//! Strings in, strings out; the binary decides where they go.
+
+use serde::Serialize;
+
+use crate::cells::{CellState, Completeness};
+use crate::dates::{Date, DateRange};
+use crate::plan::Plan;
+use crate::spec::{PhaseId, Spec};
+
+/// Longest list of runs shown per phase before folding the rest into "… N more".
+const MAX_RUNS_SHOWN: usize = 24;
+/// Longest list of blocked cells shown by `plan`.
+const MAX_BLOCKED_SHOWN: usize = 20;
+
+/// A run of consecutive cells in one state; not-expected dates inside are absorbed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StateRun {
+    /// The state.
+    pub state: CellState,
+    /// First date.
+    pub start: Date,
+    /// Last date.
+    pub end: Date,
+    /// Cells in the run (excluding absorbed not-expected dates).
+    pub cells: usize,
+    /// Sum of counts.
+    pub count: i64,
+    /// Sum of expectations.
+    pub expected: i64,
+}
+
+/// One phase's row of the status matrix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PhaseStatus {
+    /// Phase id.
+    pub phase: PhaseId,
+    /// Phase name.
+    pub name: String,
+    /// Cells per state.
+    pub complete: usize,
+    /// Partial cells.
+    pub partial: usize,
+    /// Missing cells.
+    pub missing: usize,
+    /// Blocked cells.
+    pub blocked: usize,
+    /// Not-expected cells.
+    pub not_expected: usize,
+    /// The runs of equal state.
+    pub runs: Vec<StateRun>,
+}
+
+/// The `status` document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusReport {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Range shown.
+    pub range: DateRange,
+    /// Today, as used for expectations.
+    pub today: Date,
+    /// Rows.
+    pub phases: Vec<PhaseStatus>,
+}
+
+impl StatusReport {
+    /// Builds the report for `phases` over `range` (which must lie within the matrix).
+    pub fn build(spec: &Spec, matrix: &Completeness, range: DateRange, phases: &[PhaseId], today: Date) -> Self {
+        let rows = spec
+            .phases
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| phases.contains(&p.id))
+            .map(|(index, phase)| {
+                let totals = matrix.totals(index, range);
+                let get = |s| totals.get(&s).copied().unwrap_or(0);
+                PhaseStatus {
+                    phase: phase.id,
+                    name: phase.name.clone(),
+                    complete: get(CellState::Complete),
+                    partial: get(CellState::Partial),
+                    missing: get(CellState::Missing),
+                    blocked: get(CellState::Blocked),
+                    not_expected: get(CellState::NotExpected),
+                    runs: runs(matrix, index, range),
+                }
+            })
+            .collect();
+        StatusReport {
+            pipeline: spec.name.clone(),
+            range,
+            today,
+            phases: rows,
+        }
+    }
+
+    /// Whether any shown cell is missing, partial or blocked.
+    pub fn has_gaps(&self) -> bool {
+        self.phases
+            .iter()
+            .any(|p| p.partial + p.missing + p.blocked > 0)
+    }
+
+    /// The compact text matrix.
+    pub fn to_text(&self) -> String {
+        let mut out = format!(
+            "pipeline {} · {} ({} days) · today {}\n",
+            self.pipeline,
+            self.range,
+            self.range.len(),
+            self.today
+        );
+        let name_width = self.phases.iter().map(|p| p.name.len()).max().unwrap_or(0);
+        for phase in &self.phases {
+            out.push_str(&format!(
+                "\nphase {:<3} {:<name_width$}  complete {} · partial {} · missing {} · blocked {} · not expected {}\n",
+                phase.phase,
+                phase.name,
+                thousands(phase.complete),
+                thousands(phase.partial),
+                thousands(phase.missing),
+                thousands(phase.blocked),
+                thousands(phase.not_expected),
+            ));
+            for run in phase.runs.iter().take(MAX_RUNS_SHOWN) {
+                let range = if run.start == run.end {
+                    run.start.to_string()
+                } else {
+                    format!("{}..{}", run.start, run.end)
+                };
+                let detail = match run.state {
+                    CellState::Partial => format!(
+                        "{} cell{}, {} of {} expected",
+                        run.cells,
+                        plural(run.cells),
+                        thousands_i(run.count),
+                        thousands_i(run.expected)
+                    ),
+                    _ => format!("{} cell{}", run.cells, plural(run.cells)),
+                };
+                out.push_str(&format!("  {:<9} {:<22}  {detail}\n", run.state.as_str(), range));
+            }
+            if phase.runs.len() > MAX_RUNS_SHOWN {
+                out.push_str(&format!(
+                    "  … {} more runs (use --start-date/--end-date or --json)\n",
+                    phase.runs.len() - MAX_RUNS_SHOWN
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// Runs of equal state for the phase at `index` over `range`.
+pub fn runs(matrix: &Completeness, index: usize, range: DateRange) -> Vec<StateRun> {
+    let Some(range) = matrix.range().intersect(&range) else {
+        return Vec::new();
+    };
+    let row = matrix.row(index);
+    let first = matrix.range().index_of(range.start()).unwrap_or(0);
+    let last = matrix.range().index_of(range.end()).unwrap_or(0);
+    let mut out: Vec<StateRun> = Vec::new();
+    for d in first..=last {
+        let cell = row[d];
+        if cell.state == CellState::NotExpected {
+            continue;
+        }
+        let date = matrix.range().date_at(d);
+        match out.last_mut() {
+            Some(run) if run.state == cell.state => {
+                run.end = date;
+                run.cells += 1;
+                run.count += cell.count;
+                run.expected += cell.expected;
+            }
+            _ => out.push(StateRun {
+                state: cell.state,
+                start: date,
+                end: date,
+                cells: 1,
+                count: cell.count,
+                expected: cell.expected,
+            }),
+        }
+    }
+    out
+}
+
+/// Text rendering of a plan.
+pub fn plan_text(plan: &Plan) -> String {
+    let mut out = format!(
+        "plan {} · {} task{} · {} cell{} to run{}\n",
+        plan.range,
+        thousands(plan.tasks.len()),
+        plural(plan.tasks.len()),
+        thousands(plan.cell_count()),
+        plural(plan.cell_count()),
+        if plan.force { " · --force: complete cells re-run" } else { "" }
+    );
+    let name_width = plan.phases.iter().map(|p| p.name.len()).max().unwrap_or(0);
+    for phase in &plan.phases {
+        out.push_str(&format!(
+            "\nphase {:<3} {:<name_width$}  run {} cell{} in {} task{} · skip {} complete · {} not expected · {} blocked\n",
+            phase.phase,
+            phase.name,
+            thousands(phase.cells),
+            plural(phase.cells),
+            thousands(phase.tasks),
+            plural(phase.tasks),
+            thousands(phase.skipped_complete),
+            thousands(phase.not_expected),
+            thousands(phase.blocked),
+        ));
+        for range in phase.ranges.iter().take(MAX_RUNS_SHOWN) {
+            out.push_str(&format!("  run  {range}\n"));
+        }
+        if phase.ranges.len() > MAX_RUNS_SHOWN {
+            out.push_str(&format!("  … {} more ranges\n", phase.ranges.len() - MAX_RUNS_SHOWN));
+        }
+    }
+    if !plan.blocked.is_empty() {
+        out.push_str(&format!("\nblocked ({}):\n", thousands(plan.blocked.len())));
+        for cell in plan.blocked.iter().take(MAX_BLOCKED_SHOWN) {
+            out.push_str(&format!("  {}\n", cell.describe()));
+        }
+        if plan.blocked.len() > MAX_BLOCKED_SHOWN {
+            out.push_str(&format!(
+                "  … and {} more (--json lists all)\n",
+                plan.blocked.len() - MAX_BLOCKED_SHOWN
+            ));
+        }
+    }
+    out
+}
+
+/// `1234567` → `1,234,567`.
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Signed [`thousands`].
+pub fn thousands_i(n: i64) -> String {
+    let formatted = thousands(usize::try_from(n.unsigned_abs()).unwrap_or(usize::MAX));
+    if n < 0 { format!("-{formatted}") } else { formatted }
+}
