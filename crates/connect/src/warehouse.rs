@@ -65,7 +65,7 @@ pub enum WarehouseError {
         name: String,
     },
     /// An attached database file does not exist (SQLite would silently create an empty one).
-    #[error("attached database `{name}` not found at `{}`", path.display())]
+    #[error("attached database `{name}` not found at `{}`", .path.display())]
     AttachmentMissing {
         /// The schema name it is attached as.
         name: String,
@@ -110,7 +110,7 @@ pub enum WarehouseError {
         query: String,
     },
     /// The SQL uses a parameter that has no value in this context.
-    #[error("parameter `:{param}` has no value here, in `{query}`", param = param.name())]
+    #[error("parameter `:{name}` has no value here, in `{query}`", name = .param.name())]
     MissingParam {
         /// The parameter.
         param: Param,
@@ -439,12 +439,12 @@ impl Warehouse {
         let rows = self.fetch_cells(sql, &params, 1).await?;
         let mut dates = BTreeSet::new();
         for row in rows {
-            if let Some(date) = row.into_iter().next() {
-                if let Some(date) = date.to_date(sql)? {
-                    if date >= start && date <= end {
-                        dates.insert(date);
-                    }
-                }
+            if let Some(cell) = row.into_iter().next()
+                && let Some(date) = cell.to_date(sql)?
+                && date >= start
+                && date <= end
+            {
+                dates.insert(date);
             }
         }
         Ok(dates)
@@ -464,34 +464,43 @@ impl Warehouse {
             query: snippet(sql),
             source,
         };
+        let no_columns = || WarehouseError::Columns {
+            found: 0,
+            expected: "1",
+            query: snippet(sql),
+        };
         let cell = self
             .within(self.timeout, sql, async {
                 let text = AssertSqlSafe(statement.text.as_str());
                 match &self.pool {
                     Pool::Sqlite(pool) => {
-                        let row = sqlx::query(text)
+                        match sqlx::query(text)
                             .fetch_optional(pool)
                             .await
-                            .map_err(query_error)?;
-                        row.map(|row| first_cell(&row, sqlite_cell))
-                            .transpose()
-                            .map_err(query_error)
+                            .map_err(query_error)?
+                        {
+                            None => Ok(None),
+                            Some(row) if row.is_empty() => Err(no_columns()),
+                            Some(row) => sqlite_cell(&row, 0).map(Some).map_err(query_error),
+                        }
                     }
                     Pool::Postgres(pool) => {
-                        let row = sqlx::query(text)
+                        match sqlx::query(text)
                             .fetch_optional(pool)
                             .await
-                            .map_err(query_error)?;
-                        row.map(|row| first_cell(&row, pg_cell))
-                            .transpose()
-                            .map_err(query_error)
+                            .map_err(query_error)?
+                        {
+                            None => Ok(None),
+                            Some(row) if row.is_empty() => Err(no_columns()),
+                            Some(row) => pg_cell(&row, 0).map(Some).map_err(query_error),
+                        }
                     }
                 }
             })
-            .await?;
-        let cell = cell.ok_or_else(|| WarehouseError::NoRow {
-            query: snippet(sql),
-        })??;
+            .await?
+            .ok_or_else(|| WarehouseError::NoRow {
+                query: snippet(sql),
+            })?;
         cell.to_count(sql)?
             .ok_or_else(|| WarehouseError::BadCount {
                 value: "NULL".into(),
@@ -845,10 +854,7 @@ impl Cell {
         match self {
             Self::Null => Ok(None),
             Self::Int(value) => Ok(Some(*value)),
-            #[expect(
-                clippy::cast_possible_truncation,
-                reason = "checked integral and within i64 range first"
-            )]
+            // Integral and within ±2^53, so the cast is exact.
             Self::Real(value)
                 if value.fract() == 0.0 && value.abs() < 9.007_199_254_740_992e15 =>
             {
@@ -876,23 +882,6 @@ fn parse_date_text(text: &str) -> Option<NaiveDate> {
         return None;
     }
     NaiveDate::parse_from_str(head, "%Y-%m-%d").ok()
-}
-
-fn first_cell<R>(
-    row: &R,
-    decode: fn(&R, usize) -> Result<Cell, sqlx::Error>,
-) -> Result<Result<Cell, WarehouseError>, sqlx::Error>
-where
-    R: Row,
-{
-    if row.is_empty() {
-        return Ok(Err(WarehouseError::Columns {
-            found: 0,
-            expected: "1",
-            query: String::new(),
-        }));
-    }
-    decode(row, 0).map(Ok)
 }
 
 fn sqlite_cell(row: &SqliteRow, index: usize) -> Result<Cell, sqlx::Error> {

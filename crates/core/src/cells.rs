@@ -159,7 +159,12 @@ impl Completeness {
 }
 
 /// Expected count for `phase_index` on each date of `observations.range`.
-fn expectations(spec: &Spec, phase_index: usize, observations: &Observations, today: Date) -> Vec<i64> {
+fn expectations(
+    spec: &Spec,
+    phase_index: usize,
+    observations: &Observations,
+    today: Date,
+) -> Vec<i64> {
     let phase = &spec.phases[phase_index];
     let observed = observations.phases.get(&phase.id);
     let range = observations.range;
@@ -194,8 +199,12 @@ pub fn classify(spec: &Spec, observations: &Observations, today: Date) -> Comple
     let mut blocker: Vec<Vec<Option<(u32, u32)>>> = Vec::with_capacity(spec.phases.len());
     // last_unsatisfied[p][d]: the latest day offset ≤ d whose cell does not satisfy needs.
     let mut last_unsatisfied: Vec<Vec<i64>> = Vec::with_capacity(spec.phases.len());
-    let index_of: HashMap<PhaseId, usize> =
-        spec.phases.iter().enumerate().map(|(i, p)| (p.id, i)).collect();
+    let index_of: HashMap<PhaseId, usize> = spec
+        .phases
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.id, i))
+        .collect();
 
     for (p, phase) in spec.phases.iter().enumerate() {
         let expected = expectations(spec, p, observations, today);
@@ -230,7 +239,9 @@ pub fn classify(spec: &Spec, observations: &Observations, today: Date) -> Comple
             };
             if !state.satisfies() {
                 'needs: for need in &phase.needs {
-                    let Some(&q) = index_of.get(&need.phase) else { continue };
+                    let Some(&q) = index_of.get(&need.phase) else {
+                        continue;
+                    };
                     let window = need.window(phase.id);
                     let lo = i64::try_from(d).unwrap_or(0) + window.start;
                     let hi = i64::try_from(d).unwrap_or(0) + window.end - 1;

@@ -191,7 +191,9 @@ pub fn season_of(date: Date) -> i32 {
 
 /// Why a duration was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{input}` is not a duration: expected a number and a unit, like `90s`, `15m`, `24h`, `30d`")]
+#[error(
+    "`{input}` is not a duration: expected a number and a unit, like `90s`, `15m`, `24h`, `30d`"
+)]
 pub struct DurationError {
     /// What was given.
     pub input: String,

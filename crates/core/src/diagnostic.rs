@@ -100,7 +100,10 @@ pub fn render_all(diagnostics: &[Diagnostic], path: &str, source: &str) -> Strin
 }
 
 /// The candidate closest to `input` by edit distance, if close enough to be a likely typo.
-pub fn did_you_mean<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    input: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|candidate| (levenshtein(input, candidate), candidate))
@@ -138,9 +141,15 @@ mod tests {
         assert_eq!(diagnostic.line_column(source), (3, 10));
         let rendered = diagnostic.render("gapless.toml", source);
         assert!(rendered.contains("--> gapless.toml:3:10"), "{rendered}");
-        assert!(rendered.contains("3 | needs = [\"analytcs\"]"), "{rendered}");
+        assert!(
+            rendered.contains("3 | needs = [\"analytcs\"]"),
+            "{rendered}"
+        );
         assert!(rendered.contains("  |          ^^^^^^^^^^"), "{rendered}");
-        assert!(rendered.contains("= hint: did you mean `analytics`?"), "{rendered}");
+        assert!(
+            rendered.contains("= hint: did you mean `analytics`?"),
+            "{rendered}"
+        );
     }
 
     #[test]

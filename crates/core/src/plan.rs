@@ -183,7 +183,8 @@ pub fn plan(spec: &Spec, observed: &Completeness, request: &Request) -> Result<P
         let runnable = requested && phase.run.is_some();
         let row = observed.row(p);
         let mut row_latest: Vec<i64> = Vec::with_capacity(days);
-        let mut row_roots: Vec<(u32, u32, RootReason)> = vec![(NONE, NONE, RootReason::NotInRun); days];
+        let mut row_roots: Vec<(u32, u32, RootReason)> =
+            vec![(NONE, NONE, RootReason::NotInRun); days];
         let mut row_planned = vec![false; days];
         let mut summary = PhasePlan {
             phase: phase.id,
@@ -208,7 +209,9 @@ pub fn plan(spec: &Spec, observed: &Completeness, request: &Request) -> Result<P
                 // Check needs against availability computed so far.
                 let mut missing_root = None;
                 for need in &phase.needs {
-                    let Some(q) = spec.phase_index(need.phase) else { continue };
+                    let Some(q) = spec.phase_index(need.phase) else {
+                        continue;
+                    };
                     let window = need.window(phase.id);
                     let lo = i64::try_from(d).unwrap_or(0) + window.start;
                     let hi = i64::try_from(d).unwrap_or(0) + window.end - 1;
@@ -223,7 +226,11 @@ pub fn plan(spec: &Spec, observed: &Completeness, request: &Request) -> Result<P
                     };
                     if latest >= lo.max(0) {
                         let offset = usize::try_from(latest).unwrap_or(0);
-                        let root = if q == p { row_roots[offset] } else { roots[q][offset] };
+                        let root = if q == p {
+                            row_roots[offset]
+                        } else {
+                            roots[q][offset]
+                        };
                         missing_root = Some(root);
                         break;
                     }
@@ -250,15 +257,29 @@ pub fn plan(spec: &Spec, observed: &Completeness, request: &Request) -> Result<P
                     RootReason::NotInRun
                 };
                 row_roots[d] = if cell.state == CellState::Blocked {
-                    upstream_root(spec, observed, p, d, &roots, &row_roots)
-                        .unwrap_or((u32::try_from(p).unwrap_or(0), u32::try_from(d).unwrap_or(0), own_reason))
+                    upstream_root(spec, observed, p, d, &roots, &row_roots).unwrap_or((
+                        u32::try_from(p).unwrap_or(0),
+                        u32::try_from(d).unwrap_or(0),
+                        own_reason,
+                    ))
                 } else {
-                    (u32::try_from(p).unwrap_or(0), u32::try_from(d).unwrap_or(0), own_reason)
+                    (
+                        u32::try_from(p).unwrap_or(0),
+                        u32::try_from(d).unwrap_or(0),
+                        own_reason,
+                    )
                 };
                 if requested && in_request {
                     // Only a requested phase without a runner gets here: a source's own gap.
                     summary.blocked += 1;
-                    blocked.push(blocked_cell(spec, observed, probed, phase.id, d, row_roots[d]));
+                    blocked.push(blocked_cell(
+                        spec,
+                        observed,
+                        probed,
+                        phase.id,
+                        d,
+                        row_roots[d],
+                    ));
                 }
             } else if requested && in_request {
                 match cell.state {
@@ -267,7 +288,11 @@ pub fn plan(spec: &Spec, observed: &Completeness, request: &Request) -> Result<P
                 }
             }
             let previous = row_latest.last().copied().unwrap_or(-1);
-            row_latest.push(if available { previous } else { i64::try_from(d).unwrap_or(0) });
+            row_latest.push(if available {
+                previous
+            } else {
+                i64::try_from(d).unwrap_or(0)
+            });
         }
         latest_unavailable.push(row_latest);
         roots.push(row_roots);
@@ -346,7 +371,11 @@ fn upstream_root(
             let offset = usize::try_from(offset).unwrap_or(0);
             let cell = observed.row(q)[offset];
             if !cell.state.satisfies() {
-                let root = if q == p { row_roots[offset] } else { roots[q][offset] };
+                let root = if q == p {
+                    row_roots[offset]
+                } else {
+                    roots[q][offset]
+                };
                 if root.0 != NONE {
                     return Some(root);
                 }
@@ -394,10 +423,10 @@ fn fold_ranges(
     for d in first..=last {
         if planned[d] {
             open = Some(open.map_or((d, d), |(s, _)| (s, d)));
-        } else if row[d].state != CellState::NotExpected {
-            if let Some((s, e)) = open.take() {
-                ranges.push((s, e));
-            }
+        } else if row[d].state != CellState::NotExpected
+            && let Some((s, e)) = open.take()
+        {
+            ranges.push((s, e));
         }
     }
     if let Some(range) = open {
@@ -425,7 +454,9 @@ pub fn dependencies(spec: &Spec, tasks: &[PlannedTask]) -> Vec<Vec<usize>> {
     // producer[p][d] = task index producing that cell.
     let mut producer: Vec<Vec<u32>> = vec![Vec::new(); spec.phases.len()];
     for (i, task) in tasks.iter().enumerate() {
-        let Some(p) = spec.phase_index(task.phase) else { continue };
+        let Some(p) = spec.phase_index(task.phase) else {
+            continue;
+        };
         if producer[p].is_empty() {
             producer[p] = vec![NONE; days];
         }
@@ -439,12 +470,16 @@ pub fn dependencies(spec: &Spec, tasks: &[PlannedTask]) -> Vec<Vec<usize>> {
         .iter()
         .enumerate()
         .map(|(i, task)| {
-            let Some(phase) = spec.phase(task.phase) else { return Vec::new() };
+            let Some(phase) = spec.phase(task.phase) else {
+                return Vec::new();
+            };
             let mut deps = BTreeSet::new();
             let start = i64::try_from(span.index_of(task.range.start()).unwrap_or(0)).unwrap_or(0);
             let end = i64::try_from(span.index_of(task.range.end()).unwrap_or(0)).unwrap_or(0);
             for need in &phase.needs {
-                let Some(q) = spec.phase_index(need.phase) else { continue };
+                let Some(q) = spec.phase_index(need.phase) else {
+                    continue;
+                };
                 if producer[q].is_empty() {
                     continue;
                 }
@@ -458,7 +493,8 @@ pub fn dependencies(spec: &Spec, tasks: &[PlannedTask]) -> Vec<Vec<usize>> {
                         deps.insert(producer_index as usize);
                         // Skip to the end of that producer's range.
                         let end_of = tasks[producer_index as usize].range.end();
-                        offset = i64::try_from(span.index_of(end_of).unwrap_or(0)).unwrap_or(offset) + 1;
+                        offset =
+                            i64::try_from(span.index_of(end_of).unwrap_or(0)).unwrap_or(offset) + 1;
                     } else {
                         offset += 1;
                     }

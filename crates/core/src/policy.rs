@@ -26,10 +26,7 @@ impl Backoff {
     /// `[0, 1]`: `jitter × min(max, base × 2^(retry-1))`, never below a tenth of `base`.
     pub fn delay(&self, retry: u32, jitter: f64) -> Duration {
         let exponent = retry.saturating_sub(1).min(30);
-        let ceiling = self
-            .base
-            .saturating_mul(1_u32 << exponent)
-            .min(self.max);
+        let ceiling = self.base.saturating_mul(1_u32 << exponent).min(self.max);
         let jitter = jitter.clamp(0.0, 1.0);
         ceiling.mul_f64(jitter).max(self.base / 10)
     }

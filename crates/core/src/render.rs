@@ -66,7 +66,13 @@ pub struct StatusReport {
 
 impl StatusReport {
     /// Builds the report for `phases` over `range` (which must lie within the matrix).
-    pub fn build(spec: &Spec, matrix: &Completeness, range: DateRange, phases: &[PhaseId], today: Date) -> Self {
+    pub fn build(
+        spec: &Spec,
+        matrix: &Completeness,
+        range: DateRange,
+        phases: &[PhaseId],
+        today: Date,
+    ) -> Self {
         let rows = spec
             .phases
             .iter()
@@ -139,7 +145,11 @@ impl StatusReport {
                     ),
                     _ => format!("{} cell{}", run.cells, plural(run.cells)),
                 };
-                out.push_str(&format!("  {:<9} {:<22}  {detail}\n", run.state.as_str(), range));
+                out.push_str(&format!(
+                    "  {:<9} {:<22}  {detail}\n",
+                    run.state.as_str(),
+                    range
+                ));
             }
             if phase.runs.len() > MAX_RUNS_SHOWN {
                 out.push_str(&format!(
@@ -165,8 +175,8 @@ pub fn runs(matrix: &Completeness, index: usize, range: DateRange) -> Vec<StateR
     let first = matrix.range().index_of(range.start()).unwrap_or(0);
     let last = matrix.range().index_of(range.end()).unwrap_or(0);
     let mut out: Vec<StateRun> = Vec::new();
-    for d in first..=last {
-        let cell = row[d];
+    for (d, cell) in row.iter().enumerate().take(last + 1).skip(first) {
+        let cell = *cell;
         if cell.state == CellState::NotExpected {
             continue;
         }
@@ -200,7 +210,11 @@ pub fn plan_text(plan: &Plan) -> String {
         plural(plan.tasks.len()),
         thousands(plan.cell_count()),
         plural(plan.cell_count()),
-        if plan.force { " · --force: complete cells re-run" } else { "" }
+        if plan.force {
+            " · --force: complete cells re-run"
+        } else {
+            ""
+        }
     );
     let name_width = plan.phases.iter().map(|p| p.name.len()).max().unwrap_or(0);
     for phase in &plan.phases {
@@ -220,7 +234,10 @@ pub fn plan_text(plan: &Plan) -> String {
             out.push_str(&format!("  run  {range}\n"));
         }
         if phase.ranges.len() > MAX_RUNS_SHOWN {
-            out.push_str(&format!("  … {} more ranges\n", phase.ranges.len() - MAX_RUNS_SHOWN));
+            out.push_str(&format!(
+                "  … {} more ranges\n",
+                phase.ranges.len() - MAX_RUNS_SHOWN
+            ));
         }
     }
     if !plan.blocked.is_empty() {
@@ -243,7 +260,7 @@ pub fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -254,5 +271,9 @@ pub fn thousands(n: usize) -> String {
 /// Signed [`thousands`].
 pub fn thousands_i(n: i64) -> String {
     let formatted = thousands(usize::try_from(n.unsigned_abs()).unwrap_or(usize::MAX));
-    if n < 0 { format!("-{formatted}") } else { formatted }
+    if n < 0 {
+        format!("-{formatted}")
+    } else {
+        formatted
+    }
 }

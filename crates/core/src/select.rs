@@ -51,7 +51,11 @@ pub fn select(spec: &Spec, list: Option<&str>) -> Result<BTreeSet<PhaseId>, Sele
             })
         };
         match item.split_once('-') {
-            Some((from, to)) if !from.is_empty() && !to.is_empty() && spec.phases.iter().all(|p| p.name != item) => {
+            Some((from, to))
+                if !from.is_empty()
+                    && !to.is_empty()
+                    && spec.phases.iter().all(|p| p.name != item) =>
+            {
                 let (from, to) = (resolve(from)?, resolve(to)?);
                 if to < from {
                     return Err(SelectError::Reversed {

@@ -487,7 +487,12 @@ impl Validator<'_> {
         self.diagnostics.push(Diagnostic::new(message, span));
     }
 
-    fn error_hint(&mut self, message: impl Into<String>, span: Range<usize>, hint: impl Into<String>) {
+    fn error_hint(
+        &mut self,
+        message: impl Into<String>,
+        span: Range<usize>,
+        hint: impl Into<String>,
+    ) {
         self.diagnostics
             .push(Diagnostic::new(message, span).with_hint(hint));
     }
@@ -500,8 +505,10 @@ impl Validator<'_> {
             Ok(used) => {
                 for placeholder in used {
                     if !allowed.contains(&placeholder) {
-                        let names: Vec<String> =
-                            allowed.iter().map(|p| format!("{{{}}}", p.name())).collect();
+                        let names: Vec<String> = allowed
+                            .iter()
+                            .map(|p| format!("{{{}}}", p.name()))
+                            .collect();
                         self.error_hint(
                             format!(
                                 "placeholder `{{{}}}` is not available in {context}",
@@ -519,7 +526,10 @@ impl Validator<'_> {
                     did_you_mean(unknown, allowed.iter().map(|p| p.name()))
                         .map(|name| format!("did you mean `{{{name}}}`?"))
                 });
-                let names: Vec<String> = allowed.iter().map(|p| format!("{{{}}}", p.name())).collect();
+                let names: Vec<String> = allowed
+                    .iter()
+                    .map(|p| format!("{{{}}}", p.name()))
+                    .collect();
                 let hint = hint.unwrap_or_else(|| format!("available here: {}", names.join(", ")));
                 self.error_hint(format!("{} in {context}", error.message), span, hint);
             }
@@ -533,7 +543,10 @@ impl Validator<'_> {
         context: &str,
     ) -> Option<Vec<String>> {
         if argv.get_ref().is_empty() {
-            self.error(format!("{context} is empty: give the program and its arguments"), argv.span());
+            self.error(
+                format!("{context} is empty: give the program and its arguments"),
+                argv.span(),
+            );
             return None;
         }
         if argv.get_ref()[0].get_ref().contains('{') {
@@ -563,7 +576,10 @@ impl Validator<'_> {
         let file = file?;
         match self.files.read(file.get_ref()) {
             Ok(text) if text.trim().is_empty() => {
-                self.error(format!("SQL file `{}` is empty", file.get_ref()), file.span());
+                self.error(
+                    format!("SQL file `{}` is empty", file.get_ref()),
+                    file.span(),
+                );
                 None
             }
             Ok(text) => Some(text),
@@ -604,7 +620,15 @@ impl Validator<'_> {
                 self.error_hint(
                     format!("`{context}.{key}` is not supported"),
                     span.clone(),
-                    format!("`{context}` takes one of: {}", allowed.iter().filter(|k| **k != "min").map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")),
+                    format!(
+                        "`{context}` takes one of: {}",
+                        allowed
+                            .iter()
+                            .filter(|k| **k != "min")
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 );
             }
         }
@@ -691,14 +715,18 @@ impl Validator<'_> {
             .method
             .as_ref()
             .map_or_else(|| "POST".to_owned(), |m| m.get_ref().to_ascii_uppercase());
-        if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
-            if let Some(m) = &http.method {
-                self.error(format!("unsupported HTTP method `{}`", m.get_ref()), m.span());
-            }
+        if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str())
+            && let Some(m) = &http.method
+        {
+            self.error(
+                format!("unsupported HTTP method `{}`", m.get_ref()),
+                m.span(),
+            );
         }
-        let token_command = http.token_command.as_ref().and_then(|argv| {
-            self.argv(argv, &[], &format!("`{context}.http.token_command`"))
-        });
+        let token_command = http
+            .token_command
+            .as_ref()
+            .and_then(|argv| self.argv(argv, &[], &format!("`{context}.http.token_command`")));
         Some(HttpRunner {
             method,
             url: url.clone(),
@@ -726,13 +754,22 @@ impl Validator<'_> {
         }
     }
 
-    fn bounded(&mut self, value: &Spanned<i64>, what: &str, range: std::ops::RangeInclusive<i64>) -> Option<u32> {
+    fn bounded(
+        &mut self,
+        value: &Spanned<i64>,
+        what: &str,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Option<u32> {
         let v = *value.get_ref();
         if range.contains(&v) {
             u32::try_from(v).ok()
         } else {
             self.error(
-                format!("`{what}` is {v}; it must be between {} and {}", range.start(), range.end()),
+                format!(
+                    "`{what}` is {v}; it must be between {} and {}",
+                    range.start(),
+                    range.end()
+                ),
                 value.span(),
             );
             None
@@ -795,11 +832,19 @@ pub fn validate(raw: RawSpec, files: &dyn FileSource) -> Result<Spec, Vec<Diagno
         }
     };
     let calendar = pipeline.calendar.as_ref().and_then(|calendar| {
-        match v.source(calendar, "pipeline.calendar", &["sql", "sql_file", "command"], RANGE_PLACEHOLDERS)? {
+        match v.source(
+            calendar,
+            "pipeline.calendar",
+            &["sql", "sql_file", "command"],
+            RANGE_PLACEHOLDERS,
+        )? {
             SourceLike::Sql(sql) => Some(Source::Sql(sql)),
             SourceLike::Command(argv) => Some(Source::Command(argv)),
             SourceLike::None => {
-                v.error("`pipeline.calendar` needs `sql`, `sql_file` or `command`", calendar.span());
+                v.error(
+                    "`pipeline.calendar` needs `sql`, `sql_file` or `command`",
+                    calendar.span(),
+                );
                 None
             }
             SourceLike::Files(_) | SourceLike::Http(_) => None,
@@ -844,13 +889,14 @@ pub fn validate(raw: RawSpec, files: &dyn FileSource) -> Result<Spec, Vec<Diagno
         })
     });
 
-    let state_url = raw
-        .state
-        .as_ref()
-        .and_then(|s| s.url.as_ref())
-        .map_or_else(|| DEFAULT_STATE_URL.to_owned(), |u| {
+    let state_url = raw.state.as_ref().and_then(|s| s.url.as_ref()).map_or_else(
+        || DEFAULT_STATE_URL.to_owned(),
+        |u| {
             let url = u.get_ref();
-            if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
                 v.error_hint(
                     format!("unsupported state URL `{}`", redact_url(url)),
                     u.span(),
@@ -858,7 +904,8 @@ pub fn validate(raw: RawSpec, files: &dyn FileSource) -> Result<Spec, Vec<Diagno
                 );
             }
             url.clone()
-        });
+        },
+    );
     let listen = raw
         .server
         .as_ref()
@@ -879,7 +926,10 @@ pub fn validate(raw: RawSpec, files: &dyn FileSource) -> Result<Spec, Vec<Diagno
         let p = phase.get_ref();
         let id = *p.id.get_ref();
         if !(1..=i64::from(u16::MAX)).contains(&id) {
-            v.error(format!("phase id {id} is out of range: use 1 to 65535"), p.id.span());
+            v.error(
+                format!("phase id {id} is out of range: use 1 to 65535"),
+                p.id.span(),
+            );
         } else if let Some(&first) = ids.get(&id) {
             let first_name = raw.phase[first].get_ref().name.get_ref();
             v.error(
@@ -902,7 +952,11 @@ pub fn validate(raw: RawSpec, files: &dyn FileSource) -> Result<Spec, Vec<Diagno
             names.insert(name.clone(), index);
         }
     }
-    let phase_names: Vec<String> = raw.phase.iter().map(|p| p.get_ref().name.get_ref().clone()).collect();
+    let phase_names: Vec<String> = raw
+        .phase
+        .iter()
+        .map(|p| p.get_ref().name.get_ref().clone())
+        .collect();
 
     let mut phases: Vec<Phase> = Vec::new();
     let mut need_spans: HashMap<u32, Range<usize>> = HashMap::new();
@@ -967,7 +1021,10 @@ pub fn validate(raw: RawSpec, files: &dyn FileSource) -> Result<Spec, Vec<Diagno
                 continue;
             }
             let lookback = u32::try_from(lookback).unwrap_or(0);
-            if let Some(existing) = needs.iter_mut().find(|n: &&mut Need| n.phase.0 == target_id) {
+            if let Some(existing) = needs
+                .iter_mut()
+                .find(|n: &&mut Need| n.phase.0 == target_id)
+            {
                 existing.lookback_days = existing.lookback_days.max(lookback);
             } else {
                 needs.push(Need {
@@ -984,7 +1041,11 @@ pub fn validate(raw: RawSpec, files: &dyn FileSource) -> Result<Spec, Vec<Diagno
             .and_then(|b| v.bounded(b, "batch_days", 1..=i64::from(MAX_BATCH_DAYS)))
             .unwrap_or(1);
         let run_placeholders: Vec<Placeholder> = if batch_days > 1 {
-            TASK_PLACEHOLDERS.iter().copied().filter(|p| *p != Placeholder::Date).collect()
+            TASK_PLACEHOLDERS
+                .iter()
+                .copied()
+                .filter(|p| *p != Placeholder::Date)
+                .collect()
         } else {
             TASK_PLACEHOLDERS.to_vec()
         };
@@ -1013,19 +1074,30 @@ pub fn validate(raw: RawSpec, files: &dyn FileSource) -> Result<Spec, Vec<Diagno
                 );
                 None
             }
-            Some(check) => match v.source(check, "check", &["sql", "sql_file", "command", "files"], RANGE_PLACEHOLDERS) {
+            Some(check) => match v.source(
+                check,
+                "check",
+                &["sql", "sql_file", "command", "files"],
+                RANGE_PLACEHOLDERS,
+            ) {
                 Some(SourceLike::Sql(sql)) => Some(Source::Sql(sql)),
                 Some(SourceLike::Command(argv)) => Some(Source::Command(argv)),
                 Some(SourceLike::Files(pattern)) => Some(Source::Files(pattern)),
                 Some(SourceLike::None) => {
-                    v.error(format!("phase `{context_name}`: `check` is empty"), check.span());
+                    v.error(
+                        format!("phase `{context_name}`: `check` is empty"),
+                        check.span(),
+                    );
                     None
                 }
                 Some(SourceLike::Http(_)) | None => None,
             },
         };
         let expect = match &p.expect {
-            None => Some(Expect { source: None, min: 1 }),
+            None => Some(Expect {
+                source: None,
+                min: 1,
+            }),
             Some(expect) => {
                 let min = match &expect.get_ref().min {
                     Some(min) if *min.get_ref() < 1 => {
@@ -1035,28 +1107,44 @@ pub fn validate(raw: RawSpec, files: &dyn FileSource) -> Result<Spec, Vec<Diagno
                     Some(min) => *min.get_ref(),
                     None => 1,
                 };
-                match v.source(expect, "expect", &["sql", "sql_file", "command", "min"], RANGE_PLACEHOLDERS) {
-                    Some(SourceLike::Sql(sql)) => Some(Expect { source: Some(Source::Sql(sql)), min }),
-                    Some(SourceLike::Command(argv)) => Some(Expect { source: Some(Source::Command(argv)), min }),
+                match v.source(
+                    expect,
+                    "expect",
+                    &["sql", "sql_file", "command", "min"],
+                    RANGE_PLACEHOLDERS,
+                ) {
+                    Some(SourceLike::Sql(sql)) => Some(Expect {
+                        source: Some(Source::Sql(sql)),
+                        min,
+                    }),
+                    Some(SourceLike::Command(argv)) => Some(Expect {
+                        source: Some(Source::Command(argv)),
+                        min,
+                    }),
                     Some(SourceLike::None) => Some(Expect { source: None, min }),
                     _ => None,
                 }
             }
         };
         let rollback = p.rollback.as_ref().and_then(|rollback| {
-            match v.source(rollback, "rollback", &["sql", "sql_file", "command"], &run_placeholders)? {
+            match v.source(
+                rollback,
+                "rollback",
+                &["sql", "sql_file", "command"],
+                &run_placeholders,
+            )? {
                 SourceLike::Sql(sql) => Some(Rollback::Sql(sql)),
                 SourceLike::Command(argv) => Some(Rollback::Command(argv)),
                 _ => None,
             }
         });
-        if run.is_none() && p.rollback.is_some() && p.run.is_none() {
-            if let Some(rollback) = &p.rollback {
-                v.error(
-                    format!("phase `{context_name}` has a `rollback` but no `run`"),
-                    rollback.span(),
-                );
-            }
+        if p.run.is_none()
+            && let Some(rollback) = &p.rollback
+        {
+            v.error(
+                format!("phase `{context_name}` has a `rollback` but no `run`"),
+                rollback.span(),
+            );
         }
         let retries = p
             .retries
@@ -1126,24 +1214,30 @@ pub fn validate(raw: RawSpec, files: &dyn FileSource) -> Result<Spec, Vec<Diagno
                 .unwrap_or(defaults.realert_after),
         }
     });
-    let alerts = raw.alerts.as_ref().map_or_else(Alerts::default, |a| Alerts {
-        slack_webhook_env: a.slack_webhook_env.clone(),
-        webhook_url_env: a.webhook_url_env.clone(),
-        email: a.email.as_ref().map(|e| {
-            let e_ref = e.get_ref();
-            if !e_ref.smtp.starts_with("smtp://") && !e_ref.smtp.starts_with("smtps://") {
-                v.error("`alerts.email.smtp` must be an smtp:// or smtps:// URL", e.span());
-            }
-            if e_ref.to.is_empty() {
-                v.error("`alerts.email.to` has no recipients", e.span());
-            }
-            Email {
-                smtp: e_ref.smtp.clone(),
-                from: e_ref.from.clone(),
-                to: e_ref.to.clone(),
-            }
-        }),
-    });
+    let alerts = raw
+        .alerts
+        .as_ref()
+        .map_or_else(Alerts::default, |a| Alerts {
+            slack_webhook_env: a.slack_webhook_env.clone(),
+            webhook_url_env: a.webhook_url_env.clone(),
+            email: a.email.as_ref().map(|e| {
+                let e_ref = e.get_ref();
+                if !e_ref.smtp.starts_with("smtp://") && !e_ref.smtp.starts_with("smtps://") {
+                    v.error(
+                        "`alerts.email.smtp` must be an smtp:// or smtps:// URL",
+                        e.span(),
+                    );
+                }
+                if e_ref.to.is_empty() {
+                    v.error("`alerts.email.to` has no recipients", e.span());
+                }
+                Email {
+                    smtp: e_ref.smtp.clone(),
+                    from: e_ref.from.clone(),
+                    to: e_ref.to.clone(),
+                }
+            }),
+        });
 
     // Cycles across phases (self-dependencies with a lookback are fine and excluded).
     let ordered = match topological_order(&phases) {
@@ -1151,14 +1245,22 @@ pub fn validate(raw: RawSpec, files: &dyn FileSource) -> Result<Spec, Vec<Diagno
         Err(cycle) => {
             let names: Vec<String> = cycle
                 .iter()
-                .filter_map(|id| phases.iter().find(|p| p.id == *id).map(|p| format!("`{}`", p.name)))
+                .filter_map(|id| {
+                    phases
+                        .iter()
+                        .find(|p| p.id == *id)
+                        .map(|p| format!("`{}`", p.name))
+                })
                 .collect();
             let span = cycle
                 .first()
                 .and_then(|id| need_spans.get(&id.0).cloned())
                 .unwrap_or(0..0);
             v.error_hint(
-                format!("phases depend on each other in a cycle: {}", names.join(" → ")),
+                format!(
+                    "phases depend on each other in a cycle: {}",
+                    names.join(" → ")
+                ),
                 span,
                 "a phase can only need phases that do not need it back",
             );

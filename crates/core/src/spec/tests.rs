@@ -1,1 +1,247 @@
+//! Diagnostics for broken pipeline files, as snapshots of what the user sees.
 
+use super::*;
+use crate::diagnostic::render_all;
+
+struct Files;
+
+impl FileSource for Files {
+    fn read(&self, relative_path: &str) -> Result<String, String> {
+        match relative_path {
+            "sql/phase3.sql" => Ok("DELETE FROM t WHERE d BETWEEN :start AND :end".to_owned()),
+            other => Err(format!("{other}: No such file or directory (os error 2)")),
+        }
+    }
+}
+
+const HEADER: &str = r#"[pipeline]
+name = "demo"
+start = "2024-01-01"
+
+[warehouse]
+url = "sqlite://warehouse.db"
+"#;
+
+fn errors(body: &str) -> String {
+    let source = format!("{HEADER}{body}");
+    match parse(&source, &Files) {
+        Ok(_) => panic!("expected errors for:\n{source}"),
+        Err(diagnostics) => render_all(&diagnostics, "gapless.toml", &source),
+    }
+}
+
+fn ok(body: &str) -> Spec {
+    let source = format!("{HEADER}{body}");
+    match parse(&source, &Files) {
+        Ok(spec) => spec,
+        Err(diagnostics) => panic!("{}", render_all(&diagnostics, "gapless.toml", &source)),
+    }
+}
+
+const RAW: &str = r#"
+[[phase]]
+id = 2
+name = "raw"
+check.sql = "SELECT d, COUNT(*) FROM raw WHERE d BETWEEN :start AND :end GROUP BY d"
+"#;
+
+#[test]
+fn a_valid_file_parses_in_dependency_order() {
+    let spec = ok(&format!(
+        r#"{RAW}
+[[phase]]
+id = 4
+name = "precompute"
+needs = [{{ phase = "analytics", lookback_days = 30 }}, {{ phase = 4, lookback_days = 1 }}]
+run.sql = "INSERT INTO p SELECT 1"
+check.sql = "SELECT 1, 1"
+batch_days = 7
+timeout = "15m"
+
+[[phase]]
+id = 3
+name = "analytics"
+needs = [2]
+run.command = ["bin/analytics", "--start", "{{start}}", "--end", "{{end}}"]
+check.sql_file = "sql/phase3.sql"
+expect.min = 9
+rollback.sql = "DELETE FROM a WHERE d BETWEEN :start AND :end"
+retries = 2
+concurrency = 2
+"#
+    ));
+    let order: Vec<u32> = spec.phases.iter().map(|p| p.id.0).collect();
+    assert_eq!(order, vec![2, 3, 4]);
+    let precompute = spec.phase(PhaseId(4)).unwrap();
+    assert_eq!(precompute.batch_days, 7);
+    assert_eq!(precompute.timeout, Duration::from_secs(900));
+    assert_eq!(
+        precompute.needs,
+        vec![
+            Need {
+                phase: PhaseId(3),
+                lookback_days: 30
+            },
+            Need {
+                phase: PhaseId(4),
+                lookback_days: 1
+            }
+        ]
+    );
+    let analytics = spec.phase(PhaseId(3)).unwrap();
+    assert_eq!(analytics.expect.min, 9);
+    assert_eq!(analytics.retries, 2);
+    assert!(matches!(&analytics.check, Source::Sql(sql) if sql.starts_with("DELETE")));
+    assert_eq!(spec.max_total_lookback(), 30);
+    assert_eq!(spec.state_url, DEFAULT_STATE_URL);
+}
+
+#[test]
+fn unknown_key() {
+    insta::assert_snapshot!(errors(&format!("{RAW}batch_day = 3\n")));
+}
+
+#[test]
+fn unknown_phase_name_suggests() {
+    insta::assert_snapshot!(errors(&format!(
+        "{RAW}\n[[phase]]\nid = 3\nname = \"analytics\"\nneeds = [\"rwa\"]\ncheck.sql = \"SELECT 1, 1\"\n"
+    )));
+}
+
+#[test]
+fn unknown_phase_id() {
+    insta::assert_snapshot!(errors(&format!(
+        "{RAW}\n[[phase]]\nid = 3\nname = \"analytics\"\nneeds = [7]\ncheck.sql = \"SELECT 1, 1\"\n"
+    )));
+}
+
+#[test]
+fn self_dependency_without_lookback_is_a_cycle() {
+    insta::assert_snapshot!(errors(&format!(
+        "{RAW}\n[[phase]]\nid = 3\nname = \"analytics\"\nneeds = [3]\ncheck.sql = \"SELECT 1, 1\"\n"
+    )));
+}
+
+#[test]
+fn cycle_between_phases() {
+    insta::assert_snapshot!(errors(
+        "\n[[phase]]\nid = 3\nname = \"analytics\"\nneeds = [4]\ncheck.sql = \"SELECT 1, 1\"\n\n[[phase]]\nid = 4\nname = \"precompute\"\nneeds = [{ phase = 3, lookback_days = 30 }]\ncheck.sql = \"SELECT 1, 1\"\n"
+    ));
+}
+
+#[test]
+fn duplicate_id_and_name() {
+    insta::assert_snapshot!(errors(&format!("{RAW}{RAW}")));
+}
+
+#[test]
+fn bad_start_date() {
+    let source = HEADER.replace("2024-01-01", "2021-02-30") + RAW;
+    let diagnostics = parse(&source, &Files).unwrap_err();
+    insta::assert_snapshot!(render_all(&diagnostics, "gapless.toml", &source));
+}
+
+#[test]
+fn unknown_placeholder() {
+    insta::assert_snapshot!(errors(&format!(
+        "{RAW}run.command = [\"bin/load\", \"--start\", \"{{stat}}\"]\n"
+    )));
+}
+
+#[test]
+fn date_placeholder_in_a_batch() {
+    insta::assert_snapshot!(errors(&format!(
+        "{RAW}batch_days = 31\nrun.command = [\"bin/load\", \"{{date}}\"]\n"
+    )));
+}
+
+#[test]
+fn unreadable_sql_file() {
+    insta::assert_snapshot!(errors(
+        "\n[[phase]]\nid = 2\nname = \"raw\"\ncheck.sql_file = \"sql/missing.sql\"\n"
+    ));
+}
+
+#[test]
+fn missing_check() {
+    insta::assert_snapshot!(errors(
+        "\n[[phase]]\nid = 2\nname = \"raw\"\nrun.command = [\"bin/load\"]\n"
+    ));
+}
+
+#[test]
+fn two_runners() {
+    insta::assert_snapshot!(errors(&format!(
+        "{RAW}run.command = [\"bin/load\"]\nrun.sql = \"SELECT 1\"\n"
+    )));
+}
+
+#[test]
+fn files_pattern_without_date() {
+    insta::assert_snapshot!(errors(
+        "\n[[phase]]\nid = 1\nname = \"scrape\"\ncheck.files = \"landing/*.json\"\n"
+    ));
+}
+
+#[test]
+fn sql_without_warehouse() {
+    let source = format!("[pipeline]\nname = \"demo\"\nstart = \"2024-01-01\"\n{RAW}");
+    let diagnostics = parse(&source, &Files).unwrap_err();
+    insta::assert_snapshot!(render_all(&diagnostics, "gapless.toml", &source));
+}
+
+#[test]
+fn bad_durations_and_bounds() {
+    insta::assert_snapshot!(errors(&format!(
+        "{RAW}timeout = \"15 minutes\"\nbatch_days = 0\nconcurrency = -1\nretries = 1000\n"
+    )));
+}
+
+#[test]
+fn attach_on_postgres() {
+    let source = format!(
+        "[pipeline]\nname = \"demo\"\nstart = \"2024-01-01\"\n\n[warehouse]\nurl = \"postgres://etl:secret@db/warehouse\"\nattach = {{ raw = \"raw.db\" }}\n{RAW}"
+    );
+    let diagnostics = parse(&source, &Files).unwrap_err();
+    insta::assert_snapshot!(render_all(&diagnostics, "gapless.toml", &source));
+}
+
+#[test]
+fn toml_syntax_error() {
+    insta::assert_snapshot!(errors("\n[[phase]]\nid = 2\nname = \"raw\n"));
+}
+
+#[test]
+fn placeholder_in_http_host() {
+    insta::assert_snapshot!(errors(&format!(
+        "{RAW}run.http = {{ url = \"https://{{phase}}.example.org/start\", body = '{{\"start_date\":\"{{start}}\"}}' }}\n"
+    )));
+}
+
+#[test]
+fn not_allowed_source_kind() {
+    insta::assert_snapshot!(errors(&format!("{RAW}expect.files = \"x/{{date}}\"\n")));
+}
+
+#[test]
+fn every_error_at_once() {
+    insta::assert_snapshot!(errors(
+        "\n[[phase]]\nid = 2\nname = \"Raw Data\"\ncheck.sql = \"SELECT 1, 1\"\ntimeout = \"soon\"\n\n[[phase]]\nid = 3\nname = \"analytics\"\nneeds = [\"raw\", 9]\nrun.command = []\n"
+    ));
+}
+
+#[test]
+fn no_phases() {
+    let source = HEADER.to_owned();
+    let diagnostics = parse(&source, &Files).unwrap_err();
+    insta::assert_snapshot!(render_all(&diagnostics, "gapless.toml", &source));
+}
+
+#[test]
+fn redacts_passwords() {
+    assert_eq!(
+        redact_url("postgres://etl:secret@db:5432/w"),
+        "postgres://etl:****@db:5432/w"
+    );
+    assert_eq!(redact_url("postgres://db/w"), "postgres://db/w");
+}

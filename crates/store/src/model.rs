@@ -1,0 +1,410 @@
+//! Plain data types of the store: ids, states, inputs and records.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Identifier of a run: a UTC timestamp prefix and a random suffix, e.g.
+/// `20261127T022400-4f2a9c`, so ids sort roughly by creation time and are safe in paths, URLs and
+/// argv (`[A-Za-z0-9_.-]{1,64}`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RunId(String);
+
+impl RunId {
+    /// Longest accepted id.
+    pub const MAX_LEN: usize = 64;
+
+    /// Validates a run id given by a user (CLI argument, URL path).
+    pub fn parse(value: &str) -> Result<Self, InvalidRunId> {
+        let valid = !value.is_empty()
+            && value.len() <= Self::MAX_LEN
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if valid {
+            Ok(Self(value.to_owned()))
+        } else {
+            // Keep hostile input short in error messages; `Display` escapes it.
+            Err(InvalidRunId {
+                value: value.chars().take(Self::MAX_LEN + 1).collect(),
+            })
+        }
+    }
+
+    /// A fresh id for a run created at `now`. 24 random bits keep ids created in the same
+    /// second apart; the runs table's primary key catches the improbable collision.
+    pub(crate) fn generate(now: DateTime<Utc>) -> Self {
+        Self(format!(
+            "{}-{:06x}",
+            now.format("%Y%m%dT%H%M%S"),
+            fastrand::u32(..1 << 24)
+        ))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for RunId {
+    type Err = InvalidRunId;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Self::parse(value)
+    }
+}
+
+impl TryFrom<String> for RunId {
+    type Error = InvalidRunId;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<RunId> for String {
+    fn from(id: RunId) -> Self {
+        id.0
+    }
+}
+
+/// A string that is not a valid [`RunId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid run id {value:?}: expected 1 to 64 characters from `A-Z a-z 0-9 _ . -`")]
+pub struct InvalidRunId {
+    /// The rejected input (truncated).
+    pub value: String,
+}
+
+/// Defines a state enum stored as lowercase text, with `as_str`, `Display` and `FromStr`.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            /// The text stored in the database.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownState;
+            fn from_str(value: &str) -> Result<Self, Self::Err> {
+                match value {
+                    $($text => Ok(Self::$variant),)+
+                    _ => Err(UnknownState { value: value.to_owned() }),
+                }
+            }
+        }
+    };
+}
+
+/// Text that names none of an enum's states.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown state {value:?}")]
+pub struct UnknownState {
+    /// The rejected text.
+    pub value: String,
+}
+
+text_enum! {
+    /// What started a run.
+    RunKind {
+        /// A user-requested backfill (`gapless backfill`, `POST /backfills`).
+        Backfill = "backfill",
+        /// Healing of detected gaps (`gapless heal`, the scheduler).
+        Heal = "heal",
+    }
+}
+
+text_enum! {
+    /// Lifecycle of a run.
+    RunState {
+        /// Being executed (or crashed while executing: `resume` decides).
+        Running = "running",
+        /// Every cell ended complete.
+        Succeeded = "succeeded",
+        /// Finished with failed or blocked cells.
+        Failed = "failed",
+        /// Stopped by Ctrl-C or a signal; resumable.
+        Interrupted = "interrupted",
+        /// Cancelled by a user; not resumed.
+        Cancelled = "cancelled",
+    }
+}
+
+impl RunState {
+    /// Whether the run has stopped (everything but `running`).
+    pub fn is_terminal(self) -> bool {
+        self != Self::Running
+    }
+}
+
+text_enum! {
+    /// Lifecycle of a task.
+    TaskState {
+        /// Waiting to be claimed (possibly not before `not_before`).
+        Pending = "pending",
+        /// Claimed under a lease.
+        Running = "running",
+        /// Its runner succeeded and its cells validated.
+        Complete = "complete",
+        /// Gave up after its retries.
+        Failed = "failed",
+        /// Waiting on upstream cells that are not complete.
+        Blocked = "blocked",
+    }
+}
+
+text_enum! {
+    /// The two states a task may be created in.
+    NewTaskState {
+        /// Ready to run once claimed.
+        Pending = "pending",
+        /// Its upstream is missing; `unblock` releases it.
+        Blocked = "blocked",
+    }
+}
+
+text_enum! {
+    /// State of one (run, phase, date) cell. A cell is `pending` while its task is pending or
+    /// running.
+    CellState {
+        /// Not yet complete.
+        Pending = "pending",
+        /// Recorded complete (exactly once).
+        Complete = "complete",
+        /// Its task failed.
+        Failed = "failed",
+        /// Its task is blocked.
+        Blocked = "blocked",
+    }
+}
+
+/// A run to create, with its whole plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    /// What started it.
+    pub kind: RunKind,
+    /// Pipeline name, from `gapless.toml`.
+    pub pipeline: String,
+    /// The request as given (dates, phases, flags), kept for `runs show` and resume.
+    pub request: serde_json::Value,
+    /// Its tasks.
+    pub tasks: Vec<NewTask>,
+}
+
+/// A task to create: one invocation of a phase's runner over `start..=end`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTask {
+    /// Phase id.
+    pub phase: i64,
+    /// First date.
+    pub start: NaiveDate,
+    /// Last date (inclusive).
+    pub end: NaiveDate,
+    /// The cells it covers: the calendar dates within `start..=end` (not necessarily every day).
+    /// Must be non-empty, inside the range, and each date may appear once per phase and run.
+    pub dates: Vec<NaiveDate>,
+    /// Initial state; a blocked task's cells start blocked.
+    pub state: NewTaskState,
+    /// Why it is blocked, if it is.
+    pub error: Option<String>,
+}
+
+/// A run as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRecord {
+    /// Id.
+    pub id: RunId,
+    /// What started it.
+    pub kind: RunKind,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// The request as given.
+    pub request: serde_json::Value,
+    /// Current state.
+    pub state: RunState,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last state change.
+    pub updated_at: DateTime<Utc>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Compare-and-set version, bumped by every state change.
+    pub version: i64,
+}
+
+/// A task as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskRecord {
+    /// Id, unique across runs.
+    pub id: i64,
+    /// Its run.
+    pub run_id: RunId,
+    /// Phase id.
+    pub phase: i64,
+    /// First date.
+    pub start: NaiveDate,
+    /// Last date (inclusive).
+    pub end: NaiveDate,
+    /// Current state.
+    pub state: TaskState,
+    /// Attempts claimed so far (1 during the first run).
+    pub attempt: i32,
+    /// Fencing token: pass it back to every transition; bumped whenever the lease changes hands.
+    pub lease_epoch: i64,
+    /// Who holds the lease (set while running).
+    pub lease_owner: Option<String>,
+    /// When the lease runs out unless renewed (set while running).
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Earliest time of the next claim (retry backoff).
+    pub not_before: Option<DateTime<Utc>>,
+    /// When the latest attempt was claimed.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it completed or failed.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Latest error or block reason.
+    pub error: Option<String>,
+    /// Counts reported on completion (the validation gate's numbers).
+    pub counts: Option<serde_json::Value>,
+}
+
+/// A lease won by [`crate::Store::claim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The new lease epoch: the fencing token for every later write of this attempt, and the
+    /// runner's `GAPLESS_ATTEMPT_TOKEN`.
+    pub epoch: i64,
+    /// The attempt number, starting at 1.
+    pub attempt: i32,
+}
+
+/// A (run, phase, date) cell as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CellRecord {
+    /// Its run.
+    pub run_id: RunId,
+    /// Phase id.
+    pub phase: i64,
+    /// Partition date.
+    pub date: NaiveDate,
+    /// The task that covers it.
+    pub task_id: i64,
+    /// Current state.
+    pub state: CellState,
+    /// When it was recorded complete.
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// Cell counts of one phase of a run. `running` counts pending cells whose task is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PhaseProgress {
+    /// Phase id.
+    pub phase: i64,
+    /// All cells of the phase in the run.
+    pub total: i64,
+    /// Waiting for their task to be claimed.
+    pub pending: i64,
+    /// Their task is running.
+    pub running: i64,
+    /// Recorded complete.
+    pub complete: i64,
+    /// Their task failed.
+    pub failed: i64,
+    /// Their task is blocked.
+    pub blocked: i64,
+}
+
+/// An event to append: a cell changed state (SPEC "Events").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Phase id.
+    pub phase: i64,
+    /// Partition date.
+    pub date: NaiveDate,
+    /// The cell's new status, e.g. `complete`.
+    pub status: String,
+    /// Where it came from: `backfill`, `heal`, `http`, `pubsub`, `nats`, …
+    pub source: String,
+    /// The run that produced it, if any.
+    pub run_id: Option<RunId>,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventRecord {
+    /// Increasing id: read the log with `events(after_id, limit)`.
+    pub id: i64,
+    /// Phase id.
+    pub phase: i64,
+    /// Partition date.
+    pub date: NaiveDate,
+    /// The cell's new status.
+    pub status: String,
+    /// Where it came from.
+    pub source: String,
+    /// The run that produced it, if any.
+    pub run_id: Option<RunId>,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_id_accepts_safe_ids_only() {
+        for ok in ["20261127T022400-4f2a", "a", "A_b.c-9", &"x".repeat(64)] {
+            assert!(RunId::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "a/b", "../x", "a;rm", "é", &"x".repeat(65), "a\0b"] {
+            assert!(RunId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn generated_run_ids_are_valid_and_time_prefixed() {
+        let now = DateTime::from_timestamp(1_795_746_240, 0).unwrap_or_default();
+        let id = RunId::generate(now);
+        assert!(id.as_str().starts_with("20261127T022400-"), "{id}");
+        assert_eq!(RunId::parse(id.as_str()), Ok(id));
+    }
+
+    #[test]
+    fn states_round_trip_through_text() {
+        for state in [
+            TaskState::Pending,
+            TaskState::Running,
+            TaskState::Complete,
+            TaskState::Failed,
+            TaskState::Blocked,
+        ] {
+            assert_eq!(state.as_str().parse::<TaskState>(), Ok(state));
+        }
+        assert!("RUNNING".parse::<RunState>().is_err());
+    }
+}
