@@ -1,1 +1,49 @@
-//! placeholder
+//! Adapters from gapless to the user's systems: the SQL warehouse (probes and the SQL runner),
+//! programs (the command probe and runner), files and buckets (the files probe), and HTTP
+//! endpoints (the HTTP runner).
+//!
+//! Main items:
+//! - [`named::prepare`] splits user SQL into statements and turns `:start`, `:end`, `:date` into
+//!   bound parameters, so that values never reach SQL as text.
+//! - [`Warehouse`]: SQLite (with `ATTACH`ed schemas) or PostgreSQL; [`Warehouse::counts`],
+//!   [`Warehouse::dates`], [`Warehouse::scalar`] probe, [`Warehouse::execute_script`] runs.
+//! - [`command_counts`] and [`file_counts`]: the other probes.
+//! - [`run_command`] and [`run_http`]: the runners, failing with [`RunError`], which says
+//!   whether a retry may help.
+//!
+//! Every call here is async (tokio) and bounded in time. Programs run from argv arrays, never
+//! through a shell, in their own process group, killed whole on timeout or cancellation.
+//!
+//! This crate is self-contained: it does not depend on `gapless-core` (the pure model) and
+//! knows nothing of phases, cells or runs. It takes validated dates and substituted argv, URLs
+//! and bodies from the caller.
+
+mod command;
+mod http;
+pub mod named;
+mod probe;
+mod runner;
+mod warehouse;
+
+pub use command::{CommandOutcome, CommandSpec, resolve_program, run_command};
+pub use http::{HttpOutcome, HttpSpec, Method, http_client, run_http};
+pub use named::{Dialect, Param, SqlError, Statement};
+pub use probe::{ProbeError, command_counts, file_counts};
+pub use runner::RunError;
+pub use tokio_util::sync::CancellationToken;
+pub use warehouse::{ScriptParams, Warehouse, WarehouseError};
+
+use chrono::NaiveDate;
+
+/// Parses a strict `YYYY-MM-DD` date (exactly ten characters).
+pub(crate) fn parse_iso_date(text: &str) -> Option<NaiveDate> {
+    let shape_ok = text.len() == 10
+        && text.bytes().enumerate().all(|(index, byte)| match index {
+            4 | 7 => byte == b'-',
+            _ => byte.is_ascii_digit(),
+        });
+    if !shape_ok {
+        return None;
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()
+}

@@ -975,13 +975,12 @@ fn decode_pg_numeric(bytes: &[u8]) -> Cell {
             _ => None,
         };
     }
-    if is_integral {
-        if let Some(value) = integer
+    if is_integral
+        && let Some(value) = integer
             .map(|value| if negative { -value } else { value })
             .and_then(|value| i64::try_from(value).ok())
-        {
-            return Cell::Int(value);
-        }
+    {
+        return Cell::Int(value);
     }
     // Render for the error message: integer part, then the fraction.
     if negative {

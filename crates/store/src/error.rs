@@ -34,7 +34,9 @@ pub enum StoreError {
     #[error("state store migration failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
     /// The database is behind this binary: run `gapless migrate`.
-    #[error("state store schema is at version {found}, this gapless needs {expected}: run `gapless migrate`")]
+    #[error(
+        "state store schema is at version {found}, this gapless needs {expected}: run `gapless migrate`"
+    )]
     SchemaOutdated {
         /// Highest applied migration (0: none).
         found: i64,
@@ -42,7 +44,9 @@ pub enum StoreError {
         expected: i64,
     },
     /// The database was migrated by a newer gapless than this one.
-    #[error("state store schema is at version {found}, newer than this gapless knows ({expected}): upgrade gapless")]
+    #[error(
+        "state store schema is at version {found}, newer than this gapless knows ({expected}): upgrade gapless"
+    )]
     SchemaNewer {
         /// Highest applied migration.
         found: i64,
@@ -128,18 +132,19 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     }
 }
 
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_LOCKED: i32 = 6;
+
 fn is_transient(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
         sqlx::Error::Database(db) => {
-            if let Some(sqlite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
-                // Extended result codes keep the primary code in the low byte.
-                let primary = sqlite
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // `code()` is SQLite's extended result code; the primary code is its low byte.
+                let primary = db
                     .code()
                     .and_then(|code| code.parse::<i32>().ok())
                     .map(|code| code & 0xff);
-                const SQLITE_BUSY: i32 = 5;
-                const SQLITE_LOCKED: i32 = 6;
                 matches!(primary, Some(SQLITE_BUSY | SQLITE_LOCKED))
             } else if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
                 let code = pg.code();
@@ -149,12 +154,44 @@ fn is_transient(error: &sqlx::Error) -> bool {
                 code.starts_with("08")
                     || matches!(
                         code,
-                        "40001" | "40P01" | "55P03" | "57014" | "57P01" | "57P02" | "57P03" | "53300"
+                        "40001"
+                            | "40P01"
+                            | "55P03"
+                            | "57014"
+                            | "57P01"
+                            | "57P02"
+                            | "57P03"
+                            | "53300"
                     )
             } else {
                 false
             }
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_failures_are_retryable_and_others_are_not() {
+        assert!(StoreError::Query(sqlx::Error::PoolTimedOut).is_retryable());
+        assert!(
+            StoreError::Timeout {
+                after: Duration::from_secs(1)
+            }
+            .is_retryable()
+        );
+        assert!(!StoreError::Query(sqlx::Error::RowNotFound).is_retryable());
+        assert!(!StoreError::Duplicate(sqlx::Error::RowNotFound).is_retryable());
+        assert!(
+            !StoreError::SchemaOutdated {
+                found: 0,
+                expected: 1
+            }
+            .is_retryable()
+        );
     }
 }

@@ -381,7 +381,16 @@ mod tests {
         for ok in ["20261127T022400-4f2a", "a", "A_b.c-9", &"x".repeat(64)] {
             assert!(RunId::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a b", "a/b", "../x", "a;rm", "é", &"x".repeat(65), "a\0b"] {
+        for bad in [
+            "",
+            "a b",
+            "a/b",
+            "../x",
+            "a;rm",
+            "é",
+            &"x".repeat(65),
+            "a\0b",
+        ] {
             assert!(RunId::parse(bad).is_err(), "{bad:?}");
         }
     }

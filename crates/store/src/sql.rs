@@ -27,8 +27,7 @@ macro_rules! task_columns {
 
 pub(crate) const HAS_MIGRATIONS_TABLE_SQLITE: &str =
     "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'";
-pub(crate) const HAS_MIGRATIONS_TABLE_POSTGRES: &str =
-    "SELECT COUNT(*) FROM pg_catalog.pg_tables \
+pub(crate) const HAS_MIGRATIONS_TABLE_POSTGRES: &str = "SELECT COUNT(*) FROM pg_catalog.pg_tables \
      WHERE schemaname = current_schema() AND tablename = '_sqlx_migrations'";
 pub(crate) const SCHEMA_VERSION: &str =
     "SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success";
@@ -44,12 +43,13 @@ pub(crate) const INSERT_RUN_POSTGRES: &str = "INSERT INTO runs \
      (id, kind, pipeline, request, state, created_at, updated_at, version) \
      VALUES ($1, $2, $3, $4, 'running', $5, $5, 0)";
 
-pub(crate) const RUN_EXISTS: &str = "SELECT COUNT(*) FROM runs WHERE id = $1";
-
 pub(crate) const SELECT_RUN: &str = concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1");
 
-pub(crate) const LIST_RUNS: &str =
-    concat!("SELECT ", run_columns!(), " FROM runs ORDER BY seq DESC LIMIT $1");
+pub(crate) const LIST_RUNS: &str = concat!(
+    "SELECT ",
+    run_columns!(),
+    " FROM runs ORDER BY seq DESC LIMIT $1"
+);
 
 /// Compare-and-set on the run's version (cancel vs checkpoint, Dagster PR #7094).
 pub(crate) const SET_RUN_STATE: &str = "UPDATE runs \

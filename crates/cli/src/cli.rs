@@ -1,0 +1,161 @@
+//! The command line (SPEC.md "Command line").
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// gapless keeps a phased, date-partitioned pipeline free of silent gaps.
+#[derive(Debug, Parser)]
+#[command(name = "gapless", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// The pipeline file (default: $GAPLESS_PIPELINE, else ./gapless.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) pipeline: Option<PathBuf>,
+    /// Print one machine-readable JSON document on stdout.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    pub(crate) quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Validate the pipeline file and reach every warehouse, probe and runner program.
+    Check,
+    /// The phase × date matrix of cell states, with totals.
+    Status(StatusArgs),
+    /// What a backfill would do: per phase the ranges and tasks to run, what is skipped, what is blocked and why.
+    Plan(PlanArgs),
+    /// Backfill a date range through phases, in dependency order, with validation gates.
+    Backfill(BackfillArgs),
+    /// Continue an interrupted run (default: the latest).
+    Resume(ResumeArgs),
+    /// List runs, or show one.
+    Runs(RunsArgs),
+    /// Create or upgrade the state store's tables.
+    Migrate,
+    /// The completeness report per phase and season.
+    Report(ReportArgs),
+    /// The NBA example end to end on embedded SQLite.
+    Demo(DemoArgs),
+    /// Load NBA box-score files into nba_raw (the example's phase-2 runner).
+    #[command(name = "nba-load", hide = true)]
+    NbaLoad(NbaLoadArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// First date (default: the pipeline's start).
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub(crate) start_date: Option<String>,
+    /// Last date (default: today).
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub(crate) end_date: Option<String>,
+    /// Phases: ids, names or ranges, comma separated (`2,3`, `analytics`, `2-5`).
+    #[arg(long, value_name = "LIST")]
+    pub(crate) phases: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PlanArgs {
+    /// First date.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub(crate) start_date: String,
+    /// Last date.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub(crate) end_date: String,
+    /// Phases to run: ids, names or ranges (default: all).
+    #[arg(long, value_name = "LIST")]
+    pub(crate) phases: Option<String>,
+    /// Re-run complete cells too.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BackfillArgs {
+    #[command(flatten)]
+    pub(crate) plan: PlanArgs,
+    /// Tasks at once, overall (each phase's `concurrency` also applies).
+    #[arg(long, short = 'j', default_value_t = 4, value_name = "N")]
+    pub(crate) jobs: usize,
+    /// Do not ask for confirmation of large plans.
+    #[arg(long, short = 'y')]
+    pub(crate) yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ResumeArgs {
+    /// The run to resume (default: the latest).
+    pub(crate) run_id: Option<String>,
+    /// Tasks at once, overall.
+    #[arg(long, short = 'j', default_value_t = 4, value_name = "N")]
+    pub(crate) jobs: usize,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunsArgs {
+    #[command(subcommand)]
+    pub(crate) show: Option<RunsCommand>,
+    /// How many runs to list.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) limit: i64,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RunsCommand {
+    /// One run: per-phase progress and failures.
+    Show {
+        /// The run id.
+        run_id: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum ReportFormat {
+    Md,
+    Html,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReportArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "md")]
+    pub(crate) format: ReportFormat,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Where to build the example (default: a new temporary directory, kept and printed).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: Option<PathBuf>,
+    /// Tasks at once in the backfill.
+    #[arg(long, short = 'j', default_value_t = 2, value_name = "N")]
+    pub(crate) jobs: usize,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NbaLoadArgs {
+    /// The example's directory (holding gcs/ and warehouse/).
+    #[arg(long, default_value = ".")]
+    pub(crate) dir: PathBuf,
+    /// First date.
+    #[arg(long)]
+    pub(crate) start_date: String,
+    /// Last date.
+    #[arg(long)]
+    pub(crate) end_date: String,
+}

@@ -1,0 +1,236 @@
+//! `gapless demo`: the NBA example end to end. Builds the original pipeline in its broken state
+//! (three playoffs stuck after phase 2, 2024-25 grading holding a single record), then shows the
+//! gaps, the plan, the backfill, and the original validation queries before and after.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use gapless_core::dates::{Date, DateRange, add_days, parse_date};
+use gapless_core::plan::Request;
+use gapless_core::render::{StatusReport, plan_text};
+use gapless_core::spec::PhaseId;
+use gapless_runtime::context::Context;
+use gapless_store::{RunKind, Store};
+
+use crate::cli::{DemoArgs, Global};
+use crate::commands::backfill::{create_run, execute_run};
+use crate::commands::plan::make_plan;
+use crate::commands::{matrix, out};
+use crate::exit::{Exit, UsageError};
+use crate::settings::{self, Loaded};
+
+/// The demo's "today": after the 2024-25 finals.
+const DEMO_TODAY: &str = "2025-07-01";
+/// Seed of the generated league: the same bytes every run.
+const SEED: u64 = 2021;
+
+fn heading(text: &str) -> anyhow::Result<()> {
+    out(format_args!("\n━━ {text} {}\n", "━".repeat(72usize.saturating_sub(text.len() + 4))))
+}
+
+pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit> {
+    let dir = prepare_dir(args.dir.as_deref())?;
+    out(format_args!("building the NBA example in {}\n", dir.display()))?;
+    let started = std::time::Instant::now();
+    let league = gapless_nba::generate::league(SEED);
+    let files = gapless_nba::files::write_raw_files(&dir, &league, None).context("writing phase-1 files")?;
+    gapless_nba::warehouse::setup(&dir, &league).await.context("creating the warehouse")?;
+    let program = std::env::current_exe().context("locating the gapless binary")?;
+    gapless_nba::write_example(&dir, &program.to_string_lossy()).context("writing the pipeline file")?;
+    out(format_args!(
+        "  {files} box-score files for 4 seasons, warehouse and gapless.toml written ({:.1}s)\n",
+        started.elapsed().as_secs_f64()
+    ))?;
+
+    let mut loaded = settings::load_path(&dir.join("gapless.toml"))?;
+    loaded.today = parse_date(DEMO_TODAY).map_err(|e| UsageError::new(e.to_string()))?;
+    let store = loaded.store().await?;
+    let context = loaded.context().await?;
+
+    // The live pipeline, as it ran: everything but the playoffs of 2021-22 to 2023-24 past
+    // phase 2, and no grading for 2024-25.
+    out(format_args!("  replaying the live pipeline up to {DEMO_TODAY}, with the original gaps…\n"))?;
+    let setup = std::time::Instant::now();
+    replay_live(&loaded, &context, &store).await?;
+    out(format_args!("  done ({:.1}s)\n", setup.elapsed().as_secs_f64()))?;
+
+    let full = DateRange::new(loaded.spec.start, loaded.today).context("demo range")?;
+    let all_phases: Vec<PhaseId> = loaded.spec.phases.iter().map(|p| p.id).collect();
+
+    heading("gapless status: the gaps, plainly visible")?;
+    let before = matrix(&context, full).await?;
+    out(format_args!("{}", StatusReport::build(&loaded.spec, &before, full, &all_phases, loaded.today).to_text()))?;
+
+    heading("validation queries before (the original plan's checks)")?;
+    let before_checks = gapless_nba::validate::run_validations(&dir).await.context("validation queries")?;
+    print_checks(&before_checks)?;
+
+    heading("gapless plan --phases 3-6 over every season")?;
+    let request = Request {
+        range: full,
+        phases: [3, 4, 5, 6].into_iter().map(PhaseId).collect(),
+        force: false,
+    };
+    let plan = make_plan(&context, &request).await?;
+    out(format_args!("{}", plan_text(&plan)))?;
+
+    heading("gapless backfill --phases 3-6 (only the missing cells, validated)")?;
+    let run_id = create_run(&store, &loaded, &request, &plan, RunKind::Backfill).await?;
+    let tasks = backfill_tasks(&store, &run_id, &plan).await?;
+    let visible = Global {
+        pipeline: None,
+        json: false,
+        verbose: global.verbose,
+        quiet: global.quiet,
+    };
+    let exit = execute_run(&loaded, context.clone(), store.clone(), run_id, tasks, args.jobs.max(1), &visible).await?;
+
+    heading("gapless status after")?;
+    let after = matrix(&context, full).await?;
+    let report = StatusReport::build(&loaded.spec, &after, full, &all_phases, loaded.today);
+    out(format_args!("{}", report.to_text()))?;
+
+    heading("validation queries after")?;
+    let after_checks = gapless_nba::validate::run_validations(&dir).await.context("validation queries")?;
+    let all_match = print_checks(&after_checks)?;
+    out(format_args!(
+        "\n{} in {:.1}s · the example stays in {} (try `gapless --pipeline {}/gapless.toml report`)\n",
+        if all_match && exit == Exit::Success && !report.has_gaps() {
+            "every validation query matches its expectation"
+        } else {
+            "SOME VALIDATION QUERIES DO NOT MATCH"
+        },
+        started.elapsed().as_secs_f64(),
+        dir.display(),
+        dir.display()
+    ))?;
+    Ok(if all_match && exit == Exit::Success && !report.has_gaps() {
+        Exit::Success
+    } else {
+        Exit::Incomplete
+    })
+}
+
+fn prepare_dir(requested: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match requested {
+        Some(dir) => {
+            if dir.exists() && fs_err::read_dir(dir)?.next().is_some() {
+                return Err(UsageError::new(format!(
+                    "{} is not empty: the demo builds into a new or empty directory",
+                    dir.display()
+                ))
+                .into());
+            }
+            fs_err::create_dir_all(dir)?;
+            Ok(fs_err::canonicalize(dir)?)
+        }
+        None => {
+            let dir = tempfile::Builder::new().prefix("gapless-demo-").tempdir()?;
+            Ok(dir.keep())
+        }
+    }
+}
+
+fn print_checks(checks: &[(gapless_nba::validate::Validation, i64, i64)]) -> anyhow::Result<bool> {
+    let mut all = true;
+    for (validation, actual, expected) in checks {
+        let ok = actual == expected;
+        all &= ok;
+        out(format_args!(
+            "  {}  {:<58} {:>7} of {:<7}\n",
+            if ok { "ok  " } else { "MISS" },
+            validation.label,
+            actual,
+            expected
+        ))?;
+    }
+    Ok(all)
+}
+
+async fn backfill_tasks(
+    store: &Store,
+    run_id: &gapless_store::RunId,
+    plan: &gapless_core::plan::Plan,
+) -> anyhow::Result<Vec<gapless_runtime::executor::ExecTask>> {
+    let records = store.tasks(run_id).await?;
+    plan.tasks
+        .iter()
+        .map(|planned| {
+            let record = records
+                .iter()
+                .find(|r| r.phase == i64::from(planned.phase.0) && r.start == planned.range.start())
+                .context("a planned task is missing from the store")?;
+            Ok(gapless_runtime::executor::ExecTask {
+                id: record.id,
+                phase: planned.phase,
+                range: planned.range,
+                dates: planned.dates.clone(),
+                deps: planned.deps.clone(),
+                epoch: record.lease_epoch,
+                state: record.state,
+            })
+        })
+        .collect()
+}
+
+/// Dates of one season's games of one type, from the schedule.
+async fn season_dates(context: &Context, season: i32, kind: &str) -> anyhow::Result<Vec<Date>> {
+    let warehouse = context.warehouse.as_ref().context("the example has a warehouse")?;
+    let sql = format!(
+        "SELECT DISTINCT game_date FROM nba_reference.schedule WHERE season_year = {season} AND season_type = '{kind}'"
+    );
+    let all = DateRange::new(parse_date("2021-01-01")?, parse_date("2026-12-31")?)?;
+    Ok(warehouse.dates(&sql, all.start(), all.end()).await?.into_iter().collect())
+}
+
+async fn quiet_backfill(loaded: &Loaded, context: &Context, store: &Store, range: DateRange, phases: &[u32]) -> anyhow::Result<()> {
+    let request = Request {
+        range,
+        phases: phases.iter().copied().map(PhaseId).collect(),
+        force: false,
+    };
+    let plan = make_plan(context, &request).await?;
+    let run_id = create_run(store, loaded, &request, &plan, RunKind::Backfill).await?;
+    let tasks = backfill_tasks(store, &run_id, &plan).await?;
+    let quiet = Global {
+        pipeline: None,
+        json: false,
+        verbose: 0,
+        quiet: true,
+    };
+    let exit = execute_run(loaded, context.clone(), store.clone(), run_id.clone(), tasks, 2, &quiet).await?;
+    anyhow::ensure!(exit == Exit::Success, "replaying the live pipeline failed in run {run_id} ({range}, phases {phases:?})");
+    Ok(())
+}
+
+async fn replay_live(loaded: &Loaded, context: &Context, store: &Store) -> anyhow::Result<()> {
+    let full = DateRange::new(loaded.spec.start, loaded.today)?;
+    quiet_backfill(loaded, context, store, full, &[2]).await?;
+    for season in 2021..=2024 {
+        let playoffs = season_dates(context, season, "playoffs").await?;
+        let regular = season_dates(context, season, "regular").await?;
+        let (Some(first), Some(playoffs_start), Some(last)) = (regular.first(), playoffs.first(), playoffs.last()) else {
+            anyhow::bail!("season {season} has no schedule");
+        };
+        if season < 2024 {
+            // Live runs processed the regular season and play-in; the playoffs were loaded into
+            // phase 2 by a backfill script that published nothing.
+            let until = add_days(*playoffs_start, -1);
+            quiet_backfill(loaded, context, store, DateRange::new(*first, until)?, &[3, 4, 5, 6]).await?;
+        } else {
+            quiet_backfill(loaded, context, store, DateRange::new(*first, *last)?, &[3, 4, 5]).await?;
+            // 2024-25 grading: one test record.
+            quiet_backfill(loaded, context, store, DateRange::single(*first), &[6]).await?;
+            let warehouse = context.warehouse.as_ref().context("warehouse")?;
+            let sql = format!(
+                "DELETE FROM nba_predictions.prediction_accuracy WHERE game_date = '{first}' \
+                 AND rowid <> (SELECT MIN(rowid) FROM nba_predictions.prediction_accuracy WHERE game_date = '{first}')"
+            );
+            warehouse
+                .execute_script(&sql, &gapless_connect::ScriptParams { start: *first, end: *first, date: None })
+                .await
+                .context("leaving a single 2024-25 grading record")?;
+        }
+    }
+    Ok(())
+}

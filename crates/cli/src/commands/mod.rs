@@ -1,0 +1,76 @@
+//! One module per subcommand, each `run(args, …) -> anyhow::Result<Exit>`.
+
+pub(crate) mod backfill;
+pub(crate) mod check;
+pub(crate) mod demo;
+pub(crate) mod plan;
+pub(crate) mod report;
+pub(crate) mod resume;
+pub(crate) mod runs;
+pub(crate) mod status;
+
+use std::io::Write;
+
+use anyhow::Context as _;
+use gapless_core::cells::{Completeness, classify};
+use gapless_core::dates::DateRange;
+use gapless_runtime::context::Context;
+use gapless_runtime::observe;
+use serde::Serialize;
+
+use crate::cli::{Cli, Command};
+use crate::exit::Exit;
+
+/// Runs the parsed command line.
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<Exit> {
+    let global = &cli.global;
+    match &cli.command {
+        Command::Check => check::run(global).await,
+        Command::Status(args) => status::run(global, args).await,
+        Command::Plan(args) => plan::run(global, args).await,
+        Command::Backfill(args) => backfill::run(global, args).await,
+        Command::Resume(args) => resume::run(global, args).await,
+        Command::Runs(args) => runs::run(global, args).await,
+        Command::Migrate => {
+            let loaded = crate::settings::load(global)?;
+            let store = loaded.store().await?;
+            let version = store.schema_version().await?;
+            out(format_args!("state store at schema version {version}\n"))?;
+            Ok(Exit::Success)
+        }
+        Command::Report(args) => report::run(global, args).await,
+        Command::Demo(args) => demo::run(global, args).await,
+        Command::NbaLoad(args) => {
+            let start = crate::settings::date_arg("start-date", &args.start_date)?;
+            let end = crate::settings::date_arg("end-date", &args.end_date)?;
+            let report = gapless_nba::load::load_boxscores(&args.dir, start, end)
+                .await
+                .context("loading box scores")?;
+            out(format_args!("{report}\n"))?;
+            Ok(Exit::Success)
+        }
+    }
+}
+
+/// Probes `range` (widened back by the spec's lookback) and classifies every cell.
+pub(crate) async fn matrix(context: &Context, range: DateRange) -> anyhow::Result<Completeness> {
+    let probe_range = observe::probe_range(context, range);
+    let observations = observe::observe(context, probe_range)
+        .await
+        .context("probing the pipeline")?;
+    Ok(classify(&context.spec, &observations, context.today))
+}
+
+/// Writes to stdout; a closed pipe surfaces as an error `main` treats as success.
+pub(crate) fn out(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_fmt(args)?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub(crate) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    out(format_args!("{text}\n"))
+}

@@ -1,0 +1,102 @@
+//! `gapless runs` and `gapless runs show RUN_ID`.
+
+use gapless_store::{RunId, TaskState};
+use serde_json::json;
+
+use crate::cli::{Global, RunsArgs, RunsCommand};
+use crate::commands::{out, print_json};
+use crate::exit::{Exit, UsageError};
+use crate::settings;
+
+pub(crate) async fn run(global: &Global, args: &RunsArgs) -> anyhow::Result<Exit> {
+    let loaded = settings::load(global)?;
+    let store = loaded.store().await?;
+    match &args.show {
+        None => {
+            let runs = store.list_runs(args.limit.max(1)).await?;
+            if global.json {
+                let mut documents = Vec::new();
+                for run in &runs {
+                    documents.push(json!({"run": run, "progress": store.run_progress(&run.id).await?}));
+                }
+                print_json(&documents)?;
+                return Ok(Exit::Success);
+            }
+            if runs.is_empty() {
+                out(format_args!("no runs yet\n"))?;
+            }
+            for run in &runs {
+                let progress = store.run_progress(&run.id).await?;
+                let total: i64 = progress.iter().map(|p| p.total).sum();
+                let complete: i64 = progress.iter().map(|p| p.complete).sum();
+                let failed: i64 = progress.iter().map(|p| p.failed).sum();
+                let blocked: i64 = progress.iter().map(|p| p.blocked).sum();
+                out(format_args!(
+                    "{}  {:<8} {:<11} {}  cells {complete}/{total} complete, {failed} failed, {blocked} blocked  {}\n",
+                    run.id,
+                    run.kind,
+                    run.state,
+                    run.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    request_summary(&run.request),
+                ))?;
+            }
+            Ok(Exit::Success)
+        }
+        Some(RunsCommand::Show { run_id }) => {
+            let id = RunId::parse(run_id).map_err(|e| UsageError::new(e.to_string()))?;
+            let run = store
+                .run(&id)
+                .await?
+                .ok_or_else(|| UsageError::new(format!("no run `{id}` in the state store")))?;
+            let progress = store.run_progress(&id).await?;
+            let tasks = store.tasks(&id).await?;
+            let problems: Vec<_> = tasks
+                .iter()
+                .filter(|t| matches!(t.state, TaskState::Failed | TaskState::Blocked))
+                .collect();
+            if global.json {
+                print_json(&json!({"run": run, "progress": progress, "problems": problems}))?;
+                return Ok(Exit::Success);
+            }
+            out(format_args!(
+                "run {}  {}  {}  created {}  {}\n\n",
+                run.id,
+                run.kind,
+                run.state,
+                run.created_at.format("%Y-%m-%d %H:%M:%S"),
+                request_summary(&run.request)
+            ))?;
+            for phase in &progress {
+                let name = loaded
+                    .spec
+                    .phases
+                    .iter()
+                    .find(|p| i64::from(p.id.0) == phase.phase)
+                    .map_or("?", |p| p.name.as_str());
+                out(format_args!(
+                    "phase {:<3} {:<16} {:>6}/{:<6} complete  {} running  {} pending  {} failed  {} blocked\n",
+                    phase.phase, name, phase.complete, phase.total, phase.running, phase.pending, phase.failed, phase.blocked
+                ))?;
+            }
+            if !problems.is_empty() {
+                out(format_args!("\n"))?;
+                for task in problems {
+                    out(format_args!(
+                        "{:<8} phase {} {}..{}  {}\n",
+                        task.state,
+                        task.phase,
+                        task.start,
+                        task.end,
+                        task.error.as_deref().unwrap_or("")
+                    ))?;
+                }
+            }
+            Ok(Exit::Success)
+        }
+    }
+}
+
+fn request_summary(request: &serde_json::Value) -> String {
+    let get = |key: &str| request.get(key).map(|v| v.to_string().trim_matches('"').to_owned()).unwrap_or_default();
+    format!("{}..{} phases {}", get("start_date"), get("end_date"), get("phases"))
+}

@@ -1,0 +1,177 @@
+//! Runtime settings, resolved in one place, in one order: defaults < the pipeline file's
+//! `[state]` table < `GAPLESS_*` environment < command-line flags. Environment variables are
+//! read here and nowhere else.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use gapless_core::dates::{self, Date};
+use gapless_core::diagnostic::render_all;
+use gapless_core::spec::{self, FileSource, Spec};
+use gapless_runtime::context::Context;
+use gapless_store::Store;
+
+use crate::cli::Global;
+use crate::exit::UsageError;
+
+/// A loaded pipeline and the settings around it.
+pub(crate) struct Loaded {
+    /// The pipeline file.
+    pub(crate) path: PathBuf,
+    /// Its directory.
+    pub(crate) base_dir: PathBuf,
+    /// The validated spec.
+    pub(crate) spec: Spec,
+    /// Today, for expectations and gap ages.
+    pub(crate) today: Date,
+    /// The state store URL after overrides.
+    pub(crate) state_url: String,
+}
+
+/// Reads `sql_file` references relative to the pipeline file.
+struct DiskFiles<'a> {
+    base_dir: &'a Path,
+}
+
+impl FileSource for DiskFiles<'_> {
+    fn read(&self, relative_path: &str) -> Result<String, String> {
+        fs_err::read_to_string(self.base_dir.join(relative_path)).map_err(|error| {
+            // fs_err's message names the path; keep only the OS reason after it.
+            error
+                .to_string()
+                .rsplit_once(": ")
+                .map_or_else(|| error.to_string(), |(_, reason)| reason.to_owned())
+        })
+    }
+}
+
+/// `--pipeline`, else `$GAPLESS_PIPELINE`, else `./gapless.toml`.
+pub(crate) fn pipeline_path(flag: Option<&Path>) -> PathBuf {
+    resolve_pipeline_path(flag, std::env::var_os("GAPLESS_PIPELINE").map(PathBuf::from))
+}
+
+fn resolve_pipeline_path(flag: Option<&Path>, env: Option<PathBuf>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or(env)
+        .unwrap_or_else(|| PathBuf::from("gapless.toml"))
+}
+
+/// The state store URL: `$GAPLESS_STATE_URL` beats the file's `[state] url`, which beats the
+/// default.
+pub(crate) fn resolve_state_url(file: &str, env: Option<String>) -> String {
+    env.filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| file.to_owned())
+}
+
+/// `$GAPLESS_TODAY` (YYYY-MM-DD), else the local date.
+pub(crate) fn today() -> anyhow::Result<Date> {
+    resolve_today(std::env::var("GAPLESS_TODAY").ok(), chrono::Local::now().date_naive())
+}
+
+fn resolve_today(env: Option<String>, clock: Date) -> anyhow::Result<Date> {
+    match env {
+        Some(value) if !value.trim().is_empty() => dates::parse_date(value.trim())
+            .map_err(|error| UsageError::new(format!("GAPLESS_TODAY: {error}")).into()),
+        _ => Ok(clock),
+    }
+}
+
+/// Loads and validates the pipeline file. Diagnostics become a [`UsageError`] (exit 2).
+pub(crate) fn load(global: &Global) -> anyhow::Result<Loaded> {
+    let path = pipeline_path(global.pipeline.as_deref());
+    load_path(&path)
+}
+
+/// [`load`] for an explicit path.
+pub(crate) fn load_path(path: &Path) -> anyhow::Result<Loaded> {
+    let source = fs_err::read_to_string(path).map_err(|error| {
+        UsageError::new(format!(
+            "cannot read the pipeline file: {error}{}",
+            if path == Path::new("gapless.toml") {
+                " (pass --pipeline FILE or set GAPLESS_PIPELINE)"
+            } else {
+                ""
+            }
+        ))
+    })?;
+    let base_dir = path
+        .parent()
+        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .unwrap_or(Path::new("."));
+    let base_dir = fs_err::canonicalize(base_dir).context("cannot resolve the pipeline file's directory")?;
+    let spec = spec::parse(&source, &DiskFiles { base_dir: &base_dir })
+        .map_err(|diagnostics| UsageError::rendered(render_all(&diagnostics, &path.display().to_string(), &source)))?;
+    let state_url = resolve_state_url(&spec.state_url, std::env::var("GAPLESS_STATE_URL").ok());
+    Ok(Loaded {
+        path: path.to_path_buf(),
+        base_dir,
+        spec,
+        today: today()?,
+        state_url,
+    })
+}
+
+impl Loaded {
+    /// Where logs and local state live: the SQLite state file's directory, or `.gapless`
+    /// next to the pipeline file.
+    pub(crate) fn state_dir(&self) -> PathBuf {
+        if let Some(path) = self.state_url.strip_prefix("sqlite://")
+            && !path.is_empty()
+        {
+            let file = if Path::new(path).is_absolute() {
+                PathBuf::from(path)
+            } else {
+                self.base_dir.join(path)
+            };
+            if let Some(parent) = file.parent() {
+                return parent.to_path_buf();
+            }
+        }
+        self.base_dir.join(".gapless")
+    }
+
+    /// Connects the warehouse and builds the runtime context.
+    pub(crate) async fn context(&self) -> anyhow::Result<Context> {
+        Context::connect(self.spec.clone(), &self.base_dir, self.state_dir().join("logs"), self.today)
+            .await
+            .context("cannot reach the warehouse")
+    }
+
+    /// Connects the state store and brings its schema up to date (first use migrates).
+    pub(crate) async fn store(&self) -> anyhow::Result<Store> {
+        let store = Store::connect(&self.state_url, &self.base_dir)
+            .await
+            .with_context(|| format!("cannot open the state store `{}`", spec::redact_url(&self.state_url)))?;
+        store.migrate().await.context("cannot migrate the state store")?;
+        Ok(store)
+    }
+}
+
+/// Parses a `--start-date`/`--end-date` value (exit 2 on error).
+pub(crate) fn date_arg(flag: &str, value: &str) -> anyhow::Result<Date> {
+    dates::parse_date(value).map_err(|error| UsageError::new(format!("--{flag}: {error}")).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_precedence() {
+        // Flag beats env beats default.
+        assert_eq!(
+            resolve_pipeline_path(Some(Path::new("a.toml")), Some(PathBuf::from("b.toml"))),
+            PathBuf::from("a.toml")
+        );
+        assert_eq!(resolve_pipeline_path(None, Some(PathBuf::from("b.toml"))), PathBuf::from("b.toml"));
+        assert_eq!(resolve_pipeline_path(None, None), PathBuf::from("gapless.toml"));
+        // Env beats the file.
+        assert_eq!(resolve_state_url("sqlite://x.db", Some("postgres://h/db".into())), "postgres://h/db");
+        assert_eq!(resolve_state_url("sqlite://x.db", Some(String::new())), "sqlite://x.db");
+        assert_eq!(resolve_state_url("sqlite://x.db", None), "sqlite://x.db");
+        let clock = dates::parse_date("2026-01-01").unwrap();
+        assert_eq!(resolve_today(Some("2025-07-01".into()), clock).unwrap().to_string(), "2025-07-01");
+        assert_eq!(resolve_today(None, clock).unwrap(), clock);
+        assert!(resolve_today(Some("July".into()), clock).is_err());
+    }
+}

@@ -1,0 +1,288 @@
+//! Warehouse conformance: one scenario, run on SQLite (always) and PostgreSQL (when configured).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gapless_connect::{Dialect, Param, ScriptParams, Warehouse, WarehouseError};
+
+use crate::support::{jan, pg_url, unique_name};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn params(start: u32, end: u32) -> ScriptParams {
+    ScriptParams {
+        start: jan(start),
+        end: jan(end),
+        date: None,
+    }
+}
+
+/// The scenario every backend must pass. `schema` is where the test table lives: an ATTACHed
+/// database on SQLite, a fresh schema on PostgreSQL.
+async fn scenario(warehouse: &Warehouse, schema: &str) -> anyhow::Result<()> {
+    let sql = |text: &str| text.replace("{s}", schema);
+    warehouse.ping().await?;
+
+    warehouse
+        .execute_script(
+            &sql("CREATE TABLE {s}.t (game_date DATE NOT NULL, game_id INTEGER NOT NULL);"),
+            &params(1, 1),
+        )
+        .await?;
+    let inserted = warehouse
+        .execute_script(
+            &sql("INSERT INTO {s}.t VALUES ('2024-01-01', 1), ('2024-01-01', 2), ('2024-01-02', 3);
+                  -- outside the range probed below; a comment with ; and :start
+                  INSERT INTO {s}.t VALUES ('2023-12-31', 4), ('2024-01-10', 5);
+                  INSERT INTO {s}.t VALUES ('2024-01-04', 6), ('2024-01-04', 7), ('2024-01-04', 8);"),
+            &params(1, 1),
+        )
+        .await?;
+    assert_eq!(inserted, 8);
+
+    // One query for the whole range; dates without rows are absent.
+    let expected: BTreeMap<_, _> = [(jan(1), 2), (jan(2), 1), (jan(4), 3)].into();
+    let probe = sql(
+        "SELECT game_date, COUNT(*) FROM {s}.t WHERE game_date BETWEEN :start AND :end GROUP BY game_date",
+    );
+    assert_eq!(warehouse.counts(&probe, jan(1), jan(5)).await?, expected);
+    // Rows outside the range are ignored even when the query does not filter.
+    let unfiltered = sql("SELECT game_date, COUNT(*) FROM {s}.t GROUP BY game_date");
+    assert_eq!(warehouse.counts(&unfiltered, jan(1), jan(5)).await?, expected);
+    // Duplicate dates are summed; an INT4 literal count is read.
+    let per_row = sql("SELECT game_date, 1 FROM {s}.t");
+    assert_eq!(warehouse.counts(&per_row, jan(1), jan(5)).await?, expected);
+    // NUMERIC counts (PostgreSQL's SUM of BIGINT) are read.
+    let numeric = sql("SELECT game_date, CAST(COUNT(*) AS NUMERIC) FROM {s}.t GROUP BY game_date");
+    assert_eq!(warehouse.counts(&numeric, jan(1), jan(5)).await?, expected);
+    // TIMESTAMP or date-time text in the date column: its date counts.
+    let timestamps = match warehouse.dialect() {
+        Dialect::Postgres => sql("SELECT game_date::timestamp, COUNT(*) FROM {s}.t GROUP BY 1"),
+        Dialect::Sqlite => sql("SELECT game_date || ' 12:00:00', COUNT(*) FROM {s}.t GROUP BY 1"),
+    };
+    assert_eq!(warehouse.counts(&timestamps, jan(1), jan(5)).await?, expected);
+    // Dates as text, :start twice.
+    let text_dates = match warehouse.dialect() {
+        Dialect::Postgres => sql(
+            "SELECT to_char(game_date, 'YYYY-MM-DD'), COUNT(*) FROM {s}.t \
+             WHERE game_date >= :start AND game_date >= :start GROUP BY 1",
+        ),
+        Dialect::Sqlite => sql(
+            "SELECT game_date, COUNT(*) FROM {s}.t \
+             WHERE game_date >= :start AND game_date >= :start GROUP BY 1",
+        ),
+    };
+    assert_eq!(warehouse.counts(&text_dates, jan(1), jan(5)).await?, expected);
+
+    // A value that is not a date is an error naming it and the query.
+    let error = warehouse
+        .counts("SELECT 'not-a-date', 1", jan(1), jan(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, WarehouseError::BadDate { ref value, .. } if value == "not-a-date"), "{error:?}");
+    assert!(error.to_string().contains("not-a-date") && error.to_string().contains("SELECT"), "{error}");
+    let error = warehouse
+        .counts("SELECT '2024-01-01', 'many'", jan(1), jan(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, WarehouseError::BadCount { ref value, .. } if value == "many"), "{error:?}");
+    let error = warehouse
+        .counts("SELECT '2024-01-01', 1, 2", jan(1), jan(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, WarehouseError::Columns { found: 3, .. }), "{error:?}");
+    let error = warehouse
+        .counts(&sql("SELECT game_date, COUNT(*) FROM {s}.t WHERE game_date = :date GROUP BY 1"), jan(1), jan(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, WarehouseError::MissingParam { param: Param::Date, .. }), "{error:?}");
+    let error = warehouse
+        .counts("SELECT 1, 2; SELECT 3, 4", jan(1), jan(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, WarehouseError::NotOneStatement { found: 2, .. }), "{error:?}");
+    let error = warehouse
+        .counts("SELECT :foo, 1", jan(1), jan(5))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("invalid sql"), "{error}");
+    assert!(format!("{error:?}").contains("foo"), "{error:?}");
+
+    // The SQL runner: DELETE + INSERT over the range, idempotent.
+    let rerun = sql(
+        "DELETE FROM {s}.t WHERE game_date BETWEEN :start AND :end;
+         INSERT INTO {s}.t (game_date, game_id) VALUES (:start, 100), (:end, 101), (:end, 102);",
+    );
+    let first = warehouse.execute_script(&rerun, &params(2, 3)).await?;
+    assert_eq!(first, 1 + 3);
+    let after_first = warehouse.counts(&probe, jan(1), jan(5)).await?;
+    let second = warehouse.execute_script(&rerun, &params(2, 3)).await?;
+    assert_eq!(second, 3 + 3);
+    let after_second = warehouse.counts(&probe, jan(1), jan(5)).await?;
+    assert_eq!(after_first, after_second);
+    let expected_after: BTreeMap<_, _> = [(jan(1), 2), (jan(2), 1), (jan(3), 2), (jan(4), 3)].into();
+    assert_eq!(after_second, expected_after);
+
+    // A failing statement rolls the whole script back and is named.
+    let failing = sql(
+        "DELETE FROM {s}.t WHERE game_date BETWEEN :start AND :end;
+         INSERT INTO {s}.no_such_table VALUES (1)",
+    );
+    let error = warehouse.execute_script(&failing, &params(1, 5)).await.unwrap_err();
+    match &error {
+        WarehouseError::Statement { index, total, statement, .. } => {
+            assert_eq!((*index, *total), (2, 2));
+            assert!(statement.contains("no_such_table"), "{statement}");
+        }
+        other => panic!("expected a statement error, got {other:?}"),
+    }
+    assert!(error.to_string().contains("statement 2 of 2"), "{error}");
+    assert_eq!(warehouse.counts(&probe, jan(1), jan(5)).await?, expected_after);
+
+    // :date is bound when given, and refused before anything runs when not.
+    let by_date = sql("DELETE FROM {s}.t WHERE game_date = :date");
+    let error = warehouse.execute_script(&by_date, &params(1, 5)).await.unwrap_err();
+    assert!(matches!(error, WarehouseError::MissingParam { param: Param::Date, .. }), "{error:?}");
+    let deleted = warehouse
+        .execute_script(&by_date, &ScriptParams { date: Some(jan(3)), ..params(1, 5) })
+        .await?;
+    assert_eq!(deleted, 2);
+
+    // The calendar query, with and without parameters.
+    let expected_dates: BTreeSet<_> = [jan(1), jan(2), jan(4)].into();
+    let calendar = sql("SELECT DISTINCT game_date FROM {s}.t WHERE game_date BETWEEN :start AND :end");
+    assert_eq!(warehouse.dates(&calendar, jan(1), jan(5)).await?, expected_dates);
+    let calendar = sql("SELECT game_date FROM {s}.t ORDER BY game_date");
+    assert_eq!(warehouse.dates(&calendar, jan(1), jan(5)).await?, expected_dates);
+
+    // One integer.
+    assert_eq!(warehouse.scalar(&sql("SELECT COUNT(*) FROM {s}.t")).await?, 8);
+    assert_eq!(warehouse.scalar(&sql("SELECT SUM(game_id) FROM {s}.t WHERE game_id < 4")).await?, 3);
+    let error = warehouse
+        .scalar(&sql("SELECT game_id FROM {s}.t WHERE game_id < 0"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, WarehouseError::NoRow { .. }), "{error:?}");
+    let error = warehouse
+        .scalar(&sql("SELECT COUNT(*) FROM {s}.t WHERE game_date >= :start"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, WarehouseError::MissingParam { param: Param::Start, .. }), "{error:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_conformance() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // An empty file is a valid empty SQLite database.
+    std::fs::create_dir(dir.path().join("warehouse"))?;
+    std::fs::write(dir.path().join("warehouse/raw.db"), b"")?;
+    let warehouse = Warehouse::connect(
+        "sqlite://warehouse/main.db",
+        &[("raw".to_owned(), PathBuf::from("warehouse/raw.db"))],
+        dir.path(),
+        TIMEOUT,
+    )
+    .await?;
+    assert_eq!(warehouse.dialect(), Dialect::Sqlite);
+    // The main file is created relative to the base directory.
+    assert!(dir.path().join("warehouse/main.db").is_file());
+    scenario(&warehouse, "raw").await?;
+    warehouse.close().await;
+
+    // The data went into the attached file: a fresh pool attaching it by absolute path sees it.
+    let absolute = format!("sqlite://{}", dir.path().join("warehouse/other.db").display());
+    let again = Warehouse::connect(
+        &absolute,
+        &[("raw".to_owned(), dir.path().join("warehouse/raw.db"))],
+        std::path::Path::new("/nonexistent"),
+        TIMEOUT,
+    )
+    .await?;
+    assert_eq!(again.scalar("SELECT COUNT(*) FROM raw.t").await?, 8);
+    again.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn postgres_conformance() -> anyhow::Result<()> {
+    let Some(url) = pg_url() else { return Ok(()) };
+    let warehouse = Warehouse::connect(&url, &[], std::path::Path::new("."), TIMEOUT).await?;
+    assert_eq!(warehouse.dialect(), Dialect::Postgres);
+    let schema = unique_name("gapless_connect_test");
+    let no_params = params(1, 1);
+    warehouse
+        .execute_script(&format!("CREATE SCHEMA {schema}"), &no_params)
+        .await?;
+    let result = scenario(&warehouse, &schema).await;
+    let timeout_result = warehouse
+        .execute_script_with_timeout("SELECT pg_sleep(5)", &no_params, Duration::from_millis(300))
+        .await;
+    warehouse
+        .execute_script(&format!("DROP SCHEMA {schema} CASCADE"), &no_params)
+        .await?;
+    warehouse.close().await;
+    result?;
+    // Either our timer or the server's statement_timeout ends it; both are worth a retry.
+    let error = timeout_result.unwrap_err();
+    assert!(error.is_retryable(), "{error:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_memory_and_connect_errors() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let memory = Warehouse::connect("sqlite::memory:", &[], dir.path(), TIMEOUT).await?;
+    // One connection for ever: a table created by one call is seen by the next.
+    memory
+        .execute_script("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (41), (1)", &params(1, 1))
+        .await?;
+    assert_eq!(memory.scalar("SELECT SUM(x) FROM t").await?, 42);
+
+    let missing = Warehouse::connect(
+        "sqlite::memory:",
+        &[("raw".to_owned(), PathBuf::from("nope/raw.db"))],
+        dir.path(),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(missing, WarehouseError::AttachmentMissing { ref name, .. } if name == "raw"));
+    assert!(missing.to_string().contains("nope/raw.db"), "{missing}");
+    assert!(!dir.path().join("nope").exists());
+
+    std::fs::write(dir.path().join("x.db"), b"")?;
+    for name in ["bad name", "1x", "x;DROP", "", "main", "TEMP"] {
+        let error = Warehouse::connect(
+            "sqlite::memory:",
+            &[(name.to_owned(), PathBuf::from("x.db"))],
+            dir.path(),
+            TIMEOUT,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(error, WarehouseError::InvalidAttachName { .. }), "{name}: {error:?}");
+    }
+    let error = Warehouse::connect(
+        "postgres://user:secret@127.0.0.1:1/db",
+        &[("raw".to_owned(), PathBuf::from("x.db"))],
+        dir.path(),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(error, WarehouseError::AttachUnsupported), "{error:?}");
+    let error = Warehouse::connect("mysql://x/y", &[], dir.path(), TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, WarehouseError::InvalidUrl { .. }), "{error:?}");
+    // Nothing listens on port 1: a connect error that hides the password.
+    let error = Warehouse::connect("postgres://user:secret@127.0.0.1:1/db", &[], dir.path(), TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, WarehouseError::Connect { .. }), "{error:?}");
+    assert!(!error.to_string().contains("secret"), "{error}");
+    assert!(error.is_retryable());
+    Ok(())
+}

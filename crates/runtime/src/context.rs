@@ -1,0 +1,75 @@
+//! A loaded pipeline: the validated spec, where it lives, and its warehouse.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gapless_connect::Warehouse;
+use gapless_core::dates::Date;
+use gapless_core::spec::Spec;
+
+/// Everything the runtime needs about one pipeline.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The validated spec.
+    pub spec: Arc<Spec>,
+    /// The pipeline file's directory: commands run here and relative paths start here.
+    pub base_dir: PathBuf,
+    /// The warehouse, when the spec uses SQL.
+    pub warehouse: Option<Warehouse>,
+    /// Where logs of every attempt go (`<state dir>/logs`).
+    pub log_dir: PathBuf,
+    /// Today (from `GAPLESS_TODAY` or the clock), for expectations.
+    pub today: Date,
+    /// Timeout for probes (each query or probe command).
+    pub probe_timeout: Duration,
+    /// Shared HTTP client for HTTP runners.
+    pub http: reqwest::Client,
+}
+
+/// Why the context could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// The warehouse did not answer.
+    #[error("cannot connect to the warehouse")]
+    Warehouse(#[source] gapless_connect::WarehouseError),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client")]
+    Http(#[source] reqwest::Error),
+}
+
+impl Context {
+    /// Connects to the warehouse (when the spec has one) and prepares the rest.
+    pub async fn connect(
+        spec: Spec,
+        base_dir: &Path,
+        log_dir: PathBuf,
+        today: Date,
+    ) -> Result<Self, ContextError> {
+        let probe_timeout = Duration::from_secs(300);
+        let warehouse = match &spec.warehouse {
+            Some(w) => {
+                let attach: Vec<(String, PathBuf)> = w
+                    .attach
+                    .iter()
+                    .map(|(name, path)| (name.clone(), PathBuf::from(path)))
+                    .collect();
+                Some(
+                    Warehouse::connect(&w.url, &attach, base_dir, probe_timeout)
+                        .await
+                        .map_err(ContextError::Warehouse)?,
+                )
+            }
+            None => None,
+        };
+        Ok(Self {
+            spec: Arc::new(spec),
+            base_dir: base_dir.to_path_buf(),
+            warehouse,
+            log_dir,
+            today,
+            probe_timeout,
+            http: gapless_connect::http_client().map_err(ContextError::Http)?,
+        })
+    }
+}

@@ -1,0 +1,687 @@
+//! The executor: runs a run's tasks the moment their needs are complete (pipelined across
+//! dates, not phase by phase), within `--jobs` overall and each phase's `concurrency`, with
+//! retries (exponential backoff, full jitter), timeouts, the validation gate, rollback, and a
+//! checkpoint in the state store before every next step.
+//!
+//! Every transition is a compare-and-set on the task's `lease_epoch` in the store: a task
+//! whose lease was taken over (a resumed run fenced it) cannot record anything.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gapless_connect::{CommandSpec, HttpSpec, RunError, ScriptParams};
+use gapless_core::dates::{Date, DateRange};
+use gapless_core::plan::{PlannedTask, dependencies};
+use gapless_core::policy::Backoff;
+use gapless_core::spec::{Phase, PhaseId, Rollback, Runner, Spec};
+use gapless_core::template::{Values, substitute};
+use gapless_store::{RunId, Store, StoreError, TaskRecord, TaskState};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::Context;
+use crate::observe;
+use crate::preflight::error_chain;
+
+/// One task as the executor sees it.
+#[derive(Debug, Clone)]
+pub struct ExecTask {
+    /// Store id.
+    pub id: i64,
+    /// Phase.
+    pub phase: PhaseId,
+    /// Dates covered.
+    pub range: DateRange,
+    /// Dates that must become complete.
+    pub dates: Vec<Date>,
+    /// Indices (in the task list) of tasks that must complete first.
+    pub deps: Vec<usize>,
+    /// Lease epoch last seen in the store.
+    pub epoch: i64,
+    /// State in the store.
+    pub state: TaskState,
+}
+
+impl ExecTask {
+    /// `phase 3 2024-01-01..2024-01-31`.
+    pub fn label(&self) -> String {
+        format!("phase {} {}", self.phase, self.range)
+    }
+}
+
+/// Builds executor tasks from a run's stored tasks, with dependencies derived from the spec.
+/// Used by `resume`, so a resumed run follows exactly the graph the planner would build.
+pub fn tasks_from_records(spec: &Spec, records: &[TaskRecord], cells: &HashMap<i64, Vec<Date>>) -> Vec<ExecTask> {
+    let planned: Vec<PlannedTask> = records
+        .iter()
+        .map(|record| PlannedTask {
+            phase: PhaseId(u32::try_from(record.phase).unwrap_or(0)),
+            range: DateRange::new(record.start, record.end).unwrap_or_else(|_| DateRange::single(record.start)),
+            dates: cells.get(&record.id).cloned().unwrap_or_default(),
+            deps: Vec::new(),
+        })
+        .collect();
+    let deps = dependencies(spec, &planned);
+    planned
+        .into_iter()
+        .zip(deps)
+        .zip(records)
+        .map(|((task, deps), record)| ExecTask {
+            id: record.id,
+            phase: task.phase,
+            range: task.range,
+            dates: task.dates,
+            deps,
+            epoch: record.lease_epoch,
+            state: record.state,
+        })
+        .collect()
+}
+
+/// How to execute.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Tasks at once, overall.
+    pub jobs: usize,
+    /// This process's name in leases.
+    pub owner: String,
+    /// Lease length; renewed every third of it.
+    pub lease_ttl: Duration,
+    /// Retry backoff.
+    pub backoff: Backoff,
+    /// Event source recorded with completions (`backfill`, `heal`).
+    pub source: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            jobs: 4,
+            owner: format!("gapless-{}", std::process::id()),
+            lease_ttl: Duration::from_secs(60),
+            backoff: Backoff::default(),
+            source: "backfill".to_owned(),
+        }
+    }
+}
+
+/// Something that happened, for progress display and logs.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// An attempt started.
+    Started {
+        /// The task.
+        task: &'a ExecTask,
+        /// Attempt number (1-based).
+        attempt: i32,
+    },
+    /// The task's cells passed the gate and were recorded complete.
+    Completed {
+        /// The task.
+        task: &'a ExecTask,
+        /// Time of the successful attempt.
+        elapsed: Duration,
+    },
+    /// An attempt failed and will be retried.
+    Retrying {
+        /// The task.
+        task: &'a ExecTask,
+        /// The attempt that failed.
+        attempt: i32,
+        /// Why.
+        error: &'a str,
+        /// Wait before the next attempt.
+        delay: Duration,
+    },
+    /// The task failed for good (after rollback).
+    Failed {
+        /// The task.
+        task: &'a ExecTask,
+        /// Why.
+        error: &'a str,
+    },
+    /// The task will not run because a task it needs failed.
+    Blocked {
+        /// The task.
+        task: &'a ExecTask,
+        /// The failed task upstream.
+        because: &'a ExecTask,
+    },
+}
+
+/// Receives [`Event`]s. Implementations must be cheap; they run on the scheduler.
+pub trait Observer: Send + Sync {
+    /// Called for each event.
+    fn event(&self, event: Event<'_>);
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn event(&self, _event: Event<'_>) {}
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Outcome {
+    /// Tasks complete (including ones complete before this execution).
+    pub tasks_complete: usize,
+    /// Tasks failed.
+    pub tasks_failed: usize,
+    /// Tasks blocked.
+    pub tasks_blocked: usize,
+    /// Tasks not finished because the run was interrupted.
+    pub tasks_interrupted: usize,
+    /// Whether Ctrl-C (or another cancel) stopped the run.
+    pub interrupted: bool,
+}
+
+impl Outcome {
+    /// Every task complete.
+    pub fn is_success(&self) -> bool {
+        self.tasks_failed == 0 && self.tasks_blocked == 0 && !self.interrupted && self.tasks_interrupted == 0
+    }
+}
+
+/// Why execution stopped short of an outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The state store failed: nothing more can be recorded safely.
+    #[error("state store failed")]
+    Store(#[from] StoreError),
+    /// A task's future panicked (a bug).
+    #[error("a task panicked")]
+    Panicked(#[source] tokio::task::JoinError),
+}
+
+enum TaskResult {
+    Complete,
+    Failed,
+    Cancelled,
+    /// The lease was taken by someone else: they own the task now.
+    Fenced,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Waiting,
+    Running,
+    Done,
+    Failed,
+    Blocked,
+    Interrupted,
+}
+
+/// Runs `tasks` (in an order where dependencies come first) to completion.
+pub async fn execute(
+    context: Arc<Context>,
+    store: Store,
+    run_id: RunId,
+    mut tasks: Vec<ExecTask>,
+    options: Options,
+    observer: Arc<dyn Observer>,
+    cancel: CancellationToken,
+) -> Result<Outcome, ExecError> {
+    let n = tasks.len();
+    let mut status: Vec<Status> = tasks
+        .iter()
+        .map(|t| match t.state {
+            TaskState::Complete => Status::Done,
+            TaskState::Failed => Status::Failed,
+            TaskState::Blocked => Status::Blocked,
+            TaskState::Pending | TaskState::Running => Status::Waiting,
+        })
+        .collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut waiting_on: Vec<usize> = vec![0; n];
+    for (i, task) in tasks.iter().enumerate() {
+        for &dep in &task.deps {
+            dependents[dep].push(i);
+            if status[dep] != Status::Done {
+                waiting_on[i] += 1;
+            }
+        }
+    }
+    // Tasks whose upstream already failed or is blocked cannot run.
+    let initially_failed: Vec<usize> = (0..n)
+        .filter(|i| matches!(status[*i], Status::Failed | Status::Blocked))
+        .collect();
+    for i in initially_failed {
+        block_downstream(&store, &run_id, &tasks, &dependents, &mut status, i, observer.as_ref()).await?;
+    }
+    let mut ready: BTreeSet<usize> = (0..n)
+        .filter(|i| status[*i] == Status::Waiting && waiting_on[*i] == 0)
+        .collect();
+    let mut running_per_phase: HashMap<PhaseId, u32> = HashMap::new();
+    let mut join_set: JoinSet<(usize, Result<TaskResult, StoreError>)> = JoinSet::new();
+    let jobs = options.jobs.max(1);
+    let options = Arc::new(options);
+
+    loop {
+        if !cancel.is_cancelled() {
+            let mut launched = Vec::new();
+            for &i in &ready {
+                if join_set.len() + launched.len() >= jobs {
+                    break;
+                }
+                let task = &tasks[i];
+                let Some(phase) = context.spec.phase(task.phase) else { continue };
+                let running = running_per_phase.get(&task.phase).copied().unwrap_or(0);
+                if running >= phase.concurrency {
+                    continue;
+                }
+                running_per_phase.insert(task.phase, running + 1);
+                launched.push(i);
+            }
+            for i in launched {
+                ready.remove(&i);
+                status[i] = Status::Running;
+                let task = tasks[i].clone();
+                let context = Arc::clone(&context);
+                let store = store.clone();
+                let run_id = run_id.clone();
+                let options = Arc::clone(&options);
+                let observer = Arc::clone(&observer);
+                let cancel = cancel.clone();
+                join_set.spawn(async move {
+                    let result = run_task(&context, &store, &run_id, &task, &options, observer.as_ref(), &cancel).await;
+                    (i, result)
+                });
+            }
+        }
+        if join_set.is_empty() {
+            break;
+        }
+        let joined = tokio::select! {
+            joined = join_set.join_next() => joined,
+            () = cancel.cancelled(), if !cancel.is_cancelled() => continue,
+        };
+        let Some(joined) = joined else { break };
+        let (i, result) = joined.map_err(ExecError::Panicked)?;
+        if let Some(running) = running_per_phase.get_mut(&tasks[i].phase) {
+            *running = running.saturating_sub(1);
+        }
+        match result {
+            Err(error) => {
+                // Let the others finish recording what they can, then report.
+                cancel.cancel();
+                while join_set.join_next().await.is_some() {}
+                return Err(ExecError::Store(error));
+            }
+            Ok(TaskResult::Complete) => {
+                status[i] = Status::Done;
+                tasks[i].state = TaskState::Complete;
+                for &dependent in &dependents[i] {
+                    waiting_on[dependent] = waiting_on[dependent].saturating_sub(1);
+                    if waiting_on[dependent] == 0 && status[dependent] == Status::Waiting {
+                        ready.insert(dependent);
+                    }
+                }
+            }
+            Ok(TaskResult::Failed) => {
+                status[i] = Status::Failed;
+                block_downstream(&store, &run_id, &tasks, &dependents, &mut status, i, observer.as_ref()).await?;
+                for dependent in 0..n {
+                    if status[dependent] == Status::Blocked {
+                        ready.remove(&dependent);
+                    }
+                }
+            }
+            Ok(TaskResult::Cancelled | TaskResult::Fenced) => status[i] = Status::Interrupted,
+        }
+    }
+    let mut outcome = Outcome {
+        interrupted: cancel.is_cancelled(),
+        ..Outcome::default()
+    };
+    for s in &status {
+        match s {
+            Status::Done => outcome.tasks_complete += 1,
+            Status::Failed => outcome.tasks_failed += 1,
+            Status::Blocked => outcome.tasks_blocked += 1,
+            Status::Waiting | Status::Running | Status::Interrupted => outcome.tasks_interrupted += 1,
+        }
+    }
+    Ok(outcome)
+}
+
+/// Marks every task downstream of `failed` blocked, in the store and in `status`.
+async fn block_downstream(
+    store: &Store,
+    run_id: &RunId,
+    tasks: &[ExecTask],
+    dependents: &[Vec<usize>],
+    status: &mut [Status],
+    failed: usize,
+    observer: &dyn Observer,
+) -> Result<(), StoreError> {
+    let mut stack = dependents[failed].clone();
+    let mut newly = Vec::new();
+    while let Some(i) = stack.pop() {
+        if status[i] != Status::Waiting {
+            continue;
+        }
+        status[i] = Status::Blocked;
+        newly.push(i);
+        stack.extend(dependents[i].iter().copied());
+    }
+    if newly.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = newly.iter().map(|i| tasks[*i].id).collect();
+    let reason = format!("{} did not complete", tasks[failed].label());
+    store.block(run_id, &ids, &reason).await?;
+    for i in newly {
+        observer.event(Event::Blocked {
+            task: &tasks[i],
+            because: &tasks[failed],
+        });
+    }
+    Ok(())
+}
+
+/// Why one attempt did not produce complete cells.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("SQL runner failed")]
+    Sql(#[source] gapless_connect::WarehouseError),
+    #[error("timed out after {}", gapless_core::dates::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("validation gate: {0}")]
+    Gate(String),
+    #[error("re-probe after the run failed")]
+    Probe(#[source] observe::ObserveError),
+    #[error("the phase has no runner")]
+    NoRunner,
+}
+
+impl AttemptError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            AttemptError::Run(error) => error.is_retryable(),
+            AttemptError::Sql(_) | AttemptError::Timeout(_) | AttemptError::Gate(_) | AttemptError::Probe(_) => true,
+            AttemptError::NoRunner => false,
+        }
+    }
+}
+
+async fn run_task(
+    context: &Context,
+    store: &Store,
+    run_id: &RunId,
+    task: &ExecTask,
+    options: &Options,
+    observer: &dyn Observer,
+    cancel: &CancellationToken,
+) -> Result<TaskResult, StoreError> {
+    let Some(phase) = context.spec.phase(task.phase) else {
+        tracing::error!(phase = %task.phase, "phase is not in the pipeline file");
+        return Ok(TaskResult::Failed);
+    };
+    let max_attempts = i32::try_from(phase.retries).unwrap_or(i32::MAX).saturating_add(1);
+    let mut seen_epoch = task.epoch;
+    loop {
+        let Some(claim) = store.claim(task.id, seen_epoch, &options.owner, options.lease_ttl).await? else {
+            return Ok(TaskResult::Fenced);
+        };
+        observer.event(Event::Started {
+            task,
+            attempt: claim.attempt,
+        });
+        let started = Instant::now();
+        let child_cancel = cancel.child_token();
+        let attempt = attempt(context, run_id, task, phase, claim.epoch, claim.attempt, &child_cancel);
+        let result = with_heartbeat(store, task.id, claim.epoch, options.lease_ttl, &child_cancel, attempt).await?;
+        let result = match result {
+            None => return Ok(TaskResult::Fenced),
+            Some(result) => result,
+        };
+        match result {
+            Ok(counts) => {
+                if store.complete(task.id, claim.epoch, &counts, &options.source).await? {
+                    observer.event(Event::Completed {
+                        task,
+                        elapsed: started.elapsed(),
+                    });
+                    return Ok(TaskResult::Complete);
+                }
+                return Ok(TaskResult::Fenced);
+            }
+            Err(_) if cancel.is_cancelled() => {
+                store
+                    .release_for_retry(task.id, claim.epoch, "interrupted", Duration::ZERO)
+                    .await?;
+                return Ok(TaskResult::Cancelled);
+            }
+            Err(error) => {
+                let message = error_chain(&error);
+                if error.is_retryable() && claim.attempt < max_attempts {
+                    let delay = options.backoff.delay(u32::try_from(claim.attempt).unwrap_or(1), fastrand::f64());
+                    if !store.release_for_retry(task.id, claim.epoch, &message, delay).await? {
+                        return Ok(TaskResult::Fenced);
+                    }
+                    seen_epoch = claim.epoch + 1;
+                    observer.event(Event::Retrying {
+                        task,
+                        attempt: claim.attempt,
+                        error: &message,
+                        delay,
+                    });
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = cancel.cancelled() => return Ok(TaskResult::Cancelled),
+                    }
+                    continue;
+                }
+                let message = match rollback(context, run_id, task, phase, claim.epoch).await {
+                    None => message,
+                    Some(Ok(())) => format!("{message} (rolled back)"),
+                    Some(Err(rollback_error)) => format!("{message}; rollback also failed: {rollback_error}"),
+                };
+                if !store.fail(task.id, claim.epoch, &message).await? {
+                    return Ok(TaskResult::Fenced);
+                }
+                observer.event(Event::Failed { task, error: &message });
+                return Ok(TaskResult::Failed);
+            }
+        }
+    }
+}
+
+/// Runs `work` while renewing the lease every third of its length. `None` when the lease was
+/// lost: the work is cancelled (its child killed) before anyone else can take the task over.
+async fn with_heartbeat<T>(
+    store: &Store,
+    task_id: i64,
+    epoch: i64,
+    ttl: Duration,
+    cancel: &CancellationToken,
+    work: impl Future<Output = T>,
+) -> Result<Option<T>, StoreError> {
+    let mut interval = tokio::time::interval(ttl / 3);
+    interval.tick().await;
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            result = &mut work => return Ok(Some(result)),
+            _ = interval.tick() => {
+                if !store.heartbeat(task_id, epoch, ttl).await? {
+                    cancel.cancel();
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+fn values<'a>(task: &ExecTask, run_id: &'a RunId) -> Values<'a> {
+    Values {
+        date: task.range.start().to_string(),
+        start: task.range.start().to_string(),
+        end: task.range.end().to_string(),
+        phase: task.phase.to_string(),
+        run_id: run_id.as_str(),
+    }
+}
+
+fn environment(task: &ExecTask, run_id: &RunId, epoch: i64, pipeline: &str) -> Vec<(String, String)> {
+    let cell_key = if task.range.start() == task.range.end() {
+        format!("{pipeline}/{}/{}", task.phase, task.range.start())
+    } else {
+        format!("{pipeline}/{}/{}..{}", task.phase, task.range.start(), task.range.end())
+    };
+    vec![
+        ("GAPLESS_DATE".to_owned(), task.range.start().to_string()),
+        ("GAPLESS_START".to_owned(), task.range.start().to_string()),
+        ("GAPLESS_END".to_owned(), task.range.end().to_string()),
+        ("GAPLESS_PHASE".to_owned(), task.phase.to_string()),
+        ("GAPLESS_RUN_ID".to_owned(), run_id.to_string()),
+        ("GAPLESS_CELL_KEY".to_owned(), cell_key),
+        ("GAPLESS_ATTEMPT_TOKEN".to_owned(), epoch.to_string()),
+    ]
+}
+
+fn log_path(context: &Context, run_id: &RunId, task: &ExecTask, attempt: i32, what: &str) -> PathBuf {
+    context.log_dir.join(run_id.as_str()).join(format!(
+        "phase{}-{}-{}-{what}{attempt}.log",
+        task.phase,
+        task.range.start(),
+        task.range.end()
+    ))
+}
+
+/// One attempt: the runner, then the validation gate. Returns the counts recorded on success.
+async fn attempt(
+    context: &Context,
+    run_id: &RunId,
+    task: &ExecTask,
+    phase: &Phase,
+    epoch: i64,
+    attempt: i32,
+    cancel: &CancellationToken,
+) -> Result<serde_json::Value, AttemptError> {
+    let values = values(task, run_id);
+    match &phase.run {
+        None => return Err(AttemptError::NoRunner),
+        Some(Runner::Command(argv)) => {
+            let spec = CommandSpec {
+                argv: argv.iter().map(|a| substitute(a, &values)).collect(),
+                cwd: context.base_dir.clone(),
+                env: environment(task, run_id, epoch, &context.spec.name),
+                timeout: phase.timeout,
+                log_path: Some(log_path(context, run_id, task, attempt, "attempt")),
+                cancel: cancel.clone(),
+            };
+            gapless_connect::run_command(&spec).await?;
+        }
+        Some(Runner::Sql(sql)) => {
+            let warehouse = context.warehouse.as_ref().ok_or(AttemptError::NoRunner)?;
+            let params = ScriptParams {
+                start: task.range.start(),
+                end: task.range.end(),
+                date: Some(task.range.start()),
+            };
+            tokio::select! {
+                result = tokio::time::timeout(phase.timeout, warehouse.execute_script(sql, &params)) => {
+                    result.map_err(|_| AttemptError::Timeout(phase.timeout))?.map_err(AttemptError::Sql)?;
+                }
+                () = cancel.cancelled() => return Err(AttemptError::Run(RunError::Cancelled)),
+            }
+        }
+        Some(Runner::Http(http)) => {
+            let spec = HttpSpec {
+                method: gapless_connect::Method::from_bytes(http.method.as_bytes()).unwrap_or(gapless_connect::Method::POST),
+                url: substitute(&http.url, &values),
+                body: http.body.as_ref().map(|b| substitute(b, &values)),
+                headers: http.headers.clone(),
+                token_command: http.token_command.clone(),
+                timeout: phase.timeout,
+                idempotency_key: format!("{}-{}-{}", run_id, task.phase, task.range.start()),
+                cwd: context.base_dir.clone(),
+            };
+            tokio::select! {
+                result = gapless_connect::run_http(&spec, &context.http) => { result?; }
+                () = cancel.cancelled() => return Err(AttemptError::Run(RunError::Cancelled)),
+            }
+        }
+    }
+    gate(context, task, phase).await
+}
+
+/// The validation gate: re-probe the task's cells; every expected cell must reach its count.
+async fn gate(context: &Context, task: &ExecTask, phase: &Phase) -> Result<serde_json::Value, AttemptError> {
+    let observed = observe::phase(context, phase, task.range).await.map_err(AttemptError::Probe)?;
+    let mut shortfalls = Vec::new();
+    let mut counts = BTreeMap::new();
+    for date in &task.dates {
+        let count = observed.counts.get(date).copied().unwrap_or(0);
+        let from_source = observed
+            .expected
+            .as_ref()
+            .and_then(|e| e.get(date).copied())
+            .unwrap_or(0);
+        let expected = from_source.max(phase.expect.min);
+        counts.insert(date.to_string(), serde_json::json!([count, expected]));
+        if count < expected {
+            shortfalls.push(format!("{date}: {count} of {expected}"));
+        }
+    }
+    if shortfalls.is_empty() {
+        Ok(serde_json::to_value(counts).unwrap_or_default())
+    } else {
+        let total = shortfalls.len();
+        let mut message = shortfalls.into_iter().take(5).collect::<Vec<_>>().join(", ");
+        if total > 5 {
+            message.push_str(&format!(" and {} more dates short", total - 5));
+        }
+        Err(AttemptError::Gate(message))
+    }
+}
+
+async fn rollback(
+    context: &Context,
+    run_id: &RunId,
+    task: &ExecTask,
+    phase: &Phase,
+    epoch: i64,
+) -> Option<Result<(), String>> {
+    let rollback = phase.rollback.as_ref()?;
+    let values = values(task, run_id);
+    Some(match rollback {
+        Rollback::Sql(sql) => match &context.warehouse {
+            None => Err("no warehouse".to_owned()),
+            Some(warehouse) => {
+                let params = ScriptParams {
+                    start: task.range.start(),
+                    end: task.range.end(),
+                    date: Some(task.range.start()),
+                };
+                warehouse
+                    .execute_script(sql, &params)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| error_chain(&e))
+            }
+        },
+        Rollback::Command(argv) => {
+            let spec = CommandSpec {
+                argv: argv.iter().map(|a| substitute(a, &values)).collect(),
+                cwd: context.base_dir.clone(),
+                env: environment(task, run_id, epoch, &context.spec.name),
+                timeout: phase.timeout,
+                log_path: Some(log_path(context, run_id, task, 0, "rollback")),
+                cancel: CancellationToken::new(),
+            };
+            gapless_connect::run_command(&spec)
+                .await
+                .map(|_| ())
+                .map_err(|e| error_chain(&e))
+        }
+    })
+}

@@ -1,0 +1,146 @@
+//! Probing: one `check` (and `expect`) probe per phase per range, never one per date, run
+//! concurrently across phases, into [`Observations`] for [`gapless_core::cells::classify`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use futures::future::try_join_all;
+use gapless_core::cells::{Observations, PhaseObservation};
+use gapless_core::dates::{Date, DateRange};
+use gapless_core::spec::{Phase, PhaseId, Source};
+
+use crate::context::Context;
+
+/// A probe that failed, naming the phase and probe.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    /// A SQL probe failed.
+    #[error("{what} query failed")]
+    Sql {
+        /// Which probe (`phase 3 check`, `calendar`).
+        what: String,
+        /// The warehouse error.
+        #[source]
+        source: gapless_connect::WarehouseError,
+    },
+    /// A command or files probe failed.
+    #[error("{what} probe failed")]
+    Probe {
+        /// Which probe.
+        what: String,
+        /// The probe error.
+        #[source]
+        source: gapless_connect::ProbeError,
+    },
+    /// SQL was used without a warehouse (validation prevents this).
+    #[error("{what} uses SQL but the pipeline has no warehouse")]
+    NoWarehouse {
+        /// Which probe.
+        what: String,
+    },
+}
+
+/// Counts from one source over `range`.
+pub async fn counts(
+    context: &Context,
+    source: &Source,
+    range: DateRange,
+    what: &str,
+) -> Result<BTreeMap<Date, i64>, ObserveError> {
+    match source {
+        Source::Sql(sql) => {
+            let warehouse = context.warehouse.as_ref().ok_or_else(|| ObserveError::NoWarehouse {
+                what: what.to_owned(),
+            })?;
+            warehouse
+                .counts(sql, range.start(), range.end())
+                .await
+                .map_err(|source| ObserveError::Sql {
+                    what: what.to_owned(),
+                    source,
+                })
+        }
+        Source::Command(argv) => gapless_connect::command_counts(
+            argv,
+            &context.base_dir,
+            &[],
+            range.start(),
+            range.end(),
+            context.probe_timeout,
+        )
+        .await
+        .map_err(|source| ObserveError::Probe {
+            what: what.to_owned(),
+            source,
+        }),
+        Source::Files(pattern) => {
+            gapless_connect::file_counts(pattern, &context.base_dir, range.start(), range.end())
+                .await
+                .map_err(|source| ObserveError::Probe {
+                    what: what.to_owned(),
+                    source,
+                })
+        }
+    }
+}
+
+/// The calendar's dates in `range`, or `None` when every day is expected.
+pub async fn calendar(context: &Context, range: DateRange) -> Result<Option<BTreeSet<Date>>, ObserveError> {
+    let Some(source) = &context.spec.calendar else {
+        return Ok(None);
+    };
+    let dates = match source {
+        Source::Sql(sql) => {
+            let warehouse = context.warehouse.as_ref().ok_or_else(|| ObserveError::NoWarehouse {
+                what: "calendar".to_owned(),
+            })?;
+            warehouse
+                .dates(sql, range.start(), range.end())
+                .await
+                .map_err(|source| ObserveError::Sql {
+                    what: "calendar".to_owned(),
+                    source,
+                })?
+        }
+        other => counts(context, other, range, "calendar")
+            .await?
+            .into_iter()
+            .filter(|(_, count)| *count > 0)
+            .map(|(date, _)| date)
+            .collect(),
+    };
+    Ok(Some(dates.into_iter().filter(|d| range.contains(*d)).collect()))
+}
+
+/// Check counts and expectations of one phase over `range`.
+pub async fn phase(context: &Context, phase: &Phase, range: DateRange) -> Result<PhaseObservation, ObserveError> {
+    let check_label = format!("phase {} `{}` check", phase.id, phase.name);
+    let expect_label = format!("phase {} `{}` expect", phase.id, phase.name);
+    let check = counts(context, &phase.check, range, &check_label);
+    let expected = async {
+        match &phase.expect.source {
+            Some(source) => counts(context, source, range, &expect_label).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let (counts, expected) = futures::try_join!(check, expected)?;
+    Ok(PhaseObservation { counts, expected })
+}
+
+/// Probes every phase (and the calendar) over `range`.
+pub async fn observe(context: &Context, range: DateRange) -> Result<Observations, ObserveError> {
+    let calendar = calendar(context, range);
+    let phases = try_join_all(context.spec.phases.iter().map(|p| async move {
+        Ok::<(PhaseId, PhaseObservation), ObserveError>((p.id, phase(context, p, range).await?))
+    }));
+    let (calendar, phases) = futures::try_join!(calendar, phases)?;
+    Ok(Observations {
+        range,
+        calendar,
+        phases: phases.into_iter().collect::<HashMap<_, _>>(),
+    })
+}
+
+/// The range to probe so lookback windows of `requested` can be judged.
+pub fn probe_range(context: &Context, requested: DateRange) -> DateRange {
+    requested.extend_back(context.spec.max_total_lookback())
+}

@@ -1,0 +1,717 @@
+//! Store conformance: one scenario ([`story`]) and one race ([`race`]), run against every backend.
+//! SQLite always runs (a file in a temp dir, and `sqlite::memory:`); PostgreSQL runs when
+//! `GAPLESS_TEST_PG_URL` is set, on a fresh database per test, and fails instead of skipping when
+//! `GAPLESS_REQUIRE_EXTERNAL=1`.
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use chrono::{NaiveDate, Utc};
+use gapless_store::{
+    CellState, Claim, NewEvent, NewRun, NewTask, NewTaskState, PhaseProgress, RunId, RunKind,
+    RunState, SCHEMA_VERSION, Store, StoreError, TaskRecord, TaskState,
+};
+use tokio::task::JoinSet;
+
+const TTL: Duration = Duration::from_secs(60);
+
+fn d(day: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(2024, 1, day).expect("a valid January 2024 date")
+}
+
+/// A pending task covering every day of `start..=end`.
+fn task(phase: i64, start: NaiveDate, end: NaiveDate) -> NewTask {
+    NewTask {
+        phase,
+        start,
+        end,
+        dates: start.iter_days().take_while(|date| *date <= end).collect(),
+        state: NewTaskState::Pending,
+        error: None,
+    }
+}
+
+fn run_of(kind: RunKind, tasks: Vec<NewTask>) -> NewRun {
+    NewRun {
+        kind,
+        pipeline: "nba-props".to_owned(),
+        request: serde_json::json!({"start_date": "2024-01-01", "end_date": "2024-01-05"}),
+        tasks,
+    }
+}
+
+fn id_of(tasks: &[TaskRecord], phase: i64, start: NaiveDate) -> anyhow::Result<i64> {
+    tasks
+        .iter()
+        .find(|task| task.phase == phase && task.start == start)
+        .map(|task| task.id)
+        .with_context(|| format!("no task for phase {phase} starting {start}"))
+}
+
+async fn task_record(store: &Store, task_id: i64) -> anyhow::Result<TaskRecord> {
+    store
+        .task(task_id)
+        .await?
+        .with_context(|| format!("task {task_id} not found"))
+}
+
+async fn cell_state(
+    store: &Store,
+    run: &RunId,
+    phase: i64,
+    date: NaiveDate,
+) -> anyhow::Result<CellState> {
+    store
+        .cells(run)
+        .await?
+        .into_iter()
+        .find(|cell| cell.phase == phase && cell.date == date)
+        .map(|cell| cell.state)
+        .with_context(|| format!("no cell ({phase}, {date})"))
+}
+
+fn progress(phase: i64, counts: [i64; 5]) -> PhaseProgress {
+    let [pending, running, complete, failed, blocked] = counts;
+    PhaseProgress {
+        phase,
+        total: counts.iter().sum(),
+        pending,
+        running,
+        complete,
+        failed,
+        blocked,
+    }
+}
+
+/// The whole contract of the store, in the order a backfill, a crash and a resume exercise it.
+async fn story(store: Store) -> anyhow::Result<()> {
+    // --- schema: connecting does not migrate; migrating twice is a no-op -----------------------
+    match store.ensure_current().await {
+        Err(StoreError::SchemaOutdated { found: 0, expected }) if expected == SCHEMA_VERSION => {}
+        other => bail!("an unmigrated store must be outdated, got {other:?}"),
+    }
+    store.migrate().await?;
+    store.migrate().await?;
+    assert_eq!(store.schema_version().await?, SCHEMA_VERSION);
+    store.ensure_current().await?;
+
+    // --- create a run: one multi-date batch, a calendar gap, a blocked task --------------------
+    let mut batch = task(2, d(1), d(3));
+    batch.dates = vec![d(1), d(3)]; // no games on Jan 2: no cell
+    let mut blocked = task(3, d(4), d(4));
+    blocked.state = NewTaskState::Blocked;
+    blocked.error = Some("upstream (2, 2024-01-04) missing".to_owned());
+    let new_run = run_of(
+        RunKind::Backfill,
+        vec![
+            batch,
+            task(2, d(4), d(4)),
+            task(2, d(5), d(5)),
+            task(3, d(1), d(3)),
+            blocked,
+            task(3, d(5), d(5)),
+            task(4, d(1), d(1)),
+        ],
+    );
+    let run = store.create_run(&new_run).await?;
+    let record = store.run(&run).await?.context("run not found")?;
+    assert_eq!(record.id, run);
+    assert_eq!(record.kind, RunKind::Backfill);
+    assert_eq!(record.pipeline, "nba-props");
+    assert_eq!(record.request, new_run.request);
+    assert_eq!(record.state, RunState::Running);
+    assert_eq!(record.version, 0);
+    assert_eq!(record.finished_at, None);
+
+    let tasks = store.tasks(&run).await?;
+    let order: Vec<_> = tasks.iter().map(|t| (t.phase, t.start)).collect();
+    assert_eq!(
+        order,
+        [
+            (2, d(1)),
+            (2, d(4)),
+            (2, d(5)),
+            (3, d(1)),
+            (3, d(4)),
+            (3, d(5)),
+            (4, d(1))
+        ]
+    );
+    assert!(tasks.iter().all(|t| t.attempt == 0 && t.lease_epoch == 0));
+    let batch = id_of(&tasks, 2, d(1))?;
+    let retried = id_of(&tasks, 2, d(4))?;
+    let failing = id_of(&tasks, 2, d(5))?;
+    let resumed = id_of(&tasks, 3, d(1))?;
+    let rescued = id_of(&tasks, 3, d(4))?;
+    let to_block = id_of(&tasks, 3, d(5))?;
+    let backoff = id_of(&tasks, 4, d(1))?;
+    let record = task_record(&store, rescued).await?;
+    assert_eq!(record.state, TaskState::Blocked);
+    assert_eq!(record.end, d(4));
+    assert_eq!(
+        record.error.as_deref(),
+        Some("upstream (2, 2024-01-04) missing")
+    );
+
+    let cells = store.cells(&run).await?;
+    assert_eq!(cells.len(), 10);
+    assert!(!cells.iter().any(|c| c.phase == 2 && c.date == d(2)));
+    assert_eq!(cell_state(&store, &run, 3, d(4)).await?, CellState::Blocked);
+    assert_eq!(
+        store.run_progress(&run).await?,
+        [
+            progress(2, [4, 0, 0, 0, 0]),
+            progress(3, [4, 0, 0, 0, 1]),
+            progress(4, [1, 0, 0, 0, 0]),
+        ]
+    );
+
+    // --- claim, heartbeat, complete --------------------------------------------------------
+    let before = Utc::now();
+    let claim = store.claim(batch, 0, "node-a", TTL).await?;
+    assert_eq!(
+        claim,
+        Some(Claim {
+            epoch: 1,
+            attempt: 1
+        })
+    );
+    let record = task_record(&store, batch).await?;
+    assert_eq!(record.state, TaskState::Running);
+    assert_eq!(record.lease_owner.as_deref(), Some("node-a"));
+    assert!(
+        record
+            .lease_expires_at
+            .context("lease expiry set at claim")?
+            > before
+    );
+    assert!(record.started_at.is_some());
+    // Another claimer with the epoch it saw before: lost.
+    assert_eq!(store.claim(batch, 0, "node-b", TTL).await?, None);
+    // With the current epoch, but the task is not pending: lost.
+    assert_eq!(store.claim(batch, 1, "node-b", TTL).await?, None);
+    assert!(store.heartbeat(batch, 1, TTL).await?);
+    assert!(!store.heartbeat(batch, 0, TTL).await?);
+    assert_eq!(
+        store.run_progress(&run).await?[0],
+        progress(2, [2, 2, 0, 0, 0])
+    );
+
+    let counts = serde_json::json!({"2024-01-01": 9, "2024-01-03": 11});
+    assert!(!store.complete(batch, 0, &counts, "backfill").await?);
+    assert!(store.complete(batch, 1, &counts, "backfill").await?);
+    assert!(!store.complete(batch, 1, &counts, "backfill").await?);
+    let record = task_record(&store, batch).await?;
+    assert_eq!(record.state, TaskState::Complete);
+    assert_eq!(record.counts.as_ref(), Some(&counts));
+    assert_eq!(record.lease_owner, None);
+    assert_eq!(record.lease_expires_at, None);
+    assert!(record.finished_at.is_some());
+    assert_eq!(record.lease_epoch, 2);
+    assert_eq!(
+        cell_state(&store, &run, 2, d(1)).await?,
+        CellState::Complete
+    );
+    assert_eq!(
+        cell_state(&store, &run, 2, d(3)).await?,
+        CellState::Complete
+    );
+    let events = store.events(0, 100).await?;
+    let cells_of_events: Vec<_> = events.iter().map(|e| (e.phase, e.date)).collect();
+    assert_eq!(cells_of_events, [(2, d(1)), (2, d(3))]);
+    assert!(events.iter().all(|e| e.status == "complete"
+        && e.source == "backfill"
+        && e.run_id.as_ref() == Some(&run)));
+
+    // --- stale epochs lose; release for retry, re-claim gets attempt 2 ----------------------
+    assert_eq!(store.claim(retried, 7, "node-a", TTL).await?, None);
+    let first = store
+        .claim(retried, 0, "node-a", TTL)
+        .await?
+        .context("claim")?;
+    assert!(
+        store
+            .release_for_retry(retried, first.epoch, "exit status 1", Duration::ZERO)
+            .await?
+    );
+    assert!(
+        !store
+            .release_for_retry(retried, first.epoch, "exit status 1", Duration::ZERO)
+            .await?
+    );
+    let record = task_record(&store, retried).await?;
+    assert_eq!(record.state, TaskState::Pending);
+    assert_eq!(record.error.as_deref(), Some("exit status 1"));
+    assert_eq!(record.lease_owner, None);
+    assert_eq!(record.lease_expires_at, None);
+    assert_eq!(record.lease_epoch, first.epoch + 1);
+    assert!(
+        !store
+            .complete(retried, first.epoch, &counts, "backfill")
+            .await?
+    );
+    assert!(!store.heartbeat(retried, first.epoch, TTL).await?);
+    assert_eq!(
+        store.claim(retried, first.epoch, "node-b", TTL).await?,
+        None
+    );
+    let second = store
+        .claim(retried, record.lease_epoch, "node-b", TTL)
+        .await?
+        .context("re-claim")?;
+    assert!(second.epoch > first.epoch);
+    assert_eq!(second.attempt, 2);
+    assert!(
+        store
+            .complete(retried, second.epoch, &counts, "backfill")
+            .await?
+    );
+
+    // Retry backoff: not claimable before `not_before`.
+    let claim = store
+        .claim(backoff, 0, "node-a", TTL)
+        .await?
+        .context("claim")?;
+    let hour = Duration::from_secs(3600);
+    assert!(
+        store
+            .release_for_retry(backoff, claim.epoch, "timeout", hour)
+            .await?
+    );
+    let record = task_record(&store, backoff).await?;
+    assert!(record.not_before.context("backoff recorded")? > Utc::now());
+    assert_eq!(
+        store
+            .claim(backoff, record.lease_epoch, "node-a", TTL)
+            .await?,
+        None
+    );
+
+    // --- fail marks the cells failed ------------------------------------------------------------
+    let claim = store
+        .claim(failing, 0, "node-a", TTL)
+        .await?
+        .context("claim")?;
+    assert!(!store.fail(failing, claim.epoch - 1, "stale").await?);
+    assert!(
+        store
+            .fail(failing, claim.epoch, "validation: 7 of 9 games")
+            .await?
+    );
+    assert!(!store.fail(failing, claim.epoch, "again").await?);
+    assert!(
+        !store
+            .complete(failing, claim.epoch, &counts, "backfill")
+            .await?
+    );
+    let record = task_record(&store, failing).await?;
+    assert_eq!(record.state, TaskState::Failed);
+    assert_eq!(record.error.as_deref(), Some("validation: 7 of 9 games"));
+    assert_eq!(record.lease_expires_at, None);
+    assert!(record.finished_at.is_some());
+    assert_eq!(cell_state(&store, &run, 2, d(5)).await?, CellState::Failed);
+
+    // --- block and unblock: only pending (resp. blocked) tasks of that run move -----------------
+    let reason = "upstream (2, 2024-01-05) failed";
+    let other_run = RunId::parse("no-such-run")?;
+    assert_eq!(store.block(&other_run, &[to_block], reason).await?, 0);
+    assert_eq!(
+        store
+            .block(&run, &[to_block, batch, rescued], reason)
+            .await?,
+        1
+    );
+    let record = task_record(&store, to_block).await?;
+    assert_eq!(record.state, TaskState::Blocked);
+    assert_eq!(record.error.as_deref(), Some(reason));
+    assert_eq!(cell_state(&store, &run, 3, d(5)).await?, CellState::Blocked);
+    assert_eq!(task_record(&store, batch).await?.state, TaskState::Complete);
+    assert_eq!(store.unblock(&run, &[rescued, batch]).await?, 1);
+    let record = task_record(&store, rescued).await?;
+    assert_eq!(record.state, TaskState::Pending);
+    assert_eq!(record.error, None);
+    assert_eq!(cell_state(&store, &run, 3, d(4)).await?, CellState::Pending);
+
+    // --- resume: requeue_running fences the old holder ------------------------------------------
+    let stale = store
+        .claim(resumed, 0, "node-a", TTL)
+        .await?
+        .context("claim")?;
+    assert_eq!(store.requeue_running(&run).await?, [resumed]);
+    let record = task_record(&store, resumed).await?;
+    assert_eq!(record.state, TaskState::Pending);
+    assert_eq!(record.error.as_deref(), Some("interrupted"));
+    assert_eq!(record.lease_owner, None);
+    assert!(record.lease_epoch > stale.epoch);
+    assert!(
+        !store
+            .complete(resumed, stale.epoch, &counts, "backfill")
+            .await?
+    );
+    assert!(!store.heartbeat(resumed, stale.epoch, TTL).await?);
+    assert!(!store.fail(resumed, stale.epoch, "late").await?);
+    let fresh = store
+        .claim(resumed, record.lease_epoch, "node-b", TTL)
+        .await?
+        .context("claim after resume")?;
+    assert_eq!(fresh.attempt, 2);
+    assert!(
+        store
+            .complete(resumed, fresh.epoch, &counts, "backfill")
+            .await?
+    );
+    assert_eq!(store.requeue_running(&run).await?, Vec::<i64>::new());
+
+    // --- rescue of a holder that crashed between claim and first heartbeat (RELIABILITY 2.3) ----
+    let dead = store
+        .claim(rescued, 0, "node-a", TTL)
+        .await?
+        .context("claim")?;
+    assert_eq!(store.requeue_expired(Utc::now()).await?, Vec::<i64>::new());
+    let later = Utc::now() + TTL * 2;
+    assert_eq!(store.requeue_expired(later).await?, [rescued]);
+    let record = task_record(&store, rescued).await?;
+    assert_eq!(record.state, TaskState::Pending);
+    assert_eq!(record.error.as_deref(), Some("lease expired"));
+    assert!(
+        !store
+            .complete(rescued, dead.epoch, &counts, "backfill")
+            .await?
+    );
+    let alive = store
+        .claim(rescued, record.lease_epoch, "node-b", TTL)
+        .await?
+        .context("claim after rescue")?;
+    assert!(
+        store
+            .complete(rescued, alive.epoch, &counts, "backfill")
+            .await?
+    );
+    // A completed task is never resurrected by a late rescue (River #1302).
+    assert_eq!(store.requeue_expired(later).await?, Vec::<i64>::new());
+    assert_eq!(
+        task_record(&store, rescued).await?.state,
+        TaskState::Complete
+    );
+
+    // --- every cell recorded complete exactly once, one event per completed cell ---------------
+    let cells = store.cells(&run).await?;
+    let complete: Vec<_> = cells
+        .iter()
+        .filter(|c| c.state == CellState::Complete)
+        .map(|c| (c.phase, c.date))
+        .collect();
+    assert_eq!(
+        complete,
+        [
+            (2, d(1)),
+            (2, d(3)),
+            (2, d(4)),
+            (3, d(1)),
+            (3, d(2)),
+            (3, d(3)),
+            (3, d(4))
+        ]
+    );
+    assert!(
+        cells
+            .iter()
+            .all(|c| (c.state == CellState::Complete) == c.completed_at.is_some())
+    );
+    let events = store.events(0, 1000).await?;
+    let mut cells_of_events: Vec<_> = events.iter().map(|e| (e.phase, e.date)).collect();
+    cells_of_events.sort();
+    assert_eq!(cells_of_events, complete);
+    for &(phase, date) in &complete {
+        assert_eq!(
+            store.count_events(phase, date).await?,
+            1,
+            "({phase}, {date})"
+        );
+    }
+    assert_eq!(store.count_events(2, d(5)).await?, 0);
+
+    assert_eq!(
+        store.run_progress(&run).await?,
+        [
+            progress(2, [0, 0, 3, 1, 0]),
+            progress(3, [0, 0, 4, 0, 1]),
+            progress(4, [1, 0, 0, 0, 0]),
+        ]
+    );
+
+    // --- unique keys: nothing of a rejected write is stored ----------------------------------
+    let result = store.add_tasks(&run, &[task(2, d(1), d(1))]).await;
+    assert!(
+        matches!(result, Err(StoreError::Duplicate(_))),
+        "same (run, phase, start): {result:?}"
+    );
+    let result = store
+        .add_tasks(&run, &[task(4, d(2), d(2)), task(2, d(2), d(3))])
+        .await;
+    assert!(
+        matches!(result, Err(StoreError::Duplicate(_))),
+        "cell (2, Jan 3) already covered: {result:?}"
+    );
+    assert_eq!(store.tasks(&run).await?.len(), 7);
+    let added = store.add_tasks(&run, &[task(4, d(2), d(2))]).await?;
+    assert_eq!(added.len(), 1);
+    assert_eq!(store.tasks(&run).await?.len(), 8);
+    let result = store
+        .create_run(&run_of(
+            RunKind::Backfill,
+            vec![task(2, d(1), d(1)), task(2, d(1), d(2))],
+        ))
+        .await;
+    assert!(
+        matches!(result, Err(StoreError::Duplicate(_))),
+        "{result:?}"
+    );
+    let mut empty = task(2, d(1), d(1));
+    empty.dates.clear();
+    let result = store
+        .create_run(&run_of(RunKind::Backfill, vec![empty]))
+        .await;
+    assert!(
+        matches!(result, Err(StoreError::InvalidTask { .. })),
+        "{result:?}"
+    );
+    assert_eq!(store.list_runs(10).await?.len(), 1);
+
+    // --- run state compare-and-set ---------------------------------------------------------
+    assert!(store.set_run_state(&run, 0, RunState::Interrupted).await?);
+    assert!(!store.set_run_state(&run, 0, RunState::Running).await?);
+    let record = store.run(&run).await?.context("run")?;
+    assert_eq!((record.state, record.version), (RunState::Interrupted, 1));
+    assert!(record.finished_at.is_some());
+    assert!(store.set_run_state(&run, 1, RunState::Running).await?);
+    let record = store.run(&run).await?.context("run")?;
+    assert_eq!((record.state, record.version), (RunState::Running, 2));
+    assert_eq!(record.finished_at, None);
+    assert!(matches!(
+        store.finish_run(&run, RunState::Running).await,
+        Err(StoreError::NotTerminal { .. })
+    ));
+    assert!(store.finish_run(&run, RunState::Failed).await?);
+    assert!(!store.finish_run(&run, RunState::Succeeded).await?);
+    let record = store.run(&run).await?.context("run")?;
+    assert_eq!((record.state, record.version), (RunState::Failed, 3));
+    assert!(record.finished_at.is_some());
+
+    // --- list_runs: newest first -------------------------------------------------------------
+    let second = store
+        .create_run(&run_of(RunKind::Heal, vec![task(2, d(1), d(1))]))
+        .await?;
+    let third = store.create_run(&run_of(RunKind::Backfill, vec![])).await?;
+    let ids: Vec<_> = store
+        .list_runs(10)
+        .await?
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, [third.clone(), second.clone(), run.clone()]);
+    assert_eq!(store.list_runs(2).await?.len(), 2);
+    assert_eq!(store.list_runs(-1).await?.len(), 0);
+    assert_eq!(store.latest_run().await?.map(|r| r.id), Some(third));
+    assert_eq!(
+        store.run(&second).await?.map(|r| r.kind),
+        Some(RunKind::Heal)
+    );
+    assert_eq!(store.run(&other_run).await?, None);
+
+    // --- events appended from outside a run ------------------------------------------------------
+    let last = events.last().context("events")?.id;
+    let id = store
+        .append_event(&NewEvent {
+            phase: 2,
+            date: d(9),
+            status: "complete".to_owned(),
+            source: "http".to_owned(),
+            run_id: None,
+        })
+        .await?;
+    assert!(id > last);
+    let tail = store.events(last, 10).await?;
+    assert_eq!(tail.len(), 1);
+    assert_eq!(
+        (tail[0].id, tail[0].date, tail[0].run_id.clone()),
+        (id, d(9), None)
+    );
+    assert_eq!(tail[0].source, "http");
+    assert_eq!(store.events(0, 3).await?.len(), 3);
+    assert_eq!(store.count_events(2, d(9)).await?, 1);
+
+    // --- the schema itself refuses a running task without a lease (RELIABILITY 2.3) -----------
+    let leaseless = execute(
+        &store,
+        "UPDATE tasks SET state = 'running', lease_owner = NULL, lease_expires_at = NULL \
+         WHERE state = 'pending'",
+    )
+    .await;
+    assert!(leaseless.is_err(), "CHECK must reject: {leaseless:?}");
+
+    assert_eq!(store.integrity_check().await?, "ok");
+    Ok(())
+}
+
+/// Runs raw SQL on either backend, bypassing the store's API.
+async fn execute(store: &Store, statement: &'static str) -> Result<u64, sqlx::Error> {
+    Ok(match store {
+        Store::Sqlite(pool) => sqlx::query(statement).execute(pool).await?.rows_affected(),
+        Store::Postgres(pool) => sqlx::query(statement).execute(pool).await?.rows_affected(),
+    })
+}
+
+/// Eight claimers race for one task with the same seen epoch: exactly one wins. Then eight
+/// completers race with the winning epoch: exactly one wins, and each cell gets one event.
+async fn race(store: Store) -> anyhow::Result<()> {
+    store.migrate().await?;
+    for round in 0..10 {
+        let phase = 100 + round;
+        let run = store
+            .create_run(&run_of(RunKind::Backfill, vec![task(phase, d(1), d(2))]))
+            .await?;
+        let task_id = store.tasks(&run).await?.first().context("task")?.id;
+
+        let mut claimers = JoinSet::new();
+        for node in 0..8 {
+            let store = store.clone();
+            claimers
+                .spawn(async move { store.claim(task_id, 0, &format!("node-{node}"), TTL).await });
+        }
+        let mut claims = Vec::new();
+        while let Some(outcome) = claimers.join_next().await {
+            claims.extend(outcome??);
+        }
+        assert_eq!(claims.len(), 1, "round {round}: one claim wins");
+        let epoch = claims[0].epoch;
+
+        let mut completers = JoinSet::new();
+        for _ in 0..8 {
+            let store = store.clone();
+            completers.spawn(async move {
+                let counts = serde_json::json!({"rows": 1});
+                store.complete(task_id, epoch, &counts, "backfill").await
+            });
+        }
+        let mut wins = 0;
+        while let Some(outcome) = completers.join_next().await {
+            wins += usize::from(outcome??);
+        }
+        assert_eq!(wins, 1, "round {round}: one completion wins");
+        assert_eq!(store.count_events(phase, d(1)).await?, 1);
+        assert_eq!(store.count_events(phase, d(2)).await?, 1);
+    }
+    Ok(())
+}
+
+/// Runs `scenario` on a fresh PostgreSQL database, or skips when no server is configured.
+async fn on_postgres<F, Fut>(scenario: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let Some(url) = gapless_testkit::pg_url() else {
+        eprintln!("skipped: `GAPLESS_TEST_PG_URL` is not set");
+        return Ok(());
+    };
+    let db = gapless_testkit::fresh_pg_database(&url).await?;
+    let store = Store::connect(db.url(), Path::new(".")).await?;
+    let outcome = scenario(store.clone()).await;
+    store.close().await;
+    db.drop_db().await?;
+    outcome
+}
+
+#[tokio::test]
+async fn sqlite_file_story() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Relative to the base directory, with a parent directory that does not exist yet.
+    let store = Store::connect("sqlite://state/gapless.db", dir.path()).await?;
+    assert!(dir.path().join("state/gapless.db").is_file());
+    story(store).await
+}
+
+#[tokio::test]
+async fn sqlite_memory_story() -> anyhow::Result<()> {
+    story(Store::connect("sqlite::memory:", Path::new(".")).await?).await
+}
+
+#[tokio::test]
+async fn postgres_story() -> anyhow::Result<()> {
+    on_postgres(story).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_race() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("race.db");
+    // An absolute path: the base directory is ignored.
+    let url = format!("sqlite://{}", path.display());
+    race(Store::connect(&url, Path::new("/nonexistent")).await?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_race() -> anyhow::Result<()> {
+    on_postgres(race).await
+}
+
+#[tokio::test]
+async fn connect_rejects_unknown_urls() -> anyhow::Result<()> {
+    let base = Path::new(".");
+    match Store::connect("mysql://root:secret@localhost/db", base).await {
+        Err(StoreError::UnsupportedUrl { scheme }) => assert_eq!(scheme, "mysql"),
+        other => bail!("expected UnsupportedUrl, got {other:?}"),
+    }
+    assert!(matches!(
+        Store::connect("sqlite://", base).await,
+        Err(StoreError::InvalidSqliteUrl { .. })
+    ));
+    assert!(matches!(
+        Store::connect("sqlite://state.db?mode=ro", base).await,
+        Err(StoreError::InvalidSqliteUrl { .. })
+    ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_sessions_are_durable_and_bounded() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Store::Sqlite(pool) = Store::connect("sqlite://state.db", dir.path()).await? else {
+        bail!("a sqlite: URL must open SQLite");
+    };
+    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&pool)
+        .await?;
+    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&pool)
+        .await?;
+    let busy_timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(&pool)
+        .await?;
+    let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(journal, "wal");
+    assert_eq!(synchronous, 2, "FULL");
+    assert_eq!(busy_timeout, 10_000);
+    assert_eq!(foreign_keys, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn postgres_sessions_are_bounded() -> anyhow::Result<()> {
+    on_postgres(|store| async move {
+        let Store::Postgres(pool) = store else {
+            bail!("a postgres:// URL must open PostgreSQL");
+        };
+        let timeout: String = sqlx::query_scalar("SHOW statement_timeout")
+            .fetch_one(&pool)
+            .await?;
+        assert_eq!(timeout, "30s");
+        Ok(())
+    })
+    .await
+}
