@@ -427,8 +427,12 @@ async fn run_task(
     let max_attempts = i32::try_from(phase.retries).unwrap_or(i32::MAX).saturating_add(1);
     let mut seen_epoch = task.epoch;
     loop {
-        let Some(claim) = store.claim(task.id, seen_epoch, &options.owner, options.lease_ttl).await? else {
-            return Ok(TaskResult::Fenced);
+        let Some(claim) = claim(store, task.id, seen_epoch, options, cancel).await? else {
+            return Ok(if cancel.is_cancelled() {
+                TaskResult::Cancelled
+            } else {
+                TaskResult::Fenced
+            });
         };
         observer.event(Event::Started {
             task,
@@ -490,6 +494,36 @@ async fn run_task(
                 observer.event(Event::Failed { task, error: &message });
                 return Ok(TaskResult::Failed);
             }
+        }
+    }
+}
+
+/// Claims the task. The store refuses a claim before a retry's `not_before`; clocks and
+/// timers differ by milliseconds, so a refusal while the task is still ours to claim (pending,
+/// same epoch) waits for `not_before` and tries again. `None`: someone else holds the task.
+async fn claim(
+    store: &Store,
+    task_id: i64,
+    seen_epoch: i64,
+    options: &Options,
+    cancel: &CancellationToken,
+) -> Result<Option<gapless_store::Claim>, StoreError> {
+    loop {
+        if let Some(claim) = store.claim(task_id, seen_epoch, &options.owner, options.lease_ttl).await? {
+            return Ok(Some(claim));
+        }
+        let Some(record) = store.task(task_id).await? else { return Ok(None) };
+        if record.state != TaskState::Pending || record.lease_epoch != seen_epoch {
+            return Ok(None);
+        }
+        let wait = record
+            .not_before
+            .map(|at| (at - chrono::Utc::now()).to_std().unwrap_or_default())
+            .unwrap_or_default()
+            .max(Duration::from_millis(5));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = cancel.cancelled() => return Ok(None),
         }
     }
 }
