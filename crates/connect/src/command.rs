@@ -208,7 +208,8 @@ impl Capture {
     pub(crate) fn push(&mut self, chunk: &[u8]) {
         if self.keep_head {
             let room = self.limit.saturating_sub(self.bytes.len());
-            self.bytes.extend_from_slice(&chunk[..room.min(chunk.len())]);
+            self.bytes
+                .extend_from_slice(&chunk[..room.min(chunk.len())]);
             self.overflowed |= chunk.len() > room;
         } else {
             self.bytes.extend_from_slice(chunk);
@@ -354,7 +355,10 @@ async fn open_log(path: &Path) -> Result<tokio::fs::File, RunError> {
         path: path.to_owned(),
         source,
     };
-    if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+    if let Some(parent) = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
         tokio::fs::create_dir_all(parent).await.map_err(log_error)?;
     }
     tokio::fs::OpenOptions::new()
@@ -369,7 +373,26 @@ fn signal_group(group: Option<Pid>, signal: Signal) {
     let Some(group) = group else { return };
     match killpg(group, signal) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-        Err(error) => tracing::warn!(group = group.as_raw(), %signal, %error, "signalling a process group failed"),
+        Err(error) => {
+            tracing::warn!(group = group.as_raw(), %signal, %error, "signalling a process group failed")
+        }
+    }
+}
+
+/// Kills a process group with SIGKILL when dropped, unless disarmed.
+struct GroupGuard {
+    group: Option<Pid>,
+}
+
+impl GroupGuard {
+    fn disarm(&mut self) {
+        self.group = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        signal_group(self.group, Signal::SIGKILL);
     }
 }
 
@@ -403,6 +426,9 @@ pub(crate) async fn run_process(spec: &ProcessSpec<'_>) -> Result<ProcessOutput,
         .map(|(_, value)| OsString::from(value))
         .or_else(|| std::env::var_os("PATH"));
     let resolved = resolve_with_path(program, spec.cwd, path_var.as_deref())?;
+    if spec.cancel.is_some_and(CancellationToken::is_cancelled) {
+        return Err(RunError::Cancelled);
+    }
     let log = match spec.log_path {
         Some(path) => Some((open_log(path).await?, path.to_owned())),
         None => None,
@@ -428,6 +454,9 @@ pub(crate) async fn run_process(spec: &ProcessSpec<'_>) -> Result<ProcessOutput,
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .map(Pid::from_raw);
+    // If this future is dropped midway (the task was aborted), the group dies with it:
+    // `kill_on_drop` alone would reach only the leader.
+    let mut guard = GroupGuard { group };
     let mut pump = Pump {
         stdout: child.stdout.take(),
         stderr: child.stderr.take(),
@@ -465,6 +494,9 @@ pub(crate) async fn run_process(spec: &ProcessSpec<'_>) -> Result<ProcessOutput,
                 pump.drain_until(Instant::now() + DRAIN_GRACE).await;
             }
             let (stdout, stderr) = pump.finish().await;
+            // The program exited on its own: anything it left running that let go of its
+            // output is not ours to kill.
+            guard.disarm();
             Ok(ProcessOutput {
                 status,
                 stdout,
@@ -489,6 +521,7 @@ pub(crate) async fn run_process(spec: &ProcessSpec<'_>) -> Result<ProcessOutput,
             }
             // Whatever is left of the group, including children that ignore SIGTERM.
             signal_group(group, Signal::SIGKILL);
+            guard.disarm();
             if !exited {
                 let _ = tokio::time::timeout(KILL_GRACE, child.wait()).await;
             }

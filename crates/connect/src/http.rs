@@ -108,8 +108,9 @@ pub async fn run_http(spec: &HttpSpec, client: &reqwest::Client) -> Result<HttpO
     if let Some(argv) = &spec.token_command {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let token = fetch_token(argv, spec, remaining).await?;
-        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| invalid("the token command printed a token that is not a valid header value".into()))?;
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            invalid("the token command printed a token that is not a valid header value".into())
+        })?;
         value.set_sensitive(true);
         request = request.header(AUTHORIZATION, value);
     }
@@ -185,7 +186,9 @@ async fn fetch_token(
         other => token_error(other),
     })?;
     check_status(output.status, output.stderr.into_string()).map_err(token_error)?;
-    let token = String::from_utf8_lossy(output.stdout.bytes()).trim().to_owned();
+    let token = String::from_utf8_lossy(output.stdout.bytes())
+        .trim()
+        .to_owned();
     if token.is_empty() {
         return Err(RunError::EmptyToken);
     }

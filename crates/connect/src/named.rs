@@ -436,7 +436,10 @@ mod tests {
         );
         let reversed = prepare("SELECT :end, :date, :start", Dialect::Sqlite).unwrap();
         assert_eq!(reversed[0].text, "SELECT ?1, ?2, ?3");
-        assert_eq!(reversed[0].params, vec![Param::End, Param::Date, Param::Start]);
+        assert_eq!(
+            reversed[0].params,
+            vec![Param::End, Param::Date, Param::Start]
+        );
     }
 
     #[test]
@@ -582,7 +585,11 @@ mod tests {
             ("SELECT \"abc", Dialect::Postgres, "quoted identifier"),
             ("SELECT 1 /* abc", Dialect::Sqlite, "block comment"),
             ("SELECT /* /* */ 1", Dialect::Postgres, "block comment"),
-            ("\nSELECT $q$ abc", Dialect::Postgres, "dollar-quoted string"),
+            (
+                "\nSELECT $q$ abc",
+                Dialect::Postgres,
+                "dollar-quoted string",
+            ),
         ] {
             match prepare(sql, dialect) {
                 Err(SqlError::Unterminated { what: got, .. }) => {

@@ -65,7 +65,9 @@ pub enum ProbeError {
         reason: String,
     },
     /// A bucket pattern whose object store is not compiled into this build.
-    #[error("`{scheme}://` patterns are not supported by this build; enable the `{feature}` feature")]
+    #[error(
+        "`{scheme}://` patterns are not supported by this build; enable the `{feature}` feature"
+    )]
     NotCompiled {
         /// `gs` or `s3`.
         scheme: &'static str,
@@ -162,12 +164,9 @@ fn parse_count_lines(
         }
         let mut fields = line.split_whitespace();
         let parsed = match (fields.next(), fields.next(), fields.next()) {
-            (Some(date), Some(count), None) => parse_iso_date(date).zip(
-                count
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|count| *count >= 0),
-            ),
+            (Some(date), Some(count), None) => {
+                parse_iso_date(date).zip(count.parse::<i64>().ok().filter(|count| *count >= 0))
+            }
             _ => None,
         };
         let Some((date, count)) = parsed else {
@@ -221,7 +220,9 @@ pub async fn file_counts(
         Some(_) => return Err(bad("expected a path, `file://`, `gs://` or `s3://`")),
     };
     if scheme == Some("file") && !path_text.starts_with('/') {
-        return Err(bad("a `file://` pattern needs an absolute path (`file:///…`)"));
+        return Err(bad(
+            "a `file://` pattern needs an absolute path (`file:///…`)",
+        ));
     }
     let segments: Vec<&str> = path_text.split('/').filter(|s| !s.is_empty()).collect();
     let Some(dynamic) = segments.iter().position(|segment| is_dynamic(segment)) else {
@@ -237,38 +238,48 @@ pub async fn file_counts(
         return Err(bad("only `{date}` may appear in braces"));
     }
     let glob = Glob {
-        segments: segments[dynamic..].iter().map(|s| (*s).to_owned()).collect(),
+        segments: segments[dynamic..]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
     };
     let fixed = &segments[..dynamic];
 
-    let (store, prefix, location): (Arc<dyn ObjectStore>, StorePath, String) = match (scheme, bucket)
-    {
-        (Some(scheme @ ("gs" | "s3")), Some(bucket)) => {
-            let store = cloud_store(scheme, bucket)?;
-            let prefix = StorePath::parse(fixed.join("/")).map_err(|error| {
-                bad(&format!("invalid object path: {error}"))
-            })?;
-            (store, prefix, format!("{scheme}://{bucket}/{}", fixed.join("/")))
-        }
-        _ => {
-            let relative = PathBuf::from(fixed.join("/"));
-            let root = if path_text.starts_with('/') {
-                Path::new("/").join(relative)
-            } else {
-                base_dir.join(relative)
-            };
-            if !root.is_dir() {
-                return Ok(BTreeMap::new());
+    let (store, prefix, location): (Arc<dyn ObjectStore>, StorePath, String) =
+        match (scheme, bucket) {
+            (Some(scheme @ ("gs" | "s3")), Some(bucket)) => {
+                let store = cloud_store(scheme, bucket)?;
+                let prefix = StorePath::parse(fixed.join("/"))
+                    .map_err(|error| bad(&format!("invalid object path: {error}")))?;
+                (
+                    store,
+                    prefix,
+                    format!("{scheme}://{bucket}/{}", fixed.join("/")),
+                )
             }
-            let store = LocalFileSystem::new_with_prefix(&root).map_err(|source| {
-                ProbeError::Store {
-                    location: root.display().to_string(),
-                    source,
+            _ => {
+                let relative = PathBuf::from(fixed.join("/"));
+                let root = if path_text.starts_with('/') {
+                    Path::new("/").join(relative)
+                } else {
+                    base_dir.join(relative)
+                };
+                if !root.is_dir() {
+                    return Ok(BTreeMap::new());
                 }
-            })?;
-            (Arc::new(store), StorePath::default(), root.display().to_string())
-        }
-    };
+                let store = LocalFileSystem::new_with_prefix(&root).map_err(|source| {
+                    ProbeError::Store {
+                        location: root.display().to_string(),
+                        source,
+                    }
+                })?;
+                (
+                    Arc::new(store),
+                    StorePath::default(),
+                    root.display().to_string(),
+                )
+            }
+        };
 
     let mut counts = BTreeMap::new();
     if start > end {
@@ -453,7 +464,11 @@ mod tests {
             ("*", "", true),
             ("ü?", "üx", true),
         ] {
-            assert_eq!(wildcard_match(pattern, text), expected, "{pattern} vs {text}");
+            assert_eq!(
+                wildcard_match(pattern, text),
+                expected,
+                "{pattern} vs {text}"
+            );
         }
     }
 
@@ -462,10 +477,7 @@ mod tests {
         let glob = Glob {
             segments: vec!["run-{date}-*.log".into()],
         };
-        assert_eq!(
-            glob.date_of(&["run-2024-01-05-a.log".into()]),
-            Some(day(5))
-        );
+        assert_eq!(glob.date_of(&["run-2024-01-05-a.log".into()]), Some(day(5)));
         assert_eq!(glob.date_of(&["run-2024-01-05.log".into()]), None);
         assert_eq!(glob.date_of(&["run-2024-13-05-a.log".into()]), None);
         let nested = Glob {

@@ -136,7 +136,12 @@ impl RunError {
 
 /// `: <last non-empty line>` of captured output, for one-line error messages.
 fn last_line(tail: &str) -> String {
-    match tail.lines().rev().map(str::trim).find(|line| !line.is_empty()) {
+    match tail
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| !line.is_empty())
+    {
         Some(line) => {
             let line: String = line.chars().take(200).collect();
             format!(": {line}")

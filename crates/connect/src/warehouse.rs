@@ -17,7 +17,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
 };
-use sqlx::{AssertSqlSafe, Row, TypeInfo, ValueRef};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row, TypeInfo, ValueRef};
 
 use crate::named::{self, Dialect, Param, SqlError, Statement};
 
@@ -187,9 +187,7 @@ impl WarehouseError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Timeout { .. } | Self::ConnectTimeout { .. } | Self::Connect { .. } => true,
-            Self::Query { source, .. } | Self::Statement { source, .. } => {
-                is_transient(source)
-            }
+            Self::Query { source, .. } | Self::Statement { source, .. } => is_transient(source),
             _ => false,
         }
     }
@@ -322,12 +320,11 @@ impl Warehouse {
                     url: redacted.clone(),
                     reason: source.to_string(),
                 })?;
-            let options = options.options([("statement_timeout", timeout.as_millis())]);
-            let connecting = PgPoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(timeout)
-                .connect_with(options);
-            let pool = tokio::time::timeout(timeout, connecting)
+            let options = options.options([("statement_timeout", statement_timeout_ms(timeout))]);
+            // One direct connection first: the pool retries failed connects until its acquire
+            // timeout and then reports only `PoolTimedOut`, losing "connection refused" or
+            // "password authentication failed".
+            let first = tokio::time::timeout(timeout, options.connect())
                 .await
                 .map_err(|_| WarehouseError::ConnectTimeout {
                     url: redacted.clone(),
@@ -337,6 +334,12 @@ impl Warehouse {
                     url: redacted,
                     source,
                 })?;
+            // Closing politely is best effort; the connection is dropped either way.
+            let _ = first.close().await;
+            let pool = PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(timeout)
+                .connect_lazy_with(options);
             Pool::Postgres(pool)
         } else {
             return Err(WarehouseError::InvalidUrl {
@@ -501,11 +504,10 @@ impl Warehouse {
             .ok_or_else(|| WarehouseError::NoRow {
                 query: snippet(sql),
             })?;
-        cell.to_count(sql)?
-            .ok_or_else(|| WarehouseError::BadCount {
-                value: "NULL".into(),
-                query: snippet(sql),
-            })
+        cell.to_count(sql)?.ok_or_else(|| WarehouseError::BadCount {
+            value: "NULL".into(),
+            query: snippet(sql),
+        })
     }
 
     /// Runs every statement of a script in one transaction with the warehouse timeout; see
@@ -557,8 +559,7 @@ impl Warehouse {
                         .begin_with("BEGIN IMMEDIATE")
                         .await
                         .map_err(transaction_error)?;
-                    for (index, (statement, values)) in statements.iter().zip(&bound).enumerate()
-                    {
+                    for (index, (statement, values)) in statements.iter().zip(&bound).enumerate() {
                         let mut query = sqlx::query(AssertSqlSafe(statement.text.as_str()));
                         for value in values {
                             query = query.bind(iso(*value));
@@ -578,13 +579,15 @@ impl Warehouse {
                 Pool::Postgres(pool) => {
                     let mut transaction = pool.begin().await.map_err(transaction_error)?;
                     // An integer we format ourselves: no user text reaches this statement.
-                    let set_timeout = format!("SET LOCAL statement_timeout = {}", timeout.as_millis());
+                    let set_timeout = format!(
+                        "SET LOCAL statement_timeout = {}",
+                        statement_timeout_ms(timeout)
+                    );
                     sqlx::query(AssertSqlSafe(set_timeout))
                         .execute(&mut *transaction)
                         .await
                         .map_err(transaction_error)?;
-                    for (index, (statement, values)) in statements.iter().zip(&bound).enumerate()
-                    {
+                    for (index, (statement, values)) in statements.iter().zip(&bound).enumerate() {
                         let mut query = sqlx::query(AssertSqlSafe(statement.text.as_str()));
                         for value in values {
                             query = query.bind(*value);
@@ -652,7 +655,11 @@ impl Warehouse {
         };
         let expected = if columns == 1 { "at least 1" } else { "2" };
         let check_width = |found: usize| {
-            let fits = if columns == 1 { found >= 1 } else { found == columns };
+            let fits = if columns == 1 {
+                found >= 1
+            } else {
+                found == columns
+            };
             if fits {
                 Ok(())
             } else {
@@ -749,8 +756,16 @@ async fn connect_sqlite(
     let connecting = SqlitePoolOptions::new()
         .max_connections(max_connections)
         .min_connections(if max_connections == 1 { 1 } else { 0 })
-        .idle_timeout(if max_connections == 1 { None } else { Some(Duration::from_secs(600)) })
-        .max_lifetime(if max_connections == 1 { None } else { Some(Duration::from_secs(1800)) })
+        .idle_timeout(if max_connections == 1 {
+            None
+        } else {
+            Some(Duration::from_secs(600))
+        })
+        .max_lifetime(if max_connections == 1 {
+            None
+        } else {
+            Some(Duration::from_secs(1800))
+        })
         .acquire_timeout(timeout)
         .after_connect(move |connection, _meta| {
             let attachments = Arc::clone(&attachments);
@@ -761,9 +776,11 @@ async fn connect_sqlite(
                         .bind(path.as_str())
                         .execute(&mut *connection)
                         .await?;
-                    sqlx::query(AssertSqlSafe(format!("PRAGMA \"{name}\".journal_mode = WAL")))
-                        .execute(&mut *connection)
-                        .await?;
+                    sqlx::query(AssertSqlSafe(format!(
+                        "PRAGMA \"{name}\".journal_mode = WAL"
+                    )))
+                    .execute(&mut *connection)
+                    .await?;
                 }
                 Ok(())
             })
@@ -781,6 +798,12 @@ async fn connect_sqlite(
         })
 }
 
+/// PostgreSQL's `statement_timeout` in milliseconds: at least 1 (0 would turn it off) and at most
+/// what its int setting holds.
+fn statement_timeout_ms(timeout: Duration) -> u128 {
+    timeout.as_millis().clamp(1, i32::MAX.unsigned_abs().into())
+}
+
 fn bind_values(
     statement: &Statement,
     params: &ScriptParams,
@@ -790,10 +813,12 @@ fn bind_values(
         .params
         .iter()
         .map(|&param| {
-            params.value(param).ok_or_else(|| WarehouseError::MissingParam {
-                param,
-                query: snippet(query),
-            })
+            params
+                .value(param)
+                .ok_or_else(|| WarehouseError::MissingParam {
+                    param,
+                    query: snippet(query),
+                })
         })
         .collect()
 }
@@ -833,12 +858,14 @@ impl Cell {
         match self {
             Self::Null => Ok(None),
             Self::Date(date) => Ok(Some(*date)),
-            Self::Text(text) => parse_date_text(text).map(Some).ok_or_else(|| {
-                WarehouseError::BadDate {
-                    value: self.describe(),
-                    query: snippet(sql),
-                }
-            }),
+            Self::Text(text) => {
+                parse_date_text(text)
+                    .map(Some)
+                    .ok_or_else(|| WarehouseError::BadDate {
+                        value: self.describe(),
+                        query: snippet(sql),
+                    })
+            }
             _ => Err(WarehouseError::BadDate {
                 value: self.describe(),
                 query: snippet(sql),
@@ -855,9 +882,7 @@ impl Cell {
             Self::Null => Ok(None),
             Self::Int(value) => Ok(Some(*value)),
             // Integral and within ±2^53, so the cast is exact.
-            Self::Real(value)
-                if value.fract() == 0.0 && value.abs() < 9.007_199_254_740_992e15 =>
-            {
+            Self::Real(value) if value.fract() == 0.0 && value.abs() < 9.007_199_254_740_992e15 => {
                 Ok(Some(*value as i64))
             }
             Self::Text(text) => text.trim().parse().map(Some).map_err(|_| bad()),
@@ -1047,7 +1072,10 @@ mod tests {
             Cell::Int(123_456_789)
         );
         // 20000 = [2] with weight 1 (trailing zero groups are dropped on the wire).
-        assert_eq!(decode_pg_numeric(&numeric(1, 1, 0, &[2])), Cell::Int(20_000));
+        assert_eq!(
+            decode_pg_numeric(&numeric(1, 1, 0, &[2])),
+            Cell::Int(20_000)
+        );
         assert_eq!(
             decode_pg_numeric(&numeric(1, 0, 0x4000, &[7])),
             Cell::Int(-7)
@@ -1070,10 +1098,7 @@ mod tests {
             decode_pg_numeric(&numeric(0, 0, 0xC000, &[])),
             Cell::Numeric("NaN".into())
         );
-        assert_eq!(
-            decode_pg_numeric(&[0, 1]),
-            Cell::Other("NUMERIC".into())
-        );
+        assert_eq!(decode_pg_numeric(&[0, 1]), Cell::Other("NUMERIC".into()));
     }
 
     #[test]
@@ -1083,7 +1108,14 @@ mod tests {
         assert_eq!(parse_date_text(" 2024-01-15 "), day);
         assert_eq!(parse_date_text("2024-01-15 13:45:00"), day);
         assert_eq!(parse_date_text("2024-01-15T13:45:00Z"), day);
-        for bad in ["2024-1-15", "2024-01-150", "15/01/2024", "2024-02-30", "", "20240115"] {
+        for bad in [
+            "2024-1-15",
+            "2024-01-150",
+            "15/01/2024",
+            "2024-02-30",
+            "",
+            "20240115",
+        ] {
             assert_eq!(parse_date_text(bad), None, "{bad}");
         }
     }

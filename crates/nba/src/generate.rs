@@ -543,7 +543,8 @@ impl People {
                         // Unsigned this time: back in the pool for the next team.
                         pool.extend(other);
                         let tier = rng.between(6.0, 14.0);
-                        self.create(rng, tier, 19 + rng.below(4) as u32)
+                        let age = 19 + rng.below(4) as u32;
+                        self.create(rng, tier, age)
                     }
                 };
                 kept[team].push(player);

@@ -508,7 +508,7 @@ async fn claim(
     options: &Options,
     cancel: &CancellationToken,
 ) -> Result<Option<gapless_store::Claim>, StoreError> {
-    loop {
+    for _ in 0..1_000 {
         if let Some(claim) = store.claim(task_id, seen_epoch, &options.owner, options.lease_ttl).await? {
             return Ok(Some(claim));
         }
@@ -526,6 +526,7 @@ async fn claim(
             () = cancel.cancelled() => return Ok(None),
         }
     }
+    Ok(None)
 }
 
 /// Runs `work` while renewing the lease every third of its length. `None` when the lease was

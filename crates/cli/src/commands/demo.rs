@@ -32,9 +32,9 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
     let dir = prepare_dir(args.dir.as_deref())?;
     out(format_args!("building the NBA example in {}\n", dir.display()))?;
     let started = std::time::Instant::now();
-    let league = gapless_nba::generate::league(SEED);
-    let files = gapless_nba::files::write_raw_files(&dir, &league, None).context("writing phase-1 files")?;
-    gapless_nba::warehouse::setup(&dir, &league).await.context("creating the warehouse")?;
+    let league = gapless_nba::league(SEED);
+    let files = gapless_nba::write_raw_files(&dir, &league, None).context("writing phase-1 files")?;
+    gapless_nba::setup(&dir, &league).await.context("creating the warehouse")?;
     let program = std::env::current_exe().context("locating the gapless binary")?;
     gapless_nba::write_example(&dir, &program.to_string_lossy()).context("writing the pipeline file")?;
     out(format_args!(
@@ -62,7 +62,7 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
     out(format_args!("{}", StatusReport::build(&loaded.spec, &before, full, &all_phases, loaded.today).to_text()))?;
 
     heading("validation queries before (the original plan's checks)")?;
-    let before_checks = gapless_nba::validate::run_validations(&dir).await.context("validation queries")?;
+    let before_checks = gapless_nba::run_validations(&dir).await.context("validation queries")?;
     print_checks(&before_checks)?;
 
     heading("gapless plan --phases 3-6 over every season")?;
@@ -91,7 +91,7 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
     out(format_args!("{}", report.to_text()))?;
 
     heading("validation queries after")?;
-    let after_checks = gapless_nba::validate::run_validations(&dir).await.context("validation queries")?;
+    let after_checks = gapless_nba::run_validations(&dir).await.context("validation queries")?;
     let all_match = print_checks(&after_checks)?;
     out(format_args!(
         "\n{} in {:.1}s · the example stays in {} (try `gapless --pipeline {}/gapless.toml report`)\n",
@@ -131,10 +131,11 @@ fn prepare_dir(requested: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
 }
 
-fn print_checks(checks: &[(gapless_nba::validate::Validation, i64, i64)]) -> anyhow::Result<bool> {
+fn print_checks(checks: &[gapless_nba::ValidationResult]) -> anyhow::Result<bool> {
     let mut all = true;
-    for (validation, actual, expected) in checks {
-        let ok = actual == expected;
+    for check in checks {
+        let (validation, actual, expected) = (&check.validation, check.actual, check.expected);
+        let ok = check.is_passing();
         all &= ok;
         out(format_args!(
             "  {}  {:<58} {:>7} of {:<7}\n",

@@ -43,10 +43,10 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::NbaLoad(args) => {
             let start = crate::settings::date_arg("start-date", &args.start_date)?;
             let end = crate::settings::date_arg("end-date", &args.end_date)?;
-            let report = gapless_nba::load::load_boxscores(&args.dir, start, end)
+            let report = gapless_nba::load_boxscores(&args.dir, start, end)
                 .await
                 .context("loading box scores")?;
-            out(format_args!("{report}\n"))?;
+            out(format_args!("loaded {} rows of {} games over {} dates\n", report.rows, report.games, report.dates))?;
             Ok(Exit::Success)
         }
     }

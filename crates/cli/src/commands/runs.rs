@@ -34,8 +34,8 @@ pub(crate) async fn run(global: &Global, args: &RunsArgs) -> anyhow::Result<Exit
                 out(format_args!(
                     "{}  {:<8} {:<11} {}  cells {complete}/{total} complete, {failed} failed, {blocked} blocked  {}\n",
                     run.id,
-                    run.kind,
-                    run.state,
+                    run.kind.as_str(),
+                    run.state.as_str(),
                     run.created_at.format("%Y-%m-%d %H:%M:%S"),
                     request_summary(&run.request),
                 ))?;
@@ -83,7 +83,7 @@ pub(crate) async fn run(global: &Global, args: &RunsArgs) -> anyhow::Result<Exit
                 for task in problems {
                     out(format_args!(
                         "{:<8} phase {} {}..{}  {}\n",
-                        task.state,
+                        task.state.as_str(),
                         task.phase,
                         task.start,
                         task.end,

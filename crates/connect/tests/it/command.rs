@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use gapless_connect::{CancellationToken, CommandSpec, RunError, resolve_program, run_command};
 
-use crate::support::{assert_gone_soon, read_pid, script};
+use crate::support::{assert_gone_soon, read_pid, script, wait_for_pid};
 
 fn spec(dir: &std::path::Path, argv: &[&str], timeout: Duration) -> CommandSpec {
     CommandSpec {
@@ -30,20 +30,31 @@ echo "to stderr" >&2"#,
     let log = dir.path().join("logs/run-1/job.log");
     let spec = CommandSpec {
         log_path: Some(log.clone()),
-        ..spec(dir.path(), &["./job.sh", "2024-01-15; rm -rf /"], Duration::from_secs(20))
+        ..spec(
+            dir.path(),
+            &["./job.sh", "2024-01-15; rm -rf /"],
+            Duration::from_secs(20),
+        )
     };
     let outcome = run_command(&spec).await.unwrap();
     let logged = std::fs::read_to_string(&log).unwrap();
     let cwd = dir.path().canonicalize().unwrap();
     // Arguments reach the program as-is, with no shell in between.
     assert!(
-        logged.starts_with(&format!("date=2024-01-15 arg=2024-01-15; rm -rf / cwd={}\n", cwd.display())),
+        logged.starts_with(&format!(
+            "date=2024-01-15 arg=2024-01-15; rm -rf / cwd={}\n",
+            cwd.display()
+        )),
         "{}",
         &logged[..200.min(logged.len())]
     );
     assert!(logged.contains("line 1999\n") && logged.contains("to stderr\n"));
     // The tail is the end of stdout, cut to about 4 KiB.
-    assert!(outcome.stdout_tail.ends_with("line 1999\n"), "{}", outcome.stdout_tail);
+    assert!(
+        outcome.stdout_tail.ends_with("line 1999\n"),
+        "{}",
+        outcome.stdout_tail
+    );
     assert!(outcome.stdout_tail.starts_with('…') && outcome.stdout_tail.len() <= 4100);
     assert_eq!(outcome.stderr_tail, "to stderr\n");
 
@@ -58,7 +69,11 @@ async fn failure_carries_the_stderr_tail() {
     let dir = tempfile::tempdir().unwrap();
     let error = run_command(&spec(
         dir.path(),
-        &["sh", "-c", "echo working; echo 'boom: table missing' >&2; exit 3"],
+        &[
+            "sh",
+            "-c",
+            "echo working; echo 'boom: table missing' >&2; exit 3",
+        ],
         Duration::from_secs(20),
     ))
     .await
@@ -76,10 +91,17 @@ async fn failure_carries_the_stderr_tail() {
         "command exited with status 3: boom: table missing"
     );
 
-    let error = run_command(&spec(dir.path(), &["sh", "-c", "kill -9 $$"], Duration::from_secs(20)))
-        .await
-        .unwrap_err();
-    assert!(matches!(error, RunError::Signaled { signal: 9, .. }), "{error:?}");
+    let error = run_command(&spec(
+        dir.path(),
+        &["sh", "-c", "kill -9 $$"],
+        Duration::from_secs(20),
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(error, RunError::Signaled { signal: 9, .. }),
+        "{error:?}"
+    );
     assert!(error.is_retryable());
 }
 
@@ -91,14 +113,25 @@ async fn timeout_kills_the_whole_process_group() {
     let started = Instant::now();
     let error = run_command(&spec(
         dir.path(),
-        &["sh", "-c", "trap '' TERM; echo $$ > leader.pid; sleep 100 & echo $! > child.pid; wait"],
+        &[
+            "sh",
+            "-c",
+            "trap '' TERM; echo $$ > leader.pid; sleep 100 & echo $! > child.pid; wait",
+        ],
         Duration::from_millis(700),
     ))
     .await
     .unwrap_err();
-    assert!(matches!(error, RunError::Timeout { after } if after == Duration::from_millis(700)), "{error:?}");
+    assert!(
+        matches!(error, RunError::Timeout { after } if after == Duration::from_millis(700)),
+        "{error:?}"
+    );
     assert!(error.is_retryable());
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     assert_gone_soon(read_pid(&dir.path().join("leader.pid"))).await;
     assert_gone_soon(read_pid(&dir.path().join("child.pid"))).await;
 
@@ -112,7 +145,11 @@ async fn timeout_kills_the_whole_process_group() {
     .await
     .unwrap_err();
     assert!(matches!(error, RunError::Timeout { .. }), "{error:?}");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     assert_gone_soon(read_pid(&dir.path().join("child2.pid"))).await;
 }
 
@@ -128,7 +165,11 @@ async fn processes_left_behind_do_not_hold_the_run() {
     .await
     .unwrap();
     assert_eq!(outcome.stdout_tail, "done\n");
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     assert_gone_soon(read_pid(&dir.path().join("straggler.pid"))).await;
 }
 
@@ -144,18 +185,21 @@ async fn cancel_terminates_the_group() {
     let pid_file = dir.path().join("child.pid");
     let canceller = async {
         // Cancel once the child is running.
-        while !pid_file.exists() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let pid = wait_for_pid(&pid_file).await;
         cancel.cancel();
+        pid
     };
     let started = Instant::now();
-    let (result, ()) = tokio::join!(run_command(&spec), canceller);
+    let (result, pid) = tokio::join!(run_command(&spec), canceller);
     let error = result.unwrap_err();
     assert!(matches!(error, RunError::Cancelled), "{error:?}");
     assert!(!error.is_retryable());
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert_gone_soon(read_pid(&pid_file)).await;
+    assert_gone_soon(pid).await;
+
+    // A token cancelled before the start runs nothing.
+    let error = run_command(&spec).await.unwrap_err();
+    assert!(matches!(error, RunError::Cancelled), "{error:?}");
 }
 
 #[tokio::test]
@@ -166,7 +210,10 @@ async fn missing_programs_fail_to_spawn_for_good() {
             .await
             .unwrap_err();
         match &error {
-            RunError::Spawn { program: named, source } => {
+            RunError::Spawn {
+                program: named,
+                source,
+            } => {
                 assert_eq!(named, program);
                 assert_eq!(source.kind(), std::io::ErrorKind::NotFound, "{source}");
             }
@@ -183,6 +230,29 @@ async fn missing_programs_fail_to_spawn_for_good() {
     // Pre-flight resolution: PATH for bare names, the working directory for paths.
     assert!(resolve_program("sh", dir.path()).unwrap().is_absolute());
     let job = script(dir.path(), "job.sh", "true");
-    assert_eq!(resolve_program("./job.sh", dir.path()).unwrap(), dir.path().join("./job.sh"));
-    assert_eq!(resolve_program(job.to_str().unwrap(), std::path::Path::new("/")).unwrap(), job);
+    assert_eq!(
+        resolve_program("./job.sh", dir.path()).unwrap(),
+        dir.path().join("./job.sh")
+    );
+    assert_eq!(
+        resolve_program(job.to_str().unwrap(), std::path::Path::new("/")).unwrap(),
+        job
+    );
+}
+
+#[tokio::test]
+async fn dropping_the_run_kills_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(
+        dir.path(),
+        &["sh", "-c", "sleep 100 & echo $! > child.pid; wait"],
+        Duration::from_secs(60),
+    );
+    let pid_file = dir.path().join("child.pid");
+    // The run is dropped as soon as its grandchild exists, as an aborted task's would be.
+    let pid = tokio::select! {
+        result = run_command(&spec) => panic!("the run ended by itself: {result:?}"),
+        pid = wait_for_pid(&pid_file) => pid,
+    };
+    assert_gone_soon(pid).await;
 }

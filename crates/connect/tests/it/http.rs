@@ -60,7 +60,9 @@ impl Server {
             // Connections live as long as the server task: aborting it drops the set.
             let mut connections = JoinSet::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let recorded = Arc::clone(&recorded);
                 connections.spawn(handle(stream, behaviour, recorded));
             }
@@ -168,11 +170,20 @@ async fn success_sends_token_key_and_json_body() {
     for request in &requests {
         assert_eq!(request.method, "POST");
         assert_eq!(request.path, "/start");
-        assert_eq!(request.header("authorization"), Some("Bearer secret-token-123"));
-        assert_eq!(request.header("idempotency-key"), Some("run-7/phase-3/2024-01-01"));
+        assert_eq!(
+            request.header("authorization"),
+            Some("Bearer secret-token-123")
+        );
+        assert_eq!(
+            request.header("idempotency-key"),
+            Some("run-7/phase-3/2024-01-01")
+        );
         assert_eq!(request.header("content-type"), Some("application/json"));
         assert_eq!(request.header("x-phase"), Some("analytics"));
-        assert_eq!(request.body, r#"{"start_date":"2024-01-01","end_date":"2024-01-31"}"#);
+        assert_eq!(
+            request.body,
+            r#"{"start_date":"2024-01-01","end_date":"2024-01-31"}"#
+        );
     }
 }
 
@@ -199,13 +210,24 @@ async fn get_without_body_has_no_content_type() {
 async fn statuses_decide_retries() {
     let client = http_client().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for (status, retryable) in [(503, true), (500, true), (429, true), (400, false), (404, false), (302, false)] {
+    for (status, retryable) in [
+        (503, true),
+        (500, true),
+        (429, true),
+        (400, false),
+        (404, false),
+        (302, false),
+    ] {
         let server = Server::start(Behaviour::Answer(status, "details of the failure")).await;
         let error = run_http(&spec(server.url("/start"), dir.path()), &client)
             .await
             .unwrap_err();
         match &error {
-            RunError::HttpStatus { status: got, body_tail, retryable: got_retryable } => {
+            RunError::HttpStatus {
+                status: got,
+                body_tail,
+                retryable: got_retryable,
+            } => {
                 assert_eq!(*got, status);
                 assert_eq!(body_tail, "details of the failure");
                 assert_eq!(*got_retryable, retryable, "{status}");
@@ -246,7 +268,16 @@ async fn transport_and_spec_errors() {
     let error = run_http(&spec(format!("http://{closed}/start"), dir.path()), &client)
         .await
         .unwrap_err();
-    assert!(matches!(error, RunError::Http { retryable: true, .. }), "{error:?}");
+    assert!(
+        matches!(
+            error,
+            RunError::Http {
+                retryable: true,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
 
     // The token command's failure is reported as such, with its stderr.
     script(dir.path(), "token.sh", "echo 'not logged in' >&2\nexit 1");
@@ -266,8 +297,13 @@ async fn transport_and_spec_errors() {
     assert!(matches!(error, RunError::EmptyToken), "{error:?}");
 
     for url in ["ftp://127.0.0.1/x", "not a url"] {
-        let error = run_http(&spec(url.into(), dir.path()), &client).await.unwrap_err();
-        assert!(matches!(error, RunError::InvalidRequest { .. }), "{url}: {error:?}");
+        let error = run_http(&spec(url.into(), dir.path()), &client)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, RunError::InvalidRequest { .. }),
+            "{url}: {error:?}"
+        );
         assert!(!error.is_retryable());
     }
     let bad_header = HttpSpec {
@@ -275,6 +311,9 @@ async fn transport_and_spec_errors() {
         ..spec(format!("http://{closed}/start"), dir.path())
     };
     let error = run_http(&bad_header, &client).await.unwrap_err();
-    assert!(matches!(error, RunError::InvalidRequest { .. }), "{error:?}");
+    assert!(
+        matches!(error, RunError::InvalidRequest { .. }),
+        "{error:?}"
+    );
     assert!(!error.to_string().contains("line"), "{error}");
 }

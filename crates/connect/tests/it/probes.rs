@@ -41,44 +41,114 @@ echo "$PROBE_EXTRA 1""#,
 #[tokio::test]
 async fn command_probe_errors() {
     let dir = tempfile::tempdir().unwrap();
-    script(dir.path(), "bad.sh", "echo '2024-01-01 3'\necho\necho 'games: 7'");
-    let error = command_counts(&argv(&["./bad.sh"]), dir.path(), &[], jan(1), jan(3), Duration::from_secs(20))
-        .await
-        .unwrap_err();
+    script(
+        dir.path(),
+        "bad.sh",
+        "echo '2024-01-01 3'\necho\necho 'games: 7'",
+    );
+    let error = command_counts(
+        &argv(&["./bad.sh"]),
+        dir.path(),
+        &[],
+        jan(1),
+        jan(3),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap_err();
     match &error {
-        ProbeError::BadLine { line_number, line, .. } => {
+        ProbeError::BadLine {
+            line_number, line, ..
+        } => {
             assert_eq!((*line_number, line.as_str()), (3, "games: 7"));
         }
         other => panic!("expected a bad line, got {other:?}"),
     }
-    assert!(error.to_string().contains("line 3") && error.to_string().contains("games: 7"), "{error}");
+    assert!(
+        error.to_string().contains("line 3") && error.to_string().contains("games: 7"),
+        "{error}"
+    );
     assert!(!error.is_retryable());
 
-    script(dir.path(), "fail.sh", "echo '2024-01-01 3'\necho 'warehouse unreachable' >&2\nexit 2");
-    let error = command_counts(&argv(&["./fail.sh"]), dir.path(), &[], jan(1), jan(3), Duration::from_secs(20))
-        .await
-        .unwrap_err();
+    script(
+        dir.path(),
+        "fail.sh",
+        "echo '2024-01-01 3'\necho 'warehouse unreachable' >&2\nexit 2",
+    );
+    let error = command_counts(
+        &argv(&["./fail.sh"]),
+        dir.path(),
+        &[],
+        jan(1),
+        jan(3),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap_err();
     match &error {
-        ProbeError::Command { source: RunError::Failed { code: 2, stderr_tail }, .. } => {
+        ProbeError::Command {
+            source:
+                RunError::Failed {
+                    code: 2,
+                    stderr_tail,
+                },
+            ..
+        } => {
             assert!(stderr_tail.contains("warehouse unreachable"));
         }
         other => panic!("expected a failed exit, got {other:?}"),
     }
     assert!(error.is_retryable());
 
-    script(dir.path(), "slow.sh", "sleep 100 & echo $! > child.pid\nwait");
+    script(
+        dir.path(),
+        "slow.sh",
+        "sleep 100 & echo $! > child.pid\nwait",
+    );
     let started = Instant::now();
-    let error = command_counts(&argv(&["./slow.sh"]), dir.path(), &[], jan(1), jan(3), Duration::from_millis(500))
-        .await
-        .unwrap_err();
-    assert!(matches!(error, ProbeError::Command { source: RunError::Timeout { .. }, .. }), "{error:?}");
+    let error = command_counts(
+        &argv(&["./slow.sh"]),
+        dir.path(),
+        &[],
+        jan(1),
+        jan(3),
+        Duration::from_millis(500),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ProbeError::Command {
+                source: RunError::Timeout { .. },
+                ..
+            }
+        ),
+        "{error:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     crate::support::assert_gone_soon(crate::support::read_pid(&dir.path().join("child.pid"))).await;
 
-    let error = command_counts(&argv(&["./nope.sh"]), dir.path(), &[], jan(1), jan(3), Duration::from_secs(5))
-        .await
-        .unwrap_err();
-    assert!(matches!(error, ProbeError::Command { source: RunError::Spawn { .. }, .. }), "{error:?}");
+    let error = command_counts(
+        &argv(&["./nope.sh"]),
+        dir.path(),
+        &[],
+        jan(1),
+        jan(3),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ProbeError::Command {
+                source: RunError::Spawn { .. },
+                ..
+            }
+        ),
+        "{error:?}"
+    );
     assert!(!error.is_retryable());
 }
 
@@ -106,21 +176,42 @@ async fn files_probe_counts_matching_objects_per_date() {
     let expected: BTreeMap<_, _> = [(jan(1), 2), (jan(3), 5)].into();
 
     // `{date}` as a whole segment: listed per date; 2024-01-04 has no directory at all.
-    let counts = file_counts("gcs/boxscores/{date}/*.json", root, jan(1), jan(4)).await.unwrap();
+    let counts = file_counts("gcs/boxscores/{date}/*.json", root, jan(1), jan(4))
+        .await
+        .unwrap();
     assert_eq!(counts, expected);
     // The same as an absolute path and as a file:// URL.
     let absolute = format!("{}/gcs/boxscores/{{date}}/*.json", root.display());
-    assert_eq!(file_counts(&absolute, std::path::Path::new("/"), jan(1), jan(4)).await.unwrap(), expected);
+    assert_eq!(
+        file_counts(&absolute, std::path::Path::new("/"), jan(1), jan(4))
+            .await
+            .unwrap(),
+        expected
+    );
     let url = format!("file://{absolute}");
-    assert_eq!(file_counts(&url, std::path::Path::new("/"), jan(1), jan(4)).await.unwrap(), expected);
+    assert_eq!(
+        file_counts(&url, std::path::Path::new("/"), jan(1), jan(4))
+            .await
+            .unwrap(),
+        expected
+    );
     // A wildcard before `{date}`: the prefix is listed once and bucketed by date.
-    let counts = file_counts("gcs/*/{date}/*.json", root, jan(1), jan(4)).await.unwrap();
+    let counts = file_counts("gcs/*/{date}/*.json", root, jan(1), jan(4))
+        .await
+        .unwrap();
     assert_eq!(counts, expected);
     // `?` and a literal file name.
-    let counts = file_counts("gcs/boxscores/{date}/game?.json", root, jan(1), jan(4)).await.unwrap();
+    let counts = file_counts("gcs/boxscores/{date}/game?.json", root, jan(1), jan(4))
+        .await
+        .unwrap();
     assert_eq!(counts, [(jan(3), 5)].into());
     // A missing tree counts nothing.
-    assert!(file_counts("nowhere/{date}/*.json", root, jan(1), jan(4)).await.unwrap().is_empty());
+    assert!(
+        file_counts("nowhere/{date}/*.json", root, jan(1), jan(4))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // `{date}` inside a file name.
     touch(root, "logs/run-2024-01-01-a.log");
@@ -128,12 +219,16 @@ async fn files_probe_counts_matching_objects_per_date() {
     touch(root, "logs/run-2024-01-02-a.log");
     touch(root, "logs/run-2024-01-02.txt");
     touch(root, "logs/run-2024-02-02-a.log");
-    let counts = file_counts("logs/run-{date}-*.log", root, jan(1), jan(31)).await.unwrap();
+    let counts = file_counts("logs/run-{date}-*.log", root, jan(1), jan(31))
+        .await
+        .unwrap();
     assert_eq!(counts, [(jan(1), 2), (jan(2), 1)].into());
     // `{date}` inside a directory name, and twice.
     touch(root, "hive/day=2024-01-05/part-2024-01-05.parquet");
     touch(root, "hive/day=2024-01-05/part-2024-01-06.parquet");
-    let counts = file_counts("hive/day={date}/part-{date}.parquet", root, jan(1), jan(31)).await.unwrap();
+    let counts = file_counts("hive/day={date}/part-{date}.parquet", root, jan(1), jan(31))
+        .await
+        .unwrap();
     assert_eq!(counts, [(jan(5), 1)].into());
 }
 
@@ -147,21 +242,49 @@ async fn files_probe_refuses_bad_patterns() {
         "file://relative/{date}/x",
         "gs:///{date}/x",
     ] {
-        let error = file_counts(pattern, dir.path(), jan(1), jan(2)).await.unwrap_err();
-        assert!(matches!(error, ProbeError::BadPattern { .. }), "{pattern}: {error:?}");
+        let error = file_counts(pattern, dir.path(), jan(1), jan(2))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ProbeError::BadPattern { .. }),
+            "{pattern}: {error:?}"
+        );
         assert!(error.to_string().contains(pattern), "{error}");
     }
     if !cfg!(feature = "gcp") {
-        let error = file_counts("gs://bucket/boxscores/{date}/*.json", dir.path(), jan(1), jan(2))
-            .await
-            .unwrap_err();
-        assert!(matches!(error, ProbeError::NotCompiled { scheme: "gs", feature: "gcp" }), "{error:?}");
+        let error = file_counts(
+            "gs://bucket/boxscores/{date}/*.json",
+            dir.path(),
+            jan(1),
+            jan(2),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ProbeError::NotCompiled {
+                    scheme: "gs",
+                    feature: "gcp"
+                }
+            ),
+            "{error:?}"
+        );
         assert!(error.to_string().contains("`gcp` feature"), "{error}");
     }
     if !cfg!(feature = "aws") {
         let error = file_counts("s3://bucket/{date}/*.json", dir.path(), jan(1), jan(2))
             .await
             .unwrap_err();
-        assert!(matches!(error, ProbeError::NotCompiled { scheme: "s3", feature: "aws" }), "{error:?}");
+        assert!(
+            matches!(
+                error,
+                ProbeError::NotCompiled {
+                    scheme: "s3",
+                    feature: "aws"
+                }
+            ),
+            "{error:?}"
+        );
     }
 }

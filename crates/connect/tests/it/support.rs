@@ -78,3 +78,18 @@ pub(crate) fn read_pid(path: &Path) -> i32 {
         .parse()
         .unwrap()
 }
+
+/// Polls, for up to 5 s, until a script has written a pid into `path`.
+pub(crate) async fn wait_for_pid(path: &Path) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+        {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "no pid in {}", path.display());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

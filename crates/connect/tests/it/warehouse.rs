@@ -49,7 +49,10 @@ async fn scenario(warehouse: &Warehouse, schema: &str) -> anyhow::Result<()> {
     assert_eq!(warehouse.counts(&probe, jan(1), jan(5)).await?, expected);
     // Rows outside the range are ignored even when the query does not filter.
     let unfiltered = sql("SELECT game_date, COUNT(*) FROM {s}.t GROUP BY game_date");
-    assert_eq!(warehouse.counts(&unfiltered, jan(1), jan(5)).await?, expected);
+    assert_eq!(
+        warehouse.counts(&unfiltered, jan(1), jan(5)).await?,
+        expected
+    );
     // Duplicate dates are summed; an INT4 literal count is read.
     let per_row = sql("SELECT game_date, 1 FROM {s}.t");
     assert_eq!(warehouse.counts(&per_row, jan(1), jan(5)).await?, expected);
@@ -61,47 +64,79 @@ async fn scenario(warehouse: &Warehouse, schema: &str) -> anyhow::Result<()> {
         Dialect::Postgres => sql("SELECT game_date::timestamp, COUNT(*) FROM {s}.t GROUP BY 1"),
         Dialect::Sqlite => sql("SELECT game_date || ' 12:00:00', COUNT(*) FROM {s}.t GROUP BY 1"),
     };
-    assert_eq!(warehouse.counts(&timestamps, jan(1), jan(5)).await?, expected);
+    assert_eq!(
+        warehouse.counts(&timestamps, jan(1), jan(5)).await?,
+        expected
+    );
     // Dates as text, :start twice.
     let text_dates = match warehouse.dialect() {
         Dialect::Postgres => sql(
             "SELECT to_char(game_date, 'YYYY-MM-DD'), COUNT(*) FROM {s}.t \
              WHERE game_date >= :start AND game_date >= :start GROUP BY 1",
         ),
-        Dialect::Sqlite => sql(
-            "SELECT game_date, COUNT(*) FROM {s}.t \
-             WHERE game_date >= :start AND game_date >= :start GROUP BY 1",
-        ),
+        Dialect::Sqlite => sql("SELECT game_date, COUNT(*) FROM {s}.t \
+             WHERE game_date >= :start AND game_date >= :start GROUP BY 1"),
     };
-    assert_eq!(warehouse.counts(&text_dates, jan(1), jan(5)).await?, expected);
+    assert_eq!(
+        warehouse.counts(&text_dates, jan(1), jan(5)).await?,
+        expected
+    );
 
     // A value that is not a date is an error naming it and the query.
     let error = warehouse
         .counts("SELECT 'not-a-date', 1", jan(1), jan(5))
         .await
         .unwrap_err();
-    assert!(matches!(error, WarehouseError::BadDate { ref value, .. } if value == "not-a-date"), "{error:?}");
-    assert!(error.to_string().contains("not-a-date") && error.to_string().contains("SELECT"), "{error}");
+    assert!(
+        matches!(error, WarehouseError::BadDate { ref value, .. } if value == "not-a-date"),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("not-a-date") && error.to_string().contains("SELECT"),
+        "{error}"
+    );
     let error = warehouse
         .counts("SELECT '2024-01-01', 'many'", jan(1), jan(5))
         .await
         .unwrap_err();
-    assert!(matches!(error, WarehouseError::BadCount { ref value, .. } if value == "many"), "{error:?}");
+    assert!(
+        matches!(error, WarehouseError::BadCount { ref value, .. } if value == "many"),
+        "{error:?}"
+    );
     let error = warehouse
         .counts("SELECT '2024-01-01', 1, 2", jan(1), jan(5))
         .await
         .unwrap_err();
-    assert!(matches!(error, WarehouseError::Columns { found: 3, .. }), "{error:?}");
+    assert!(
+        matches!(error, WarehouseError::Columns { found: 3, .. }),
+        "{error:?}"
+    );
     let error = warehouse
-        .counts(&sql("SELECT game_date, COUNT(*) FROM {s}.t WHERE game_date = :date GROUP BY 1"), jan(1), jan(5))
+        .counts(
+            &sql("SELECT game_date, COUNT(*) FROM {s}.t WHERE game_date = :date GROUP BY 1"),
+            jan(1),
+            jan(5),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(error, WarehouseError::MissingParam { param: Param::Date, .. }), "{error:?}");
+    assert!(
+        matches!(
+            error,
+            WarehouseError::MissingParam {
+                param: Param::Date,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
     let error = warehouse
         .counts("SELECT 1, 2; SELECT 3, 4", jan(1), jan(5))
         .await
         .unwrap_err();
-    assert!(matches!(error, WarehouseError::NotOneStatement { found: 2, .. }), "{error:?}");
+    assert!(
+        matches!(error, WarehouseError::NotOneStatement { found: 2, .. }),
+        "{error:?}"
+    );
     let error = warehouse
         .counts("SELECT :foo, 1", jan(1), jan(5))
         .await
@@ -110,10 +145,8 @@ async fn scenario(warehouse: &Warehouse, schema: &str) -> anyhow::Result<()> {
     assert!(format!("{error:?}").contains("foo"), "{error:?}");
 
     // The SQL runner: DELETE + INSERT over the range, idempotent.
-    let rerun = sql(
-        "DELETE FROM {s}.t WHERE game_date BETWEEN :start AND :end;
-         INSERT INTO {s}.t (game_date, game_id) VALUES (:start, 100), (:end, 101), (:end, 102);",
-    );
+    let rerun = sql("DELETE FROM {s}.t WHERE game_date BETWEEN :start AND :end;
+         INSERT INTO {s}.t (game_date, game_id) VALUES (:start, 100), (:end, 101), (:end, 102);");
     let first = warehouse.execute_script(&rerun, &params(2, 3)).await?;
     assert_eq!(first, 1 + 3);
     let after_first = warehouse.counts(&probe, jan(1), jan(5)).await?;
@@ -121,44 +154,87 @@ async fn scenario(warehouse: &Warehouse, schema: &str) -> anyhow::Result<()> {
     assert_eq!(second, 3 + 3);
     let after_second = warehouse.counts(&probe, jan(1), jan(5)).await?;
     assert_eq!(after_first, after_second);
-    let expected_after: BTreeMap<_, _> = [(jan(1), 2), (jan(2), 1), (jan(3), 2), (jan(4), 3)].into();
+    let expected_after: BTreeMap<_, _> =
+        [(jan(1), 2), (jan(2), 1), (jan(3), 2), (jan(4), 3)].into();
     assert_eq!(after_second, expected_after);
 
     // A failing statement rolls the whole script back and is named.
-    let failing = sql(
-        "DELETE FROM {s}.t WHERE game_date BETWEEN :start AND :end;
-         INSERT INTO {s}.no_such_table VALUES (1)",
-    );
-    let error = warehouse.execute_script(&failing, &params(1, 5)).await.unwrap_err();
+    let failing = sql("DELETE FROM {s}.t WHERE game_date BETWEEN :start AND :end;
+         INSERT INTO {s}.no_such_table VALUES (1)");
+    let error = warehouse
+        .execute_script(&failing, &params(1, 5))
+        .await
+        .unwrap_err();
     match &error {
-        WarehouseError::Statement { index, total, statement, .. } => {
+        WarehouseError::Statement {
+            index,
+            total,
+            statement,
+            ..
+        } => {
             assert_eq!((*index, *total), (2, 2));
             assert!(statement.contains("no_such_table"), "{statement}");
         }
         other => panic!("expected a statement error, got {other:?}"),
     }
     assert!(error.to_string().contains("statement 2 of 2"), "{error}");
-    assert_eq!(warehouse.counts(&probe, jan(1), jan(5)).await?, expected_after);
+    assert_eq!(
+        warehouse.counts(&probe, jan(1), jan(5)).await?,
+        expected_after
+    );
 
     // :date is bound when given, and refused before anything runs when not.
     let by_date = sql("DELETE FROM {s}.t WHERE game_date = :date");
-    let error = warehouse.execute_script(&by_date, &params(1, 5)).await.unwrap_err();
-    assert!(matches!(error, WarehouseError::MissingParam { param: Param::Date, .. }), "{error:?}");
+    let error = warehouse
+        .execute_script(&by_date, &params(1, 5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            WarehouseError::MissingParam {
+                param: Param::Date,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
     let deleted = warehouse
-        .execute_script(&by_date, &ScriptParams { date: Some(jan(3)), ..params(1, 5) })
+        .execute_script(
+            &by_date,
+            &ScriptParams {
+                date: Some(jan(3)),
+                ..params(1, 5)
+            },
+        )
         .await?;
     assert_eq!(deleted, 2);
 
     // The calendar query, with and without parameters.
     let expected_dates: BTreeSet<_> = [jan(1), jan(2), jan(4)].into();
-    let calendar = sql("SELECT DISTINCT game_date FROM {s}.t WHERE game_date BETWEEN :start AND :end");
-    assert_eq!(warehouse.dates(&calendar, jan(1), jan(5)).await?, expected_dates);
+    let calendar =
+        sql("SELECT DISTINCT game_date FROM {s}.t WHERE game_date BETWEEN :start AND :end");
+    assert_eq!(
+        warehouse.dates(&calendar, jan(1), jan(5)).await?,
+        expected_dates
+    );
     let calendar = sql("SELECT game_date FROM {s}.t ORDER BY game_date");
-    assert_eq!(warehouse.dates(&calendar, jan(1), jan(5)).await?, expected_dates);
+    assert_eq!(
+        warehouse.dates(&calendar, jan(1), jan(5)).await?,
+        expected_dates
+    );
 
     // One integer.
-    assert_eq!(warehouse.scalar(&sql("SELECT COUNT(*) FROM {s}.t")).await?, 8);
-    assert_eq!(warehouse.scalar(&sql("SELECT SUM(game_id) FROM {s}.t WHERE game_id < 4")).await?, 3);
+    assert_eq!(
+        warehouse.scalar(&sql("SELECT COUNT(*) FROM {s}.t")).await?,
+        8
+    );
+    assert_eq!(
+        warehouse
+            .scalar(&sql("SELECT SUM(game_id) FROM {s}.t WHERE game_id < 4"))
+            .await?,
+        3
+    );
     let error = warehouse
         .scalar(&sql("SELECT game_id FROM {s}.t WHERE game_id < 0"))
         .await
@@ -168,7 +244,16 @@ async fn scenario(warehouse: &Warehouse, schema: &str) -> anyhow::Result<()> {
         .scalar(&sql("SELECT COUNT(*) FROM {s}.t WHERE game_date >= :start"))
         .await
         .unwrap_err();
-    assert!(matches!(error, WarehouseError::MissingParam { param: Param::Start, .. }), "{error:?}");
+    assert!(
+        matches!(
+            error,
+            WarehouseError::MissingParam {
+                param: Param::Start,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
     Ok(())
 }
 
@@ -192,7 +277,10 @@ async fn sqlite_conformance() -> anyhow::Result<()> {
     warehouse.close().await;
 
     // The data went into the attached file: a fresh pool attaching it by absolute path sees it.
-    let absolute = format!("sqlite://{}", dir.path().join("warehouse/other.db").display());
+    let absolute = format!(
+        "sqlite://{}",
+        dir.path().join("warehouse/other.db").display()
+    );
     let again = Warehouse::connect(
         &absolute,
         &[("raw".to_owned(), dir.path().join("warehouse/raw.db"))],
@@ -236,7 +324,10 @@ async fn sqlite_memory_and_connect_errors() -> anyhow::Result<()> {
     let memory = Warehouse::connect("sqlite::memory:", &[], dir.path(), TIMEOUT).await?;
     // One connection for ever: a table created by one call is seen by the next.
     memory
-        .execute_script("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (41), (1)", &params(1, 1))
+        .execute_script(
+            "CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (41), (1)",
+            &params(1, 1),
+        )
         .await?;
     assert_eq!(memory.scalar("SELECT SUM(x) FROM t").await?, 42);
 
@@ -262,7 +353,10 @@ async fn sqlite_memory_and_connect_errors() -> anyhow::Result<()> {
         )
         .await
         .unwrap_err();
-        assert!(matches!(error, WarehouseError::InvalidAttachName { .. }), "{name}: {error:?}");
+        assert!(
+            matches!(error, WarehouseError::InvalidAttachName { .. }),
+            "{name}: {error:?}"
+        );
     }
     let error = Warehouse::connect(
         "postgres://user:secret@127.0.0.1:1/db",
@@ -272,17 +366,51 @@ async fn sqlite_memory_and_connect_errors() -> anyhow::Result<()> {
     )
     .await
     .unwrap_err();
-    assert!(matches!(error, WarehouseError::AttachUnsupported), "{error:?}");
+    assert!(
+        matches!(error, WarehouseError::AttachUnsupported),
+        "{error:?}"
+    );
     let error = Warehouse::connect("mysql://x/y", &[], dir.path(), TIMEOUT)
         .await
         .unwrap_err();
-    assert!(matches!(error, WarehouseError::InvalidUrl { .. }), "{error:?}");
+    assert!(
+        matches!(error, WarehouseError::InvalidUrl { .. }),
+        "{error:?}"
+    );
     // Nothing listens on port 1: a connect error that hides the password.
-    let error = Warehouse::connect("postgres://user:secret@127.0.0.1:1/db", &[], dir.path(), TIMEOUT)
+    let error = Warehouse::connect(
+        "postgres://user:secret@127.0.0.1:1/db",
+        &[],
+        dir.path(),
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap_err();
+    // The cause is the real one, not the pool's timeout.
+    assert!(
+        matches!(
+            error,
+            WarehouseError::Connect {
+                source: sqlx::Error::Io(_),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(!error.to_string().contains("secret"), "{error}");
+    assert!(error.is_retryable());
+
+    // A main database that cannot be created fails at once, naming the URL.
+    let started = std::time::Instant::now();
+    let error = Warehouse::connect("sqlite://no/such/dir/main.db", &[], dir.path(), TIMEOUT)
         .await
         .unwrap_err();
     assert!(matches!(error, WarehouseError::Connect { .. }), "{error:?}");
-    assert!(!error.to_string().contains("secret"), "{error}");
-    assert!(error.is_retryable());
+    assert!(error.to_string().contains("no/such/dir/main.db"), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     Ok(())
 }

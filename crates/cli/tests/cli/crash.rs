@@ -1,0 +1,141 @@
+//! RELIABILITY.md T1/T5/T6 at CI size: kill -9 a backfill of 3 phases × 200 days at random
+//! points 20 times, resume each time. Every cell ends complete and recorded once; no runner
+//! executes for a cell already recorded complete; SQLite's integrity check passes every time.
+
+use std::time::Duration;
+
+use crate::util::{Project, code, stderr};
+
+const RUNNER: &str = r#"#!/usr/bin/env python3
+# Writes this cell's rows to the warehouse and one row per execution to the sink. Sleeps a
+# little so kills land mid-task.
+import os, random, sqlite3, sys, time
+phase, start, end = sys.argv[1], sys.argv[2], sys.argv[3]
+started = int(time.time() * 1000)
+time.sleep(random.uniform(0.0, 0.03))
+db = sqlite3.connect("warehouse.db", timeout=30)
+db.execute("BEGIN IMMEDIATE")
+db.execute("INSERT INTO executions (phase, start, started_ms, token) VALUES (?, ?, ?, ?)",
+           (int(phase), start, started, int(os.environ["GAPLESS_ATTEMPT_TOKEN"])))
+db.execute("INSERT OR IGNORE INTO sink (phase, d) VALUES (?, ?)", (int(phase), start))
+db.commit()
+"#;
+
+const PIPELINE: &str = r#"
+[pipeline]
+name = "crash"
+start = "2023-01-01"
+
+[warehouse]
+url = "sqlite://warehouse.db"
+
+[[phase]]
+id = 1
+name = "a"
+run.command = ["python3", "runner.py", "{phase}", "{start}", "{end}"]
+check.sql = "SELECT d, COUNT(*) FROM sink WHERE phase = 1 AND d BETWEEN :start AND :end GROUP BY d"
+retries = 3
+
+[[phase]]
+id = 2
+name = "b"
+needs = [1]
+run.command = ["python3", "runner.py", "{phase}", "{start}", "{end}"]
+check.sql = "SELECT d, COUNT(*) FROM sink WHERE phase = 2 AND d BETWEEN :start AND :end GROUP BY d"
+retries = 3
+
+[[phase]]
+id = 3
+name = "c"
+needs = [{ phase = 2, lookback_days = 3 }]
+run.command = ["python3", "runner.py", "{phase}", "{start}", "{end}"]
+check.sql = "SELECT d, COUNT(*) FROM sink WHERE phase = 3 AND d BETWEEN :start AND :end GROUP BY d"
+retries = 3
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_nine_twenty_times_then_resume() {
+    let project = Project::new();
+    project.write("gapless.toml", PIPELINE);
+    project.write("runner.py", RUNNER);
+    let warehouse = project.sqlite("warehouse.db").await;
+    crate::util::exec(
+        &warehouse,
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE sink (phase INTEGER, d TEXT, UNIQUE (phase, d));
+         CREATE TABLE executions (phase INTEGER, start TEXT, started_ms INTEGER, token INTEGER);",
+    )
+    .await;
+    warehouse.close().await;
+    let today = "2023-07-19"; // 200 days from 2023-01-01
+    let mut kills = 0;
+    let mut first = true;
+    while kills < 20 {
+        let args: Vec<&str> = if first {
+            vec!["backfill", "--start-date", "2023-01-01", "--end-date", today, "--yes", "--jobs", "4", "-q"]
+        } else {
+            vec!["resume", "--jobs", "4", "-q"]
+        };
+        let mut child = project.command(&args).env("GAPLESS_TODAY", today).spawn().unwrap();
+        first = false;
+        let wait = Duration::from_millis(fastrand::u64(150..900));
+        tokio::time::sleep(wait).await;
+        match child.try_wait().unwrap() {
+            Some(status) => {
+                // Finished before the kill: nothing more to interrupt.
+                assert_eq!(status.code(), Some(0));
+                break;
+            }
+            None => {
+                std::process::Command::new("kill").args(["-9", &child.id().to_string()]).status().unwrap();
+                let _ = child.wait();
+                kills += 1;
+            }
+        }
+        if !project.path().join(".gapless/state.db").exists() {
+            first = true;
+            continue;
+        }
+        let state = project.sqlite(".gapless/state.db").await;
+        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&state).await.unwrap();
+        assert_eq!(integrity, "ok", "after kill {kills}");
+        // Killed before the run was recorded: start the backfill again, as a user would.
+        let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs").fetch_one(&state).await.unwrap_or(0);
+        first = runs == 0;
+        state.close().await;
+    }
+    assert!(kills >= 5, "the backfill finished too fast to be killed ({kills} kills)");
+    let output = project.command(&["resume", "--jobs", "4"]).env("GAPLESS_TODAY", today).output().unwrap();
+    assert!(matches!(code(&output), 0), "{}", stderr(&output));
+
+    let state = project.sqlite(".gapless/state.db").await;
+    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&state).await.unwrap();
+    assert_eq!(integrity, "ok");
+    let complete: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM run_cells WHERE state = 'complete'").fetch_one(&state).await.unwrap();
+    assert_eq!(complete, 600);
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events").fetch_one(&state).await.unwrap();
+    assert_eq!(events, 600, "a cell was recorded complete twice");
+    // A task's final lease epoch is one above the epoch of the claim that completed it; an
+    // execution spawned after completion would need a later claim, so a larger token.
+    let completions: Vec<(i64, String, i64)> =
+        sqlx::query_as("SELECT phase, start_date, lease_epoch FROM tasks WHERE state = 'complete'").fetch_all(&state).await.unwrap();
+    state.close().await;
+    let warehouse = project.sqlite("warehouse.db").await;
+    let sink: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sink").fetch_one(&warehouse).await.unwrap();
+    assert_eq!(sink, 600);
+    // No execution was spawned for a cell already recorded complete.
+    let executions: Vec<(i64, String, i64)> =
+        sqlx::query_as("SELECT phase, start, token FROM executions").fetch_all(&warehouse).await.unwrap();
+    let completed: std::collections::HashMap<(i64, String), i64> =
+        completions.into_iter().map(|(p, d, epoch)| ((p, d), epoch)).collect();
+    assert_eq!(completed.len(), 600);
+    let late: Vec<_> = executions
+        .iter()
+        .filter(|(p, d, token)| completed.get(&(*p, d.clone())).is_none_or(|epoch| token >= epoch))
+        .collect();
+    assert!(late.is_empty(), "runners executed for cells already recorded complete: {late:?}");
+    // Re-executions happen only for cells in flight at a kill: at most kills × jobs of them.
+    let reruns = executions.len() - 600;
+    assert!(reruns <= kills * 4, "{reruns} re-executions for {kills} kills");
+    eprintln!("{kills} kills, {} executions for 600 cells", executions.len());
+}

@@ -1,0 +1,87 @@
+//! A pipeline in a temporary directory, and the binary run against it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::{Row, SqlitePool};
+
+pub(crate) const TODAY: &str = "2024-03-31";
+
+pub(crate) struct Project {
+    pub(crate) dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub(crate) fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub(crate) fn script(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.write(name, text);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gapless"));
+        command
+            .current_dir(self.path())
+            .args(args)
+            .env("GAPLESS_TODAY", TODAY)
+            .env_remove("GAPLESS_PIPELINE")
+            .env_remove("GAPLESS_STATE_URL")
+            .env_remove("RUST_LOG");
+        command
+    }
+
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    pub(crate) async fn sqlite(&self, file: &str) -> SqlitePool {
+        let options = SqliteConnectOptions::new()
+            .filename(self.path().join(file))
+            .create_if_missing(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        SqlitePoolOptions::new().max_connections(1).connect_with(options).await.unwrap()
+    }
+}
+
+pub(crate) fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub(crate) fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub(crate) fn code(output: &Output) -> i32 {
+    output.status.code().unwrap_or(-1)
+}
+
+/// Runs `sql` (no parameters) on a pool.
+pub(crate) async fn exec(pool: &SqlitePool, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(pool).await.unwrap();
+}
+
+/// One integer.
+pub(crate) async fn scalar(pool: &SqlitePool, sql: &str) -> i64 {
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(pool).await.unwrap().get::<i64, _>(0)
+}
