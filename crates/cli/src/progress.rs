@@ -116,7 +116,10 @@ impl Observer for Progress {
             )),
             Event::Failed { task, error } => {
                 if let Progress::Bars(bars) = self {
-                    let mut failed = bars.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut failed = bars
+                        .failed
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     let count = failed.entry(task.phase).or_insert(0);
                     *count += 1;
                     if let Some(bar) = bars.bars.get(&task.phase) {
@@ -127,7 +130,11 @@ impl Observer for Progress {
             }
             Event::Blocked { task, because } => {
                 if let Progress::Lines { quiet: false } = self {
-                    self.line(format!("{} blocked: {} did not complete", task.label(), because.label()));
+                    self.line(format!(
+                        "{} blocked: {} did not complete",
+                        task.label(),
+                        because.label()
+                    ));
                 }
             }
         }

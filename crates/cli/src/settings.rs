@@ -47,7 +47,10 @@ impl FileSource for DiskFiles<'_> {
 
 /// `--pipeline`, else `$GAPLESS_PIPELINE`, else `./gapless.toml`.
 pub(crate) fn pipeline_path(flag: Option<&Path>) -> PathBuf {
-    resolve_pipeline_path(flag, std::env::var_os("GAPLESS_PIPELINE").map(PathBuf::from))
+    resolve_pipeline_path(
+        flag,
+        std::env::var_os("GAPLESS_PIPELINE").map(PathBuf::from),
+    )
 }
 
 fn resolve_pipeline_path(flag: Option<&Path>, env: Option<PathBuf>) -> PathBuf {
@@ -65,7 +68,10 @@ pub(crate) fn resolve_state_url(file: &str, env: Option<String>) -> String {
 
 /// `$GAPLESS_TODAY` (YYYY-MM-DD), else the local date.
 pub(crate) fn today() -> anyhow::Result<Date> {
-    resolve_today(std::env::var("GAPLESS_TODAY").ok(), chrono::Local::now().date_naive())
+    resolve_today(
+        std::env::var("GAPLESS_TODAY").ok(),
+        chrono::Local::now().date_naive(),
+    )
 }
 
 fn resolve_today(env: Option<String>, clock: Date) -> anyhow::Result<Date> {
@@ -96,11 +102,29 @@ pub(crate) fn load_path(path: &Path) -> anyhow::Result<Loaded> {
     })?;
     let base_dir = path
         .parent()
-        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
         .unwrap_or(Path::new("."));
-    let base_dir = fs_err::canonicalize(base_dir).context("cannot resolve the pipeline file's directory")?;
-    let spec = spec::parse(&source, &DiskFiles { base_dir: &base_dir })
-        .map_err(|diagnostics| UsageError::rendered(render_all(&diagnostics, &path.display().to_string(), &source)))?;
+    let base_dir =
+        fs_err::canonicalize(base_dir).context("cannot resolve the pipeline file's directory")?;
+    let spec = spec::parse(
+        &source,
+        &DiskFiles {
+            base_dir: &base_dir,
+        },
+    )
+    .map_err(|diagnostics| {
+        UsageError::rendered(render_all(
+            &diagnostics,
+            &path.display().to_string(),
+            &source,
+        ))
+    })?;
     let state_url = resolve_state_url(&spec.state_url, std::env::var("GAPLESS_STATE_URL").ok());
     Ok(Loaded {
         path: path.to_path_buf(),
@@ -132,17 +156,30 @@ impl Loaded {
 
     /// Connects the warehouse and builds the runtime context.
     pub(crate) async fn context(&self) -> anyhow::Result<Context> {
-        Context::connect(self.spec.clone(), &self.base_dir, self.state_dir().join("logs"), self.today)
-            .await
-            .context("cannot reach the warehouse")
+        Context::connect(
+            self.spec.clone(),
+            &self.base_dir,
+            self.state_dir().join("logs"),
+            self.today,
+        )
+        .await
+        .context("cannot reach the warehouse")
     }
 
     /// Connects the state store and brings its schema up to date (first use migrates).
     pub(crate) async fn store(&self) -> anyhow::Result<Store> {
         let store = Store::connect(&self.state_url, &self.base_dir)
             .await
-            .with_context(|| format!("cannot open the state store `{}`", spec::redact_url(&self.state_url)))?;
-        store.migrate().await.context("cannot migrate the state store")?;
+            .with_context(|| {
+                format!(
+                    "cannot open the state store `{}`",
+                    spec::redact_url(&self.state_url)
+                )
+            })?;
+        store
+            .migrate()
+            .await
+            .context("cannot migrate the state store")?;
         Ok(store)
     }
 }
@@ -163,14 +200,31 @@ mod tests {
             resolve_pipeline_path(Some(Path::new("a.toml")), Some(PathBuf::from("b.toml"))),
             PathBuf::from("a.toml")
         );
-        assert_eq!(resolve_pipeline_path(None, Some(PathBuf::from("b.toml"))), PathBuf::from("b.toml"));
-        assert_eq!(resolve_pipeline_path(None, None), PathBuf::from("gapless.toml"));
+        assert_eq!(
+            resolve_pipeline_path(None, Some(PathBuf::from("b.toml"))),
+            PathBuf::from("b.toml")
+        );
+        assert_eq!(
+            resolve_pipeline_path(None, None),
+            PathBuf::from("gapless.toml")
+        );
         // Env beats the file.
-        assert_eq!(resolve_state_url("sqlite://x.db", Some("postgres://h/db".into())), "postgres://h/db");
-        assert_eq!(resolve_state_url("sqlite://x.db", Some(String::new())), "sqlite://x.db");
+        assert_eq!(
+            resolve_state_url("sqlite://x.db", Some("postgres://h/db".into())),
+            "postgres://h/db"
+        );
+        assert_eq!(
+            resolve_state_url("sqlite://x.db", Some(String::new())),
+            "sqlite://x.db"
+        );
         assert_eq!(resolve_state_url("sqlite://x.db", None), "sqlite://x.db");
         let clock = dates::parse_date("2026-01-01").unwrap();
-        assert_eq!(resolve_today(Some("2025-07-01".into()), clock).unwrap().to_string(), "2025-07-01");
+        assert_eq!(
+            resolve_today(Some("2025-07-01".into()), clock)
+                .unwrap()
+                .to_string(),
+            "2025-07-01"
+        );
         assert_eq!(resolve_today(None, clock).unwrap(), clock);
         assert!(resolve_today(Some("July".into()), clock).is_err());
     }

@@ -33,9 +33,8 @@ pub fn write_raw_files(
             return Err(NbaError::InvalidRange { start, end });
         }
     }
-    let in_range = |game: &&Game| {
-        range.is_none_or(|(start, end)| (start..=end).contains(&game.game_date))
-    };
+    let in_range =
+        |game: &&Game| range.is_none_or(|(start, end)| (start..=end).contains(&game.game_date));
     let mut written = 0;
     let mut current_dir = None;
     for game in league.games().filter(in_range) {

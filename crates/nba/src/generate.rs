@@ -111,19 +111,20 @@ const TEAMS: [(&str, &str, Conference); 30] = [
 ];
 
 const FIRST_NAMES: [&str; 48] = [
-    "Aaron", "Andre", "Ben", "Bobby", "Brandon", "Caleb", "Cam", "Chris", "Cole", "Damon", "Darius",
-    "Dejon", "Derrick", "Devin", "Donovan", "Drew", "Eli", "Evan", "Gabe", "Grant", "Isaiah",
-    "Jalen", "Jamal", "Jaylen", "Jordan", "Josh", "Julius", "Kai", "Keldon", "Kevin", "Kyle",
-    "Lamar", "Luka", "Malik", "Marcus", "Miles", "Nate", "Nikola", "Obi", "Paul", "Quentin",
-    "Reggie", "Scottie", "Terrence", "Trey", "Tyrese", "Victor", "Zach",
+    "Aaron", "Andre", "Ben", "Bobby", "Brandon", "Caleb", "Cam", "Chris", "Cole", "Damon",
+    "Darius", "Dejon", "Derrick", "Devin", "Donovan", "Drew", "Eli", "Evan", "Gabe", "Grant",
+    "Isaiah", "Jalen", "Jamal", "Jaylen", "Jordan", "Josh", "Julius", "Kai", "Keldon", "Kevin",
+    "Kyle", "Lamar", "Luka", "Malik", "Marcus", "Miles", "Nate", "Nikola", "Obi", "Paul",
+    "Quentin", "Reggie", "Scottie", "Terrence", "Trey", "Tyrese", "Victor", "Zach",
 ];
 
 const LAST_NAMES: [&str; 48] = [
-    "Adams", "Allen", "Bailey", "Barnes", "Bell", "Brooks", "Bryant", "Carter", "Coleman", "Cooper",
-    "Davis", "Dixon", "Edwards", "Ellis", "Fields", "Fox", "Gordon", "Grant", "Green", "Harris",
-    "Hayes", "Holmes", "Hunter", "Jackson", "James", "Johnson", "Jones", "King", "Lewis", "Martin",
-    "Mitchell", "Morris", "Murray", "Nelson", "Owens", "Parker", "Porter", "Reed", "Robinson",
-    "Russell", "Simmons", "Smith", "Thomas", "Turner", "Walker", "Warren", "Watson", "Young",
+    "Adams", "Allen", "Bailey", "Barnes", "Bell", "Brooks", "Bryant", "Carter", "Coleman",
+    "Cooper", "Davis", "Dixon", "Edwards", "Ellis", "Fields", "Fox", "Gordon", "Grant", "Green",
+    "Harris", "Hayes", "Holmes", "Hunter", "Jackson", "James", "Johnson", "Jones", "King", "Lewis",
+    "Martin", "Mitchell", "Morris", "Murray", "Nelson", "Owens", "Parker", "Porter", "Reed",
+    "Robinson", "Russell", "Simmons", "Smith", "Thomas", "Turner", "Walker", "Warren", "Watson",
+    "Young",
 ];
 
 fn ymd(year: i32, month: u32, day: u32) -> NaiveDate {
@@ -382,7 +383,9 @@ impl League {
 
     /// The season with the given start year.
     pub fn season(&self, season_year: i32) -> Option<&Season> {
-        self.seasons.iter().find(|season| season.season_year == season_year)
+        self.seasons
+            .iter()
+            .find(|season| season.season_year == season_year)
     }
 }
 
@@ -671,8 +674,18 @@ fn simulate_season(
         let final_day = add_days(calendar.play_in_start, 3);
         // 7 v 8: the winner is the 7 seed. 9 v 10: the loser is out. Then the loser of the
         // first hosts the winner of the second for the 8 seed.
-        let seven_eight = sim.play(&mut playoff_rng, standings[6], standings[7], SeasonType::PlayIn);
-        let nine_ten = sim.play(&mut playoff_rng, standings[8], standings[9], SeasonType::PlayIn);
+        let seven_eight = sim.play(
+            &mut playoff_rng,
+            standings[6],
+            standings[7],
+            SeasonType::PlayIn,
+        );
+        let nine_ten = sim.play(
+            &mut playoff_rng,
+            standings[8],
+            standings[9],
+            SeasonType::PlayIn,
+        );
         let (seventh, host) = winner_loser(&seven_eight);
         let (guest, _) = winner_loser(&nine_ten);
         let last_chance = sim.play(&mut playoff_rng, host, guest, SeasonType::PlayIn);
@@ -699,9 +712,7 @@ fn simulate_season(
         .squads
         .iter()
         .enumerate()
-        .flat_map(|(team, squad)| {
-            squad.players.iter().map(move |player| (team, *player))
-        })
+        .flat_map(|(team, squad)| squad.players.iter().map(move |player| (team, *player)))
         .map(|(team, player)| RosterSpot {
             team: teams[team].abbreviation.clone(),
             player_id: people.profiles[player].id,
@@ -723,7 +734,11 @@ fn better(records: &[Record], a: usize, b: usize) -> std::cmp::Ordering {
     records[b]
         .wins
         .cmp(&records[a].wins)
-        .then(records[b].point_difference.cmp(&records[a].point_difference))
+        .then(
+            records[b]
+                .point_difference
+                .cmp(&records[a].point_difference),
+        )
         .then(a.cmp(&b))
 }
 
@@ -808,7 +823,9 @@ fn try_schedule(
             Weekday::Sat => 1.05,
             Weekday::Sun => 0.9,
         };
-        let target = (pace * busy_night * rng.between(0.7, 1.3)).round().clamp(1.0, 15.0) as usize;
+        let target = (pace * busy_night * rng.between(0.7, 1.3))
+            .round()
+            .clamp(1.0, 15.0) as usize;
         let urgency = |team: usize| left[team] as f64 / days_left;
         let mut ranked: Vec<(f64, usize)> = remaining
             .iter()
@@ -880,7 +897,11 @@ impl Sim<'_> {
                     SeriesDates::Forward(start),
                 );
                 let end = played.last().map_or(start, |game| game.game_date);
-                let winner_seed = if series.higher_seed_wins == 4 { *high } else { *low };
+                let winner_seed = if series.higher_seed_wins == 4 {
+                    *high
+                } else {
+                    *low
+                };
                 survivors.push((conference_seeds[winner_seed], winner_seed, end));
                 series_out.push(series);
                 games.extend(played);
@@ -906,7 +927,11 @@ impl Sim<'_> {
                         SeriesDates::Forward(start),
                     );
                     let end = played.last().map_or(start, |game| game.game_date);
-                    let winner = if series.higher_seed_wins == 4 { high } else { low };
+                    let winner = if series.higher_seed_wins == 4 {
+                        high
+                    } else {
+                        low
+                    };
                     next.push((winner.0, winner.1, end));
                     series_out.push(series);
                     games.extend(played);
@@ -992,14 +1017,19 @@ enum SeriesDates {
     /// From a first day on, mostly every other day; a seven-game series spans at most 14 days.
     Forward(NaiveDate),
     /// Ending on `last`, two or three days apart, never before `earliest`.
-    Backward { last: NaiveDate, earliest: NaiveDate },
+    Backward {
+        last: NaiveDate,
+        earliest: NaiveDate,
+    },
 }
 
 impl SeriesDates {
     fn lay_out(self, rng: &mut Rng, games: usize) -> Vec<NaiveDate> {
         match self {
             Self::Forward(start) => {
-                let mut gaps: Vec<u64> = (1..games).map(|_| [1, 2, 3][rng.weighted(&[15, 70, 15])]).collect();
+                let mut gaps: Vec<u64> = (1..games)
+                    .map(|_| [1, 2, 3][rng.weighted(&[15, 70, 15])])
+                    .collect();
                 shrink(&mut gaps, 13);
                 let mut date = start;
                 let mut dates = vec![date];
@@ -1010,7 +1040,9 @@ impl SeriesDates {
                 dates
             }
             Self::Backward { last, earliest } => {
-                let mut gaps: Vec<u64> = (1..games).map(|_| [2, 3][rng.weighted(&[60, 40])]).collect();
+                let mut gaps: Vec<u64> = (1..games)
+                    .map(|_| [2, 3][rng.weighted(&[60, 40])])
+                    .collect();
                 let room = (last - earliest).num_days().max(0) as u64;
                 shrink(&mut gaps, room);
                 let mut date = last;
@@ -1031,7 +1063,11 @@ impl SeriesDates {
 /// Shortens the longest gaps (never below one day) until they sum to at most `limit`.
 fn shrink(gaps: &mut [u64], limit: u64) {
     while gaps.iter().sum::<u64>() > limit {
-        let Some(longest) = gaps.iter_mut().filter(|gap| **gap > 1).max_by_key(|gap| **gap) else {
+        let Some(longest) = gaps
+            .iter_mut()
+            .filter(|gap| **gap > 1)
+            .max_by_key(|gap| **gap)
+        else {
             return;
         };
         *longest -= 1;
@@ -1146,7 +1182,11 @@ impl Sim<'_> {
             .map(|((_, slot), minutes)| {
                 let profile = &profiles[squad.players[*slot]];
                 let minutes_f = f64::from(minutes);
-                let points = draw(rng, minutes_f * profile.scoring * form * venue * defense, 1.15);
+                let points = draw(
+                    rng,
+                    minutes_f * profile.scoring * form * venue * defense,
+                    1.15,
+                );
                 Line {
                     player: squad.players[*slot],
                     is_starter: starters.contains(slot),
@@ -1225,8 +1265,9 @@ struct Shots {
 
 /// Makes and attempts consistent with `points = 2·fgm + fg3m + ftm`.
 fn shooting(rng: &mut Rng, points: u32, minutes: u32, profile: &Profile) -> Shots {
-    let mut ftm =
-        ((f64::from(points) * profile.free_throw_share * rng.between(0.4, 1.6)).round() as u32).min(points);
+    let mut ftm = ((f64::from(points) * profile.free_throw_share * rng.between(0.4, 1.6)).round()
+        as u32)
+        .min(points);
     let mut rest = points - ftm;
     let mut fg3m = ((f64::from(rest) * profile.three_share * rng.between(0.5, 1.5) / 3.0).round()
         as u32)

@@ -160,7 +160,9 @@ mod tests {
         let dir = tempfile::tempdir()?;
         write_example(dir.path(), "/opt/my \"gapless\"/bin/gapless")?;
         let written = fs_err::read_to_string(dir.path().join("gapless.toml"))?;
-        assert!(written.contains(r#"run.command = ["/opt/my \"gapless\"/bin/gapless", "nba-load""#));
+        assert!(
+            written.contains(r#"run.command = ["/opt/my \"gapless\"/bin/gapless", "nba-load""#)
+        );
         assert!(dir.path().join("sql/phase4_precompute.sql").is_file());
         Ok(())
     }

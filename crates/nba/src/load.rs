@@ -133,7 +133,11 @@ pub async fn load_boxscores(
 }
 
 /// Reads and parses every `*.json` file of the range, in date then file-name order.
-fn read_games(root: &Path, start: NaiveDate, end: NaiveDate) -> Result<(usize, Vec<Game>), NbaError> {
+fn read_games(
+    root: &Path,
+    start: NaiveDate,
+    end: NaiveDate,
+) -> Result<(usize, Vec<Game>), NbaError> {
     let mut dates = 0;
     let mut games = Vec::new();
     for date in start.iter_days().take_while(|date| *date <= end) {
@@ -145,7 +149,10 @@ fn read_games(root: &Path, start: NaiveDate, end: NaiveDate) -> Result<(usize, V
         let mut paths: Vec<PathBuf> = fs_err::read_dir(&dir)?
             .map(|entry| entry.map(|entry| entry.path()))
             .collect::<Result<_, _>>()?;
-        paths.retain(|path| path.extension().is_some_and(|extension| extension == "json"));
+        paths.retain(|path| {
+            path.extension()
+                .is_some_and(|extension| extension == "json")
+        });
         paths.sort();
         for path in paths {
             let bytes = fs_err::read(&path)?;

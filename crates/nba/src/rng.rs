@@ -85,7 +85,10 @@ mod tests {
         let drawn_a: Vec<u64> = (0..100).map(|_| a.next_u64()).collect();
         let drawn_b: Vec<u64> = (0..100).map(|_| b.next_u64()).collect();
         assert_eq!(drawn_a, drawn_b);
-        assert_ne!(Rng::new(7).fork(1).next_u64(), Rng::new(7).fork(2).next_u64());
+        assert_ne!(
+            Rng::new(7).fork(1).next_u64(),
+            Rng::new(7).fork(2).next_u64()
+        );
     }
 
     #[test]

@@ -61,9 +61,10 @@ pub fn validation_queries() -> Vec<Validation> {
         label: "2021-22 to 2023-24 playoff dates in phase 4 \
                 (nba_precompute.player_composite_factors)"
             .to_owned(),
-        actual_sql: "SELECT COUNT(DISTINCT game_date) FROM nba_precompute.player_composite_factors \
+        actual_sql:
+            "SELECT COUNT(DISTINCT game_date) FROM nba_precompute.player_composite_factors \
                      WHERE season_year BETWEEN 2021 AND 2023 AND season_type = 'playoffs'"
-            .to_owned(),
+                .to_owned(),
         expected_sql: "SELECT COUNT(DISTINCT game_date) FROM nba_reference.schedule \
                        WHERE season_year BETWEEN 2021 AND 2023 AND season_type = 'playoffs'"
             .to_owned(),

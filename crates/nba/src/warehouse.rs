@@ -47,9 +47,9 @@ async fn open(dir: &Path, create: bool) -> Result<SqliteConnection, NbaError> {
     let mut connection = options.connect().await?;
     for schema in SCHEMAS {
         let path = warehouse.join(format!("{schema}.db"));
-        let path_text = path.to_str().ok_or_else(|| NbaError::NonUtf8Path {
-            path: path.clone(),
-        })?;
+        let path_text = path
+            .to_str()
+            .ok_or_else(|| NbaError::NonUtf8Path { path: path.clone() })?;
         // A schema name cannot be a bound parameter; these are our own constants.
         sqlx::query(AssertSqlSafe(format!("ATTACH DATABASE ? AS {schema}")))
             .bind(path_text)
@@ -70,7 +70,9 @@ pub async fn setup(dir: &Path, league: &League) -> Result<(), NbaError> {
             .execute(&mut connection)
             .await?;
     }
-    sqlx::raw_sql(WAREHOUSE_SQL).execute(&mut connection).await?;
+    sqlx::raw_sql(WAREHOUSE_SQL)
+        .execute(&mut connection)
+        .await?;
 
     let mut transaction = connection.begin().await?;
     for table in ["teams", "schedule", "players", "rosters"] {

@@ -54,12 +54,17 @@ impl ExecTask {
 
 /// Builds executor tasks from a run's stored tasks, with dependencies derived from the spec.
 /// Used by `resume`, so a resumed run follows exactly the graph the planner would build.
-pub fn tasks_from_records(spec: &Spec, records: &[TaskRecord], cells: &HashMap<i64, Vec<Date>>) -> Vec<ExecTask> {
+pub fn tasks_from_records(
+    spec: &Spec,
+    records: &[TaskRecord],
+    cells: &HashMap<i64, Vec<Date>>,
+) -> Vec<ExecTask> {
     let planned: Vec<PlannedTask> = records
         .iter()
         .map(|record| PlannedTask {
             phase: PhaseId(u32::try_from(record.phase).unwrap_or(0)),
-            range: DateRange::new(record.start, record.end).unwrap_or_else(|_| DateRange::single(record.start)),
+            range: DateRange::new(record.start, record.end)
+                .unwrap_or_else(|_| DateRange::single(record.start)),
             dates: cells.get(&record.id).cloned().unwrap_or_default(),
             deps: Vec::new(),
         })
@@ -183,7 +188,10 @@ pub struct Outcome {
 impl Outcome {
     /// Every task complete.
     pub fn is_success(&self) -> bool {
-        self.tasks_failed == 0 && self.tasks_blocked == 0 && !self.interrupted && self.tasks_interrupted == 0
+        self.tasks_failed == 0
+            && self.tasks_blocked == 0
+            && !self.interrupted
+            && self.tasks_interrupted == 0
     }
 }
 
@@ -251,7 +259,16 @@ pub async fn execute(
         .filter(|i| matches!(status[*i], Status::Failed | Status::Blocked))
         .collect();
     for i in initially_failed {
-        block_downstream(&store, &run_id, &tasks, &dependents, &mut status, i, observer.as_ref()).await?;
+        block_downstream(
+            &store,
+            &run_id,
+            &tasks,
+            &dependents,
+            &mut status,
+            i,
+            observer.as_ref(),
+        )
+        .await?;
     }
     let mut ready: BTreeSet<usize> = (0..n)
         .filter(|i| status[*i] == Status::Waiting && waiting_on[*i] == 0)
@@ -269,7 +286,9 @@ pub async fn execute(
                     break;
                 }
                 let task = &tasks[i];
-                let Some(phase) = context.spec.phase(task.phase) else { continue };
+                let Some(phase) = context.spec.phase(task.phase) else {
+                    continue;
+                };
                 let running = running_per_phase.get(&task.phase).copied().unwrap_or(0);
                 if running >= phase.concurrency {
                     continue;
@@ -288,7 +307,16 @@ pub async fn execute(
                 let observer = Arc::clone(&observer);
                 let cancel = cancel.clone();
                 join_set.spawn(async move {
-                    let result = run_task(&context, &store, &run_id, &task, &options, observer.as_ref(), &cancel).await;
+                    let result = run_task(
+                        &context,
+                        &store,
+                        &run_id,
+                        &task,
+                        &options,
+                        observer.as_ref(),
+                        &cancel,
+                    )
+                    .await;
                     (i, result)
                 });
             }
@@ -324,7 +352,16 @@ pub async fn execute(
             }
             Ok(TaskResult::Failed) => {
                 status[i] = Status::Failed;
-                block_downstream(&store, &run_id, &tasks, &dependents, &mut status, i, observer.as_ref()).await?;
+                block_downstream(
+                    &store,
+                    &run_id,
+                    &tasks,
+                    &dependents,
+                    &mut status,
+                    i,
+                    observer.as_ref(),
+                )
+                .await?;
                 for dependent in 0..n {
                     if status[dependent] == Status::Blocked {
                         ready.remove(&dependent);
@@ -343,7 +380,9 @@ pub async fn execute(
             Status::Done => outcome.tasks_complete += 1,
             Status::Failed => outcome.tasks_failed += 1,
             Status::Blocked => outcome.tasks_blocked += 1,
-            Status::Waiting | Status::Running | Status::Interrupted => outcome.tasks_interrupted += 1,
+            Status::Waiting | Status::Running | Status::Interrupted => {
+                outcome.tasks_interrupted += 1
+            }
         }
     }
     Ok(outcome)
@@ -405,7 +444,10 @@ impl AttemptError {
     fn is_retryable(&self) -> bool {
         match self {
             AttemptError::Run(error) => error.is_retryable(),
-            AttemptError::Sql(_) | AttemptError::Timeout(_) | AttemptError::Gate(_) | AttemptError::Probe(_) => true,
+            AttemptError::Sql(_)
+            | AttemptError::Timeout(_)
+            | AttemptError::Gate(_)
+            | AttemptError::Probe(_) => true,
             AttemptError::NoRunner => false,
         }
     }
@@ -424,7 +466,9 @@ async fn run_task(
         tracing::error!(phase = %task.phase, "phase is not in the pipeline file");
         return Ok(TaskResult::Failed);
     };
-    let max_attempts = i32::try_from(phase.retries).unwrap_or(i32::MAX).saturating_add(1);
+    let max_attempts = i32::try_from(phase.retries)
+        .unwrap_or(i32::MAX)
+        .saturating_add(1);
     let mut seen_epoch = task.epoch;
     loop {
         let Some(claim) = claim(store, task.id, seen_epoch, options, cancel).await? else {
@@ -440,15 +484,34 @@ async fn run_task(
         });
         let started = Instant::now();
         let child_cancel = cancel.child_token();
-        let attempt = attempt(context, run_id, task, phase, claim.epoch, claim.attempt, &child_cancel);
-        let result = with_heartbeat(store, task.id, claim.epoch, options.lease_ttl, &child_cancel, attempt).await?;
+        let attempt = attempt(
+            context,
+            run_id,
+            task,
+            phase,
+            claim.epoch,
+            claim.attempt,
+            &child_cancel,
+        );
+        let result = with_heartbeat(
+            store,
+            task.id,
+            claim.epoch,
+            options.lease_ttl,
+            &child_cancel,
+            attempt,
+        )
+        .await?;
         let result = match result {
             None => return Ok(TaskResult::Fenced),
             Some(result) => result,
         };
         match result {
             Ok(counts) => {
-                if store.complete(task.id, claim.epoch, &counts, &options.source).await? {
+                if store
+                    .complete(task.id, claim.epoch, &counts, &options.source)
+                    .await?
+                {
                     observer.event(Event::Completed {
                         task,
                         elapsed: started.elapsed(),
@@ -466,8 +529,13 @@ async fn run_task(
             Err(error) => {
                 let message = error_chain(&error);
                 if error.is_retryable() && claim.attempt < max_attempts {
-                    let delay = options.backoff.delay(u32::try_from(claim.attempt).unwrap_or(1), fastrand::f64());
-                    if !store.release_for_retry(task.id, claim.epoch, &message, delay).await? {
+                    let delay = options
+                        .backoff
+                        .delay(u32::try_from(claim.attempt).unwrap_or(1), fastrand::f64());
+                    if !store
+                        .release_for_retry(task.id, claim.epoch, &message, delay)
+                        .await?
+                    {
                         return Ok(TaskResult::Fenced);
                     }
                     seen_epoch = claim.epoch + 1;
@@ -486,12 +554,17 @@ async fn run_task(
                 let message = match rollback(context, run_id, task, phase, claim.epoch).await {
                     None => message,
                     Some(Ok(())) => format!("{message} (rolled back)"),
-                    Some(Err(rollback_error)) => format!("{message}; rollback also failed: {rollback_error}"),
+                    Some(Err(rollback_error)) => {
+                        format!("{message}; rollback also failed: {rollback_error}")
+                    }
                 };
                 if !store.fail(task.id, claim.epoch, &message).await? {
                     return Ok(TaskResult::Fenced);
                 }
-                observer.event(Event::Failed { task, error: &message });
+                observer.event(Event::Failed {
+                    task,
+                    error: &message,
+                });
                 return Ok(TaskResult::Failed);
             }
         }
@@ -509,10 +582,15 @@ async fn claim(
     cancel: &CancellationToken,
 ) -> Result<Option<gapless_store::Claim>, StoreError> {
     for _ in 0..1_000 {
-        if let Some(claim) = store.claim(task_id, seen_epoch, &options.owner, options.lease_ttl).await? {
+        if let Some(claim) = store
+            .claim(task_id, seen_epoch, &options.owner, options.lease_ttl)
+            .await?
+        {
             return Ok(Some(claim));
         }
-        let Some(record) = store.task(task_id).await? else { return Ok(None) };
+        let Some(record) = store.task(task_id).await? else {
+            return Ok(None);
+        };
         if record.state != TaskState::Pending || record.lease_epoch != seen_epoch {
             return Ok(None);
         }
@@ -565,11 +643,21 @@ fn values<'a>(task: &ExecTask, run_id: &'a RunId) -> Values<'a> {
     }
 }
 
-fn environment(task: &ExecTask, run_id: &RunId, epoch: i64, pipeline: &str) -> Vec<(String, String)> {
+fn environment(
+    task: &ExecTask,
+    run_id: &RunId,
+    epoch: i64,
+    pipeline: &str,
+) -> Vec<(String, String)> {
     let cell_key = if task.range.start() == task.range.end() {
         format!("{pipeline}/{}/{}", task.phase, task.range.start())
     } else {
-        format!("{pipeline}/{}/{}..{}", task.phase, task.range.start(), task.range.end())
+        format!(
+            "{pipeline}/{}/{}..{}",
+            task.phase,
+            task.range.start(),
+            task.range.end()
+        )
     };
     vec![
         ("GAPLESS_DATE".to_owned(), task.range.start().to_string()),
@@ -582,7 +670,13 @@ fn environment(task: &ExecTask, run_id: &RunId, epoch: i64, pipeline: &str) -> V
     ]
 }
 
-fn log_path(context: &Context, run_id: &RunId, task: &ExecTask, attempt: i32, what: &str) -> PathBuf {
+fn log_path(
+    context: &Context,
+    run_id: &RunId,
+    task: &ExecTask,
+    attempt: i32,
+    what: &str,
+) -> PathBuf {
     context.log_dir.join(run_id.as_str()).join(format!(
         "phase{}-{}-{}-{what}{attempt}.log",
         task.phase,
@@ -631,7 +725,8 @@ async fn attempt(
         }
         Some(Runner::Http(http)) => {
             let spec = HttpSpec {
-                method: gapless_connect::Method::from_bytes(http.method.as_bytes()).unwrap_or(gapless_connect::Method::POST),
+                method: gapless_connect::Method::from_bytes(http.method.as_bytes())
+                    .unwrap_or(gapless_connect::Method::POST),
                 url: substitute(&http.url, &values),
                 body: http.body.as_ref().map(|b| substitute(b, &values)),
                 headers: http.headers.clone(),
@@ -650,8 +745,14 @@ async fn attempt(
 }
 
 /// The validation gate: re-probe the task's cells; every expected cell must reach its count.
-async fn gate(context: &Context, task: &ExecTask, phase: &Phase) -> Result<serde_json::Value, AttemptError> {
-    let observed = observe::phase(context, phase, task.range).await.map_err(AttemptError::Probe)?;
+async fn gate(
+    context: &Context,
+    task: &ExecTask,
+    phase: &Phase,
+) -> Result<serde_json::Value, AttemptError> {
+    let observed = observe::phase(context, phase, task.range)
+        .await
+        .map_err(AttemptError::Probe)?;
     let mut shortfalls = Vec::new();
     let mut counts = BTreeMap::new();
     for date in &task.dates {
@@ -671,7 +772,11 @@ async fn gate(context: &Context, task: &ExecTask, phase: &Phase) -> Result<serde
         Ok(serde_json::to_value(counts).unwrap_or_default())
     } else {
         let total = shortfalls.len();
-        let mut message = shortfalls.into_iter().take(5).collect::<Vec<_>>().join(", ");
+        let mut message = shortfalls
+            .into_iter()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join(", ");
         if total > 5 {
             message.push_str(&format!(" and {} more dates short", total - 5));
         }

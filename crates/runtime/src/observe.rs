@@ -48,9 +48,13 @@ pub async fn counts(
 ) -> Result<BTreeMap<Date, i64>, ObserveError> {
     match source {
         Source::Sql(sql) => {
-            let warehouse = context.warehouse.as_ref().ok_or_else(|| ObserveError::NoWarehouse {
-                what: what.to_owned(),
-            })?;
+            let warehouse =
+                context
+                    .warehouse
+                    .as_ref()
+                    .ok_or_else(|| ObserveError::NoWarehouse {
+                        what: what.to_owned(),
+                    })?;
             warehouse
                 .counts(sql, range.start(), range.end())
                 .await
@@ -84,15 +88,22 @@ pub async fn counts(
 }
 
 /// The calendar's dates in `range`, or `None` when every day is expected.
-pub async fn calendar(context: &Context, range: DateRange) -> Result<Option<BTreeSet<Date>>, ObserveError> {
+pub async fn calendar(
+    context: &Context,
+    range: DateRange,
+) -> Result<Option<BTreeSet<Date>>, ObserveError> {
     let Some(source) = &context.spec.calendar else {
         return Ok(None);
     };
     let dates = match source {
         Source::Sql(sql) => {
-            let warehouse = context.warehouse.as_ref().ok_or_else(|| ObserveError::NoWarehouse {
-                what: "calendar".to_owned(),
-            })?;
+            let warehouse =
+                context
+                    .warehouse
+                    .as_ref()
+                    .ok_or_else(|| ObserveError::NoWarehouse {
+                        what: "calendar".to_owned(),
+                    })?;
             warehouse
                 .dates(sql, range.start(), range.end())
                 .await
@@ -108,17 +119,25 @@ pub async fn calendar(context: &Context, range: DateRange) -> Result<Option<BTre
             .map(|(date, _)| date)
             .collect(),
     };
-    Ok(Some(dates.into_iter().filter(|d| range.contains(*d)).collect()))
+    Ok(Some(
+        dates.into_iter().filter(|d| range.contains(*d)).collect(),
+    ))
 }
 
 /// Check counts and expectations of one phase over `range`.
-pub async fn phase(context: &Context, phase: &Phase, range: DateRange) -> Result<PhaseObservation, ObserveError> {
+pub async fn phase(
+    context: &Context,
+    phase: &Phase,
+    range: DateRange,
+) -> Result<PhaseObservation, ObserveError> {
     let check_label = format!("phase {} `{}` check", phase.id, phase.name);
     let expect_label = format!("phase {} `{}` expect", phase.id, phase.name);
     let check = counts(context, &phase.check, range, &check_label);
     let expected = async {
         match &phase.expect.source {
-            Some(source) => counts(context, source, range, &expect_label).await.map(Some),
+            Some(source) => counts(context, source, range, &expect_label)
+                .await
+                .map(Some),
             None => Ok(None),
         }
     };

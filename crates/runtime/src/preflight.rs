@@ -43,7 +43,9 @@ pub async fn check(context: &Context) -> Report {
     let program = |subject: String, argv: &[String], report: &mut Report| {
         let Some(name) = argv.first() else { return };
         match gapless_connect::resolve_program(name, &context.base_dir) {
-            Ok(path) => report.ok.push(format!("{subject}: `{}` found", path.display())),
+            Ok(path) => report
+                .ok
+                .push(format!("{subject}: `{}` found", path.display())),
             Err(error) => report.problems.push(Problem {
                 subject,
                 message: error_chain(&error),
@@ -67,7 +69,10 @@ pub async fn check(context: &Context) -> Report {
     }
     for phase in &context.spec.phases {
         let label = |what: &str| format!("phase {} `{}` {what}", phase.id, phase.name);
-        let sources = [Some(("check", &phase.check)), phase.expect.source.as_ref().map(|s| ("expect", s))];
+        let sources = [
+            Some(("check", &phase.check)),
+            phase.expect.source.as_ref().map(|s| ("expect", s)),
+        ];
         for (what, source) in sources.into_iter().flatten() {
             match source {
                 Source::Command(argv) => program(label(what), argv, &mut report),

@@ -46,7 +46,11 @@ pub(crate) async fn run(global: &Global, args: &BackfillArgs) -> anyhow::Result<
     if !global.quiet {
         eprint!("{}", plan_text(&plan));
     }
-    if plan.tasks.len() > CONFIRM_ABOVE && !args.yes && std::io::stdin().is_terminal() && !confirm(plan.tasks.len())? {
+    if plan.tasks.len() > CONFIRM_ABOVE
+        && !args.yes
+        && std::io::stdin().is_terminal()
+        && !confirm(plan.tasks.len())?
+    {
         eprintln!("nothing ran");
         return Ok(Exit::Usage);
     }
@@ -106,7 +110,10 @@ pub(crate) async fn create_run(
         }),
         tasks,
     };
-    store.create_run(&run).await.context("cannot record the run")
+    store
+        .create_run(&run)
+        .await
+        .context("cannot record the run")
 }
 
 /// The executor's view of the run just created: tasks in plan order, with the plan's deps.
@@ -215,7 +222,11 @@ pub(crate) async fn execute_run(
         );
         if state == RunState::Failed {
             let records = store.tasks(&run_id).await?;
-            for task in records.iter().filter(|t| t.state == TaskState::Failed).take(10) {
+            for task in records
+                .iter()
+                .filter(|t| t.state == TaskState::Failed)
+                .take(10)
+            {
                 eprintln!(
                     "  failed  phase {} {}..{}: {}",
                     task.phase,

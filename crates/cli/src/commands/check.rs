@@ -50,7 +50,10 @@ pub(crate) async fn run(global: &Global) -> anyhow::Result<Exit> {
             out(format_args!("  ok    {line}\n"))?;
         }
         for problem in &report.problems {
-            out(format_args!("  FAIL  {}: {}\n", problem.subject, problem.message))?;
+            out(format_args!(
+                "  FAIL  {}: {}\n",
+                problem.subject, problem.message
+            ))?;
         }
     }
     Ok(if report.problems.is_empty() {

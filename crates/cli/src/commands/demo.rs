@@ -25,18 +25,28 @@ const DEMO_TODAY: &str = "2025-07-01";
 const SEED: u64 = 2021;
 
 fn heading(text: &str) -> anyhow::Result<()> {
-    out(format_args!("\n━━ {text} {}\n", "━".repeat(72usize.saturating_sub(text.len() + 4))))
+    out(format_args!(
+        "\n━━ {text} {}\n",
+        "━".repeat(72usize.saturating_sub(text.len() + 4))
+    ))
 }
 
 pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit> {
     let dir = prepare_dir(args.dir.as_deref())?;
-    out(format_args!("building the NBA example in {}\n", dir.display()))?;
+    out(format_args!(
+        "building the NBA example in {}\n",
+        dir.display()
+    ))?;
     let started = std::time::Instant::now();
     let league = gapless_nba::league(SEED);
-    let files = gapless_nba::write_raw_files(&dir, &league, None).context("writing phase-1 files")?;
-    gapless_nba::setup(&dir, &league).await.context("creating the warehouse")?;
+    let files =
+        gapless_nba::write_raw_files(&dir, &league, None).context("writing phase-1 files")?;
+    gapless_nba::setup(&dir, &league)
+        .await
+        .context("creating the warehouse")?;
     let program = std::env::current_exe().context("locating the gapless binary")?;
-    gapless_nba::write_example(&dir, &program.to_string_lossy()).context("writing the pipeline file")?;
+    gapless_nba::write_example(&dir, &program.to_string_lossy())
+        .context("writing the pipeline file")?;
     out(format_args!(
         "  {files} box-score files for 4 seasons, warehouse and gapless.toml written ({:.1}s)\n",
         started.elapsed().as_secs_f64()
@@ -49,20 +59,30 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
 
     // The live pipeline, as it ran: everything but the playoffs of 2021-22 to 2023-24 past
     // phase 2, and no grading for 2024-25.
-    out(format_args!("  replaying the live pipeline up to {DEMO_TODAY}, with the original gaps…\n"))?;
+    out(format_args!(
+        "  replaying the live pipeline up to {DEMO_TODAY}, with the original gaps…\n"
+    ))?;
     let setup = std::time::Instant::now();
     replay_live(&loaded, &context, &store).await?;
-    out(format_args!("  done ({:.1}s)\n", setup.elapsed().as_secs_f64()))?;
+    out(format_args!(
+        "  done ({:.1}s)\n",
+        setup.elapsed().as_secs_f64()
+    ))?;
 
     let full = DateRange::new(loaded.spec.start, loaded.today).context("demo range")?;
     let all_phases: Vec<PhaseId> = loaded.spec.phases.iter().map(|p| p.id).collect();
 
     heading("gapless status: the gaps, plainly visible")?;
     let before = matrix(&context, full).await?;
-    out(format_args!("{}", StatusReport::build(&loaded.spec, &before, full, &all_phases, loaded.today).to_text()))?;
+    out(format_args!(
+        "{}",
+        StatusReport::build(&loaded.spec, &before, full, &all_phases, loaded.today).to_text()
+    ))?;
 
     heading("validation queries before (the original plan's checks)")?;
-    let before_checks = gapless_nba::run_validations(&dir).await.context("validation queries")?;
+    let before_checks = gapless_nba::run_validations(&dir)
+        .await
+        .context("validation queries")?;
     print_checks(&before_checks)?;
 
     heading("gapless plan --phases 3-6 over every season")?;
@@ -83,7 +103,16 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
         verbose: global.verbose,
         quiet: global.quiet,
     };
-    let exit = execute_run(&loaded, context.clone(), store.clone(), run_id, tasks, args.jobs.max(1), &visible).await?;
+    let exit = execute_run(
+        &loaded,
+        context.clone(),
+        store.clone(),
+        run_id,
+        tasks,
+        args.jobs.max(1),
+        &visible,
+    )
+    .await?;
 
     heading("gapless status after")?;
     let after = matrix(&context, full).await?;
@@ -91,7 +120,9 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
     out(format_args!("{}", report.to_text()))?;
 
     heading("validation queries after")?;
-    let after_checks = gapless_nba::run_validations(&dir).await.context("validation queries")?;
+    let after_checks = gapless_nba::run_validations(&dir)
+        .await
+        .context("validation queries")?;
     let all_match = print_checks(&after_checks)?;
     out(format_args!(
         "\n{} in {:.1}s · the example stays in {} (try `gapless --pipeline {}/gapless.toml report`)\n",
@@ -104,11 +135,13 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
         dir.display(),
         dir.display()
     ))?;
-    Ok(if all_match && exit == Exit::Success && !report.has_gaps() {
-        Exit::Success
-    } else {
-        Exit::Incomplete
-    })
+    Ok(
+        if all_match && exit == Exit::Success && !report.has_gaps() {
+            Exit::Success
+        } else {
+            Exit::Incomplete
+        },
+    )
 }
 
 fn prepare_dir(requested: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -176,15 +209,28 @@ async fn backfill_tasks(
 
 /// Dates of one season's games of one type, from the schedule.
 async fn season_dates(context: &Context, season: i32, kind: &str) -> anyhow::Result<Vec<Date>> {
-    let warehouse = context.warehouse.as_ref().context("the example has a warehouse")?;
+    let warehouse = context
+        .warehouse
+        .as_ref()
+        .context("the example has a warehouse")?;
     let sql = format!(
         "SELECT DISTINCT game_date FROM nba_reference.schedule WHERE season_year = {season} AND season_type = '{kind}'"
     );
     let all = DateRange::new(parse_date("2021-01-01")?, parse_date("2026-12-31")?)?;
-    Ok(warehouse.dates(&sql, all.start(), all.end()).await?.into_iter().collect())
+    Ok(warehouse
+        .dates(&sql, all.start(), all.end())
+        .await?
+        .into_iter()
+        .collect())
 }
 
-async fn quiet_backfill(loaded: &Loaded, context: &Context, store: &Store, range: DateRange, phases: &[u32]) -> anyhow::Result<()> {
+async fn quiet_backfill(
+    loaded: &Loaded,
+    context: &Context,
+    store: &Store,
+    range: DateRange,
+    phases: &[u32],
+) -> anyhow::Result<()> {
     let request = Request {
         range,
         phases: phases.iter().copied().map(PhaseId).collect(),
@@ -199,8 +245,20 @@ async fn quiet_backfill(loaded: &Loaded, context: &Context, store: &Store, range
         verbose: 0,
         quiet: true,
     };
-    let exit = execute_run(loaded, context.clone(), store.clone(), run_id.clone(), tasks, 2, &quiet).await?;
-    anyhow::ensure!(exit == Exit::Success, "replaying the live pipeline failed in run {run_id} ({range}, phases {phases:?})");
+    let exit = execute_run(
+        loaded,
+        context.clone(),
+        store.clone(),
+        run_id.clone(),
+        tasks,
+        2,
+        &quiet,
+    )
+    .await?;
+    anyhow::ensure!(
+        exit == Exit::Success,
+        "replaying the live pipeline failed in run {run_id} ({range}, phases {phases:?})"
+    );
     Ok(())
 }
 
@@ -210,16 +268,32 @@ async fn replay_live(loaded: &Loaded, context: &Context, store: &Store) -> anyho
     for season in 2021..=2024 {
         let playoffs = season_dates(context, season, "playoffs").await?;
         let regular = season_dates(context, season, "regular").await?;
-        let (Some(first), Some(playoffs_start), Some(last)) = (regular.first(), playoffs.first(), playoffs.last()) else {
+        let (Some(first), Some(playoffs_start), Some(last)) =
+            (regular.first(), playoffs.first(), playoffs.last())
+        else {
             anyhow::bail!("season {season} has no schedule");
         };
         if season < 2024 {
             // Live runs processed the regular season and play-in; the playoffs were loaded into
             // phase 2 by a backfill script that published nothing.
             let until = add_days(*playoffs_start, -1);
-            quiet_backfill(loaded, context, store, DateRange::new(*first, until)?, &[3, 4, 5, 6]).await?;
+            quiet_backfill(
+                loaded,
+                context,
+                store,
+                DateRange::new(*first, until)?,
+                &[3, 4, 5, 6],
+            )
+            .await?;
         } else {
-            quiet_backfill(loaded, context, store, DateRange::new(*first, *last)?, &[3, 4, 5]).await?;
+            quiet_backfill(
+                loaded,
+                context,
+                store,
+                DateRange::new(*first, *last)?,
+                &[3, 4, 5],
+            )
+            .await?;
             // 2024-25 grading: one test record.
             quiet_backfill(loaded, context, store, DateRange::single(*first), &[6]).await?;
             let warehouse = context.warehouse.as_ref().context("warehouse")?;
@@ -228,7 +302,14 @@ async fn replay_live(loaded: &Loaded, context: &Context, store: &Store) -> anyho
                  AND rowid <> (SELECT MIN(rowid) FROM nba_predictions.prediction_accuracy WHERE game_date = '{first}')"
             );
             warehouse
-                .execute_script(&sql, &gapless_connect::ScriptParams { start: *first, end: *first, date: None })
+                .execute_script(
+                    &sql,
+                    &gapless_connect::ScriptParams {
+                        start: *first,
+                        end: *first,
+                        date: None,
+                    },
+                )
                 .await
                 .context("leaving a single 2024-25 grading record")?;
         }

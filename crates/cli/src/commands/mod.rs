@@ -46,7 +46,10 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<Exit> {
             let report = gapless_nba::load_boxscores(&args.dir, start, end)
                 .await
                 .context("loading box scores")?;
-            out(format_args!("loaded {} rows of {} games over {} dates\n", report.rows, report.games, report.dates))?;
+            out(format_args!(
+                "loaded {} rows of {} games over {} dates\n",
+                report.rows, report.games, report.dates
+            ))?;
             Ok(Exit::Success)
         }
     }

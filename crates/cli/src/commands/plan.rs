@@ -16,7 +16,8 @@ pub(crate) fn request(loaded: &Loaded, args: &PlanArgs) -> anyhow::Result<Reques
     let start = settings::date_arg("start-date", &args.start_date)?;
     let end = settings::date_arg("end-date", &args.end_date)?;
     let range = DateRange::new(start, end).map_err(|e| UsageError::new(e.to_string()))?;
-    let phases = select(&loaded.spec, args.phases.as_deref()).map_err(|e| UsageError::new(format!("--phases: {e}")))?;
+    let phases = select(&loaded.spec, args.phases.as_deref())
+        .map_err(|e| UsageError::new(format!("--phases: {e}")))?;
     Ok(Request {
         range,
         phases,

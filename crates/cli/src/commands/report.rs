@@ -48,7 +48,8 @@ struct Report {
 
 pub(crate) async fn run(global: &Global, args: &ReportArgs) -> anyhow::Result<Exit> {
     let loaded = settings::load(global)?;
-    let range = DateRange::new(loaded.spec.start, loaded.today).map_err(|e| UsageError::new(e.to_string()))?;
+    let range = DateRange::new(loaded.spec.start, loaded.today)
+        .map_err(|e| UsageError::new(e.to_string()))?;
     let context = loaded.context().await?;
     let matrix = matrix(&context, range).await?;
     let mut rows = Vec::new();
@@ -80,7 +81,10 @@ pub(crate) async fn run(global: &Global, args: &ReportArgs) -> anyhow::Result<Ex
         }
         rows.extend(seasons.into_values());
         for run in runs(&matrix, index, range) {
-            if matches!(run.state, CellState::Missing | CellState::Partial | CellState::Blocked) {
+            if matches!(
+                run.state,
+                CellState::Missing | CellState::Partial | CellState::Blocked
+            ) {
                 gaps.push(Gap {
                     phase: phase.id.0,
                     name: phase.name.clone(),
@@ -99,7 +103,11 @@ pub(crate) async fn run(global: &Global, args: &ReportArgs) -> anyhow::Result<Ex
         rows,
         gaps,
     };
-    let format = if global.json { ReportFormat::Json } else { args.format };
+    let format = if global.json {
+        ReportFormat::Json
+    } else {
+        args.format
+    };
     match format {
         ReportFormat::Json => print_json(&report)?,
         ReportFormat::Md => out(format_args!("{}", markdown(&report)))?,
@@ -158,7 +166,10 @@ fn markdown(report: &Report) -> String {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn html(report: &Report) -> String {
@@ -169,7 +180,11 @@ fn html(report: &Report) -> String {
         report.today
     );
     for row in &report.rows {
-        let class = if row.complete == row.expected_cells { "ok" } else { "gap" };
+        let class = if row.complete == row.expected_cells {
+            "ok"
+        } else {
+            "gap"
+        };
         out.push_str(&format!(
             "<tr class=\"{class}\"><td>{} {}</td><td>{}</td><td>{}</td><td>{} ({})</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td></tr>\n",
             row.phase,

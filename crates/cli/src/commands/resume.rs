@@ -52,8 +52,14 @@ pub(crate) async fn run(global: &Global, args: &ResumeArgs) -> anyhow::Result<Ex
 
     // Re-probe before trusting anything: cells the warehouse already holds (a runner that
     // finished just before the crash) are recorded without running again, unless forced.
-    let forced = run.request.get("force").and_then(serde_json::Value::as_bool).unwrap_or(false);
-    let pending: Vec<usize> = (0..tasks.len()).filter(|i| tasks[*i].state == TaskState::Pending).collect();
+    let forced = run
+        .request
+        .get("force")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    let pending: Vec<usize> = (0..tasks.len())
+        .filter(|i| tasks[*i].state == TaskState::Pending)
+        .collect();
     let mut adopted = 0;
     if !forced
         && let (Some(start), Some(end)) = (
@@ -66,23 +72,37 @@ pub(crate) async fn run(global: &Global, args: &ResumeArgs) -> anyhow::Result<Ex
         for i in pending {
             let task = &tasks[i];
             let complete = !task.dates.is_empty()
-                && task
-                    .dates
-                    .iter()
-                    .all(|date| matrix.cell(task.phase, *date).is_some_and(|c| c.state == gapless_core::cells::CellState::Complete));
+                && task.dates.iter().all(|date| {
+                    matrix
+                        .cell(task.phase, *date)
+                        .is_some_and(|c| c.state == gapless_core::cells::CellState::Complete)
+                });
             if !complete {
                 continue;
             }
-            let counts = json!(task
-                .dates
-                .iter()
-                .map(|date| {
-                    let cell = matrix.cell(task.phase, *date);
-                    (date.to_string(), json!([cell.map_or(0, |c| c.count), cell.map_or(0, |c| c.expected)]))
-                })
-                .collect::<serde_json::Map<_, _>>());
-            if let Some(claim) = store.claim(task.id, task.epoch, "gapless-resume", std::time::Duration::from_secs(60)).await?
-                && store.complete(task.id, claim.epoch, &counts, "resume").await?
+            let counts = json!(
+                task.dates
+                    .iter()
+                    .map(|date| {
+                        let cell = matrix.cell(task.phase, *date);
+                        (
+                            date.to_string(),
+                            json!([cell.map_or(0, |c| c.count), cell.map_or(0, |c| c.expected)]),
+                        )
+                    })
+                    .collect::<serde_json::Map<_, _>>()
+            );
+            if let Some(claim) = store
+                .claim(
+                    task.id,
+                    task.epoch,
+                    "gapless-resume",
+                    std::time::Duration::from_secs(60),
+                )
+                .await?
+                && store
+                    .complete(task.id, claim.epoch, &counts, "resume")
+                    .await?
             {
                 tasks[i].state = TaskState::Complete;
                 tasks[i].epoch = claim.epoch;
@@ -90,17 +110,34 @@ pub(crate) async fn run(global: &Global, args: &ResumeArgs) -> anyhow::Result<Ex
             }
         }
     }
-    let remaining = tasks.iter().filter(|t| t.state == TaskState::Pending).count();
+    let remaining = tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Pending)
+        .count();
     if !global.quiet {
         eprintln!(
             "resuming run {}: {} tasks complete, {} to run ({} were running, {} found complete on re-probe)",
             run.id,
-            tasks.iter().filter(|t| t.state == TaskState::Complete).count(),
+            tasks
+                .iter()
+                .filter(|t| t.state == TaskState::Complete)
+                .count(),
             remaining,
             requeued.len(),
             adopted
         );
     }
-    store.set_run_state(&run.id, run.version, RunState::Running).await?;
-    execute_run(&loaded, context, store, run.id.clone(), tasks, args.jobs, global).await
+    store
+        .set_run_state(&run.id, run.version, RunState::Running)
+        .await?;
+    execute_run(
+        &loaded,
+        context,
+        store,
+        run.id.clone(),
+        tasks,
+        args.jobs,
+        global,
+    )
+    .await
 }

@@ -17,7 +17,8 @@ pub(crate) async fn run(global: &Global, args: &RunsArgs) -> anyhow::Result<Exit
             if global.json {
                 let mut documents = Vec::new();
                 for run in &runs {
-                    documents.push(json!({"run": run, "progress": store.run_progress(&run.id).await?}));
+                    documents
+                        .push(json!({"run": run, "progress": store.run_progress(&run.id).await?}));
                 }
                 print_json(&documents)?;
                 return Ok(Exit::Success);
@@ -75,7 +76,14 @@ pub(crate) async fn run(global: &Global, args: &RunsArgs) -> anyhow::Result<Exit
                     .map_or("?", |p| p.name.as_str());
                 out(format_args!(
                     "phase {:<3} {:<16} {:>6}/{:<6} complete  {} running  {} pending  {} failed  {} blocked\n",
-                    phase.phase, name, phase.complete, phase.total, phase.running, phase.pending, phase.failed, phase.blocked
+                    phase.phase,
+                    name,
+                    phase.complete,
+                    phase.total,
+                    phase.running,
+                    phase.pending,
+                    phase.failed,
+                    phase.blocked
                 ))?;
             }
             if !problems.is_empty() {
@@ -97,6 +105,16 @@ pub(crate) async fn run(global: &Global, args: &RunsArgs) -> anyhow::Result<Exit
 }
 
 fn request_summary(request: &serde_json::Value) -> String {
-    let get = |key: &str| request.get(key).map(|v| v.to_string().trim_matches('"').to_owned()).unwrap_or_default();
-    format!("{}..{} phases {}", get("start_date"), get("end_date"), get("phases"))
+    let get = |key: &str| {
+        request
+            .get(key)
+            .map(|v| v.to_string().trim_matches('"').to_owned())
+            .unwrap_or_default()
+    };
+    format!(
+        "{}..{} phases {}",
+        get("start_date"),
+        get("end_date"),
+        get("phases")
+    )
 }

@@ -20,7 +20,8 @@ pub(crate) async fn run(global: &Global, args: &StatusArgs) -> anyhow::Result<Ex
         None => loaded.today,
     };
     let range = DateRange::new(start, end).map_err(|e| UsageError::new(e.to_string()))?;
-    let phases = select(&loaded.spec, args.phases.as_deref()).map_err(|e| UsageError::new(format!("--phases: {e}")))?;
+    let phases = select(&loaded.spec, args.phases.as_deref())
+        .map_err(|e| UsageError::new(format!("--phases: {e}")))?;
     let context = loaded.context().await?;
     let matrix = matrix(&context, range).await?;
     let phases: Vec<_> = phases.into_iter().collect();

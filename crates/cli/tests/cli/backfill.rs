@@ -6,7 +6,14 @@ use crate::front::{CHAIN, chain};
 use crate::util::{Project, code, scalar, stderr, stdout};
 
 fn backfill(project: &Project, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["backfill", "--start-date", "2024-03-01", "--end-date", "2024-03-31", "--yes"];
+    let mut args = vec![
+        "backfill",
+        "--start-date",
+        "2024-03-01",
+        "--end-date",
+        "2024-03-31",
+        "--yes",
+    ];
     args.extend_from_slice(extra);
     project.run(&args)
 }
@@ -29,20 +36,38 @@ async fn sql_backfill_runs_in_dependency_order_and_completes() {
     .await;
     assert_eq!(violations, 0);
     // Only missing cells ran: phase 2 from the 11th, phase 3 everywhere.
-    assert_eq!(scalar(&warehouse, "SELECT COUNT(*) FROM log WHERE phase = 2 AND s < '2024-03-11'").await, 0);
+    assert_eq!(
+        scalar(
+            &warehouse,
+            "SELECT COUNT(*) FROM log WHERE phase = 2 AND s < '2024-03-11'"
+        )
+        .await,
+        0
+    );
     assert_eq!(scalar(&warehouse, "SELECT COUNT(*) FROM rolling").await, 26);
     // Status agrees; a second backfill has nothing to do.
-    let status: serde_json::Value = serde_json::from_str(&stdout(&project.run(&["status", "--json"]))).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&project.run(&["status", "--json"]))).unwrap();
     for phase in status["phases"].as_array().unwrap() {
         assert_eq!(phase["complete"], 26, "{phase}");
     }
-    assert_eq!(scalar(&warehouse, "SELECT COUNT(*) FROM log WHERE phase = 3").await, 26);
+    assert_eq!(
+        scalar(&warehouse, "SELECT COUNT(*) FROM log WHERE phase = 3").await,
+        26
+    );
     let again = backfill(&project, &["--phases", "2,3", "--json"]);
     assert_eq!(code(&again), 0, "{}", stderr(&again));
-    assert_eq!(scalar(&warehouse, "SELECT COUNT(*) FROM log WHERE phase = 3").await, 26, "complete cells ran again");
+    assert_eq!(
+        scalar(&warehouse, "SELECT COUNT(*) FROM log WHERE phase = 3").await,
+        26,
+        "complete cells ran again"
+    );
     // Events: one per completed cell.
     let state = project.sqlite(".gapless/state.db").await;
-    assert_eq!(scalar(&state, "SELECT COUNT(*) FROM events WHERE phase = 3").await, 26);
+    assert_eq!(
+        scalar(&state, "SELECT COUNT(*) FROM events WHERE phase = 3").await,
+        26
+    );
     assert_eq!(scalar(&state, "SELECT COUNT(*) FROM (SELECT phase, date FROM events GROUP BY phase, date HAVING COUNT(*) > 1)").await, 0);
     let runs = stdout(&project.run(&["runs"]));
     assert!(runs.contains("succeeded"), "{runs}");
@@ -51,13 +76,19 @@ async fn sql_backfill_runs_in_dependency_order_and_completes() {
 /// A command phase whose runner is a script: `behaviour` decides what it does.
 fn command_pipeline(project: &Project, behaviour: &str, extra: &str) {
     project.script("bin/work.sh", &format!("#!/bin/sh\nset -e\necho \"$GAPLESS_START $GAPLESS_ATTEMPT_TOKEN\" >> runs.log\n{behaviour}\n"));
-    project.script("bin/undo.sh", "#!/bin/sh\necho \"$GAPLESS_START\" >> rollback.log\n");
+    project.script(
+        "bin/undo.sh",
+        "#!/bin/sh\necho \"$GAPLESS_START\" >> rollback.log\n",
+    );
     project.script(
         "bin/count.sh",
         "#!/bin/sh\n# prints YYYY-MM-DD COUNT for each date with output files\nfor f in out/*; do [ -e \"$f\" ] || exit 0; echo \"$(basename \"$f\") $(wc -l < \"$f\")\"; done\n",
     );
     project.script("bin/count-downstream.sh", "#!/bin/sh\nfor f in down/*; do [ -e \"$f\" ] || exit 0; echo \"$(basename \"$f\") 1\"; done\n");
-    project.script("bin/down.sh", "#!/bin/sh\nmkdir -p down\necho x > \"down/$1\"\n");
+    project.script(
+        "bin/down.sh",
+        "#!/bin/sh\nmkdir -p down\necho x > \"down/$1\"\n",
+    );
     project.write(
         "gapless.toml",
         &format!(
@@ -90,7 +121,14 @@ check.command = ["bin/count-downstream.sh"]
 
 fn run_two_days(project: &Project) -> std::process::Output {
     project
-        .command(&["backfill", "--start-date", "2024-03-01", "--end-date", "2024-03-02", "--yes"])
+        .command(&[
+            "backfill",
+            "--start-date",
+            "2024-03-01",
+            "--end-date",
+            "2024-03-02",
+            "--yes",
+        ])
         .env("GAPLESS_TODAY", "2024-03-02")
         .output()
         .unwrap()
@@ -111,9 +149,17 @@ fn failing_twice_then_succeeding_is_retried() {
     let log = std::fs::read_to_string(project.path().join("runs.log")).unwrap();
     assert_eq!(log.lines().count(), 6, "{log}");
     // Every attempt got a new, larger fencing token.
-    let tokens: Vec<i64> = log.lines().filter(|l| l.starts_with("2024-03-01")).map(|l| l.split(' ').nth(1).unwrap().parse().unwrap()).collect();
+    let tokens: Vec<i64> = log
+        .lines()
+        .filter(|l| l.starts_with("2024-03-01"))
+        .map(|l| l.split(' ').nth(1).unwrap().parse().unwrap())
+        .collect();
     assert!(tokens.windows(2).all(|w| w[1] > w[0]), "{tokens:?}");
-    assert!(stderr(&output).contains("attempt 1 failed, retrying"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("attempt 1 failed, retrying"),
+        "{}",
+        stderr(&output)
+    );
     assert!(project.path().join("down/2024-03-02").exists());
 }
 
@@ -123,16 +169,35 @@ fn failing_always_rolls_back_and_blocks_downstream() {
     command_pipeline(&project, "echo boom >&2; exit 7", "");
     let output = run_two_days(&project);
     assert_eq!(code(&output), 1, "{}", stderr(&output));
-    assert_eq!(std::fs::read_to_string(project.path().join("runs.log")).unwrap().lines().count(), 6);
+    assert_eq!(
+        std::fs::read_to_string(project.path().join("runs.log"))
+            .unwrap()
+            .lines()
+            .count(),
+        6
+    );
     let rollbacks = std::fs::read_to_string(project.path().join("rollback.log")).unwrap();
     assert_eq!(rollbacks.lines().count(), 2, "{rollbacks}");
-    assert!(!project.path().join("down").exists(), "downstream ran on top of failed cells");
-    let runs: serde_json::Value = serde_json::from_str(&stdout(&project.run(&["runs", "--json"]))).unwrap();
+    assert!(
+        !project.path().join("down").exists(),
+        "downstream ran on top of failed cells"
+    );
+    let runs: serde_json::Value =
+        serde_json::from_str(&stdout(&project.run(&["runs", "--json"]))).unwrap();
     let id = runs[0]["run"]["id"].as_str().unwrap().to_owned();
     let show = stdout(&project.run(&["runs", "show", &id]));
-    assert!(show.contains("failed   phase 1 2024-03-01..2024-03-01"), "{show}");
-    assert!(show.contains("exited with status 7") || show.contains("status 7"), "{show}");
-    assert!(show.contains("blocked  phase 2 2024-03-01..2024-03-01"), "{show}");
+    assert!(
+        show.contains("failed   phase 1 2024-03-01..2024-03-01"),
+        "{show}"
+    );
+    assert!(
+        show.contains("exited with status 7") || show.contains("status 7"),
+        "{show}"
+    );
+    assert!(
+        show.contains("blocked  phase 2 2024-03-01..2024-03-01"),
+        "{show}"
+    );
     assert!(show.contains("rolled back"), "{show}");
 }
 
@@ -143,7 +208,11 @@ fn exiting_zero_with_short_data_fails_the_gate_with_counts() {
     command_pipeline(&project, "printf 'a\\nb\\n' > \"out/$1\"", "");
     let output = run_two_days(&project);
     assert_eq!(code(&output), 1);
-    assert!(stderr(&output).contains("2024-03-01: 2 of 3"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("2024-03-01: 2 of 3"),
+        "{}",
+        stderr(&output)
+    );
     // A runner that exits 0 and writes nothing is a failure too.
     let project = Project::new();
     command_pipeline(&project, "true", "");
@@ -155,19 +224,36 @@ fn exiting_zero_with_short_data_fails_the_gate_with_counts() {
 #[test]
 fn hanging_runner_is_killed_with_its_process_group() {
     let project = Project::new();
-    command_pipeline(&project, "sleep 300 &\necho $! > \"child-$1.pid\"\nsleep 300", "");
+    command_pipeline(
+        &project,
+        "sleep 300 &\necho $! > \"child-$1.pid\"\nsleep 300",
+        "",
+    );
     let started = std::time::Instant::now();
     let output = project
-        .command(&["backfill", "--start-date", "2024-03-01", "--end-date", "2024-03-01", "--yes"])
+        .command(&[
+            "backfill",
+            "--start-date",
+            "2024-03-01",
+            "--end-date",
+            "2024-03-01",
+            "--yes",
+        ])
         .env("GAPLESS_TODAY", "2024-03-01")
         .output()
         .unwrap();
     assert_eq!(code(&output), 1, "{}", stderr(&output));
     assert!(stderr(&output).contains("timed out"), "{}", stderr(&output));
     assert!(started.elapsed() < Duration::from_secs(60));
-    let pid: i32 = std::fs::read_to_string(project.path().join("child-2024-03-01.pid")).unwrap().trim().parse().unwrap();
+    let pid: i32 = std::fs::read_to_string(project.path().join("child-2024-03-01.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ");
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ");
     assert!(!alive, "the runner's child {pid} survived the timeout");
 }
 
@@ -176,9 +262,23 @@ async fn resume_finishes_an_interrupted_run_without_rerunning_complete_tasks() {
     let project = Project::new();
     chain(&project, "2024-03-31", "2024-03-01").await;
     // Phase 3 sleeps (through a slow SQL) so the run is mid-way when interrupted.
-    project.write("gapless.toml", &CHAIN.replace("name = \"rolling\"", "name = \"rolling\"\nconcurrency = 1"));
+    project.write(
+        "gapless.toml",
+        &CHAIN.replace("name = \"rolling\"", "name = \"rolling\"\nconcurrency = 1"),
+    );
     let mut child = project
-        .command(&["backfill", "--start-date", "2024-03-01", "--end-date", "2024-03-31", "--phases", "2,3", "--yes", "--jobs", "1"])
+        .command(&[
+            "backfill",
+            "--start-date",
+            "2024-03-01",
+            "--end-date",
+            "2024-03-31",
+            "--phases",
+            "2,3",
+            "--yes",
+            "--jobs",
+            "1",
+        ])
         .spawn()
         .unwrap();
     // Interrupt as soon as a few tasks are recorded.
@@ -187,10 +287,11 @@ async fn resume_finishes_an_interrupted_run_without_rerunning_complete_tasks() {
     loop {
         if state.exists() {
             let pool = project.sqlite(".gapless/state.db").await;
-            let done = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM tasks WHERE state = 'complete'")
-                .fetch_one(&pool)
-                .await
-                .unwrap_or(0);
+            let done =
+                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM tasks WHERE state = 'complete'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or(0);
             pool.close().await;
             if done >= 3 {
                 break;
@@ -199,26 +300,44 @@ async fn resume_finishes_an_interrupted_run_without_rerunning_complete_tasks() {
         if let Ok(Some(_)) = child.try_wait() {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the backfill never progressed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backfill never progressed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = nix_kill(child.id());
     let status = child.wait().unwrap();
     let pool = project.sqlite(".gapless/state.db").await;
-    let complete_before: Vec<i64> = sqlx::query_scalar("SELECT id FROM tasks WHERE state = 'complete'").fetch_all(&pool).await.unwrap();
+    let complete_before: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM tasks WHERE state = 'complete'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     pool.close().await;
     let output = project.run(&["resume", "--json"]);
-    assert_eq!(code(&output), 0, "first exit {status:?}; {}", stderr(&output));
+    assert_eq!(
+        code(&output),
+        0,
+        "first exit {status:?}; {}",
+        stderr(&output)
+    );
     let warehouse = project.sqlite("warehouse.db").await;
     assert_eq!(scalar(&warehouse, "SELECT COUNT(*) FROM rolling").await, 26);
     // Tasks complete before the interruption ran exactly once.
     let pool = project.sqlite(".gapless/state.db").await;
     for id in complete_before {
-        let attempts: i64 = sqlx::query_scalar("SELECT attempt FROM tasks WHERE id = ?").bind(id).fetch_one(&pool).await.unwrap();
+        let attempts: i64 = sqlx::query_scalar("SELECT attempt FROM tasks WHERE id = ?")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         assert_eq!(attempts, 1, "task {id} ran again");
     }
 }
 
 fn nix_kill(pid: u32) -> std::io::Result<std::process::ExitStatus> {
-    std::process::Command::new("kill").args(["-INT", &pid.to_string()]).status()
+    std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
 }

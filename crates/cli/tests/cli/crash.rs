@@ -72,11 +72,25 @@ async fn kill_nine_twenty_times_then_resume() {
     let mut first = true;
     while kills < 20 {
         let args: Vec<&str> = if first {
-            vec!["backfill", "--start-date", "2023-01-01", "--end-date", today, "--yes", "--jobs", "4", "-q"]
+            vec![
+                "backfill",
+                "--start-date",
+                "2023-01-01",
+                "--end-date",
+                today,
+                "--yes",
+                "--jobs",
+                "4",
+                "-q",
+            ]
         } else {
             vec!["resume", "--jobs", "4", "-q"]
         };
-        let mut child = project.command(&args).env("GAPLESS_TODAY", today).spawn().unwrap();
+        let mut child = project
+            .command(&args)
+            .env("GAPLESS_TODAY", today)
+            .spawn()
+            .unwrap();
         first = false;
         let wait = Duration::from_millis(fastrand::u64(150..900));
         tokio::time::sleep(wait).await;
@@ -87,7 +101,10 @@ async fn kill_nine_twenty_times_then_resume() {
                 break;
             }
             None => {
-                std::process::Command::new("kill").args(["-9", &child.id().to_string()]).status().unwrap();
+                std::process::Command::new("kill")
+                    .args(["-9", &child.id().to_string()])
+                    .status()
+                    .unwrap();
                 let _ = child.wait();
                 kills += 1;
             }
@@ -97,45 +114,92 @@ async fn kill_nine_twenty_times_then_resume() {
             continue;
         }
         let state = project.sqlite(".gapless/state.db").await;
-        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&state).await.unwrap();
+        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&state)
+            .await
+            .unwrap();
         assert_eq!(integrity, "ok", "after kill {kills}");
         // Killed before the run was recorded: start the backfill again, as a user would.
-        let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs").fetch_one(&state).await.unwrap_or(0);
+        let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs")
+            .fetch_one(&state)
+            .await
+            .unwrap_or(0);
         first = runs == 0;
         state.close().await;
     }
-    assert!(kills >= 5, "the backfill finished too fast to be killed ({kills} kills)");
-    let output = project.command(&["resume", "--jobs", "4"]).env("GAPLESS_TODAY", today).output().unwrap();
+    assert!(
+        kills >= 5,
+        "the backfill finished too fast to be killed ({kills} kills)"
+    );
+    let output = project
+        .command(&["resume", "--jobs", "4"])
+        .env("GAPLESS_TODAY", today)
+        .output()
+        .unwrap();
     assert!(matches!(code(&output), 0), "{}", stderr(&output));
 
     let state = project.sqlite(".gapless/state.db").await;
-    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&state).await.unwrap();
+    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&state)
+        .await
+        .unwrap();
     assert_eq!(integrity, "ok");
-    let complete: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM run_cells WHERE state = 'complete'").fetch_one(&state).await.unwrap();
+    let complete: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM run_cells WHERE state = 'complete'")
+            .fetch_one(&state)
+            .await
+            .unwrap();
     assert_eq!(complete, 600);
-    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events").fetch_one(&state).await.unwrap();
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(&state)
+        .await
+        .unwrap();
     assert_eq!(events, 600, "a cell was recorded complete twice");
     // A task's final lease epoch is one above the epoch of the claim that completed it; an
     // execution spawned after completion would need a later claim, so a larger token.
     let completions: Vec<(i64, String, i64)> =
-        sqlx::query_as("SELECT phase, start_date, lease_epoch FROM tasks WHERE state = 'complete'").fetch_all(&state).await.unwrap();
+        sqlx::query_as("SELECT phase, start_date, lease_epoch FROM tasks WHERE state = 'complete'")
+            .fetch_all(&state)
+            .await
+            .unwrap();
     state.close().await;
     let warehouse = project.sqlite("warehouse.db").await;
-    let sink: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sink").fetch_one(&warehouse).await.unwrap();
+    let sink: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sink")
+        .fetch_one(&warehouse)
+        .await
+        .unwrap();
     assert_eq!(sink, 600);
     // No execution was spawned for a cell already recorded complete.
     let executions: Vec<(i64, String, i64)> =
-        sqlx::query_as("SELECT phase, start, token FROM executions").fetch_all(&warehouse).await.unwrap();
-    let completed: std::collections::HashMap<(i64, String), i64> =
-        completions.into_iter().map(|(p, d, epoch)| ((p, d), epoch)).collect();
+        sqlx::query_as("SELECT phase, start, token FROM executions")
+            .fetch_all(&warehouse)
+            .await
+            .unwrap();
+    let completed: std::collections::HashMap<(i64, String), i64> = completions
+        .into_iter()
+        .map(|(p, d, epoch)| ((p, d), epoch))
+        .collect();
     assert_eq!(completed.len(), 600);
     let late: Vec<_> = executions
         .iter()
-        .filter(|(p, d, token)| completed.get(&(*p, d.clone())).is_none_or(|epoch| token >= epoch))
+        .filter(|(p, d, token)| {
+            completed
+                .get(&(*p, d.clone()))
+                .is_none_or(|epoch| token >= epoch)
+        })
         .collect();
-    assert!(late.is_empty(), "runners executed for cells already recorded complete: {late:?}");
+    assert!(
+        late.is_empty(),
+        "runners executed for cells already recorded complete: {late:?}"
+    );
     // Re-executions happen only for cells in flight at a kill: at most kills × jobs of them.
     let reruns = executions.len() - 600;
-    assert!(reruns <= kills * 4, "{reruns} re-executions for {kills} kills");
-    eprintln!("{kills} kills, {} executions for 600 cells", executions.len());
+    assert!(
+        reruns <= kills * 4,
+        "{reruns} re-executions for {kills} kills"
+    );
+    eprintln!(
+        "{kills} kills, {} executions for 600 cells",
+        executions.len()
+    );
 }

@@ -62,7 +62,11 @@ pub(crate) async fn chain(project: &Project, source_until: &str, loaded_until: &
     )
     .await;
     let raw_path = project.path().join("raw.db");
-    exec(&warehouse, &format!("ATTACH DATABASE '{}' AS raw", raw_path.display())).await;
+    exec(
+        &warehouse,
+        &format!("ATTACH DATABASE '{}' AS raw", raw_path.display()),
+    )
+    .await;
     exec(
         &warehouse,
         &format!(
@@ -88,7 +92,14 @@ async fn status_shows_states_and_totals() {
     assert_eq!(phase(0, "missing"), 9);
     assert_eq!(phase(0, "not_expected"), 5);
     // Load: complete through the 10th (8 days), missing 11..20 (9), blocked after (9).
-    assert_eq!((phase(1, "complete"), phase(1, "missing"), phase(1, "blocked")), (8, 9, 9));
+    assert_eq!(
+        (
+            phase(1, "complete"),
+            phase(1, "missing"),
+            phase(1, "blocked")
+        ),
+        (8, 9, 9)
+    );
     let text = stdout(&project.run(&["status"]));
     assert!(text.contains("missing   2024-03-11..2024-03-20"), "{text}");
     assert!(text.contains("blocked   2024-03-21..2024-03-30"), "{text}");
@@ -98,20 +109,44 @@ async fn status_shows_states_and_totals() {
 async fn plan_lists_tasks_skips_and_root_causes() {
     let project = Project::new();
     chain(&project, "2024-03-20", "2024-03-10").await;
-    let output = project.run(&["plan", "--start-date", "2024-03-01", "--end-date", "2024-03-31", "--phases", "load-rolling", "--json"]);
+    let output = project.run(&[
+        "plan",
+        "--start-date",
+        "2024-03-01",
+        "--end-date",
+        "2024-03-31",
+        "--phases",
+        "load-rolling",
+        "--json",
+    ]);
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     let plan: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
     let load = &plan["phases"][0];
     assert_eq!(load["cells"], 9);
     assert_eq!(load["skipped_complete"], 8);
     // 11..20 without the Sunday 17th: batches of at most 5 days.
-    for task in plan["tasks"].as_array().unwrap().iter().filter(|t| t["phase"] == 2) {
+    for task in plan["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["phase"] == 2)
+    {
         let dates = task["dates"].as_array().unwrap();
         assert!(dates.len() <= 5);
     }
-    let text = stdout(&project.run(&["plan", "--start-date", "2024-03-01", "--end-date", "2024-03-31", "--phases", "2,3"]));
+    let text = stdout(&project.run(&[
+        "plan",
+        "--start-date",
+        "2024-03-01",
+        "--end-date",
+        "2024-03-31",
+        "--phases",
+        "2,3",
+    ]));
     assert!(
-        text.contains("phase 3 2024-03-21 blocked: phase 1 2024-03-21 missing and not in this backfill"),
+        text.contains(
+            "phase 3 2024-03-21 blocked: phase 1 2024-03-21 missing and not in this backfill"
+        ),
         "{text}"
     );
 }
@@ -126,11 +161,18 @@ async fn check_reaches_everything() {
     // A runner program that does not exist is found before anything runs.
     project.write(
         "gapless.toml",
-        &crate::front::CHAIN.replace("name = \"load\"", "name = \"load\"\nrollback.command = [\"bin/not-there\"]"),
+        &crate::front::CHAIN.replace(
+            "name = \"load\"",
+            "name = \"load\"\nrollback.command = [\"bin/not-there\"]",
+        ),
     );
     let output = project.run(&["check"]);
     assert_eq!(code(&output), 3);
-    assert!(stdout(&output).contains("FAIL  phase 2 `load` rollback"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("FAIL  phase 2 `load` rollback"),
+        "{}",
+        stdout(&output)
+    );
 }
 
 #[test]
@@ -147,9 +189,19 @@ fn broken_pipeline_file_exits_2_with_diagnostics() {
     assert!(err.contains("hint: did you mean `load`?"), "{err}");
     // No pipeline file at all.
     let empty = Project::new();
-    let output = empty.run(&["plan", "--start-date", "2024-01-01", "--end-date", "2024-01-02"]);
+    let output = empty.run(&[
+        "plan",
+        "--start-date",
+        "2024-01-01",
+        "--end-date",
+        "2024-01-02",
+    ]);
     assert_eq!(code(&output), 2);
-    assert!(stderr(&output).contains("cannot read the pipeline file"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("cannot read the pipeline file"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[tokio::test]
@@ -157,15 +209,53 @@ async fn bad_arguments_exit_2() {
     let project = Project::new();
     chain(&project, "2024-03-20", "2024-03-10").await;
     for args in [
-        vec!["plan", "--start-date", "2024-03-31", "--end-date", "2024-03-01"],
-        vec!["plan", "--start-date", "2024-02-30", "--end-date", "2024-03-01"],
-        vec!["plan", "--start-date", "2024-03-01", "--end-date", "2024-03-02", "--phases", "lood"],
-        vec!["backfill", "--start-date", "2024-03-01; touch pwned", "--end-date", "2024-03-02"],
+        vec![
+            "plan",
+            "--start-date",
+            "2024-03-31",
+            "--end-date",
+            "2024-03-01",
+        ],
+        vec![
+            "plan",
+            "--start-date",
+            "2024-02-30",
+            "--end-date",
+            "2024-03-01",
+        ],
+        vec![
+            "plan",
+            "--start-date",
+            "2024-03-01",
+            "--end-date",
+            "2024-03-02",
+            "--phases",
+            "lood",
+        ],
+        vec![
+            "backfill",
+            "--start-date",
+            "2024-03-01; touch pwned",
+            "--end-date",
+            "2024-03-02",
+        ],
     ] {
         let output = project.run(&args);
         assert_eq!(code(&output), 2, "{args:?}: {}", stderr(&output));
     }
     assert!(!project.path().join("pwned").exists());
-    let output = project.run(&["plan", "--start-date", "2024-03-01", "--end-date", "2024-03-02", "--phases", "lood"]);
-    assert!(stderr(&output).contains("did you mean `load`?"), "{}", stderr(&output));
+    let output = project.run(&[
+        "plan",
+        "--start-date",
+        "2024-03-01",
+        "--end-date",
+        "2024-03-02",
+        "--phases",
+        "lood",
+    ]);
+    assert!(
+        stderr(&output).contains("did you mean `load`?"),
+        "{}",
+        stderr(&output)
+    );
 }

@@ -60,7 +60,11 @@ impl Project {
             .filename(self.path().join(file))
             .create_if_missing(true)
             .busy_timeout(std::time::Duration::from_secs(10));
-        SqlitePoolOptions::new().max_connections(1).connect_with(options).await.unwrap()
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap()
     }
 }
 
@@ -78,10 +82,17 @@ pub(crate) fn code(output: &Output) -> i32 {
 
 /// Runs `sql` (no parameters) on a pool.
 pub(crate) async fn exec(pool: &SqlitePool, sql: &str) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(pool).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(pool)
+        .await
+        .unwrap();
 }
 
 /// One integer.
 pub(crate) async fn scalar(pool: &SqlitePool, sql: &str) -> i64 {
-    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(pool).await.unwrap().get::<i64, _>(0)
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .get::<i64, _>(0)
 }
