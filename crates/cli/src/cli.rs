@@ -145,6 +145,10 @@ pub(crate) struct DemoArgs {
     /// Tasks at once in the backfill.
     #[arg(long, short = 'j', default_value_t = 2, value_name = "N")]
     pub(crate) jobs: usize,
+    /// Stop after showing the gaps: build the broken pipeline to explore with `status`,
+    /// `plan` and `backfill` yourself.
+    #[arg(long)]
+    pub(crate) no_backfill: bool,
 }
 
 #[derive(Debug, Args)]

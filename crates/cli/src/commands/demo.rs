@@ -85,6 +85,14 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
         .context("validation queries")?;
     print_checks(&before_checks)?;
 
+    if args.no_backfill {
+        out(format_args!(
+            "\nstopped before the backfill (--no-backfill). Explore it:\n  gapless --pipeline {0}/gapless.toml plan --start-date 2021-10-19 --end-date 2025-06-22 --phases 3-6\n  gapless --pipeline {0}/gapless.toml backfill --start-date 2021-10-19 --end-date 2025-06-22 --phases 3-6\n",
+            dir.display()
+        ))?;
+        return Ok(Exit::Success);
+    }
+
     heading("gapless plan --phases 3-6 over every season")?;
     let request = Request {
         range: full,

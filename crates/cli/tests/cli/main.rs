@@ -1,7 +1,9 @@
 //! End-to-end tests of the `gapless` binary: real processes, real SQLite (and PostgreSQL when
 //! `GAPLESS_TEST_PG_URL` is set), a real HTTP server on loopback.
 
+mod backends;
 mod backfill;
 mod crash;
+mod demo;
 mod front;
 mod util;

@@ -1,0 +1,192 @@
+//! `gapless demo` and `gapless report` on the NBA example: the original broken pipeline found,
+//! planned, healed and validated, with the validation queries' numbers before and after.
+
+use crate::util::{Project, code, stderr, stdout};
+
+#[test]
+fn demo_heals_the_original_gaps_and_reports() {
+    let project = Project::new();
+    let dir = project.path().join("nba");
+    let output = project
+        .command(&["demo", "--dir", dir.to_str().unwrap()])
+        .env_remove("GAPLESS_TODAY")
+        .output()
+        .unwrap();
+    let text = stdout(&output);
+    assert_eq!(code(&output), 0, "{text}\n{}", stderr(&output));
+    let (before, after) = text
+        .split_once("gapless status after")
+        .expect("the demo shows status after");
+    // Before: the three playoffs stuck after phase 2, grading for 2024-25 holding one record.
+    assert!(
+        before.contains("missing   2022-04-16..2022-06-16"),
+        "{before}"
+    );
+    assert!(
+        before.contains("blocked   2023-04-15..2023-06-12"),
+        "{before}"
+    );
+    assert!(
+        before.contains("partial   2024-10-22              1 cell, 1 of"),
+        "{before}"
+    );
+    let misses: Vec<&str> = before
+        .lines()
+        .filter(|l| l.trim_start().starts_with("MISS"))
+        .collect();
+    assert_eq!(misses.len(), 5, "{before}");
+    assert!(
+        misses
+            .iter()
+            .any(|l| l.contains("2024-25 graded predictions") && l.contains(" 1 of ")),
+        "{misses:?}"
+    );
+    // After: every validation query matches, no gaps anywhere.
+    let oks: Vec<&str> = after
+        .lines()
+        .filter(|l| l.trim_start().starts_with("ok "))
+        .collect();
+    assert_eq!(oks.len(), 5, "{after}");
+    assert!(!after.contains("MISS"));
+    assert!(after.contains("every validation query matches its expectation"));
+    for phase in ["analytics", "precompute", "predictions", "grading"] {
+        let line = after
+            .lines()
+            .find(|l| l.contains(phase) && l.contains("complete "))
+            .unwrap();
+        assert!(line.contains("partial 0 · missing 0 · blocked 0"), "{line}");
+    }
+
+    // The report over the healed example: every season complete, no open gaps.
+    let report = project
+        .command(&[
+            "--pipeline",
+            dir.join("gapless.toml").to_str().unwrap(),
+            "report",
+            "--format",
+            "json",
+        ])
+        .env("GAPLESS_TODAY", "2025-07-01")
+        .output()
+        .unwrap();
+    assert_eq!(code(&report), 0, "{}", stderr(&report));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&report)).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6 * 4, "six phases × four seasons");
+    for row in rows {
+        assert_eq!(row["complete"], row["expected_cells"], "{row}");
+        assert_eq!(row["rows"], row["expected_rows"], "{row}");
+    }
+    assert!(report["gaps"].as_array().unwrap().is_empty());
+    let markdown = project
+        .command(&[
+            "--pipeline",
+            dir.join("gapless.toml").to_str().unwrap(),
+            "report",
+        ])
+        .env("GAPLESS_TODAY", "2025-07-01")
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&markdown).contains("| 6 grading | 2024-25 |"),
+        "{}",
+        stdout(&markdown)
+    );
+    // A second demo into the same directory refuses rather than mixing states.
+    let again = project.run(&["demo", "--dir", dir.to_str().unwrap()]);
+    assert_eq!(code(&again), 2);
+}
+
+#[test]
+fn report_shows_the_open_gaps_of_the_broken_example() {
+    let project = Project::new();
+    let dir = project.path().join("nba");
+    let output = project
+        .command(&["demo", "--dir", dir.to_str().unwrap(), "--no-backfill"])
+        .env("GAPLESS_TODAY", "2025-07-01")
+        .output()
+        .unwrap();
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert!(stdout(&output).contains("stopped before the backfill"));
+    let pipeline = dir.join("gapless.toml");
+    let report = project
+        .command(&[
+            "--pipeline",
+            pipeline.to_str().unwrap(),
+            "report",
+            "--format",
+            "json",
+        ])
+        .env("GAPLESS_TODAY", "2025-07-01")
+        .output()
+        .unwrap();
+    assert_eq!(code(&report), 0, "{}", stderr(&report));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&report)).unwrap();
+    let row = |phase: u64, season: &str| {
+        report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["phase"] == phase && r["season"] == season)
+            .unwrap()
+            .clone()
+    };
+    // Phase 3 of 2021-22 misses exactly the playoff dates; phase 6 of 2024-25 holds one record.
+    assert!(row(3, "2021-22")["missing"].as_u64().unwrap() > 30);
+    assert_eq!(row(3, "2021-22")["blocked"], 0);
+    assert!(row(4, "2022-23")["blocked"].as_u64().unwrap() > 30);
+    assert_eq!(row(6, "2024-25")["partial"], 1);
+    assert_eq!(row(6, "2024-25")["rows"], 1);
+    assert_eq!(
+        row(2, "2023-24")["complete"],
+        row(2, "2023-24")["expected_cells"]
+    );
+    let gaps = report["gaps"].as_array().unwrap();
+    assert!(
+        gaps.iter()
+            .any(|g| g["phase"] == 3 && g["start"] == "2022-04-16" && g["state"] == "missing"),
+        "{gaps:?}"
+    );
+    let html = project
+        .command(&[
+            "--pipeline",
+            pipeline.to_str().unwrap(),
+            "report",
+            "--format",
+            "html",
+        ])
+        .env("GAPLESS_TODAY", "2025-07-01")
+        .output()
+        .unwrap();
+    let html = stdout(&html);
+    assert!(html.starts_with("<!doctype html>"));
+    assert!(
+        html.contains("<td>3 analytics</td><td>2021-22</td>"),
+        "{html}"
+    );
+    // The plan over the broken example runs the gaps and nothing else.
+    let plan = project
+        .command(&[
+            "--pipeline",
+            pipeline.to_str().unwrap(),
+            "plan",
+            "--start-date",
+            "2021-10-19",
+            "--end-date",
+            "2025-06-22",
+            "--phases",
+            "3-6",
+            "--json",
+        ])
+        .env("GAPLESS_TODAY", "2025-07-01")
+        .output()
+        .unwrap();
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&plan)).unwrap();
+    assert!(plan["blocked"].as_array().unwrap().is_empty());
+    assert_eq!(
+        plan["phases"][0]["cells"],
+        row(3, "2021-22")["missing"].as_u64().unwrap()
+            + row(3, "2022-23")["missing"].as_u64().unwrap()
+            + row(3, "2023-24")["missing"].as_u64().unwrap()
+    );
+}
