@@ -362,11 +362,7 @@ pub async fn execute(
                     observer.as_ref(),
                 )
                 .await?;
-                for dependent in 0..n {
-                    if status[dependent] == Status::Blocked {
-                        ready.remove(&dependent);
-                    }
-                }
+                ready.retain(|candidate| status[*candidate] != Status::Blocked);
             }
             Ok(TaskResult::Cancelled | TaskResult::Fenced) => status[i] = Status::Interrupted,
         }
