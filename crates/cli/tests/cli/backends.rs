@@ -284,6 +284,17 @@ async fn scenario(project: &Project, warehouse: Warehouse, url: &str, state_url:
     assert_eq!(serve_early, 0);
     // Three HTTP tasks (batches of 7) and one 503 retried.
     assert_eq!(requests.load(Ordering::SeqCst), 4);
+    // The status matrix agrees, on this backend.
+    let mut command = project.command(&["status", "--json"]);
+    command.env("GAPLESS_TODAY", "2024-03-20");
+    if let Some(state) = state_url {
+        command.env("GAPLESS_STATE_URL", state);
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&command.output().unwrap())).unwrap();
+    for phase in status["phases"].as_array().unwrap() {
+        assert_eq!(phase["complete"], 20, "{phase}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

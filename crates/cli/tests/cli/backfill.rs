@@ -341,3 +341,72 @@ fn nix_kill(pid: u32) -> std::io::Result<std::process::ExitStatus> {
         .args(["-INT", &pid.to_string()])
         .status()
 }
+
+#[test]
+fn ctrl_c_stops_cleanly_with_130_and_resume_finishes() {
+    let project = Project::new();
+    std::fs::create_dir_all(project.path().join("out")).unwrap();
+    // The runner hangs (with a child) until the `fast` file exists.
+    command_pipeline(
+        &project,
+        "if [ ! -e fast ]; then sleep 300 & echo $! > \"child-$1.pid\"; wait; fi\nprintf 'a\\nb\\nc\\n' > \"out/$1\"",
+        "",
+    );
+    project.write(
+        "gapless.toml",
+        &std::fs::read_to_string(project.path().join("gapless.toml"))
+            .unwrap()
+            .replace("timeout = \"2s\"", "timeout = \"5m\""),
+    );
+    let mut child = project
+        .command(&[
+            "backfill",
+            "--start-date",
+            "2024-03-01",
+            "--end-date",
+            "2024-03-01",
+            "--yes",
+        ])
+        .env("GAPLESS_TODAY", "2024-03-01")
+        .spawn()
+        .unwrap();
+    let pid_file = project.path().join("child-2024-03-01.pid");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !pid_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the runner never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty() || stat.contains(") Z "),
+        "the runner's child survived Ctrl-C"
+    );
+    let runs: serde_json::Value =
+        serde_json::from_str(&stdout(&project.run(&["runs", "--json"]))).unwrap();
+    assert_eq!(runs[0]["run"]["state"], "interrupted");
+    // Resume with a runner that no longer hangs.
+    project.write("fast", "");
+    let output = project
+        .command(&["resume"])
+        .env("GAPLESS_TODAY", "2024-03-01")
+        .output()
+        .unwrap();
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let runs: serde_json::Value =
+        serde_json::from_str(&stdout(&project.run(&["runs", "--json"]))).unwrap();
+    assert_eq!(runs[0]["run"]["state"], "succeeded");
+    assert!(project.path().join("down/2024-03-01").exists());
+}

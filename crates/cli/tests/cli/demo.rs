@@ -97,8 +97,8 @@ fn demo_heals_the_original_gaps_and_reports() {
     assert_eq!(code(&again), 2);
 }
 
-#[test]
-fn report_shows_the_open_gaps_of_the_broken_example() {
+#[tokio::test(flavor = "multi_thread")]
+async fn report_shows_the_open_gaps_of_the_broken_example() {
     let project = Project::new();
     let dir = project.path().join("nba");
     let output = project
@@ -189,4 +189,81 @@ fn report_shows_the_open_gaps_of_the_broken_example() {
             + row(3, "2022-23")["missing"].as_u64().unwrap()
             + row(3, "2023-24")["missing"].as_u64().unwrap()
     );
+
+    // The original plan's P1 completion command: lose the 2024-25 season from phase 2 on, then
+    // one command backfills it through phases 2-5 with every phase validated.
+    for (file, table) in [
+        ("nba/warehouse/nba_raw.db", "bdl_player_boxscores"),
+        ("nba/warehouse/nba_analytics.db", "player_game_summary"),
+        (
+            "nba/warehouse/nba_precompute.db",
+            "player_composite_factors",
+        ),
+        (
+            "nba/warehouse/nba_predictions.db",
+            "player_prop_predictions",
+        ),
+    ] {
+        let pool = project.sqlite(file).await;
+        crate::util::exec(
+            &pool,
+            &format!("DELETE FROM {table} WHERE game_date BETWEEN '2024-10-22' AND '2025-04-30'"),
+        )
+        .await;
+        pool.close().await;
+    }
+    let p1 = project
+        .command(&[
+            "--pipeline",
+            pipeline.to_str().unwrap(),
+            "--json",
+            "backfill",
+            "--start-date",
+            "2024-10-22",
+            "--end-date",
+            "2025-04-30",
+            "--phases",
+            "2,3,4,5",
+            "--yes",
+        ])
+        .env("GAPLESS_TODAY", "2025-07-01")
+        .output()
+        .unwrap();
+    assert_eq!(code(&p1), 0, "{}", stderr(&p1));
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&p1)).unwrap();
+    assert_eq!(summary["state"], "succeeded");
+    let progress = summary["progress"].as_array().unwrap();
+    assert_eq!(progress.len(), 4);
+    for phase in progress {
+        assert!(phase["complete"].as_i64().unwrap() > 150, "{phase}");
+        assert_eq!(phase["complete"], phase["total"], "{phase}");
+    }
+    let status = project
+        .command(&[
+            "--pipeline",
+            pipeline.to_str().unwrap(),
+            "status",
+            "--start-date",
+            "2024-10-22",
+            "--end-date",
+            "2025-04-30",
+            "--phases",
+            "2-5",
+            "--json",
+        ])
+        .env("GAPLESS_TODAY", "2025-07-01")
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
+    for phase in status["phases"].as_array().unwrap() {
+        assert_eq!(
+            (
+                phase["missing"].as_u64(),
+                phase["partial"].as_u64(),
+                phase["blocked"].as_u64()
+            ),
+            (Some(0), Some(0), Some(0)),
+            "{phase}"
+        );
+    }
 }
