@@ -84,10 +84,10 @@ impl Observer for Progress {
     fn event(&self, event: Event<'_>) {
         match event {
             Event::Started { task, attempt } => {
-                if let Progress::Lines { quiet: false } = self {
-                    if attempt > 1 {
-                        self.line(format!("{} started (attempt {attempt})", task.label()));
-                    }
+                if let Progress::Lines { quiet: false } = self
+                    && attempt > 1
+                {
+                    self.line(format!("{} started (attempt {attempt})", task.label()));
                 }
             }
             Event::Completed { task, elapsed } => match self {

@@ -6,18 +6,19 @@
 //! `AssertSqlSafe` on that basis.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, Postgres};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
 };
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row, TypeInfo, ValueRef};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection as _, Row, TypeInfo, ValueRef};
+use tokio::time::Instant;
 
 use crate::named::{self, Dialect, Param, SqlError, Statement};
 
@@ -25,6 +26,8 @@ use crate::named::{self, Dialect, Param, SqlError, Statement};
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of a query is quoted in errors.
 const SNIPPET_CHARS: usize = 80;
+/// How long after the server's `statement_timeout` the client gives up on PostgreSQL.
+const SERVER_TIMEOUT_MARGIN: Duration = Duration::from_secs(2);
 
 /// The dates and values bound to a script's `:start`, `:end` and `:date`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -378,14 +381,21 @@ impl Warehouse {
             query: PING.to_owned(),
             source,
         };
-        self.within(self.timeout, PING, async {
-            match &self.pool {
-                Pool::Sqlite(pool) => sqlx::query(PING).execute(pool).await.map(drop),
-                Pool::Postgres(pool) => sqlx::query(PING).execute(pool).await.map(drop),
+        let deadline = self.deadline(self.timeout);
+        let mut connection = self.acquire(deadline, self.timeout, PING).await?;
+        let outcome = tokio::time::timeout_at(deadline, async {
+            match &mut connection {
+                Connection::Sqlite(connection) => {
+                    sqlx::query(PING).execute(&mut **connection).await.map(drop)
+                }
+                Connection::Postgres(connection) => {
+                    sqlx::query(PING).execute(&mut **connection).await.map(drop)
+                }
             }
             .map_err(query_error)
         })
-        .await
+        .await;
+        settle(connection, outcome, self.timeout, PING)
     }
 
     /// Runs a probe query once for the whole range and returns the count per date.
@@ -472,38 +482,41 @@ impl Warehouse {
             expected: "1",
             query: snippet(sql),
         };
-        let cell = self
-            .within(self.timeout, sql, async {
-                let text = AssertSqlSafe(statement.text.as_str());
-                match &self.pool {
-                    Pool::Sqlite(pool) => {
-                        match sqlx::query(text)
-                            .fetch_optional(pool)
-                            .await
-                            .map_err(query_error)?
-                        {
-                            None => Ok(None),
-                            Some(row) if row.is_empty() => Err(no_columns()),
-                            Some(row) => sqlite_cell(&row, 0).map(Some).map_err(query_error),
-                        }
-                    }
-                    Pool::Postgres(pool) => {
-                        match sqlx::query(text)
-                            .fetch_optional(pool)
-                            .await
-                            .map_err(query_error)?
-                        {
-                            None => Ok(None),
-                            Some(row) if row.is_empty() => Err(no_columns()),
-                            Some(row) => pg_cell(&row, 0).map(Some).map_err(query_error),
-                        }
+        let deadline = self.deadline(self.timeout);
+        let mut connection = self.acquire(deadline, self.timeout, sql).await?;
+        let outcome = tokio::time::timeout_at(deadline, async {
+            let text = AssertSqlSafe(statement.text.as_str());
+            match &mut connection {
+                Connection::Sqlite(connection) => {
+                    match sqlx::query(text)
+                        .fetch_optional(&mut **connection)
+                        .await
+                        .map_err(query_error)?
+                    {
+                        None => Ok(None),
+                        Some(row) if row.is_empty() => Err(no_columns()),
+                        Some(row) => sqlite_cell(&row, 0).map(Some).map_err(query_error),
                     }
                 }
-            })
-            .await?
-            .ok_or_else(|| WarehouseError::NoRow {
+                Connection::Postgres(connection) => {
+                    match sqlx::query(text)
+                        .fetch_optional(&mut **connection)
+                        .await
+                        .map_err(query_error)?
+                    {
+                        None => Ok(None),
+                        Some(row) if row.is_empty() => Err(no_columns()),
+                        Some(row) => pg_cell(&row, 0).map(Some).map_err(query_error),
+                    }
+                }
+            }
+        })
+        .await;
+        let cell = settle(connection, outcome, self.timeout, sql)?.ok_or_else(|| {
+            WarehouseError::NoRow {
                 query: snippet(sql),
-            })?;
+            }
+        })?;
         cell.to_count(sql)?.ok_or_else(|| WarehouseError::BadCount {
             value: "NULL".into(),
             query: snippet(sql),
@@ -549,13 +562,15 @@ impl Warehouse {
             query: snippet(sql),
             source,
         };
-        self.within(timeout, sql, async {
+        let deadline = self.deadline(timeout);
+        let mut connection = self.acquire(deadline, timeout, sql).await?;
+        let outcome = tokio::time::timeout_at(deadline, async {
             let mut affected = 0u64;
-            match &self.pool {
-                Pool::Sqlite(pool) => {
+            match &mut connection {
+                Connection::Sqlite(connection) => {
                     // IMMEDIATE takes the write lock up front: a deferred transaction that
                     // reads first can fail to upgrade with SQLITE_BUSY under a concurrent writer.
-                    let mut transaction = pool
+                    let mut transaction = connection
                         .begin_with("BEGIN IMMEDIATE")
                         .await
                         .map_err(transaction_error)?;
@@ -576,8 +591,8 @@ impl Warehouse {
                     }
                     transaction.commit().await.map_err(transaction_error)?;
                 }
-                Pool::Postgres(pool) => {
-                    let mut transaction = pool.begin().await.map_err(transaction_error)?;
+                Connection::Postgres(connection) => {
+                    let mut transaction = connection.begin().await.map_err(transaction_error)?;
                     // An integer we format ourselves: no user text reaches this statement.
                     let set_timeout = format!(
                         "SET LOCAL statement_timeout = {}",
@@ -605,7 +620,8 @@ impl Warehouse {
             }
             Ok(affected)
         })
-        .await
+        .await;
+        settle(connection, outcome, timeout, sql)
     }
 
     fn prepare(&self, sql: &str) -> Result<Vec<Statement>, WarehouseError> {
@@ -626,18 +642,41 @@ impl Warehouse {
         }
     }
 
-    async fn within<T>(
+    /// When a call started now must be over. On PostgreSQL the server's `statement_timeout`
+    /// (the same `timeout`) should end a slow statement first, leaving the connection clean;
+    /// the client-side deadline is the backstop for a server or network that stops answering.
+    fn deadline(&self, timeout: Duration) -> Instant {
+        let margin = match self.pool {
+            Pool::Sqlite(_) => Duration::ZERO,
+            Pool::Postgres(_) => SERVER_TIMEOUT_MARGIN,
+        };
+        Instant::now() + timeout + margin
+    }
+
+    async fn acquire(
         &self,
+        deadline: Instant,
         timeout: Duration,
         sql: &str,
-        work: impl Future<Output = Result<T, WarehouseError>>,
-    ) -> Result<T, WarehouseError> {
-        tokio::time::timeout(timeout, work)
-            .await
+    ) -> Result<Connection, WarehouseError> {
+        let query_error = |source| WarehouseError::Query {
+            query: snippet(sql),
+            source,
+        };
+        let acquired = match &self.pool {
+            Pool::Sqlite(pool) => tokio::time::timeout_at(deadline, pool.acquire())
+                .await
+                .map(|result| result.map(Connection::Sqlite)),
+            Pool::Postgres(pool) => tokio::time::timeout_at(deadline, pool.acquire())
+                .await
+                .map(|result| result.map(Connection::Postgres)),
+        };
+        acquired
             .map_err(|_| WarehouseError::Timeout {
                 after: timeout,
                 query: snippet(sql),
             })?
+            .map_err(query_error)
     }
 
     /// Runs a one-statement query and decodes the first `min_columns` columns of every row.
@@ -670,16 +709,22 @@ impl Warehouse {
                 })
             }
         };
-        self.within(self.timeout, sql, async {
+        let deadline = self.deadline(self.timeout);
+        let mut connection = self.acquire(deadline, self.timeout, sql).await?;
+        let outcome = tokio::time::timeout_at(deadline, async {
             let text = AssertSqlSafe(statement.text.as_str());
             let mut decoded = Vec::new();
-            match &self.pool {
-                Pool::Sqlite(pool) => {
+            match &mut connection {
+                Connection::Sqlite(connection) => {
                     let mut query = sqlx::query(text);
                     for value in &values {
                         query = query.bind(iso(*value));
                     }
-                    for row in query.fetch_all(pool).await.map_err(query_error)? {
+                    for row in query
+                        .fetch_all(&mut **connection)
+                        .await
+                        .map_err(query_error)?
+                    {
                         check_width(row.len())?;
                         let cells = (0..columns)
                             .map(|index| sqlite_cell(&row, index))
@@ -688,12 +733,16 @@ impl Warehouse {
                         decoded.push(cells);
                     }
                 }
-                Pool::Postgres(pool) => {
+                Connection::Postgres(connection) => {
                     let mut query = sqlx::query(text);
                     for value in &values {
                         query = query.bind(*value);
                     }
-                    for row in query.fetch_all(pool).await.map_err(query_error)? {
+                    for row in query
+                        .fetch_all(&mut **connection)
+                        .await
+                        .map_err(query_error)?
+                    {
                         check_width(row.len())?;
                         let cells = (0..columns)
                             .map(|index| pg_cell(&row, index))
@@ -705,7 +754,38 @@ impl Warehouse {
             }
             Ok(decoded)
         })
-        .await
+        .await;
+        settle(connection, outcome, self.timeout, sql)
+    }
+}
+
+/// A connection taken from the pool for one call.
+enum Connection {
+    Sqlite(PoolConnection<Sqlite>),
+    Postgres(PoolConnection<Postgres>),
+}
+
+/// Ends a call: its result, or on timeout a [`WarehouseError::Timeout`] after throwing the
+/// connection away. A connection whose query future was dropped midway is in an unknown state,
+/// and sqlx's return-to-pool check of it can wait forever (and `Pool::close` with it).
+fn settle<T>(
+    connection: Connection,
+    outcome: Result<Result<T, WarehouseError>, tokio::time::error::Elapsed>,
+    timeout: Duration,
+    sql: &str,
+) -> Result<T, WarehouseError> {
+    match outcome {
+        Ok(result) => result,
+        Err(_) => {
+            match connection {
+                Connection::Sqlite(connection) => drop(connection.detach()),
+                Connection::Postgres(connection) => drop(connection.detach()),
+            }
+            Err(WarehouseError::Timeout {
+                after: timeout,
+                query: snippet(sql),
+            })
+        }
     }
 }
 

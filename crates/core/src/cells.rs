@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::Serialize;
 
 use crate::dates::{Date, DateRange};
-use crate::spec::{PhaseId, Spec};
+use crate::spec::{Need, PhaseId, Spec};
 
 /// The state of one (phase, date) cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -188,6 +188,31 @@ fn expectations(
         .collect()
 }
 
+/// The latest day offset inside `need`'s window around day `day` (of a cell of `dependent`)
+/// whose cell does not satisfy dependencies, given `latest`, a row where entry `i` holds the
+/// latest unsatisfied offset ≤ `i` (or -1). For a self-dependency `latest` is the row being
+/// built, which already covers every offset before `day`. One comparison per need, whatever
+/// the lookback: this keeps classification and planning linear in cells.
+pub(crate) fn latest_in_window(
+    need: &Need,
+    dependent: PhaseId,
+    day: usize,
+    latest: &[i64],
+) -> Option<usize> {
+    let window = need.window(dependent);
+    let day = i64::try_from(day).unwrap_or(i64::MAX);
+    let lo = (day + window.start).max(0);
+    let hi = day + window.end - 1;
+    if hi < 0 {
+        return None;
+    }
+    let found = latest
+        .get(usize::try_from(hi).unwrap_or(usize::MAX))
+        .copied()
+        .unwrap_or(-1);
+    (found >= lo).then(|| usize::try_from(found).unwrap_or(0))
+}
+
 /// Classifies every cell of `observations.range`.
 ///
 /// Dates before the range are assumed to satisfy dependencies: callers widen the range by
@@ -242,19 +267,12 @@ pub fn classify(spec: &Spec, observations: &Observations, today: Date) -> Comple
                     let Some(&q) = index_of.get(&need.phase) else {
                         continue;
                     };
-                    let window = need.window(phase.id);
-                    let lo = i64::try_from(d).unwrap_or(0) + window.start;
-                    let hi = i64::try_from(d).unwrap_or(0) + window.end - 1;
-                    if hi < 0 {
-                        continue;
-                    }
-                    let hi_index = usize::try_from(hi).unwrap_or(0);
-                    let latest = if q == p {
-                        row_unsatisfied.get(hi_index).copied().unwrap_or(-1)
+                    let upstream = if q == p {
+                        &row_unsatisfied
                     } else {
-                        last_unsatisfied[q][hi_index]
+                        &last_unsatisfied[q]
                     };
-                    if latest >= lo.max(0) {
+                    if let Some(latest) = latest_in_window(need, phase.id, d, upstream) {
                         state = CellState::Blocked;
                         row_blocker[d] = Some((
                             u32::try_from(q).unwrap_or(0),

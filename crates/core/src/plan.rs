@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::cells::{CellRef, CellState, Completeness};
+use crate::cells::{CellRef, CellState, Completeness, latest_in_window};
 use crate::dates::{Date, DateRange};
 use crate::spec::{PhaseId, Spec};
 
@@ -212,20 +212,12 @@ pub fn plan(spec: &Spec, observed: &Completeness, request: &Request) -> Result<P
                     let Some(q) = spec.phase_index(need.phase) else {
                         continue;
                     };
-                    let window = need.window(phase.id);
-                    let lo = i64::try_from(d).unwrap_or(0) + window.start;
-                    let hi = i64::try_from(d).unwrap_or(0) + window.end - 1;
-                    if hi < 0 {
-                        continue;
-                    }
-                    let hi = usize::try_from(hi).unwrap_or(0);
-                    let latest = if q == p {
-                        row_latest.get(hi).copied().unwrap_or(-1)
+                    let upstream = if q == p {
+                        &row_latest
                     } else {
-                        latest_unavailable[q][hi]
+                        &latest_unavailable[q]
                     };
-                    if latest >= lo.max(0) {
-                        let offset = usize::try_from(latest).unwrap_or(0);
+                    if let Some(offset) = latest_in_window(need, phase.id, d, upstream) {
                         let root = if q == p {
                             row_roots[offset]
                         } else {

@@ -28,10 +28,10 @@ pub fn write_raw_files(
     league: &League,
     range: Option<(NaiveDate, NaiveDate)>,
 ) -> Result<usize, NbaError> {
-    if let Some((start, end)) = range {
-        if start > end {
-            return Err(NbaError::InvalidRange { start, end });
-        }
+    if let Some((start, end)) = range
+        && start > end
+    {
+        return Err(NbaError::InvalidRange { start, end });
     }
     let in_range =
         |game: &&Game| range.is_none_or(|(start, end)| (start..=end).contains(&game.game_date));

@@ -479,7 +479,7 @@ impl People {
             id: 1_000 + self.profiles.len() as u32,
             name,
             age,
-            scoring: (0.52 - 0.021 * tier + star + 0.06 * rng.normal()).clamp(0.12, 1.05),
+            scoring: (0.545 - 0.021 * tier + star + 0.06 * rng.normal()).clamp(0.12, 1.05),
             rebounding: 0.18 * rng.between(0.45, 1.7),
             passing: 0.10 * rng.between(0.35, 1.9),
             three_share: rng.between(0.0, 0.55),
@@ -487,7 +487,7 @@ impl People {
             two_pct: rng.between(0.47, 0.60),
             three_pct: rng.between(0.30, 0.42),
             free_throw_pct: rng.between(0.65, 0.92),
-            availability: rng.between(0.88, 0.99),
+            availability: rng.between(0.92, 0.995),
         });
         self.profiles.len() - 1
     }
@@ -516,7 +516,7 @@ impl People {
                 let profile = &mut self.profiles[player];
                 profile.age += 1;
                 let growth = match profile.age {
-                    0..=24 => 0.04,
+                    0..=24 => 0.05,
                     25..=30 => 0.0,
                     _ => -0.04,
                 };
@@ -545,7 +545,7 @@ impl People {
                     other => {
                         // Unsigned this time: back in the pool for the next team.
                         pool.extend(other);
-                        let tier = rng.between(6.0, 14.0);
+                        let tier = rng.between(3.0, 14.0);
                         let age = 19 + rng.below(4) as u32;
                         self.create(rng, tier, age)
                     }
@@ -1143,8 +1143,8 @@ impl Sim<'_> {
             }
         }
         let appearance_weights: &[u32] = match kind {
-            SeasonType::Regular | SeasonType::PlayIn => &[64, 27, 6, 2, 1],
-            SeasonType::Playoffs => &[30, 30, 22, 13, 5],
+            SeasonType::Regular | SeasonType::PlayIn => &[70, 24, 4, 1, 1],
+            SeasonType::Playoffs => &[35, 30, 20, 11, 4],
         };
         let appear = (13 - rng.weighted(appearance_weights)).min(available.len());
         let mut keyed: Vec<(f64, usize)> = available
@@ -1164,16 +1164,16 @@ impl Sim<'_> {
                 let weight = squad.minutes_weight[*slot];
                 // Playoff rotations shorten: starters play more, the bench less.
                 let weight = if kind == SeasonType::Playoffs {
-                    weight * weight / 30.0
+                    weight * (weight + 30.0) / 60.0
                 } else {
                     weight
                 };
-                weight * rng.between(0.75, 1.25)
+                weight * rng.between(0.85, 1.15)
             })
             .collect();
         let minutes = split_minutes(&shares);
 
-        let form = 1.0 + 0.06 * rng.normal();
+        let form = 1.0 + 0.04 * rng.normal();
         let venue = if is_home { 1.015 } else { 0.985 };
         let defense = self.squads[opponent].defense;
         let mut lines: Vec<Line> = keyed
@@ -1303,5 +1303,271 @@ fn shooting(rng: &mut Rng, points: u32, minutes: u32, profile: &Profile) -> Shot
         fg3a,
         ftm,
         fta,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::{Game, League, SEASON_YEARS, Season, SeasonType, league};
+
+    fn check_season(season: &Season) {
+        let calendar = &season.calendar;
+        let label = &season.label;
+        let of_type = |kind: SeasonType| -> Vec<&Game> {
+            season
+                .games
+                .iter()
+                .filter(|game| game.season_type == kind)
+                .collect()
+        };
+
+        let regular = of_type(SeasonType::Regular);
+        assert_eq!(regular.len(), 1_230, "{label}");
+        let mut home_games: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut away_games: BTreeMap<&str, usize> = BTreeMap::new();
+        for game in &regular {
+            *home_games.entry(&game.home_team).or_default() += 1;
+            *away_games.entry(&game.away_team).or_default() += 1;
+            assert!(
+                game.game_date >= calendar.regular_start && game.game_date <= calendar.regular_end
+            );
+            assert!(
+                !calendar.off_days.contains(&game.game_date),
+                "{label}: game on an off day"
+            );
+        }
+        assert_eq!(home_games.len(), 30);
+        assert!(
+            home_games
+                .values()
+                .chain(away_games.values())
+                .all(|games| *games == 41),
+            "{label}"
+        );
+
+        let play_in = of_type(SeasonType::PlayIn);
+        assert_eq!(play_in.len(), 6, "{label}");
+        assert!(play_in.iter().all(|game| {
+            game.game_date >= calendar.play_in_start && game.game_date <= calendar.play_in_end
+        }));
+
+        let playoffs = of_type(SeasonType::Playoffs);
+        assert!(playoffs.iter().all(|game| {
+            game.game_date >= calendar.playoffs_start && game.game_date <= calendar.playoffs_end
+        }));
+        assert_eq!(
+            playoffs.iter().map(|game| game.game_date).max(),
+            Some(calendar.playoffs_end)
+        );
+        assert_eq!(season.series.len(), 15, "{label}");
+        for (round, count) in [(1, 8), (2, 4), (3, 2), (4, 1)] {
+            assert_eq!(
+                season
+                    .series
+                    .iter()
+                    .filter(|series| series.round == round)
+                    .count(),
+                count
+            );
+        }
+        let mut series_games = 0;
+        for series in &season.series {
+            let length = series.game_ids.len();
+            assert!(
+                (4..=7).contains(&length),
+                "{label}: series of {length} games"
+            );
+            let wins = (series.higher_seed_wins, series.lower_seed_wins);
+            assert_eq!(usize::from(wins.0 + wins.1), length);
+            assert!(
+                wins.0.max(wins.1) == 4 && wins.0.min(wins.1) < 4,
+                "{label}: {wins:?}"
+            );
+            let won: usize = playoffs
+                .iter()
+                .filter(|game| series.game_ids.contains(&game.game_id))
+                .filter(|game| game.winner() == series.winner())
+                .count();
+            assert_eq!(won, 4);
+            if series.round > 1 {
+                // Both teams won a series in the round before.
+                for team in [&series.higher_seed, &series.lower_seed] {
+                    assert!(season.series.iter().any(|earlier| {
+                        earlier.round == series.round - 1 && earlier.winner() == team
+                    }));
+                }
+            }
+            series_games += length;
+        }
+        assert_eq!(playoffs.len(), series_games);
+
+        // No team twice on a day, at most 15 games a day; rounds don't overlap for a team.
+        let mut per_day: BTreeMap<_, BTreeSet<&str>> = BTreeMap::new();
+        for game in &season.games {
+            let teams = per_day.entry(game.game_date).or_default();
+            assert!(
+                teams.insert(&game.home_team),
+                "{label}: {} twice on {}",
+                game.home_team,
+                game.game_date
+            );
+            assert!(
+                teams.insert(&game.away_team),
+                "{label}: {} twice on {}",
+                game.away_team,
+                game.game_date
+            );
+        }
+        assert!(per_day.values().all(|teams| teams.len() <= 30));
+        let dates: Vec<_> = season.games.iter().map(|game| game.game_date).collect();
+        assert!(
+            dates.windows(2).all(|pair| pair[0] <= pair[1]),
+            "games sorted by date"
+        );
+
+        // Box scores add up.
+        let roster: BTreeMap<u32, &str> = season
+            .rosters
+            .iter()
+            .map(|spot| (spot.player_id, spot.team.as_str()))
+            .collect();
+        assert_eq!(
+            roster.len(),
+            season.rosters.len(),
+            "a player is on one team per season"
+        );
+        let mut roster_sizes: BTreeMap<&str, usize> = BTreeMap::new();
+        for spot in &season.rosters {
+            *roster_sizes.entry(&spot.team).or_default() += 1;
+        }
+        assert!(
+            roster_sizes.values().all(|size| (13..=15).contains(size)),
+            "{roster_sizes:?}"
+        );
+        for game in &season.games {
+            for (team, points) in [
+                (&game.home_team, game.home_points),
+                (&game.away_team, game.away_points),
+            ] {
+                let lines: Vec<_> = game
+                    .players
+                    .iter()
+                    .filter(|line| &line.team == team)
+                    .collect();
+                assert!(
+                    (9..=13).contains(&lines.len()),
+                    "{}: {} players",
+                    game.game_id,
+                    lines.len()
+                );
+                assert_eq!(lines.iter().map(|line| line.points).sum::<u32>(), points);
+                assert_eq!(lines.iter().map(|line| line.minutes).sum::<u32>(), 240);
+                assert_eq!(lines.iter().filter(|line| line.is_starter).count(), 5);
+                for line in lines {
+                    assert_eq!(roster.get(&line.player_id), Some(&team.as_str()));
+                    assert!(line.minutes >= 1);
+                    assert_eq!(line.points, 2 * line.fgm + line.fg3m + line.ftm);
+                    assert!(line.fgm <= line.fga && line.fg3m <= line.fg3a && line.ftm <= line.fta);
+                    assert!(line.fg3m <= line.fgm && line.fg3a <= line.fga);
+                }
+            }
+            assert_ne!(game.home_points, game.away_points);
+        }
+    }
+
+    fn check_league(league: &League) {
+        assert_eq!(league.teams.len(), 30);
+        let years: Vec<i32> = league
+            .seasons
+            .iter()
+            .map(|season| season.season_year)
+            .collect();
+        assert_eq!(years, SEASON_YEARS);
+        for season in &league.seasons {
+            check_season(season);
+        }
+        // Player ids are stable: most of a season's players were in the league the year before.
+        for pair in league.seasons.windows(2) {
+            let before: BTreeSet<u32> = pair[0].rosters.iter().map(|spot| spot.player_id).collect();
+            let returning = pair[1]
+                .rosters
+                .iter()
+                .filter(|spot| before.contains(&spot.player_id))
+                .count();
+            assert!(
+                returning * 10 > pair[1].rosters.len() * 7,
+                "{returning} returning players"
+            );
+        }
+        let rows = league.box_score_rows();
+        assert!((125_000..=150_000).contains(&rows), "{rows} box-score rows");
+    }
+
+    #[test]
+    fn league_invariants_hold_for_several_seeds() {
+        for seed in [42, 7, 2_024] {
+            check_league(&league(seed));
+        }
+    }
+
+    #[test]
+    fn same_seed_same_bytes_and_other_seeds_differ() -> anyhow::Result<()> {
+        let first = serde_json::to_string(&league(42))?;
+        let again = serde_json::to_string(&league(42))?;
+        assert!(first == again, "same seed, different output");
+        let other = serde_json::to_string(&league(43))?;
+        assert!(first != other, "different seeds, same output");
+        Ok(())
+    }
+
+    #[test]
+    fn calendars_match_the_real_seasons() {
+        let calendar = super::SeasonCalendar::for_season(2023).expect("covered");
+        assert_eq!(calendar.label(), "2023-24");
+        assert_eq!(calendar.play_in_end.to_string(), "2024-04-19");
+        // Thanksgiving 2023 was November 23rd.
+        assert!(
+            calendar
+                .off_days
+                .iter()
+                .any(|day| day.to_string() == "2023-11-23")
+        );
+        assert!(super::SeasonCalendar::for_season(2025).is_none());
+    }
+
+    #[test]
+    fn player_scoring_is_stable_enough_to_model() {
+        // A player's points per game in the first half of a season predict the second half.
+        let season = &league(42).seasons[0];
+        let mut halves: BTreeMap<u32, [(u32, u32); 2]> = BTreeMap::new();
+        let middle = season.games.len() / 2;
+        for (index, game) in season.games.iter().enumerate() {
+            for line in &game.players {
+                let half =
+                    &mut halves.entry(line.player_id).or_default()[usize::from(index >= middle)];
+                half.0 += line.points;
+                half.1 += 1;
+            }
+        }
+        let pairs: Vec<(f64, f64)> = halves
+            .values()
+            .filter(|[first, second]| first.1 >= 20 && second.1 >= 20)
+            .map(|[first, second]| {
+                (
+                    f64::from(first.0) / f64::from(first.1),
+                    f64::from(second.0) / f64::from(second.1),
+                )
+            })
+            .collect();
+        let count = pairs.len() as f64;
+        let mean = |pick: fn(&(f64, f64)) -> f64| pairs.iter().map(pick).sum::<f64>() / count;
+        let (mean_x, mean_y) = (mean(|pair| pair.0), mean(|pair| pair.1));
+        let covariance: f64 = pairs.iter().map(|(x, y)| (x - mean_x) * (y - mean_y)).sum();
+        let spread_x: f64 = pairs.iter().map(|(x, _)| (x - mean_x).powi(2)).sum();
+        let spread_y: f64 = pairs.iter().map(|(_, y)| (y - mean_y).powi(2)).sum();
+        let correlation = covariance / (spread_x * spread_y).sqrt();
+        assert!(correlation > 0.8, "correlation {correlation}");
     }
 }

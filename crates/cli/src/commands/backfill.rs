@@ -117,7 +117,11 @@ pub(crate) async fn create_run(
 }
 
 /// The executor's view of the run just created: tasks in plan order, with the plan's deps.
-async fn exec_tasks(store: &Store, run_id: &RunId, plan: &Plan) -> anyhow::Result<Vec<ExecTask>> {
+pub(crate) async fn exec_tasks(
+    store: &Store,
+    run_id: &RunId,
+    plan: &Plan,
+) -> anyhow::Result<Vec<ExecTask>> {
     let records = store.tasks(run_id).await?;
     let mut tasks = Vec::with_capacity(plan.tasks.len());
     for planned in &plan.tasks {

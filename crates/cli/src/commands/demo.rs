@@ -13,7 +13,7 @@ use gapless_runtime::context::Context;
 use gapless_store::{RunKind, Store};
 
 use crate::cli::{DemoArgs, Global};
-use crate::commands::backfill::{create_run, execute_run};
+use crate::commands::backfill::{create_run, exec_tasks, execute_run};
 use crate::commands::plan::make_plan;
 use crate::commands::{matrix, out};
 use crate::exit::{Exit, UsageError};
@@ -104,7 +104,7 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
 
     heading("gapless backfill --phases 3-6 (only the missing cells, validated)")?;
     let run_id = create_run(&store, &loaded, &request, &plan, RunKind::Backfill).await?;
-    let tasks = backfill_tasks(&store, &run_id, &plan).await?;
+    let tasks = exec_tasks(&store, &run_id, &plan).await?;
     let visible = Global {
         pipeline: None,
         json: false,
@@ -189,32 +189,6 @@ fn print_checks(checks: &[gapless_nba::ValidationResult]) -> anyhow::Result<bool
     Ok(all)
 }
 
-async fn backfill_tasks(
-    store: &Store,
-    run_id: &gapless_store::RunId,
-    plan: &gapless_core::plan::Plan,
-) -> anyhow::Result<Vec<gapless_runtime::executor::ExecTask>> {
-    let records = store.tasks(run_id).await?;
-    plan.tasks
-        .iter()
-        .map(|planned| {
-            let record = records
-                .iter()
-                .find(|r| r.phase == i64::from(planned.phase.0) && r.start == planned.range.start())
-                .context("a planned task is missing from the store")?;
-            Ok(gapless_runtime::executor::ExecTask {
-                id: record.id,
-                phase: planned.phase,
-                range: planned.range,
-                dates: planned.dates.clone(),
-                deps: planned.deps.clone(),
-                epoch: record.lease_epoch,
-                state: record.state,
-            })
-        })
-        .collect()
-}
-
 /// Dates of one season's games of one type, from the schedule.
 async fn season_dates(context: &Context, season: i32, kind: &str) -> anyhow::Result<Vec<Date>> {
     let warehouse = context
@@ -246,7 +220,7 @@ async fn quiet_backfill(
     };
     let plan = make_plan(context, &request).await?;
     let run_id = create_run(store, loaded, &request, &plan, RunKind::Backfill).await?;
-    let tasks = backfill_tasks(store, &run_id, &plan).await?;
+    let tasks = exec_tasks(store, &run_id, &plan).await?;
     let quiet = Global {
         pipeline: None,
         json: false,

@@ -91,7 +91,6 @@ async fn kill_nine_twenty_times_then_resume() {
             .env("GAPLESS_TODAY", today)
             .spawn()
             .unwrap();
-        first = false;
         let wait = Duration::from_millis(fastrand::u64(150..900));
         tokio::time::sleep(wait).await;
         match child.try_wait().unwrap() {

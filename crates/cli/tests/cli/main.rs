@@ -1,6 +1,11 @@
 //! End-to-end tests of the `gapless` binary: real processes, real SQLite (and PostgreSQL when
 //! `GAPLESS_TEST_PG_URL` is set), a real HTTP server on loopback.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests fail loudly on anything unexpected"
+)]
+
 mod backends;
 mod backfill;
 mod crash;

@@ -307,13 +307,30 @@ async fn postgres_conformance() -> anyhow::Result<()> {
     let timeout_result = warehouse
         .execute_script_with_timeout("SELECT pg_sleep(5)", &no_params, Duration::from_millis(300))
         .await;
+    // With the server's timeout turned off, the client-side deadline ends the call, and the
+    // connection, in an unknown state, is thrown away rather than returned (`close` below
+    // would wait for it).
+    let backstop_result = warehouse
+        .execute_script_with_timeout(
+            "SET LOCAL statement_timeout = 0; SELECT pg_sleep(10)",
+            &no_params,
+            Duration::from_millis(300),
+        )
+        .await;
     warehouse
         .execute_script(&format!("DROP SCHEMA {schema} CASCADE"), &no_params)
         .await?;
     warehouse.close().await;
     result?;
-    // Either our timer or the server's statement_timeout ends it; both are worth a retry.
+    // The server's statement_timeout ends it: the statement fails, worth a retry.
     let error = timeout_result.unwrap_err();
+    assert!(
+        matches!(error, WarehouseError::Statement { .. }),
+        "{error:?}"
+    );
+    assert!(error.is_retryable(), "{error:?}");
+    let error = backstop_result.unwrap_err();
+    assert!(matches!(error, WarehouseError::Timeout { .. }), "{error:?}");
     assert!(error.is_retryable(), "{error:?}");
     Ok(())
 }
@@ -330,6 +347,32 @@ async fn sqlite_memory_and_connect_errors() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(memory.scalar("SELECT SUM(x) FROM t").await?, 42);
+
+    // A query that outlives the timeout fails with Timeout; its connection is thrown away and
+    // the pool opens another one for the next call.
+    let slow = Warehouse::connect(
+        "sqlite://slow.db",
+        &[],
+        dir.path(),
+        Duration::from_millis(200),
+    )
+    .await?;
+    let started = std::time::Instant::now();
+    let error = slow
+        .scalar(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000000) \
+             SELECT COUNT(*) FROM c",
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(error, WarehouseError::Timeout { .. }), "{error:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(slow.scalar("SELECT 7").await?, 7);
+    tokio::time::timeout(Duration::from_secs(5), slow.close()).await?;
 
     let missing = Warehouse::connect(
         "sqlite::memory:",
