@@ -666,6 +666,32 @@ fn environment(
     ]
 }
 
+/// A runner or rollback command with placeholders substituted and the `GAPLESS_*` environment.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "plain data gathered in one place; a struct would only rename them"
+)]
+fn command_spec(
+    context: &Context,
+    run_id: &RunId,
+    task: &ExecTask,
+    phase: &Phase,
+    epoch: i64,
+    argv: &[String],
+    log_path: PathBuf,
+    cancel: CancellationToken,
+) -> CommandSpec {
+    let values = values(task, run_id);
+    CommandSpec {
+        argv: argv.iter().map(|a| substitute(a, &values)).collect(),
+        cwd: context.base_dir.clone(),
+        env: environment(task, run_id, epoch, &context.spec.name),
+        timeout: phase.timeout,
+        log_path: Some(log_path),
+        cancel,
+    }
+}
+
 fn log_path(
     context: &Context,
     run_id: &RunId,
@@ -695,14 +721,17 @@ async fn attempt(
     match &phase.run {
         None => return Err(AttemptError::NoRunner),
         Some(Runner::Command(argv)) => {
-            let spec = CommandSpec {
-                argv: argv.iter().map(|a| substitute(a, &values)).collect(),
-                cwd: context.base_dir.clone(),
-                env: environment(task, run_id, epoch, &context.spec.name),
-                timeout: phase.timeout,
-                log_path: Some(log_path(context, run_id, task, attempt, "attempt")),
-                cancel: cancel.clone(),
-            };
+            let log = log_path(context, run_id, task, attempt, "attempt");
+            let spec = command_spec(
+                context,
+                run_id,
+                task,
+                phase,
+                epoch,
+                argv,
+                log,
+                cancel.clone(),
+            );
             gapless_connect::run_command(&spec).await?;
         }
         Some(Runner::Sql(sql)) => {
@@ -788,7 +817,6 @@ async fn rollback(
     epoch: i64,
 ) -> Option<Result<(), String>> {
     let rollback = phase.rollback.as_ref()?;
-    let values = values(task, run_id);
     Some(match rollback {
         Rollback::Sql(sql) => match &context.warehouse {
             None => Err("no warehouse".to_owned()),
@@ -806,14 +834,17 @@ async fn rollback(
             }
         },
         Rollback::Command(argv) => {
-            let spec = CommandSpec {
-                argv: argv.iter().map(|a| substitute(a, &values)).collect(),
-                cwd: context.base_dir.clone(),
-                env: environment(task, run_id, epoch, &context.spec.name),
-                timeout: phase.timeout,
-                log_path: Some(log_path(context, run_id, task, 0, "rollback")),
-                cancel: CancellationToken::new(),
-            };
+            let log = log_path(context, run_id, task, 0, "rollback");
+            let spec = command_spec(
+                context,
+                run_id,
+                task,
+                phase,
+                epoch,
+                argv,
+                log,
+                CancellationToken::new(),
+            );
             gapless_connect::run_command(&spec)
                 .await
                 .map(|_| ())

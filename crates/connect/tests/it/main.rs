@@ -8,3 +8,45 @@ mod http;
 mod probes;
 mod support;
 mod warehouse;
+
+/// The runtime spawns these calls on a multi-threaded runtime: their futures must be `Send`.
+/// Compiling is the test.
+#[test]
+fn futures_are_send() {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use gapless_connect::{
+        CommandSpec, HttpSpec, ScriptParams, Warehouse, command_counts, file_counts, run_command,
+        run_http,
+    };
+
+    fn is_send<T: Send>(_: &T) {}
+    #[allow(dead_code, reason = "only type-checked")]
+    fn check(
+        warehouse: &Warehouse,
+        command: &CommandSpec,
+        http: &HttpSpec,
+        client: &reqwest::Client,
+        params: &ScriptParams,
+    ) {
+        let day = params.start;
+        is_send(&Warehouse::connect("", &[], Path::new(""), Duration::ZERO));
+        is_send(&warehouse.counts("", day, day));
+        is_send(&warehouse.dates("", day, day));
+        is_send(&warehouse.scalar(""));
+        is_send(&warehouse.ping());
+        is_send(&warehouse.execute_script("", params));
+        is_send(&command_counts(
+            &[],
+            Path::new(""),
+            &[],
+            day,
+            day,
+            Duration::ZERO,
+        ));
+        is_send(&file_counts("", Path::new(""), day, day));
+        is_send(&run_command(command));
+        is_send(&run_http(http, client));
+    }
+}
