@@ -426,6 +426,7 @@ pub(crate) async fn run_process(spec: &ProcessSpec<'_>) -> Result<ProcessOutput,
         .map(|(_, value)| OsString::from(value))
         .or_else(|| std::env::var_os("PATH"));
     let resolved = resolve_with_path(program, spec.cwd, path_var.as_deref())?;
+    // Shutdown already under way: start nothing (and create no log file).
     if spec.cancel.is_some_and(CancellationToken::is_cancelled) {
         return Err(RunError::Cancelled);
     }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
 
 pub use reqwest::Method;
@@ -82,29 +82,25 @@ pub async fn run_http(spec: &HttpSpec, client: &reqwest::Client) -> Result<HttpO
             spec.url
         )));
     }
-    let mut request = client
-        .request(spec.method.clone(), url.clone())
-        .timeout(spec.timeout);
-    let mut has_content_type = false;
+    // Built as a map so that the runner's own headers replace any the spec sets by the same
+    // name instead of being sent twice.
+    let mut headers = HeaderMap::new();
     for (name, value) in &spec.headers {
         let header = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| invalid(format!("bad header name `{name}`")))?;
         // The value may be a secret: it stays out of the message.
         let value = HeaderValue::from_str(value)
             .map_err(|_| invalid(format!("bad value for header `{name}`")))?;
-        has_content_type |= header == CONTENT_TYPE;
-        request = request.header(header, value);
+        headers.append(header, value);
     }
-    let key = HeaderValue::from_str(&spec.idempotency_key)
-        .map_err(|_| invalid(format!("bad idempotency key `{}`", spec.idempotency_key)))?;
-    request = request.header("Idempotency-Key", key);
-    if let Some(body) = &spec.body {
-        if !has_content_type {
-            request = request.header(CONTENT_TYPE, "application/json");
-        }
-        request = request.body(body.clone());
+    if !spec.idempotency_key.is_empty() {
+        let key = HeaderValue::from_str(&spec.idempotency_key)
+            .map_err(|_| invalid(format!("bad idempotency key `{}`", spec.idempotency_key)))?;
+        headers.insert(HeaderName::from_static("idempotency-key"), key);
     }
-
+    if spec.body.is_some() && !headers.contains_key(CONTENT_TYPE) {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
     if let Some(argv) = &spec.token_command {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let token = fetch_token(argv, spec, remaining).await?;
@@ -112,7 +108,14 @@ pub async fn run_http(spec: &HttpSpec, client: &reqwest::Client) -> Result<HttpO
             invalid("the token command printed a token that is not a valid header value".into())
         })?;
         value.set_sensitive(true);
-        request = request.header(AUTHORIZATION, value);
+        headers.insert(AUTHORIZATION, value);
+    }
+    let mut request = client
+        .request(spec.method.clone(), url)
+        .timeout(deadline.saturating_duration_since(Instant::now()))
+        .headers(headers);
+    if let Some(body) = &spec.body {
+        request = request.body(body.clone());
     }
 
     let transport = |source: reqwest::Error| {

@@ -155,10 +155,15 @@ async fn success_sends_token_key_and_json_body() {
     let dir = tempfile::tempdir().unwrap();
     script(dir.path(), "token.sh", "printf '  secret-token-123\\n\\n'");
     let server = Server::start(Behaviour::Answer(200, "{\"accepted\":true}")).await;
-    let spec = HttpSpec {
+    let mut spec = HttpSpec {
         token_command: Some(vec!["./token.sh".into()]),
         ..spec(server.url("/start"), dir.path())
     };
+    // The runner's own headers win over the spec's.
+    spec.headers
+        .push(("Authorization".into(), "Bearer stale".into()));
+    spec.headers
+        .push(("Idempotency-Key".into(), "from-the-spec".into()));
     let outcome = run_http(&spec, &client).await.unwrap();
     assert_eq!(outcome.status, 200);
     assert_eq!(outcome.body_tail, "{\"accepted\":true}");

@@ -22,7 +22,7 @@ fn futures_are_send() {
     };
 
     fn is_send<T: Send>(_: &T) {}
-    #[allow(dead_code, reason = "only type-checked")]
+    #[expect(dead_code, reason = "only type-checked")]
     fn check(
         warehouse: &Warehouse,
         command: &CommandSpec,
