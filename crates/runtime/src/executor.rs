@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -224,16 +223,31 @@ enum Status {
     Interrupted,
 }
 
+/// Everything one execution of a run shares: where it runs, what it records to, how.
+pub struct Execution {
+    /// The pipeline and its warehouse.
+    pub context: Arc<Context>,
+    /// The state store holding the run.
+    pub store: Store,
+    /// The run being executed.
+    pub run_id: RunId,
+    /// Limits, lease and retry settings.
+    pub options: Options,
+    /// Receives progress events.
+    pub observer: Arc<dyn Observer>,
+    /// Cancelling stops running tasks (their process groups are terminated) and starts no more.
+    pub cancel: CancellationToken,
+}
+
 /// Runs `tasks` (in an order where dependencies come first) to completion.
-pub async fn execute(
-    context: Arc<Context>,
-    store: Store,
-    run_id: RunId,
-    mut tasks: Vec<ExecTask>,
-    options: Options,
-    observer: Arc<dyn Observer>,
-    cancel: CancellationToken,
-) -> Result<Outcome, ExecError> {
+pub async fn execute(execution: Execution, mut tasks: Vec<ExecTask>) -> Result<Outcome, ExecError> {
+    let execution = Arc::new(execution);
+    let Execution {
+        context,
+        options,
+        cancel,
+        ..
+    } = execution.as_ref();
     let n = tasks.len();
     let mut status: Vec<Status> = tasks
         .iter()
@@ -259,16 +273,9 @@ pub async fn execute(
         .filter(|i| matches!(status[*i], Status::Failed | Status::Blocked))
         .collect();
     for i in initially_failed {
-        block_downstream(
-            &store,
-            &run_id,
-            &tasks,
-            &dependents,
-            &mut status,
-            i,
-            observer.as_ref(),
-        )
-        .await?;
+        execution
+            .block_downstream(&tasks, &dependents, &mut status, i)
+            .await?;
     }
     let mut ready: BTreeSet<usize> = (0..n)
         .filter(|i| status[*i] == Status::Waiting && waiting_on[*i] == 0)
@@ -276,7 +283,6 @@ pub async fn execute(
     let mut running_per_phase: HashMap<PhaseId, u32> = HashMap::new();
     let mut join_set: JoinSet<(usize, Result<TaskResult, StoreError>)> = JoinSet::new();
     let jobs = options.jobs.max(1);
-    let options = Arc::new(options);
 
     loop {
         if !cancel.is_cancelled() {
@@ -300,25 +306,8 @@ pub async fn execute(
                 ready.remove(&i);
                 status[i] = Status::Running;
                 let task = tasks[i].clone();
-                let context = Arc::clone(&context);
-                let store = store.clone();
-                let run_id = run_id.clone();
-                let options = Arc::clone(&options);
-                let observer = Arc::clone(&observer);
-                let cancel = cancel.clone();
-                join_set.spawn(async move {
-                    let result = run_task(
-                        &context,
-                        &store,
-                        &run_id,
-                        &task,
-                        &options,
-                        observer.as_ref(),
-                        &cancel,
-                    )
-                    .await;
-                    (i, result)
-                });
+                let execution = Arc::clone(&execution);
+                join_set.spawn(async move { (i, execution.run_task(&task).await) });
             }
         }
         if join_set.is_empty() {
@@ -352,16 +341,9 @@ pub async fn execute(
             }
             Ok(TaskResult::Failed) => {
                 status[i] = Status::Failed;
-                block_downstream(
-                    &store,
-                    &run_id,
-                    &tasks,
-                    &dependents,
-                    &mut status,
-                    i,
-                    observer.as_ref(),
-                )
-                .await?;
+                execution
+                    .block_downstream(&tasks, &dependents, &mut status, i)
+                    .await?;
                 ready.retain(|candidate| status[*candidate] != Status::Blocked);
             }
             Ok(TaskResult::Cancelled | TaskResult::Fenced) => status[i] = Status::Interrupted,
@@ -384,39 +366,45 @@ pub async fn execute(
     Ok(outcome)
 }
 
-/// Marks every task downstream of `failed` blocked, in the store and in `status`.
-async fn block_downstream(
-    store: &Store,
-    run_id: &RunId,
-    tasks: &[ExecTask],
-    dependents: &[Vec<usize>],
-    status: &mut [Status],
-    failed: usize,
-    observer: &dyn Observer,
-) -> Result<(), StoreError> {
-    let mut stack = dependents[failed].clone();
-    let mut newly = Vec::new();
-    while let Some(i) = stack.pop() {
-        if status[i] != Status::Waiting {
-            continue;
+impl Execution {
+    /// Marks every task downstream of `failed` blocked, in the store and in `status`.
+    async fn block_downstream(
+        &self,
+        tasks: &[ExecTask],
+        dependents: &[Vec<usize>],
+        status: &mut [Status],
+        failed: usize,
+    ) -> Result<(), StoreError> {
+        let Execution {
+            store,
+            run_id,
+            observer,
+            ..
+        } = self;
+        let mut stack = dependents[failed].clone();
+        let mut newly = Vec::new();
+        while let Some(i) = stack.pop() {
+            if status[i] != Status::Waiting {
+                continue;
+            }
+            status[i] = Status::Blocked;
+            newly.push(i);
+            stack.extend(dependents[i].iter().copied());
         }
-        status[i] = Status::Blocked;
-        newly.push(i);
-        stack.extend(dependents[i].iter().copied());
+        if newly.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = newly.iter().map(|i| tasks[*i].id).collect();
+        let reason = format!("{} did not complete", tasks[failed].label());
+        store.block(run_id, &ids, &reason).await?;
+        for i in newly {
+            observer.event(Event::Blocked {
+                task: &tasks[i],
+                because: &tasks[failed],
+            });
+        }
+        Ok(())
     }
-    if newly.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<i64> = newly.iter().map(|i| tasks[*i].id).collect();
-    let reason = format!("{} did not complete", tasks[failed].label());
-    store.block(run_id, &ids, &reason).await?;
-    for i in newly {
-        observer.event(Event::Blocked {
-            task: &tasks[i],
-            because: &tasks[failed],
-        });
-    }
-    Ok(())
 }
 
 /// Why one attempt did not produce complete cells.
@@ -449,180 +437,173 @@ impl AttemptError {
     }
 }
 
-async fn run_task(
-    context: &Context,
-    store: &Store,
-    run_id: &RunId,
-    task: &ExecTask,
-    options: &Options,
-    observer: &dyn Observer,
-    cancel: &CancellationToken,
-) -> Result<TaskResult, StoreError> {
-    let Some(phase) = context.spec.phase(task.phase) else {
-        tracing::error!(phase = %task.phase, "phase is not in the pipeline file");
-        return Ok(TaskResult::Failed);
-    };
-    let max_attempts = i32::try_from(phase.retries)
-        .unwrap_or(i32::MAX)
-        .saturating_add(1);
-    let mut seen_epoch = task.epoch;
-    loop {
-        let Some(claim) = claim(store, task.id, seen_epoch, options, cancel).await? else {
-            return Ok(if cancel.is_cancelled() {
-                TaskResult::Cancelled
-            } else {
-                TaskResult::Fenced
-            });
-        };
-        observer.event(Event::Started {
-            task,
-            attempt: claim.attempt,
-        });
-        let started = Instant::now();
-        let child_cancel = cancel.child_token();
-        let attempt = attempt(
+impl Execution {
+    async fn run_task(&self, task: &ExecTask) -> Result<TaskResult, StoreError> {
+        let Execution {
             context,
-            run_id,
-            task,
-            phase,
-            claim.epoch,
-            claim.attempt,
-            &child_cancel,
-        );
-        let result = with_heartbeat(
             store,
-            task.id,
-            claim.epoch,
-            options.lease_ttl,
-            &child_cancel,
-            attempt,
-        )
-        .await?;
-        let result = match result {
-            None => return Ok(TaskResult::Fenced),
-            Some(result) => result,
+            options,
+            observer,
+            cancel,
+            ..
+        } = self;
+        let Some(phase) = context.spec.phase(task.phase) else {
+            tracing::error!(phase = %task.phase, "phase is not in the pipeline file");
+            return Ok(TaskResult::Failed);
         };
-        match result {
-            Ok(counts) => {
-                if store
-                    .complete(task.id, claim.epoch, &counts, &options.source)
-                    .await?
-                {
-                    observer.event(Event::Completed {
-                        task,
-                        elapsed: started.elapsed(),
-                    });
-                    return Ok(TaskResult::Complete);
-                }
-                return Ok(TaskResult::Fenced);
-            }
-            Err(_) if cancel.is_cancelled() => {
-                store
-                    .release_for_retry(task.id, claim.epoch, "interrupted", Duration::ZERO)
-                    .await?;
-                return Ok(TaskResult::Cancelled);
-            }
-            Err(error) => {
-                let message = error_chain(&error);
-                if error.is_retryable() && claim.attempt < max_attempts {
-                    let delay = options
-                        .backoff
-                        .delay(u32::try_from(claim.attempt).unwrap_or(1), fastrand::f64());
-                    if !store
-                        .release_for_retry(task.id, claim.epoch, &message, delay)
+        let max_attempts = i32::try_from(phase.retries)
+            .unwrap_or(i32::MAX)
+            .saturating_add(1);
+        let mut seen_epoch = task.epoch;
+        loop {
+            let Some(claim) = self.claim(task.id, seen_epoch).await? else {
+                return Ok(if cancel.is_cancelled() {
+                    TaskResult::Cancelled
+                } else {
+                    TaskResult::Fenced
+                });
+            };
+            observer.event(Event::Started {
+                task,
+                attempt: claim.attempt,
+            });
+            let started = Instant::now();
+            let child_cancel = cancel.child_token();
+            let attempt = self.attempt(task, phase, claim, &child_cancel);
+            let result = self
+                .with_heartbeat(task.id, claim.epoch, &child_cancel, attempt)
+                .await?;
+            let result = match result {
+                None => return Ok(TaskResult::Fenced),
+                Some(result) => result,
+            };
+            match result {
+                Ok(counts) => {
+                    if store
+                        .complete(task.id, claim.epoch, &counts, &options.source)
                         .await?
                     {
-                        return Ok(TaskResult::Fenced);
+                        observer.event(Event::Completed {
+                            task,
+                            elapsed: started.elapsed(),
+                        });
+                        return Ok(TaskResult::Complete);
                     }
-                    seen_epoch = claim.epoch + 1;
-                    observer.event(Event::Retrying {
-                        task,
-                        attempt: claim.attempt,
-                        error: &message,
-                        delay,
-                    });
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = cancel.cancelled() => return Ok(TaskResult::Cancelled),
-                    }
-                    continue;
-                }
-                let message = match rollback(context, run_id, task, phase, claim.epoch).await {
-                    None => message,
-                    Some(Ok(())) => format!("{message} (rolled back)"),
-                    Some(Err(rollback_error)) => {
-                        format!("{message}; rollback also failed: {rollback_error}")
-                    }
-                };
-                if !store.fail(task.id, claim.epoch, &message).await? {
                     return Ok(TaskResult::Fenced);
                 }
-                observer.event(Event::Failed {
-                    task,
-                    error: &message,
-                });
-                return Ok(TaskResult::Failed);
+                Err(_) if cancel.is_cancelled() => {
+                    store
+                        .release_for_retry(task.id, claim.epoch, "interrupted", Duration::ZERO)
+                        .await?;
+                    return Ok(TaskResult::Cancelled);
+                }
+                Err(error) => {
+                    let message = error_chain(&error);
+                    if error.is_retryable() && claim.attempt < max_attempts {
+                        let delay = options
+                            .backoff
+                            .delay(u32::try_from(claim.attempt).unwrap_or(1), fastrand::f64());
+                        if !store
+                            .release_for_retry(task.id, claim.epoch, &message, delay)
+                            .await?
+                        {
+                            return Ok(TaskResult::Fenced);
+                        }
+                        seen_epoch = claim.epoch + 1;
+                        observer.event(Event::Retrying {
+                            task,
+                            attempt: claim.attempt,
+                            error: &message,
+                            delay,
+                        });
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            () = cancel.cancelled() => return Ok(TaskResult::Cancelled),
+                        }
+                        continue;
+                    }
+                    let message = match self.rollback(task, phase, claim.epoch).await {
+                        None => message,
+                        Some(Ok(())) => format!("{message} (rolled back)"),
+                        Some(Err(rollback_error)) => {
+                            format!("{message}; rollback also failed: {rollback_error}")
+                        }
+                    };
+                    if !store.fail(task.id, claim.epoch, &message).await? {
+                        return Ok(TaskResult::Fenced);
+                    }
+                    observer.event(Event::Failed {
+                        task,
+                        error: &message,
+                    });
+                    return Ok(TaskResult::Failed);
+                }
             }
         }
     }
-}
 
-/// Claims the task. The store refuses a claim before a retry's `not_before`; clocks and
-/// timers differ by milliseconds, so a refusal while the task is still ours to claim (pending,
-/// same epoch) waits for `not_before` and tries again. `None`: someone else holds the task.
-async fn claim(
-    store: &Store,
-    task_id: i64,
-    seen_epoch: i64,
-    options: &Options,
-    cancel: &CancellationToken,
-) -> Result<Option<gapless_store::Claim>, StoreError> {
-    for _ in 0..1_000 {
-        if let Some(claim) = store
-            .claim(task_id, seen_epoch, &options.owner, options.lease_ttl)
-            .await?
-        {
-            return Ok(Some(claim));
+    /// Claims the task. The store refuses a claim before a retry's `not_before`; clocks and
+    /// timers differ by milliseconds, so a refusal while the task is still ours to claim (pending,
+    /// same epoch) waits for `not_before` and tries again. `None`: someone else holds the task.
+    async fn claim(
+        &self,
+        task_id: i64,
+        seen_epoch: i64,
+    ) -> Result<Option<gapless_store::Claim>, StoreError> {
+        let Execution {
+            store,
+            options,
+            cancel,
+            ..
+        } = self;
+        for _ in 0..1_000 {
+            if let Some(claim) = store
+                .claim(task_id, seen_epoch, &options.owner, options.lease_ttl)
+                .await?
+            {
+                return Ok(Some(claim));
+            }
+            let Some(record) = store.task(task_id).await? else {
+                return Ok(None);
+            };
+            if record.state != TaskState::Pending || record.lease_epoch != seen_epoch {
+                return Ok(None);
+            }
+            let wait = record
+                .not_before
+                .map(|at| (at - chrono::Utc::now()).to_std().unwrap_or_default())
+                .unwrap_or_default()
+                .max(Duration::from_millis(5));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = cancel.cancelled() => return Ok(None),
+            }
         }
-        let Some(record) = store.task(task_id).await? else {
-            return Ok(None);
-        };
-        if record.state != TaskState::Pending || record.lease_epoch != seen_epoch {
-            return Ok(None);
-        }
-        let wait = record
-            .not_before
-            .map(|at| (at - chrono::Utc::now()).to_std().unwrap_or_default())
-            .unwrap_or_default()
-            .max(Duration::from_millis(5));
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = cancel.cancelled() => return Ok(None),
-        }
+        Ok(None)
     }
-    Ok(None)
-}
 
-/// Runs `work` while renewing the lease every third of its length. `None` when the lease was
-/// lost: the work is cancelled (its child killed) before anyone else can take the task over.
-async fn with_heartbeat<T>(
-    store: &Store,
-    task_id: i64,
-    epoch: i64,
-    ttl: Duration,
-    cancel: &CancellationToken,
-    work: impl Future<Output = T>,
-) -> Result<Option<T>, StoreError> {
-    let mut interval = tokio::time::interval(ttl / 3);
-    interval.tick().await;
-    tokio::pin!(work);
-    loop {
-        tokio::select! {
-            result = &mut work => return Ok(Some(result)),
-            _ = interval.tick() => {
-                if !store.heartbeat(task_id, epoch, ttl).await? {
-                    cancel.cancel();
-                    return Ok(None);
+    /// Runs `work` while renewing the lease every third of its length. `None` when the lease was
+    /// lost: the work is cancelled (its child killed) before anyone else can take the task over.
+    async fn with_heartbeat<T>(
+        &self,
+        task_id: i64,
+        epoch: i64,
+        cancel: &CancellationToken,
+        work: impl Future<Output = T>,
+    ) -> Result<Option<T>, StoreError> {
+        let ttl = self.options.lease_ttl;
+        let store = &self.store;
+        let mut interval = tokio::time::interval(ttl / 3);
+        interval.tick().await;
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                result = &mut work => return Ok(Some(result)),
+                _ = interval.tick() => {
+                    if !store.heartbeat(task_id, epoch, ttl).await? {
+                        cancel.cancel();
+                        return Ok(None);
+                    }
                 }
             }
         }
@@ -666,107 +647,95 @@ fn environment(
     ]
 }
 
-/// A runner or rollback command with placeholders substituted and the `GAPLESS_*` environment.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "plain data gathered in one place; a struct would only rename them"
-)]
-fn command_spec(
-    context: &Context,
-    run_id: &RunId,
-    task: &ExecTask,
-    phase: &Phase,
-    epoch: i64,
-    argv: &[String],
-    log_path: PathBuf,
-    cancel: CancellationToken,
-) -> CommandSpec {
-    let values = values(task, run_id);
-    CommandSpec {
-        argv: argv.iter().map(|a| substitute(a, &values)).collect(),
-        cwd: context.base_dir.clone(),
-        env: environment(task, run_id, epoch, &context.spec.name),
-        timeout: phase.timeout,
-        log_path: Some(log_path),
-        cancel,
+impl Execution {
+    /// A runner or rollback command with placeholders substituted, the `GAPLESS_*` environment,
+    /// and its log file; it is not cancellable until the caller sets `cancel`.
+    fn command_spec(
+        &self,
+        task: &ExecTask,
+        phase: &Phase,
+        epoch: i64,
+        argv: &[String],
+        log: &str,
+    ) -> CommandSpec {
+        let values = values(task, &self.run_id);
+        let attempt_log = self
+            .context
+            .log_dir
+            .join(self.run_id.as_str())
+            .join(format!(
+                "phase{}-{}-{}-{log}.log",
+                task.phase,
+                task.range.start(),
+                task.range.end()
+            ));
+        CommandSpec {
+            argv: argv.iter().map(|a| substitute(a, &values)).collect(),
+            cwd: self.context.base_dir.clone(),
+            env: environment(task, &self.run_id, epoch, &self.context.spec.name),
+            timeout: phase.timeout,
+            log_path: Some(attempt_log),
+            cancel: CancellationToken::new(),
+        }
     }
 }
 
-fn log_path(
-    context: &Context,
-    run_id: &RunId,
-    task: &ExecTask,
-    attempt: i32,
-    what: &str,
-) -> PathBuf {
-    context.log_dir.join(run_id.as_str()).join(format!(
-        "phase{}-{}-{}-{what}{attempt}.log",
-        task.phase,
-        task.range.start(),
-        task.range.end()
-    ))
-}
-
-/// One attempt: the runner, then the validation gate. Returns the counts recorded on success.
-async fn attempt(
-    context: &Context,
-    run_id: &RunId,
-    task: &ExecTask,
-    phase: &Phase,
-    epoch: i64,
-    attempt: i32,
-    cancel: &CancellationToken,
-) -> Result<serde_json::Value, AttemptError> {
-    let values = values(task, run_id);
-    match &phase.run {
-        None => return Err(AttemptError::NoRunner),
-        Some(Runner::Command(argv)) => {
-            let log = log_path(context, run_id, task, attempt, "attempt");
-            let spec = command_spec(
-                context,
-                run_id,
-                task,
-                phase,
-                epoch,
-                argv,
-                log,
-                cancel.clone(),
-            );
-            gapless_connect::run_command(&spec).await?;
-        }
-        Some(Runner::Sql(sql)) => {
-            let warehouse = context.warehouse.as_ref().ok_or(AttemptError::NoRunner)?;
-            let params = ScriptParams {
-                start: task.range.start(),
-                end: task.range.end(),
-                date: Some(task.range.start()),
-            };
-            tokio::select! {
-                result = tokio::time::timeout(phase.timeout, warehouse.execute_script(sql, &params)) => {
-                    result.map_err(|_| AttemptError::Timeout(phase.timeout))?.map_err(AttemptError::Sql)?;
+impl Execution {
+    /// One attempt: the runner, then the validation gate. Returns the counts recorded on success.
+    async fn attempt(
+        &self,
+        task: &ExecTask,
+        phase: &Phase,
+        claim: gapless_store::Claim,
+        cancel: &CancellationToken,
+    ) -> Result<serde_json::Value, AttemptError> {
+        let Execution {
+            context, run_id, ..
+        } = self;
+        let (epoch, attempt) = (claim.epoch, claim.attempt);
+        let values = values(task, run_id);
+        match &phase.run {
+            None => return Err(AttemptError::NoRunner),
+            Some(Runner::Command(argv)) => {
+                let mut spec =
+                    self.command_spec(task, phase, epoch, argv, &format!("attempt{attempt}"));
+                spec.cancel = cancel.clone();
+                gapless_connect::run_command(&spec).await?;
+            }
+            Some(Runner::Sql(sql)) => {
+                let warehouse = context.warehouse.as_ref().ok_or(AttemptError::NoRunner)?;
+                let params = ScriptParams {
+                    start: task.range.start(),
+                    end: task.range.end(),
+                    date: Some(task.range.start()),
+                };
+                tokio::select! {
+                    result = tokio::time::timeout(phase.timeout, warehouse.execute_script(sql, &params)) => {
+                        result.map_err(|_| AttemptError::Timeout(phase.timeout))?.map_err(AttemptError::Sql)?;
+                    }
+                    () = cancel.cancelled() => return Err(AttemptError::Run(RunError::Cancelled)),
                 }
-                () = cancel.cancelled() => return Err(AttemptError::Run(RunError::Cancelled)),
+            }
+            Some(Runner::Http(http)) => {
+                let spec = HttpSpec {
+                    method: gapless_connect::Method::from_bytes(http.method.as_bytes())
+                        .unwrap_or(gapless_connect::Method::POST),
+                    url: substitute(&http.url, &values),
+                    body: http.body.as_ref().map(|b| substitute(b, &values)),
+                    headers: http.headers.clone(),
+                    token_command: http.token_command.clone(),
+                    timeout: phase.timeout,
+                    idempotency_key: format!("{}-{}-{}", run_id, task.phase, task.range.start()),
+                    cwd: context.base_dir.clone(),
+                };
+                tokio::select! {
+                    result = gapless_connect::run_http(&spec, &context.http) => { result?; }
+                    () = cancel.cancelled() => return Err(AttemptError::Run(RunError::Cancelled)),
+                }
             }
         }
-        Some(Runner::Http(http)) => {
-            let spec = HttpSpec {
-                method: gapless_connect::Method::from_bytes(http.method.as_bytes())
-                    .unwrap_or(gapless_connect::Method::POST),
-                url: substitute(&http.url, &values),
-                body: http.body.as_ref().map(|b| substitute(b, &values)),
-                headers: http.headers.clone(),
-                token_command: http.token_command.clone(),
-                timeout: phase.timeout,
-                idempotency_key: format!("{}-{}-{}", run_id, task.phase, task.range.start()),
-                cwd: context.base_dir.clone(),
-            };
-            tokio::select! {
-                result = gapless_connect::run_http(&spec, &context.http) => { result?; }
-                () = cancel.cancelled() => return Err(AttemptError::Run(RunError::Cancelled)),
-            }
-        }
+        gate(context, task, phase).await
     }
-    gate(context, task, phase).await
 }
 
 /// The validation gate: re-probe the task's cells; every expected cell must reach its count.
@@ -809,46 +778,38 @@ async fn gate(
     }
 }
 
-async fn rollback(
-    context: &Context,
-    run_id: &RunId,
-    task: &ExecTask,
-    phase: &Phase,
-    epoch: i64,
-) -> Option<Result<(), String>> {
-    let rollback = phase.rollback.as_ref()?;
-    Some(match rollback {
-        Rollback::Sql(sql) => match &context.warehouse {
-            None => Err("no warehouse".to_owned()),
-            Some(warehouse) => {
-                let params = ScriptParams {
-                    start: task.range.start(),
-                    end: task.range.end(),
-                    date: Some(task.range.start()),
-                };
-                warehouse
-                    .execute_script(sql, &params)
+impl Execution {
+    async fn rollback(
+        &self,
+        task: &ExecTask,
+        phase: &Phase,
+        epoch: i64,
+    ) -> Option<Result<(), String>> {
+        let context = &self.context;
+        let rollback = phase.rollback.as_ref()?;
+        Some(match rollback {
+            Rollback::Sql(sql) => match &context.warehouse {
+                None => Err("no warehouse".to_owned()),
+                Some(warehouse) => {
+                    let params = ScriptParams {
+                        start: task.range.start(),
+                        end: task.range.end(),
+                        date: Some(task.range.start()),
+                    };
+                    warehouse
+                        .execute_script(sql, &params)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| error_chain(&e))
+                }
+            },
+            Rollback::Command(argv) => {
+                let spec = self.command_spec(task, phase, epoch, argv, "rollback");
+                gapless_connect::run_command(&spec)
                     .await
                     .map(|_| ())
                     .map_err(|e| error_chain(&e))
             }
-        },
-        Rollback::Command(argv) => {
-            let log = log_path(context, run_id, task, 0, "rollback");
-            let spec = command_spec(
-                context,
-                run_id,
-                task,
-                phase,
-                epoch,
-                argv,
-                log,
-                CancellationToken::new(),
-            );
-            gapless_connect::run_command(&spec)
-                .await
-                .map(|_| ())
-                .map_err(|e| error_chain(&e))
-        }
-    })
+        })
+    }
 }

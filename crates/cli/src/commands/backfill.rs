@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use gapless_core::plan::{Plan, Request};
 use gapless_core::render::plan_text;
 use gapless_runtime::context::Context;
-use gapless_runtime::executor::{self, ExecTask, Options, Outcome};
+use gapless_runtime::executor::{self, ExecTask, Execution, Options, Outcome};
 use gapless_runtime::preflight;
 use gapless_store::{NewRun, NewTask, NewTaskState, RunId, RunKind, RunState, Store, TaskState};
 use serde_json::json;
@@ -163,19 +163,18 @@ pub(crate) async fn execute_run(
     let progress = Arc::new(Progress::new(&loaded.spec, &tasks, global.quiet));
     let started = std::time::Instant::now();
     let cells_total: usize = tasks.iter().map(|t| t.dates.len()).sum();
-    let outcome = executor::execute(
-        Arc::new(context),
-        store.clone(),
-        run_id.clone(),
-        tasks,
-        Options {
+    let execution = Execution {
+        context: Arc::new(context),
+        store: store.clone(),
+        run_id: run_id.clone(),
+        options: Options {
             jobs,
             ..Options::default()
         },
-        progress.clone(),
-        cancel.clone(),
-    )
-    .await;
+        observer: progress.clone(),
+        cancel: cancel.clone(),
+    };
+    let outcome = executor::execute(execution, tasks).await;
     signals.abort();
     progress.finish();
     let outcome: Outcome = outcome.context("the run stopped")?;
