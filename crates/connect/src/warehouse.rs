@@ -833,8 +833,10 @@ async fn connect_sqlite(
     };
     let options = options.busy_timeout(SQLITE_BUSY_TIMEOUT);
     let attachments = Arc::new(attachments);
+    // A local file cannot drop a connection: no ping before every acquire.
     let connecting = SqlitePoolOptions::new()
         .max_connections(max_connections)
+        .test_before_acquire(false)
         .min_connections(if max_connections == 1 { 1 } else { 0 })
         .idle_timeout(if max_connections == 1 {
             None

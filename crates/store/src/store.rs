@@ -163,8 +163,11 @@ impl Store {
             .busy_timeout(SQLITE_BUSY_TIMEOUT)
             .foreign_keys(true);
         // Writers are serialized by SQLite anyway; a few connections let reads overlap writes.
+        // A local file cannot drop a connection: skip sqlx's ping before every acquire, a round
+        // trip per query on the executor's hot path.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .acquire_timeout(CALL_TIMEOUT)
             .connect_with(options)
             .await
