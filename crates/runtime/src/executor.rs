@@ -593,8 +593,10 @@ impl Execution {
     ) -> Result<Option<T>, StoreError> {
         let ttl = self.options.lease_ttl;
         let store = &self.store;
-        let mut interval = tokio::time::interval(ttl / 3);
-        interval.tick().await;
+        // The first renewal is one period away. (`interval`'s immediate first tick still goes
+        // through the timer wheel, which costs up to a millisecond per task.)
+        let period = ttl / 3;
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tokio::pin!(work);
         loop {
             tokio::select! {
