@@ -174,12 +174,13 @@ fn prepare_dir(requested: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 fn print_checks(checks: &[gapless_nba::ValidationResult]) -> anyhow::Result<bool> {
     let mut all = true;
+    let width = checks.iter().map(|c| c.validation.label.chars().count()).max().unwrap_or(0);
     for check in checks {
         let (validation, actual, expected) = (&check.validation, check.actual, check.expected);
         let ok = check.is_passing();
         all &= ok;
         out(format_args!(
-            "  {}  {:<58} {:>7} of {:<7}\n",
+            "  {}  {:<width$}  {:>7} of {}\n",
             if ok { "ok  " } else { "MISS" },
             validation.label,
             actual,
