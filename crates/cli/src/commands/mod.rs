@@ -35,7 +35,11 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<Exit> {
             let loaded = crate::settings::load(global)?;
             let store = loaded.store().await?;
             let version = store.schema_version().await?;
-            out(format_args!("state store at schema version {version}\n"))?;
+            if global.json {
+                print_json(&serde_json::json!({ "schema_version": version }))?;
+            } else {
+                out(format_args!("state store at schema version {version}\n"))?;
+            }
             Ok(Exit::Success)
         }
         Command::Report(args) => report::run(global, args).await,
