@@ -49,8 +49,15 @@ fn main() -> ExitCode {
                 Exit::Usage
             } else {
                 let mut out = format!("error: {error}");
+                let mut previous = error.to_string();
                 for cause in error.chain().skip(1) {
-                    out.push_str(&format!("\n  Caused by: {cause}"));
+                    // Some libraries (sqlx) repeat their source in their own message: print
+                    // each piece of text once.
+                    let text = cause.to_string();
+                    if !previous.contains(&text) {
+                        out.push_str(&format!("\n  Caused by: {text}"));
+                    }
+                    previous = text;
                 }
                 let _ = writeln!(std::io::stderr(), "{out}");
                 Exit::Infrastructure

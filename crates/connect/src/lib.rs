@@ -14,18 +14,19 @@
 //! Every call here is async (tokio) and bounded in time. Programs run from argv arrays, never
 //! through a shell, in their own process group, killed whole on timeout or cancellation.
 //!
-//! This crate is self-contained: it does not depend on `gapless-core` (the pure model) and
-//! knows nothing of phases, cells or runs. It takes validated dates and substituted argv, URLs
-//! and bodies from the caller.
+//! This crate knows nothing of phases, cells or runs. It depends on `gapless-core` only for the
+//! pure SQL parameter scanner (`named`), which validation uses too. It takes validated dates and
+//! substituted argv, URLs and bodies from the caller.
 
 mod command;
 mod http;
-pub mod named;
 mod probe;
 mod runner;
 mod warehouse;
 
 pub use command::{CommandOutcome, CommandSpec, resolve_program, run_command};
+/// User SQL's named parameters (`gapless_core::sql`, pure): re-exported where the warehouse uses it.
+pub use gapless_core::sql as named;
 pub use http::{HttpOutcome, HttpSpec, Method, http_client, run_http};
 pub use named::{Dialect, Param, SqlError, Statement};
 pub use probe::{ProbeError, command_counts, file_counts};

@@ -10,6 +10,8 @@
 //! - [`select`]: the `--phases` list.
 //! - [`policy`]: retry backoff.
 //! - [`render`]: human renderings of status matrices and plans (strings in, strings out).
+//! - [`sql`]: user SQL split into statements, with `:start`/`:end`/`:date` turned into bound
+//!   positional parameters (checked when the pipeline file is validated).
 //!
 //! This crate does no I/O, reads no clock and has no async runtime: the adapters (`store`,
 //! `connect`, `runtime`) run probes and hand the results in. CI checks it with `cargo tree`.
@@ -22,4 +24,5 @@ pub mod policy;
 pub mod render;
 pub mod select;
 pub mod spec;
+pub mod sql;
 pub mod template;

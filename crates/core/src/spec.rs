@@ -480,6 +480,8 @@ fn toml_error_diagnostic(message: &str, span: Range<usize>) -> Diagnostic {
 struct Validator<'a> {
     diagnostics: Vec<Diagnostic>,
     files: &'a dyn FileSource,
+    /// The warehouse's SQL dialect, for checking SQL texts' parameters.
+    dialect: crate::sql::Dialect,
 }
 
 impl Validator<'_> {
@@ -571,7 +573,7 @@ impl Validator<'_> {
                 self.error("SQL is empty", sql.span());
                 return None;
             }
-            return Some(sql.get_ref().clone());
+            return self.sql_parameters(sql.get_ref(), sql.span(), None);
         }
         let file = file?;
         match self.files.read(file.get_ref()) {
@@ -582,12 +584,37 @@ impl Validator<'_> {
                 );
                 None
             }
-            Ok(text) => Some(text),
+            Ok(text) => self.sql_parameters(&text, file.span(), Some(file.get_ref())),
             Err(reason) => {
                 self.error_hint(
                     format!("cannot read SQL file `{}`", file.get_ref()),
                     file.span(),
                     reason,
+                );
+                None
+            }
+        }
+    }
+
+    /// Checks that SQL only uses `:start`, `:end` and `:date`, which gapless binds: a typo like
+    /// `:ned` is a pipeline-file error, not a failure at 3 a.m.
+    fn sql_parameters(
+        &mut self,
+        text: &str,
+        span: Range<usize>,
+        file: Option<&str>,
+    ) -> Option<String> {
+        match crate::sql::prepare(text, self.dialect) {
+            Ok(_) => Some(text.to_owned()),
+            Err(error) => {
+                let message = match file {
+                    Some(file) => format!("in SQL file `{file}`: {error}"),
+                    None => format!("in SQL: {error}"),
+                };
+                self.error_hint(
+                    message,
+                    span,
+                    "values reach SQL only as the bound parameters :start, :end and :date",
                 );
                 None
             }
@@ -814,9 +841,18 @@ fn is_phase_name(name: &str) -> bool {
 
 /// Validates a parsed file into a [`Spec`], collecting every problem.
 pub fn validate(raw: RawSpec, files: &dyn FileSource) -> Result<Spec, Vec<Diagnostic>> {
+    let is_postgres = raw.warehouse.as_ref().is_some_and(|w| {
+        let url = w.get_ref().url.get_ref();
+        url.starts_with("postgres://") || url.starts_with("postgresql://")
+    });
     let mut v = Validator {
         diagnostics: Vec::new(),
         files,
+        dialect: if is_postgres {
+            crate::sql::Dialect::Postgres
+        } else {
+            crate::sql::Dialect::Sqlite
+        },
     };
     let pipeline = raw.pipeline.get_ref();
 

@@ -41,10 +41,15 @@ pub(crate) async fn run(global: &Global) -> anyhow::Result<Exit> {
         }))?;
     } else {
         out(format_args!(
-            "{}: pipeline `{}` is valid ({} phases)\n",
+            "{}: pipeline `{}` is valid ({} phase{})\n",
             loaded.path.display(),
             loaded.spec.name,
-            loaded.spec.phases.len()
+            loaded.spec.phases.len(),
+            if loaded.spec.phases.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
         ))?;
         for line in &report.ok {
             out(format_args!("  ok    {line}\n"))?;

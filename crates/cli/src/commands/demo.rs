@@ -174,7 +174,11 @@ fn prepare_dir(requested: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 fn print_checks(checks: &[gapless_nba::ValidationResult]) -> anyhow::Result<bool> {
     let mut all = true;
-    let width = checks.iter().map(|c| c.validation.label.chars().count()).max().unwrap_or(0);
+    let width = checks
+        .iter()
+        .map(|c| c.validation.label.chars().count())
+        .max()
+        .unwrap_or(0);
     for check in checks {
         let (validation, actual, expected) = (&check.validation, check.actual, check.expected);
         let ok = check.is_passing();

@@ -231,6 +231,13 @@ fn every_error_at_once() {
 }
 
 #[test]
+fn unknown_sql_parameter() {
+    insta::assert_snapshot!(errors(
+        "\n[[phase]]\nid = 2\nname = \"raw\"\ncheck.sql = \"SELECT d, COUNT(*) FROM t WHERE d BETWEEN :start AND :ned GROUP BY d\"\n"
+    ));
+}
+
+#[test]
 fn no_phases() {
     let source = HEADER.to_owned();
     let diagnostics = parse(&source, &Files).unwrap_err();
