@@ -1,0 +1,126 @@
+//! RELIABILITY.md §2.2 / T7 in miniature: a task whose lease is taken over (here by a resume
+//! that fenced it) stops its runner — the whole process group — and records nothing.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gapless_core::dates::{DateRange, parse_date};
+use gapless_core::spec::{NoFiles, PhaseId, parse};
+use gapless_runtime::context::Context;
+use gapless_runtime::executor::{ExecTask, Execution, Options, Quiet, execute};
+use gapless_store::{NewRun, NewTask, NewTaskState, RunKind, Store, TaskState};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fenced_task_kills_its_runner_and_records_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("work.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nsleep 300 &\necho $! > child.pid\nwait\ntouch finished\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let spec = parse(
+        r#"
+[pipeline]
+name = "fence"
+start = "2024-01-01"
+
+[[phase]]
+id = 1
+name = "work"
+run.command = ["./work.sh"]
+check.command = ["true"]
+"#,
+        &NoFiles,
+    )
+    .unwrap();
+    let today = parse_date("2024-01-01").unwrap();
+    let context = Context::connect(spec, dir.path(), dir.path().join("logs"), today)
+        .await
+        .unwrap();
+    let store = Store::connect("sqlite://state.db", dir.path())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let run_id = store
+        .create_run(&NewRun {
+            kind: RunKind::Backfill,
+            pipeline: "fence".to_owned(),
+            request: serde_json::json!({}),
+            tasks: vec![NewTask {
+                phase: 1,
+                start: today,
+                end: today,
+                dates: vec![today],
+                state: NewTaskState::Pending,
+                error: None,
+            }],
+        })
+        .await
+        .unwrap();
+    let record = store.tasks(&run_id).await.unwrap().remove(0);
+    let tasks = vec![ExecTask {
+        id: record.id,
+        phase: PhaseId(1),
+        range: DateRange::single(today),
+        dates: vec![today],
+        deps: Vec::new(),
+        epoch: record.lease_epoch,
+        state: record.state,
+    }];
+    let execution = Execution {
+        context: Arc::new(context),
+        store: store.clone(),
+        run_id: run_id.clone(),
+        options: Options {
+            jobs: 1,
+            lease_ttl: Duration::from_millis(600),
+            ..Options::default()
+        },
+        observer: Arc::new(Quiet),
+        cancel: CancellationToken::new(),
+    };
+    let running = tokio::spawn(execute(execution, tasks));
+
+    // Wait for the runner, then take the task over as a resume would.
+    let pid_file = dir.path().join("child.pid");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !pid_file.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the runner never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let fenced = store.requeue_running(&run_id).await.unwrap();
+    assert_eq!(fenced, vec![record.id]);
+
+    let outcome = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.tasks_interrupted, 1, "{outcome:?}");
+    assert_eq!(outcome.tasks_complete, 0);
+    // The runner's whole process group is gone, and it never finished.
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty() || stat.contains(") Z "),
+        "the runner's child survived losing the lease"
+    );
+    assert!(!dir.path().join("finished").exists());
+    // The stale holder recorded nothing: the task is pending for the new holder, no cell
+    // complete, no event.
+    let task = store.task(record.id).await.unwrap().unwrap();
+    assert_eq!(task.state, TaskState::Pending);
+    assert!(task.lease_epoch > record.lease_epoch + 1);
+    assert_eq!(store.count_events(1, today).await.unwrap(), 0);
+}
