@@ -145,18 +145,64 @@ pub async fn phase(
     Ok(PhaseObservation { counts, expected })
 }
 
-/// Probes every phase (and the calendar) over `range`.
+/// Probes every phase (and the calendar) over `range`. Identical probes (the same source in
+/// several phases, like one schedule count as the expectation of three phases) run once.
 pub async fn observe(context: &Context, range: DateRange) -> Result<Observations, ObserveError> {
+    let mut unique: Vec<(&Source, String)> = Vec::new();
+    let mut wiring: Vec<(PhaseId, usize, Option<usize>)> = Vec::new();
+    for phase in &context.spec.phases {
+        let check = position_or_push(
+            &mut unique,
+            &phase.check,
+            format!("phase {} `{}` check", phase.id, phase.name),
+        );
+        let expect = phase.expect.source.as_ref().map(|source| {
+            position_or_push(
+                &mut unique,
+                source,
+                format!("phase {} `{}` expect", phase.id, phase.name),
+            )
+        });
+        wiring.push((phase.id, check, expect));
+    }
     let calendar = calendar(context, range);
-    let phases = try_join_all(context.spec.phases.iter().map(|p| async move {
-        Ok::<(PhaseId, PhaseObservation), ObserveError>((p.id, phase(context, p, range).await?))
-    }));
-    let (calendar, phases) = futures::try_join!(calendar, phases)?;
+    let probes = try_join_all(
+        unique
+            .iter()
+            .map(|(source, label)| counts(context, source, range, label)),
+    );
+    let (calendar, results) = futures::try_join!(calendar, probes)?;
+    let phases = wiring
+        .into_iter()
+        .map(|(id, check, expect)| {
+            (
+                id,
+                PhaseObservation {
+                    counts: results[check].clone(),
+                    expected: expect.map(|i| results[i].clone()),
+                },
+            )
+        })
+        .collect::<HashMap<_, _>>();
     Ok(Observations {
         range,
         calendar,
-        phases: phases.into_iter().collect::<HashMap<_, _>>(),
+        phases,
     })
+}
+
+fn position_or_push<'a>(
+    unique: &mut Vec<(&'a Source, String)>,
+    source: &'a Source,
+    label: String,
+) -> usize {
+    unique
+        .iter()
+        .position(|(known, _)| *known == source)
+        .unwrap_or_else(|| {
+            unique.push((source, label));
+            unique.len() - 1
+        })
 }
 
 /// The range to probe so lookback windows of `requested` can be judged.
