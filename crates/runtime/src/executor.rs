@@ -85,6 +85,22 @@ pub fn tasks_from_records(
         .collect()
 }
 
+/// Every task of a run as the executor sees it, read back from the store: planned and blocked
+/// ones, with dependencies derived from the spec ([`tasks_from_records`]). Backfill and resume
+/// use the same view, so both execute exactly what the store holds.
+pub async fn load_tasks(
+    store: &Store,
+    spec: &Spec,
+    run_id: &RunId,
+) -> Result<Vec<ExecTask>, StoreError> {
+    let records = store.tasks(run_id).await?;
+    let mut cells: HashMap<i64, Vec<Date>> = HashMap::new();
+    for cell in store.cells(run_id).await? {
+        cells.entry(cell.task_id).or_default().push(cell.date);
+    }
+    Ok(tasks_from_records(spec, &records, &cells))
+}
+
 /// How to execute.
 #[derive(Debug, Clone)]
 pub struct Options {

@@ -58,7 +58,7 @@ pub(crate) async fn run(global: &Global, args: &BackfillArgs) -> anyhow::Result<
     if !global.quiet {
         eprintln!("run {run_id}: {} tasks", plan.tasks.len());
     }
-    let tasks = exec_tasks(&store, &run_id, &plan).await?;
+    let tasks = executor::load_tasks(&store, &loaded.spec, &run_id).await?;
     execute_run(&loaded, context, store, run_id, tasks, args.jobs, global).await
 }
 
@@ -114,32 +114,6 @@ pub(crate) async fn create_run(
         .create_run(&run)
         .await
         .context("cannot record the run")
-}
-
-/// The executor's view of the run just created: tasks in plan order, with the plan's deps.
-pub(crate) async fn exec_tasks(
-    store: &Store,
-    run_id: &RunId,
-    plan: &Plan,
-) -> anyhow::Result<Vec<ExecTask>> {
-    let records = store.tasks(run_id).await?;
-    let mut tasks = Vec::with_capacity(plan.tasks.len());
-    for planned in &plan.tasks {
-        let record = records
-            .iter()
-            .find(|r| r.phase == i64::from(planned.phase.0) && r.start == planned.range.start())
-            .context("a planned task is missing from the store")?;
-        tasks.push(ExecTask {
-            id: record.id,
-            phase: planned.phase,
-            range: planned.range,
-            dates: planned.dates.clone(),
-            deps: planned.deps.clone(),
-            epoch: record.lease_epoch,
-            state: record.state,
-        });
-    }
-    Ok(tasks)
 }
 
 /// Executes with progress and Ctrl-C handling, records the run's end, prints the summary.

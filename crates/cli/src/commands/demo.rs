@@ -13,7 +13,7 @@ use gapless_runtime::context::Context;
 use gapless_store::{RunKind, Store};
 
 use crate::cli::{DemoArgs, Global};
-use crate::commands::backfill::{create_run, exec_tasks, execute_run};
+use crate::commands::backfill::{create_run, execute_run};
 use crate::commands::plan::make_plan;
 use crate::commands::{matrix, out};
 use crate::exit::{Exit, UsageError};
@@ -104,7 +104,7 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
 
     heading("gapless backfill --phases 3-6 (only the missing cells, validated)")?;
     let run_id = create_run(&store, &loaded, &request, &plan, RunKind::Backfill).await?;
-    let tasks = exec_tasks(&store, &run_id, &plan).await?;
+    let tasks = gapless_runtime::executor::load_tasks(&store, &loaded.spec, &run_id).await?;
     let visible = Global {
         pipeline: None,
         json: false,
@@ -225,7 +225,7 @@ async fn quiet_backfill(
     };
     let plan = make_plan(context, &request).await?;
     let run_id = create_run(store, loaded, &request, &plan, RunKind::Backfill).await?;
-    let tasks = exec_tasks(store, &run_id, &plan).await?;
+    let tasks = gapless_runtime::executor::load_tasks(store, &loaded.spec, &run_id).await?;
     let quiet = Global {
         pipeline: None,
         json: false,

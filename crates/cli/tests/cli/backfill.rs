@@ -408,3 +408,42 @@ fn ctrl_c_stops_cleanly_with_130_and_resume_finishes() {
     assert_eq!(runs[0]["run"]["state"], "succeeded");
     assert!(project.path().join("down/2024-03-01").exists());
 }
+
+#[tokio::test]
+async fn resume_runs_cells_whose_missing_upstream_was_filled_since() {
+    let project = Project::new();
+    chain(&project, "2024-03-20", "2024-03-10").await;
+    // Phase 3 alone: from the 11th it is blocked behind phase 2, which is not in this run.
+    let first = backfill(&project, &["--phases", "3", "--json"]);
+    assert_eq!(code(&first), 1, "{}", stderr(&first));
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&first)).unwrap();
+    let run_id = summary["run_id"].as_str().unwrap().to_owned();
+    let warehouse = project.sqlite("warehouse.db").await;
+    assert_eq!(scalar(&warehouse, "SELECT COUNT(*) FROM rolling").await, 8);
+    // Phase 2 gets filled by another run, up to where the source has data.
+    let load = project.run(&[
+        "backfill",
+        "--start-date",
+        "2024-03-01",
+        "--end-date",
+        "2024-03-20",
+        "--phases",
+        "2",
+        "--yes",
+    ]);
+    assert_eq!(code(&load), 0, "{}", stderr(&load));
+    // Resuming the first run releases what can run now; the 21st on stays blocked (no source).
+    let resumed = project.run(&["resume", &run_id]);
+    assert_eq!(code(&resumed), 1, "{}", stderr(&resumed));
+    assert!(
+        stderr(&resumed).contains("9 unblocked"),
+        "{}",
+        stderr(&resumed)
+    );
+    assert_eq!(scalar(&warehouse, "SELECT COUNT(*) FROM rolling").await, 17);
+    let show = stdout(&project.run(&["runs", "show", &run_id]));
+    assert!(
+        show.contains("blocked  phase 3 2024-03-21..2024-03-21  phase 3 2024-03-21 blocked: phase 1 2024-03-21 missing"),
+        "{show}"
+    );
+}
