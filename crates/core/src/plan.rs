@@ -328,7 +328,7 @@ pub fn plan(spec: &Spec, observed: &Completeness, request: &Request) -> Result<P
             summary.tasks += 1;
             d = end + 1;
         }
-        summary.ranges = fold_ranges(&planned[p], row, first, last, probed);
+        summary.ranges = fold_ranges(&planned[p], row, (first, last), batch_days, probed);
     }
     let deps = dependencies(spec, &tasks);
     for (task, deps) in tasks.iter_mut().zip(deps) {
@@ -402,23 +402,28 @@ fn blocked_cell(
     }
 }
 
-/// Runs of planned dates, with not-expected dates between planned ones folded in.
+/// Runs of planned dates, with not-expected dates between planned ones folded in — unless
+/// there are more of them in a row than a batch may span, and at least a week (an off-season),
+/// which ends the run.
 fn fold_ranges(
     planned: &[bool],
     row: &[crate::cells::Cell],
-    first: usize,
-    last: usize,
+    window: (usize, usize),
+    batch_days: usize,
     probed: DateRange,
 ) -> Vec<DateRange> {
+    let (first, last) = window;
     let mut ranges = Vec::new();
     let mut open: Option<(usize, usize)> = None;
     for d in first..=last {
         if planned[d] {
             open = Some(open.map_or((d, d), |(s, _)| (s, d)));
-        } else if row[d].state != CellState::NotExpected
-            && let Some((s, e)) = open.take()
-        {
+            continue;
+        }
+        let Some((s, e)) = open else { continue };
+        if row[d].state != CellState::NotExpected || d - e >= batch_days.max(7) {
             ranges.push((s, e));
+            open = None;
         }
     }
     if let Some(range) = open {
