@@ -26,6 +26,8 @@ pub(crate) struct Loaded {
     pub(crate) today: Date,
     /// The state store URL after overrides.
     pub(crate) state_url: String,
+    /// `$GAPLESS_CRASH_AT`, the crash-point testing hook.
+    pub(crate) crash_at: Option<gapless_runtime::executor::CrashAt>,
 }
 
 /// Reads `sql_file` references relative to the pipeline file.
@@ -132,6 +134,7 @@ pub(crate) fn load_path(path: &Path) -> anyhow::Result<Loaded> {
         spec,
         today: today()?,
         state_url,
+        crash_at: crash_at()?,
     })
 }
 
@@ -181,6 +184,26 @@ impl Loaded {
             .await
             .context("cannot migrate the state store")?;
         Ok(store)
+    }
+}
+
+/// `$GAPLESS_CRASH_AT=point[:n]`, the crash-point testing hook (RELIABILITY.md T3).
+fn crash_at() -> anyhow::Result<Option<gapless_runtime::executor::CrashAt>> {
+    match std::env::var("GAPLESS_CRASH_AT") {
+        Ok(value) if !value.is_empty() => gapless_runtime::executor::CrashAt::parse(&value)
+            .map(Some)
+            .ok_or_else(|| {
+                let names: Vec<&str> = gapless_runtime::executor::CrashPoint::ALL
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .collect();
+                UsageError::new(format!(
+                    "GAPLESS_CRASH_AT: `{value}` is not one of {} (optionally `:n`)",
+                    names.join(", ")
+                ))
+                .into()
+            }),
+        _ => Ok(None),
     }
 }
 

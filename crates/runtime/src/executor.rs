@@ -114,6 +114,77 @@ pub struct Options {
     pub backoff: Backoff,
     /// Event source recorded with completions (`backfill`, `heal`).
     pub source: String,
+    /// Testing hook (RELIABILITY.md T3): abort the process at this durable step.
+    pub crash_at: Option<CrashAt>,
+}
+
+/// A named step between two durable writes, where the crash-point tests abort the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// The claim is committed; the runner has not started.
+    AfterClaim,
+    /// The runner exited 0; the gate has not re-probed.
+    AfterRunner,
+    /// The gate passed; the completion is not committed.
+    BeforeComplete,
+    /// The completion is committed; dependents are not scheduled.
+    AfterComplete,
+}
+
+impl CrashPoint {
+    /// Every point, by name.
+    pub const ALL: [(&'static str, CrashPoint); 4] = [
+        ("after-claim", CrashPoint::AfterClaim),
+        ("after-runner", CrashPoint::AfterRunner),
+        ("before-complete", CrashPoint::BeforeComplete),
+        ("after-complete", CrashPoint::AfterComplete),
+    ];
+}
+
+/// `GAPLESS_CRASH_AT=point[:n]`: abort (as `kill -9` would stop it, without cleanup) the n-th
+/// time (default the first) the executor reaches `point`. Only for crash tests.
+#[derive(Debug)]
+pub struct CrashAt {
+    point: CrashPoint,
+    nth: u32,
+    seen: std::sync::atomic::AtomicU32,
+}
+
+impl Clone for CrashAt {
+    fn clone(&self) -> Self {
+        Self {
+            point: self.point,
+            nth: self.nth,
+            seen: std::sync::atomic::AtomicU32::new(
+                self.seen.load(std::sync::atomic::Ordering::SeqCst),
+            ),
+        }
+    }
+}
+
+impl CrashAt {
+    /// Parses `point[:n]`; `None` for an unknown point or count.
+    pub fn parse(value: &str) -> Option<Self> {
+        let (name, nth) = match value.split_once(':') {
+            Some((name, nth)) => (name, nth.parse().ok()?),
+            None => (value, 1),
+        };
+        let point = CrashPoint::ALL.iter().find(|(known, _)| *known == name)?.1;
+        Some(Self {
+            point,
+            nth,
+            seen: std::sync::atomic::AtomicU32::new(0),
+        })
+    }
+
+    fn reached(&self, point: CrashPoint) {
+        if point == self.point
+            && self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == self.nth
+        {
+            eprintln!("gapless: crashing at {point:?} (GAPLESS_CRASH_AT)");
+            std::process::abort();
+        }
+    }
 }
 
 impl Default for Options {
@@ -124,6 +195,7 @@ impl Default for Options {
             lease_ttl: Duration::from_secs(60),
             backoff: Backoff::default(),
             source: "backfill".to_owned(),
+            crash_at: None,
         }
     }
 }
@@ -479,6 +551,7 @@ impl Execution {
                     TaskResult::Fenced
                 });
             };
+            self.crash(CrashPoint::AfterClaim);
             observer.event(Event::Started {
                 task,
                 attempt: claim.attempt,
@@ -495,10 +568,12 @@ impl Execution {
             };
             match result {
                 Ok(counts) => {
+                    self.crash(CrashPoint::BeforeComplete);
                     if store
                         .complete(task.id, claim.epoch, &counts, &options.source)
                         .await?
                     {
+                        self.crash(CrashPoint::AfterComplete);
                         observer.event(Event::Completed {
                             task,
                             elapsed: started.elapsed(),
@@ -752,7 +827,14 @@ impl Execution {
                 }
             }
         }
+        self.crash(CrashPoint::AfterRunner);
         gate(context, task, phase).await
+    }
+
+    fn crash(&self, point: CrashPoint) {
+        if let Some(crash_at) = &self.options.crash_at {
+            crash_at.reached(point);
+        }
     }
 }
 

@@ -143,6 +143,7 @@ pub(crate) async fn execute_run(
         run_id: run_id.clone(),
         options: Options {
             jobs,
+            crash_at: loaded.crash_at.clone(),
             ..Options::default()
         },
         observer: progress.clone(),

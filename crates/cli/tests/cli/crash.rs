@@ -202,3 +202,112 @@ async fn kill_nine_twenty_times_then_resume() {
         executions.len()
     );
 }
+
+/// RELIABILITY.md T3: abort at each named step between durable writes (`GAPLESS_CRASH_AT`),
+/// three times per step, resuming after each; then everything is complete exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_point_matrix() {
+    let mut fired = 0;
+    for point in [
+        "after-claim",
+        "after-runner",
+        "before-complete",
+        "after-complete",
+    ] {
+        let project = Project::new();
+        project.write("gapless.toml", PIPELINE);
+        project.write("runner.py", RUNNER);
+        let warehouse = project.sqlite("warehouse.db").await;
+        crate::util::exec(
+            &warehouse,
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE sink (phase INTEGER, d TEXT, UNIQUE (phase, d));
+             CREATE TABLE executions (phase INTEGER, start TEXT, started_ms INTEGER, token INTEGER);",
+        )
+        .await;
+        warehouse.close().await;
+        let today = "2023-01-10"; // 3 phases × 10 days
+        for (attempt, nth) in [1, 4, 9].into_iter().enumerate() {
+            let args: Vec<&str> = if attempt == 0 {
+                vec![
+                    "backfill",
+                    "--start-date",
+                    "2023-01-01",
+                    "--end-date",
+                    today,
+                    "--yes",
+                    "--jobs",
+                    "2",
+                    "-q",
+                ]
+            } else {
+                vec!["resume", "--jobs", "2", "-q"]
+            };
+            let output = project
+                .command(&args)
+                .env("GAPLESS_TODAY", today)
+                .env("GAPLESS_CRASH_AT", format!("{point}:{nth}"))
+                .output()
+                .unwrap();
+            assert!(
+                output.status.code().is_none(),
+                "{point}:{nth} did not crash: {}",
+                stderr(&output)
+            );
+            assert!(
+                stderr(&output).contains("crashing at"),
+                "{}",
+                stderr(&output)
+            );
+            fired += 1;
+        }
+        let output = project
+            .command(&["resume", "--jobs", "2"])
+            .env("GAPLESS_TODAY", today)
+            .output()
+            .unwrap();
+        assert_eq!(code(&output), 0, "{point}: {}", stderr(&output));
+
+        let state = project.sqlite(".gapless/state.db").await;
+        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&state)
+            .await
+            .unwrap();
+        assert_eq!(integrity, "ok");
+        let complete: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM run_cells WHERE state = 'complete'")
+                .fetch_one(&state)
+                .await
+                .unwrap();
+        assert_eq!(complete, 30, "{point}");
+        let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+            .fetch_one(&state)
+            .await
+            .unwrap();
+        assert_eq!(events, 30, "{point}: a cell was recorded complete twice");
+        let completions: Vec<(i64, String, i64)> = sqlx::query_as(
+            "SELECT phase, start_date, lease_epoch FROM tasks WHERE state = 'complete'",
+        )
+        .fetch_all(&state)
+        .await
+        .unwrap();
+        state.close().await;
+        let warehouse = project.sqlite("warehouse.db").await;
+        let executions: Vec<(i64, String, i64)> =
+            sqlx::query_as("SELECT phase, start, token FROM executions")
+                .fetch_all(&warehouse)
+                .await
+                .unwrap();
+        let completed: std::collections::HashMap<(i64, String), i64> = completions
+            .into_iter()
+            .map(|(p, d, epoch)| ((p, d), epoch))
+            .collect();
+        assert!(
+            executions.iter().all(|(p, d, token)| completed
+                .get(&(*p, d.clone()))
+                .is_some_and(|epoch| token < epoch)),
+            "{point}: a runner ran for a cell already recorded complete"
+        );
+    }
+    assert_eq!(fired, 12, "every crash point fired three times");
+}
