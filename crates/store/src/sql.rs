@@ -109,10 +109,17 @@ pub(crate) const COMPLETE_TASK: &str = "UPDATE tasks \
      WHERE id = $1 AND state = 'running' AND lease_epoch = $2 \
      RETURNING run_id";
 
-/// Only pending cells move, so a cell is recorded complete at most once; the returned rows are
-/// exactly the cells that became complete, one event each.
+/// Only pending cells move, so a cell is recorded complete at most once.
 pub(crate) const COMPLETE_CELLS: &str = "UPDATE run_cells SET state = 'complete', completed_at = $2 \
-     WHERE task_id = $1 AND state = 'pending' RETURNING phase, date";
+     WHERE task_id = $1 AND state = 'pending'";
+
+/// One event per cell that [`COMPLETE_CELLS`] just moved, set-based (a 31-day task is one
+/// statement, not 31). The task's completion is a compare-and-set that wins once, so the cells
+/// stamped with this transaction's time are exactly the ones it completed.
+pub(crate) const INSERT_COMPLETION_EVENTS: &str = "INSERT INTO events \
+     (phase, date, status, source, run_id, created_at) \
+     SELECT phase, date, 'complete', $3, run_id, $2 FROM run_cells \
+     WHERE task_id = $1 AND state = 'complete' AND completed_at = $2";
 
 pub(crate) const INSERT_EVENT: &str = "INSERT INTO events \
      (phase, date, status, source, run_id, created_at) VALUES ($1, $2, $3, $4, $5, $6) \

@@ -585,23 +585,18 @@ impl Store {
                 .await?;
             match run_id {
                 None => false,
-                Some(run_id) => {
-                    let cells = sqlx::query(sql::COMPLETE_CELLS)
+                Some(_) => {
+                    sqlx::query(sql::COMPLETE_CELLS)
                         .bind(task_id)
                         .bind(now)
-                        .fetch_all(&mut *tx)
+                        .execute(&mut *tx)
                         .await?;
-                    for cell in &cells {
-                        sqlx::query(sql::INSERT_EVENT)
-                            .bind(cell.i64("phase")?)
-                            .bind(cell.string("date")?)
-                            .bind(CellState::Complete.as_str())
-                            .bind(source)
-                            .bind(run_id.as_str())
-                            .bind(now)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
+                    sqlx::query(sql::INSERT_COMPLETION_EVENTS)
+                        .bind(task_id)
+                        .bind(now)
+                        .bind(source)
+                        .execute(&mut *tx)
+                        .await?;
                     true
                 }
             }
