@@ -39,6 +39,19 @@ pub enum ObserveError {
     },
 }
 
+/// The warehouse for a SQL probe (validation guarantees one exists when SQL is used).
+fn warehouse<'a>(
+    context: &'a Context,
+    what: &str,
+) -> Result<&'a gapless_connect::Warehouse, ObserveError> {
+    context
+        .warehouse
+        .as_ref()
+        .ok_or_else(|| ObserveError::NoWarehouse {
+            what: what.to_owned(),
+        })
+}
+
 /// Counts from one source over `range`.
 pub async fn counts(
     context: &Context,
@@ -47,22 +60,13 @@ pub async fn counts(
     what: &str,
 ) -> Result<BTreeMap<Date, i64>, ObserveError> {
     match source {
-        Source::Sql(sql) => {
-            let warehouse =
-                context
-                    .warehouse
-                    .as_ref()
-                    .ok_or_else(|| ObserveError::NoWarehouse {
-                        what: what.to_owned(),
-                    })?;
-            warehouse
-                .counts(sql, range.start(), range.end())
-                .await
-                .map_err(|source| ObserveError::Sql {
-                    what: what.to_owned(),
-                    source,
-                })
-        }
+        Source::Sql(sql) => warehouse(context, what)?
+            .counts(sql, range.start(), range.end())
+            .await
+            .map_err(|source| ObserveError::Sql {
+                what: what.to_owned(),
+                source,
+            }),
         Source::Command(argv) => gapless_connect::command_counts(
             argv,
             &context.base_dir,
@@ -96,22 +100,13 @@ pub async fn calendar(
         return Ok(None);
     };
     let dates = match source {
-        Source::Sql(sql) => {
-            let warehouse =
-                context
-                    .warehouse
-                    .as_ref()
-                    .ok_or_else(|| ObserveError::NoWarehouse {
-                        what: "calendar".to_owned(),
-                    })?;
-            warehouse
-                .dates(sql, range.start(), range.end())
-                .await
-                .map_err(|source| ObserveError::Sql {
-                    what: "calendar".to_owned(),
-                    source,
-                })?
-        }
+        Source::Sql(sql) => warehouse(context, "calendar")?
+            .dates(sql, range.start(), range.end())
+            .await
+            .map_err(|source| ObserveError::Sql {
+                what: "calendar".to_owned(),
+                source,
+            })?,
         other => counts(context, other, range, "calendar")
             .await?
             .into_iter()

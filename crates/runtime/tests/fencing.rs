@@ -111,16 +111,10 @@ check.command = ["true"]
         .unwrap()
         .trim()
         .to_owned();
-    // SIGKILL is delivered asynchronously: allow the kernel a moment to take the process down.
-    let gone = |pid: &str| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        stat.is_empty() || stat.contains(") Z ")
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !gone(&pid) && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(gone(&pid), "the runner's child survived losing the lease");
+    assert!(
+        gapless_testkit::process_gone(&pid),
+        "the runner's child survived losing the lease"
+    );
     assert!(!dir.path().join("finished").exists());
     // The stale holder recorded nothing: the task is pending for the new holder, no cell
     // complete, no event.

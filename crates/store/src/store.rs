@@ -667,52 +667,45 @@ impl Store {
         task_ids: &[i64],
         reason: &str,
     ) -> Result<u64, StoreError> {
-        let run_id = run_id.as_str();
-        with_tx!(self, |tx| {
-            let mut blocked = 0;
-            for &task_id in task_ids {
-                let moved = sqlx::query(sql::BLOCK_TASK)
-                    .bind(task_id)
-                    .bind(run_id)
-                    .bind(reason)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if moved == 1 {
-                    sqlx::query(sql::BLOCK_CELLS)
-                        .bind(task_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    blocked += 1;
-                }
-            }
-            blocked
-        })
+        self.move_tasks(run_id, task_ids, Some(reason)).await
     }
 
     /// Releases the run's blocked tasks among `task_ids` (and their cells) back to pending, in
     /// one transaction, e.g. when resume finds their upstream complete now. Returns how many it
     /// released.
     pub async fn unblock(&self, run_id: &RunId, task_ids: &[i64]) -> Result<u64, StoreError> {
+        self.move_tasks(run_id, task_ids, None).await
+    }
+
+    /// `block` (with a reason) or `unblock` (without): each task that is in the source state
+    /// moves with its cells; the others stay as they are.
+    async fn move_tasks(
+        &self,
+        run_id: &RunId,
+        task_ids: &[i64],
+        block_reason: Option<&str>,
+    ) -> Result<u64, StoreError> {
         let run_id = run_id.as_str();
+        let (task_sql, cells_sql) = match block_reason {
+            Some(_) => (sql::BLOCK_TASK, sql::BLOCK_CELLS),
+            None => (sql::UNBLOCK_TASK, sql::UNBLOCK_CELLS),
+        };
         with_tx!(self, |tx| {
-            let mut released = 0;
+            let mut moved = 0;
             for &task_id in task_ids {
-                let moved = sqlx::query(sql::UNBLOCK_TASK)
-                    .bind(task_id)
-                    .bind(run_id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if moved == 1 {
-                    sqlx::query(sql::UNBLOCK_CELLS)
+                let mut query = sqlx::query(task_sql).bind(task_id).bind(run_id);
+                if let Some(reason) = block_reason {
+                    query = query.bind(reason);
+                }
+                if query.execute(&mut *tx).await?.rows_affected() == 1 {
+                    sqlx::query(cells_sql)
                         .bind(task_id)
                         .execute(&mut *tx)
                         .await?;
-                    released += 1;
+                    moved += 1;
                 }
             }
-            released
+            moved
         })
     }
 

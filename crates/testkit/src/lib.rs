@@ -150,3 +150,17 @@ async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
     let _ = admin.close().await;
     Ok(())
 }
+
+/// Whether process `pid` is gone (or a zombie), waiting up to five seconds: signals are
+/// delivered asynchronously, so a process killed a moment ago may still be listed.
+pub fn process_gone(pid: &str) -> bool {
+    let gone = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.is_empty() || stat.contains(") Z ")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !gone() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    gone()
+}

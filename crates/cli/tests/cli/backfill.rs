@@ -251,7 +251,7 @@ fn hanging_runner_is_killed_with_its_process_group() {
         .parse()
         .unwrap();
     assert!(
-        crate::util::process_gone(&pid.to_string()),
+        gapless_testkit::process_gone(&pid.to_string()),
         "the runner's child {pid} survived the timeout"
     );
 }
@@ -389,7 +389,7 @@ fn ctrl_c_stops_cleanly_with_130_and_resume_finishes() {
         .trim()
         .to_owned();
     assert!(
-        crate::util::process_gone(&pid),
+        gapless_testkit::process_gone(&pid),
         "the runner's child survived Ctrl-C"
     );
     let runs: serde_json::Value =

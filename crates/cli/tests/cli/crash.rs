@@ -56,17 +56,7 @@ retries = 3
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_nine_twenty_times_then_resume() {
     let project = Project::new();
-    project.write("gapless.toml", PIPELINE);
-    project.write("runner.py", RUNNER);
-    let warehouse = project.sqlite("warehouse.db").await;
-    crate::util::exec(
-        &warehouse,
-        "PRAGMA journal_mode = WAL;
-         CREATE TABLE sink (phase INTEGER, d TEXT, UNIQUE (phase, d));
-         CREATE TABLE executions (phase INTEGER, start TEXT, started_ms INTEGER, token INTEGER);",
-    )
-    .await;
-    warehouse.close().await;
+    setup(&project).await;
     let today = "2023-07-19"; // 200 days from 2023-01-01
     let mut kills = 0;
     let mut first = true;
@@ -137,70 +127,14 @@ async fn kill_nine_twenty_times_then_resume() {
         .unwrap();
     assert!(matches!(code(&output), 0), "{}", stderr(&output));
 
-    let state = project.sqlite(".gapless/state.db").await;
-    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_one(&state)
-        .await
-        .unwrap();
-    assert_eq!(integrity, "ok");
-    let complete: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM run_cells WHERE state = 'complete'")
-            .fetch_one(&state)
-            .await
-            .unwrap();
-    assert_eq!(complete, 600);
-    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
-        .fetch_one(&state)
-        .await
-        .unwrap();
-    assert_eq!(events, 600, "a cell was recorded complete twice");
-    // A task's final lease epoch is one above the epoch of the claim that completed it; an
-    // execution spawned after completion would need a later claim, so a larger token.
-    let completions: Vec<(i64, String, i64)> =
-        sqlx::query_as("SELECT phase, start_date, lease_epoch FROM tasks WHERE state = 'complete'")
-            .fetch_all(&state)
-            .await
-            .unwrap();
-    state.close().await;
-    let warehouse = project.sqlite("warehouse.db").await;
-    let sink: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sink")
-        .fetch_one(&warehouse)
-        .await
-        .unwrap();
-    assert_eq!(sink, 600);
-    // No execution was spawned for a cell already recorded complete.
-    let executions: Vec<(i64, String, i64)> =
-        sqlx::query_as("SELECT phase, start, token FROM executions")
-            .fetch_all(&warehouse)
-            .await
-            .unwrap();
-    let completed: std::collections::HashMap<(i64, String), i64> = completions
-        .into_iter()
-        .map(|(p, d, epoch)| ((p, d), epoch))
-        .collect();
-    assert_eq!(completed.len(), 600);
-    let late: Vec<_> = executions
-        .iter()
-        .filter(|(p, d, token)| {
-            completed
-                .get(&(*p, d.clone()))
-                .is_none_or(|epoch| token >= epoch)
-        })
-        .collect();
-    assert!(
-        late.is_empty(),
-        "runners executed for cells already recorded complete: {late:?}"
-    );
+    let executions = verify_exactly_once(&project, 600).await;
     // Re-executions happen only for cells in flight at a kill: at most kills × jobs of them.
-    let reruns = executions.len() - 600;
+    let reruns = executions - 600;
     assert!(
         reruns <= kills * 4,
         "{reruns} re-executions for {kills} kills"
     );
-    eprintln!(
-        "{kills} kills, {} executions for 600 cells",
-        executions.len()
-    );
+    eprintln!("{kills} kills, {executions} executions for 600 cells");
 }
 
 /// RELIABILITY.md T3: abort at each named step between durable writes (`GAPLESS_CRASH_AT`),
@@ -215,17 +149,7 @@ async fn crash_point_matrix() {
         "after-complete",
     ] {
         let project = Project::new();
-        project.write("gapless.toml", PIPELINE);
-        project.write("runner.py", RUNNER);
-        let warehouse = project.sqlite("warehouse.db").await;
-        crate::util::exec(
-            &warehouse,
-            "PRAGMA journal_mode = WAL;
-             CREATE TABLE sink (phase INTEGER, d TEXT, UNIQUE (phase, d));
-             CREATE TABLE executions (phase INTEGER, start TEXT, started_ms INTEGER, token INTEGER);",
-        )
-        .await;
-        warehouse.close().await;
+        setup(&project).await;
         let today = "2023-01-10"; // 3 phases × 10 days
         for (attempt, nth) in [1, 4, 9].into_iter().enumerate() {
             let args: Vec<&str> = if attempt == 0 {
@@ -268,46 +192,83 @@ async fn crash_point_matrix() {
             .unwrap();
         assert_eq!(code(&output), 0, "{point}: {}", stderr(&output));
 
-        let state = project.sqlite(".gapless/state.db").await;
-        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
-            .fetch_one(&state)
-            .await
-            .unwrap();
-        assert_eq!(integrity, "ok");
-        let complete: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM run_cells WHERE state = 'complete'")
-                .fetch_one(&state)
-                .await
-                .unwrap();
-        assert_eq!(complete, 30, "{point}");
-        let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
-            .fetch_one(&state)
-            .await
-            .unwrap();
-        assert_eq!(events, 30, "{point}: a cell was recorded complete twice");
-        let completions: Vec<(i64, String, i64)> = sqlx::query_as(
-            "SELECT phase, start_date, lease_epoch FROM tasks WHERE state = 'complete'",
-        )
-        .fetch_all(&state)
-        .await
-        .unwrap();
-        state.close().await;
-        let warehouse = project.sqlite("warehouse.db").await;
-        let executions: Vec<(i64, String, i64)> =
-            sqlx::query_as("SELECT phase, start, token FROM executions")
-                .fetch_all(&warehouse)
-                .await
-                .unwrap();
-        let completed: std::collections::HashMap<(i64, String), i64> = completions
-            .into_iter()
-            .map(|(p, d, epoch)| ((p, d), epoch))
-            .collect();
-        assert!(
-            executions.iter().all(|(p, d, token)| completed
-                .get(&(*p, d.clone()))
-                .is_some_and(|epoch| token < epoch)),
-            "{point}: a runner ran for a cell already recorded complete"
-        );
+        verify_exactly_once(&project, 30).await;
     }
     assert_eq!(fired, 12, "every crash point fired three times");
+}
+
+/// A fresh warehouse with the runner's sink (one row per cell, unique) and executions log.
+async fn setup(project: &Project) {
+    project.write("gapless.toml", PIPELINE);
+    project.write("runner.py", RUNNER);
+    let warehouse = project.sqlite("warehouse.db").await;
+    crate::util::exec(
+        &warehouse,
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE sink (phase INTEGER, d TEXT, UNIQUE (phase, d));
+         CREATE TABLE executions (phase INTEGER, start TEXT, started_ms INTEGER, token INTEGER);",
+    )
+    .await;
+    warehouse.close().await;
+}
+
+/// After the final resume: the state store is intact, every one of `cells` cells is complete and
+/// recorded once (one event each), the sink holds each cell once, and no runner was spawned
+/// for a cell already recorded complete: a task's final lease epoch is one above the claim that
+/// completed it, so such an execution would carry a token at least that large. Returns how many
+/// executions there were.
+async fn verify_exactly_once(project: &Project, cells: i64) -> usize {
+    let state = project.sqlite(".gapless/state.db").await;
+    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&state)
+        .await
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    let complete: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM run_cells WHERE state = 'complete'")
+            .fetch_one(&state)
+            .await
+            .unwrap();
+    assert_eq!(complete, cells);
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(&state)
+        .await
+        .unwrap();
+    assert_eq!(events, cells, "a cell was recorded complete twice");
+    let completions: Vec<(i64, String, i64)> =
+        sqlx::query_as("SELECT phase, start_date, lease_epoch FROM tasks WHERE state = 'complete'")
+            .fetch_all(&state)
+            .await
+            .unwrap();
+    state.close().await;
+    let warehouse = project.sqlite("warehouse.db").await;
+    let sink: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sink")
+        .fetch_one(&warehouse)
+        .await
+        .unwrap();
+    assert_eq!(sink, cells);
+    let executions: Vec<(i64, String, i64)> =
+        sqlx::query_as("SELECT phase, start, token FROM executions")
+            .fetch_all(&warehouse)
+            .await
+            .unwrap();
+    warehouse.close().await;
+    let completed: std::collections::HashMap<(i64, String), i64> = completions
+        .into_iter()
+        .map(|(p, d, epoch)| ((p, d), epoch))
+        .collect();
+    assert_eq!(completed.len(), usize::try_from(cells).unwrap());
+    let late: Vec<_> = executions
+        .iter()
+        .filter(|(p, d, token)| {
+            completed
+                .get(&(*p, d.clone()))
+                .is_none_or(|epoch| token >= epoch)
+        })
+        .collect();
+    assert!(
+        late.is_empty(),
+        "runners executed for cells already recorded complete: {late:?}"
+    );
+    executions.len()
 }

@@ -1,6 +1,9 @@
 //! `gapless demo` and `gapless report` on the NBA example: the original broken pipeline found,
 //! planned, healed and validated, with the validation queries' numbers before and after.
 
+use std::path::Path;
+use std::process::Output;
+
 use crate::util::{Project, code, stderr, stdout};
 
 #[test]
@@ -58,17 +61,11 @@ fn demo_heals_the_original_gaps_and_reports() {
     }
 
     // The report over the healed example: every season complete, no open gaps.
-    let report = project
-        .command(&[
-            "--pipeline",
-            dir.join("gapless.toml").to_str().unwrap(),
-            "report",
-            "--format",
-            "json",
-        ])
-        .env("GAPLESS_TODAY", "2025-07-01")
-        .output()
-        .unwrap();
+    let report = example(
+        &project,
+        &dir.join("gapless.toml"),
+        &["report", "--format", "json"],
+    );
     assert_eq!(code(&report), 0, "{}", stderr(&report));
     let report: serde_json::Value = serde_json::from_str(&stdout(&report)).unwrap();
     let rows = report["rows"].as_array().unwrap();
@@ -78,15 +75,7 @@ fn demo_heals_the_original_gaps_and_reports() {
         assert_eq!(row["rows"], row["expected_rows"], "{row}");
     }
     assert!(report["gaps"].as_array().unwrap().is_empty());
-    let markdown = project
-        .command(&[
-            "--pipeline",
-            dir.join("gapless.toml").to_str().unwrap(),
-            "report",
-        ])
-        .env("GAPLESS_TODAY", "2025-07-01")
-        .output()
-        .unwrap();
+    let markdown = example(&project, &dir.join("gapless.toml"), &["report"]);
     assert!(
         stdout(&markdown).contains("| 6 grading | 2024-25 |"),
         "{}",
@@ -109,17 +98,7 @@ async fn report_shows_the_open_gaps_of_the_broken_example() {
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     assert!(stdout(&output).contains("stopped before the backfill"));
     let pipeline = dir.join("gapless.toml");
-    let report = project
-        .command(&[
-            "--pipeline",
-            pipeline.to_str().unwrap(),
-            "report",
-            "--format",
-            "json",
-        ])
-        .env("GAPLESS_TODAY", "2025-07-01")
-        .output()
-        .unwrap();
+    let report = example(&project, &pipeline, &["report", "--format", "json"]);
     assert_eq!(code(&report), 0, "{}", stderr(&report));
     let report: serde_json::Value = serde_json::from_str(&stdout(&report)).unwrap();
     let row = |phase: u64, season: &str| {
@@ -147,17 +126,7 @@ async fn report_shows_the_open_gaps_of_the_broken_example() {
             .any(|g| g["phase"] == 3 && g["start"] == "2022-04-16" && g["state"] == "missing"),
         "{gaps:?}"
     );
-    let html = project
-        .command(&[
-            "--pipeline",
-            pipeline.to_str().unwrap(),
-            "report",
-            "--format",
-            "html",
-        ])
-        .env("GAPLESS_TODAY", "2025-07-01")
-        .output()
-        .unwrap();
+    let html = example(&project, &pipeline, &["report", "--format", "html"]);
     let html = stdout(&html);
     assert!(html.starts_with("<!doctype html>"));
     assert!(
@@ -165,10 +134,10 @@ async fn report_shows_the_open_gaps_of_the_broken_example() {
         "{html}"
     );
     // The plan over the broken example runs the gaps and nothing else.
-    let plan = project
-        .command(&[
-            "--pipeline",
-            pipeline.to_str().unwrap(),
+    let plan = example(
+        &project,
+        &pipeline,
+        &[
             "plan",
             "--start-date",
             "2021-10-19",
@@ -177,10 +146,8 @@ async fn report_shows_the_open_gaps_of_the_broken_example() {
             "--phases",
             "3-6",
             "--json",
-        ])
-        .env("GAPLESS_TODAY", "2025-07-01")
-        .output()
-        .unwrap();
+        ],
+    );
     let plan: serde_json::Value = serde_json::from_str(&stdout(&plan)).unwrap();
     assert!(plan["blocked"].as_array().unwrap().is_empty());
     assert_eq!(
@@ -212,10 +179,10 @@ async fn report_shows_the_open_gaps_of_the_broken_example() {
         .await;
         pool.close().await;
     }
-    let p1 = project
-        .command(&[
-            "--pipeline",
-            pipeline.to_str().unwrap(),
+    let p1 = example(
+        &project,
+        &pipeline,
+        &[
             "--json",
             "backfill",
             "--start-date",
@@ -225,10 +192,8 @@ async fn report_shows_the_open_gaps_of_the_broken_example() {
             "--phases",
             "2,3,4,5",
             "--yes",
-        ])
-        .env("GAPLESS_TODAY", "2025-07-01")
-        .output()
-        .unwrap();
+        ],
+    );
     assert_eq!(code(&p1), 0, "{}", stderr(&p1));
     let summary: serde_json::Value = serde_json::from_str(&stdout(&p1)).unwrap();
     assert_eq!(summary["state"], "succeeded");
@@ -238,10 +203,10 @@ async fn report_shows_the_open_gaps_of_the_broken_example() {
         assert!(phase["complete"].as_i64().unwrap() > 150, "{phase}");
         assert_eq!(phase["complete"], phase["total"], "{phase}");
     }
-    let status = project
-        .command(&[
-            "--pipeline",
-            pipeline.to_str().unwrap(),
+    let status = example(
+        &project,
+        &pipeline,
+        &[
             "status",
             "--start-date",
             "2024-10-22",
@@ -250,10 +215,8 @@ async fn report_shows_the_open_gaps_of_the_broken_example() {
             "--phases",
             "2-5",
             "--json",
-        ])
-        .env("GAPLESS_TODAY", "2025-07-01")
-        .output()
-        .unwrap();
+        ],
+    );
     let status: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
     for phase in status["phases"].as_array().unwrap() {
         assert_eq!(
@@ -266,4 +229,16 @@ async fn report_shows_the_open_gaps_of_the_broken_example() {
             "{phase}"
         );
     }
+}
+
+/// `gapless --pipeline PIPELINE ARGS…` on the example, with the demo's "today".
+fn example(project: &Project, pipeline: &Path, args: &[&str]) -> Output {
+    let pipeline = pipeline.to_str().unwrap();
+    let mut all = vec!["--pipeline", pipeline];
+    all.extend_from_slice(args);
+    project
+        .command(&all)
+        .env("GAPLESS_TODAY", "2025-07-01")
+        .output()
+        .unwrap()
 }

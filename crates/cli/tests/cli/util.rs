@@ -96,17 +96,3 @@ pub(crate) async fn scalar(pool: &SqlitePool, sql: &str) -> i64 {
         .unwrap()
         .get::<i64, _>(0)
 }
-
-/// Whether process `pid` is gone (or a zombie), waiting up to five seconds: signals are
-/// delivered asynchronously.
-pub(crate) fn process_gone(pid: &str) -> bool {
-    let gone = || {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        stat.is_empty() || stat.contains(") Z ")
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !gone() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    gone()
-}
