@@ -251,6 +251,8 @@ pub struct Spec {
     pub warehouse: Option<Warehouse>,
     /// State store URL.
     pub state_url: String,
+    /// `[state] sync`: when the SQLite state store fsyncs its commits.
+    pub state_sync: StateSync,
     /// `[server] listen`, if set.
     pub listen: Option<String>,
     /// Phases in dependency order (every phase after the phases it needs).
@@ -259,6 +261,19 @@ pub struct Spec {
     pub healing: Healing,
     /// Alert destinations.
     pub alerts: Alerts,
+}
+
+/// When the SQLite state store makes a commit durable (`[state] sync`). PostgreSQL ignores it:
+/// its own `synchronous_commit` decides.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StateSync {
+    /// Every commit survives a crash of gapless (kill -9, OOM, panic); an OS crash or power
+    /// loss may roll back the last few, which the next `resume` re-probes from the warehouse.
+    /// Runs starting and ending are always made durable.
+    #[default]
+    Normal,
+    /// Every commit is fsynced before gapless goes on.
+    Full,
 }
 
 impl Spec {
@@ -355,6 +370,7 @@ struct RawWarehouse {
 #[serde(deny_unknown_fields)]
 struct RawState {
     url: Option<Spanned<String>>,
+    sync: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -942,6 +958,22 @@ pub fn validate(raw: RawSpec, files: &dyn FileSource) -> Result<Spec, Vec<Diagno
             url.clone()
         },
     );
+    let state_sync = raw
+        .state
+        .as_ref()
+        .and_then(|s| s.sync.as_ref())
+        .map_or(StateSync::Normal, |sync| match sync.get_ref().as_str() {
+            "normal" => StateSync::Normal,
+            "full" => StateSync::Full,
+            other => {
+                v.error_hint(
+                    format!("unknown `state.sync` value `{other}`"),
+                    sync.span(),
+                    "use \"normal\" (the default: commits survive a crash of gapless) or \"full\" (fsync every commit)",
+                );
+                StateSync::Normal
+            }
+        });
     let listen = raw
         .server
         .as_ref()
@@ -1311,6 +1343,7 @@ pub fn validate(raw: RawSpec, files: &dyn FileSource) -> Result<Spec, Vec<Diagno
         calendar,
         warehouse,
         state_url,
+        state_sync,
         listen,
         phases: ordered,
         healing,

@@ -94,6 +94,18 @@ concurrency = 2
     assert!(matches!(&analytics.check, Source::Sql(sql) if sql.starts_with("DELETE")));
     assert_eq!(spec.max_total_lookback(), 30);
     assert_eq!(spec.state_url, DEFAULT_STATE_URL);
+    assert_eq!(spec.state_sync, StateSync::Normal);
+}
+
+#[test]
+fn state_sync_full_is_read() {
+    let spec = ok(&format!("\n[state]\nsync = \"full\"\n{RAW}"));
+    assert_eq!(spec.state_sync, StateSync::Full);
+}
+
+#[test]
+fn unknown_state_sync() {
+    insta::assert_snapshot!(errors(&format!("\n[state]\nsync = \"always\"\n{RAW}")));
 }
 
 #[test]
