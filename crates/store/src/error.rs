@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use chrono::NaiveDate;
+use rusqlite::ffi;
 
 /// Everything that can go wrong talking to the state store.
 ///
@@ -27,12 +28,22 @@ pub enum StoreError {
     /// The directory for the SQLite file could not be created (the source names the path).
     #[error("cannot create the directory for the SQLite state store")]
     CreateDir(#[source] std::io::Error),
-    /// Opening the connection pool failed.
+    /// Opening the SQLite file or the PostgreSQL pool failed.
     #[error("cannot connect to the state store")]
-    Connect(#[source] sqlx::Error),
-    /// Running the embedded migrations failed.
+    Connect(#[source] BackendError),
+    /// Running the embedded migrations failed (PostgreSQL, through sqlx's migrator).
     #[error("state store migration failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    /// An embedded SQLite migration failed; its transaction was rolled back, so the schema is
+    /// still at the version before it.
+    #[error("state store migration {version} failed")]
+    MigrationFailed {
+        /// The migration that failed.
+        version: i64,
+        /// The database error.
+        #[source]
+        source: BackendError,
+    },
     /// The database is behind this binary: run `gapless migrate`.
     #[error(
         "state store schema is at version {found}, this gapless needs {expected}: run `gapless migrate`"
@@ -56,12 +67,17 @@ pub enum StoreError {
     /// A unique key already holds this record, e.g. a task for the same (run, phase, start date)
     /// or a cell covered by two tasks of one run. Nothing of the operation was written.
     #[error("the state store already holds this record")]
-    Duplicate(#[source] sqlx::Error),
-    /// Any other database error.
+    Duplicate(#[source] BackendError),
+    /// Any other database error, including SQLite `BUSY` after the 10 s busy timeout (see
+    /// [`StoreError::is_retryable`]).
     #[error("state store query failed")]
-    Query(#[source] sqlx::Error),
-    /// The call did not finish in time. It may or may not have been applied: re-read before
-    /// acting on its outcome.
+    Query(#[source] BackendError),
+    /// The store was closed ([`crate::Store::close`]); open a new one.
+    #[error("the state store is closed")]
+    Closed,
+    /// A PostgreSQL call did not finish in time. It may or may not have been applied: re-read
+    /// before acting on its outcome. SQLite calls run in the calling thread and have no such
+    /// bound; their lock waits are bounded by SQLite's busy timeout instead.
     #[error("state store call timed out after {after:?}")]
     Timeout {
         /// The bound that was exceeded.
@@ -103,6 +119,19 @@ pub enum StoreError {
     },
 }
 
+/// The database driver's error, from either backend. Transparent: it shows the driver's message
+/// and its causes, so a printed chain names each cause once.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// From SQLite (rusqlite, in the calling thread).
+    #[error(transparent)]
+    Sqlite(rusqlite::Error),
+    /// From PostgreSQL (sqlx).
+    #[error(transparent)]
+    Postgres(sqlx::Error),
+}
+
 impl StoreError {
     /// Whether retrying the same call later may succeed: lost connections, pool and call
     /// timeouts, SQLite `BUSY`/`LOCKED`, PostgreSQL serialization failures, deadlocks, statement
@@ -111,7 +140,9 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Timeout { .. } => true,
-            Self::Connect(error) | Self::Query(error) => is_transient(error),
+            Self::Connect(error)
+            | Self::Query(error)
+            | Self::MigrationFailed { source: error, .. } => error.is_transient(),
             _ => false,
         }
     }
@@ -120,8 +151,24 @@ impl StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         match &error {
-            sqlx::Error::Database(db) if db.is_unique_violation() => Self::Duplicate(error),
-            _ => Self::Query(error),
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                Self::Duplicate(BackendError::Postgres(error))
+            }
+            _ => Self::Query(BackendError::Postgres(error)),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        // The primary code is `CONSTRAINT` for every constraint; only these two are "this key
+        // is taken" (a CHECK or NOT NULL failure is a bug, not a duplicate).
+        let extended = error.sqlite_error().map(|failure| failure.extended_code);
+        match extended {
+            Some(ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
+                Self::Duplicate(BackendError::Sqlite(error))
+            }
+            _ => Self::Query(BackendError::Sqlite(error)),
         }
     }
 }
@@ -132,21 +179,26 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     }
 }
 
-const SQLITE_BUSY: i32 = 5;
-const SQLITE_LOCKED: i32 = 6;
+impl BackendError {
+    fn is_transient(&self) -> bool {
+        match self {
+            // `BUSY` reaches the caller only after the busy timeout: another process held the
+            // write lock that long. The primary code covers `BUSY_SNAPSHOT` and friends.
+            Self::Sqlite(error) => matches!(
+                error.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
+            Self::Postgres(error) => is_transient_postgres(error),
+        }
+    }
+}
 
-fn is_transient(error: &sqlx::Error) -> bool {
+fn is_transient_postgres(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
-        sqlx::Error::Database(db) => {
-            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-                // `code()` is SQLite's extended result code; the primary code is its low byte.
-                let primary = db
-                    .code()
-                    .and_then(|code| code.parse::<i32>().ok())
-                    .map(|code| code & 0xff);
-                matches!(primary, Some(SQLITE_BUSY | SQLITE_LOCKED))
-            } else if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .is_some_and(|pg| {
                 let code = pg.code();
                 // 08: connection exception; 40001 serialization failure; 40P01 deadlock;
                 // 55P03 lock not available; 57014 query canceled (statement_timeout);
@@ -163,10 +215,7 @@ fn is_transient(error: &sqlx::Error) -> bool {
                             | "57P03"
                             | "53300"
                     )
-            } else {
-                false
-            }
-        }
+            }),
         _ => false,
     }
 }
@@ -177,15 +226,18 @@ mod tests {
 
     #[test]
     fn transient_failures_are_retryable_and_others_are_not() {
-        assert!(StoreError::Query(sqlx::Error::PoolTimedOut).is_retryable());
+        assert!(StoreError::from(sqlx::Error::PoolTimedOut).is_retryable());
         assert!(
             StoreError::Timeout {
                 after: Duration::from_secs(1)
             }
             .is_retryable()
         );
-        assert!(!StoreError::Query(sqlx::Error::RowNotFound).is_retryable());
-        assert!(!StoreError::Duplicate(sqlx::Error::RowNotFound).is_retryable());
+        assert!(!StoreError::from(sqlx::Error::RowNotFound).is_retryable());
+        assert!(
+            !StoreError::Duplicate(BackendError::Postgres(sqlx::Error::RowNotFound)).is_retryable()
+        );
+        assert!(!StoreError::Closed.is_retryable());
         assert!(
             !StoreError::SchemaOutdated {
                 found: 0,

@@ -1,4 +1,8 @@
 //! The [`Store`] handle: connecting, migrating, and every read and transition.
+//!
+//! Each method computes its values once (clock, JSON text) and then has one arm per backend,
+//! side by side, binding the same SQL text ([`crate::sql`]): SQLite in the calling thread
+//! through [`SqliteStore`], PostgreSQL through sqlx under [`CALL_TIMEOUT`].
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -7,87 +11,68 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use rusqlite::{Connection, params};
+use sqlx::SqlSafeStr as _;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
-use sqlx::{Row as _, SqlSafeStr as _};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use crate::error::StoreError;
+use crate::codec::{
+    RowExt, cell_from_row, date_text, event_from_row, progress_from_row, run_from_row,
+    task_from_row,
+};
+use crate::error::{BackendError, StoreError};
 use crate::model::{
-    CellRecord, CellState, Claim, EventRecord, NewEvent, NewRun, NewTask, PhaseProgress, RunId,
-    RunKind, RunRecord, RunState, TaskRecord, TaskState,
+    CellRecord, Claim, EventRecord, NewEvent, NewRun, NewTask, PhaseProgress, RunId, RunRecord,
+    RunState, TaskRecord,
 };
 use crate::sql;
+use crate::sqlite::{self, Commit, Location, SqliteStore, SyncMode};
 
-/// SQLite waits this long for another writer before failing with `BUSY`.
-const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// PostgreSQL cancels any statement running longer than this (server side).
 const PG_STATEMENT_TIMEOUT: &str = "30s";
 /// PostgreSQL ends a session that sits idle inside a transaction this long, releasing its locks.
 const PG_IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
 /// Bound on establishing a connection (and on waiting for a free one in the pool).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Client-side bound on every store call, for hangs no server-side timeout sees (a dead TCP
-/// peer). Longer than the server-side timeouts, so those fire first when they can.
+/// Client-side bound on every PostgreSQL call, for hangs no server-side timeout sees (a dead
+/// TCP peer). Longer than the server-side timeouts, so those fire first when they can. SQLite
+/// calls run in the calling thread, where no timeout can interrupt them; SQLite's busy timeout
+/// (10 s) bounds their lock waits instead.
 const CALL_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// Highest migration embedded in this binary; [`Store::ensure_current`] demands exactly this.
 pub const SCHEMA_VERSION: i64 = 1;
 
 /// The state store: runs, tasks, cells and events, on SQLite or PostgreSQL with the same
-/// semantics. Chosen once at the top from the `[state] url`; cheap to clone (the pools are
-/// reference-counted).
+/// semantics. Chosen once at the top from the `[state] url`; cheap to clone (the connection and
+/// the pool are reference-counted).
 #[derive(Debug, Clone)]
 pub enum Store {
     /// Embedded SQLite: the default, for one node.
-    Sqlite(SqlitePool),
+    Sqlite(SqliteStore),
     /// PostgreSQL: for several nodes sharing the work.
     Postgres(PgPool),
 }
 
-/// Runs `body` (an expression that may use `?` and evaluates to the result value) with `$pool`
-/// bound to the backend's pool, under [`CALL_TIMEOUT`]. The body is compiled once per backend:
-/// sqlx's query types are generic over the database, so the same text serves both.
-macro_rules! with_pool {
-    ($store:expr, |$pool:ident| $body:expr) => {
-        match $store {
-            Store::Sqlite($pool) => bounded(async move { Ok::<_, StoreError>($body) }).await,
-            Store::Postgres($pool) => bounded(async move { Ok::<_, StoreError>($body) }).await,
-        }
+/// Runs `body` (an expression that may use `?` and evaluates to the result value) as one
+/// PostgreSQL call under [`CALL_TIMEOUT`].
+macro_rules! pg_call {
+    ($body:expr) => {
+        bounded(async move { Ok::<_, StoreError>($body) }).await
     };
 }
 
-/// Like `with_pool!`, inside one transaction bound to `$tx` and committed after `body`. An error
-/// (or the timeout) drops the transaction, which rolls it back.
-///
-/// SQLite transactions start with `BEGIN IMMEDIATE`: they take the write lock up front, so
-/// `busy_timeout` queues concurrent writers. A deferred transaction that reads first and writes
-/// later fails at once with `SQLITE_BUSY_SNAPSHOT` when another writer got in between.
-macro_rules! with_tx {
-    ($store:expr, |$tx:ident| $body:expr) => {
-        match $store {
-            Store::Sqlite(pool) => {
-                bounded(async move {
-                    let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                    let out = $body;
-                    $tx.commit().await?;
-                    Ok::<_, StoreError>(out)
-                })
-                .await
-            }
-            Store::Postgres(pool) => {
-                bounded(async move {
-                    let mut $tx = pool.begin().await?;
-                    let out = $body;
-                    $tx.commit().await?;
-                    Ok::<_, StoreError>(out)
-                })
-                .await
-            }
-        }
+/// Like `pg_call!`, inside one transaction on `$pool` bound to `$tx` and committed after
+/// `body`. An error (or the timeout) drops the transaction, which rolls it back.
+macro_rules! pg_tx {
+    ($pool:expr, |$tx:ident| $body:expr) => {
+        bounded(async move {
+            let mut $tx = $pool.begin().await?;
+            let out = $body;
+            $tx.commit().await?;
+            Ok::<_, StoreError>(out)
+        })
+        .await
     };
 }
 
@@ -101,17 +86,27 @@ async fn bounded<T>(call: impl Future<Output = Result<T, StoreError>>) -> Result
 
 impl Store {
     /// Opens the store at `url` without migrating it (`gapless migrate` does that; `serve` and
-    /// friends call [`Store::ensure_current`]).
+    /// friends call [`Store::ensure_current`]), with [`SyncMode::Normal`] on SQLite.
     ///
     /// - `sqlite://state.db`, `sqlite:state.db`: relative to `base_dir` (the pipeline file's
     ///   directory); `sqlite:///abs/state.db`: absolute. Parent directories and the file are
-    ///   created. WAL, `synchronous=FULL`, 10 s busy timeout, foreign keys on.
+    ///   created. WAL, `synchronous` per [`SyncMode`], 10 s busy timeout, foreign keys on.
     /// - `sqlite::memory:`: a private in-memory database on a single connection (it lives as
     ///   long as that connection).
     /// - `postgres://…`, `postgresql://…`: 10 s connect timeout, 30 s `statement_timeout`.
     pub async fn connect(url: &str, base_dir: &Path) -> Result<Self, StoreError> {
+        Self::connect_with(url, base_dir, SyncMode::Normal).await
+    }
+
+    /// [`Store::connect`] with the durability of SQLite commits chosen; PostgreSQL ignores
+    /// `sync`.
+    pub async fn connect_with(
+        url: &str,
+        base_dir: &Path,
+        sync: SyncMode,
+    ) -> Result<Self, StoreError> {
         if let Some(rest) = url.strip_prefix("sqlite:") {
-            Self::connect_sqlite(rest, base_dir).await
+            Self::connect_sqlite(rest, base_dir, sync)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Self::connect_postgres(url).await
         } else {
@@ -121,24 +116,10 @@ impl Store {
         }
     }
 
-    async fn connect_sqlite(rest: &str, base_dir: &Path) -> Result<Self, StoreError> {
+    fn connect_sqlite(rest: &str, base_dir: &Path, sync: SyncMode) -> Result<Self, StoreError> {
         if rest == ":memory:" {
-            // sqlx names each `:memory:` database uniquely, so two stores never share one.
-            let options = SqliteConnectOptions::from_str("sqlite::memory:")
-                .map_err(StoreError::Connect)?
-                .foreign_keys(true)
-                .busy_timeout(SQLITE_BUSY_TIMEOUT);
-            // One connection that never expires: each in-memory connection is its own database.
-            let pool = SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .acquire_timeout(CALL_TIMEOUT)
-                .connect_with(options)
-                .await
-                .map_err(StoreError::Connect)?;
-            return Ok(Self::Sqlite(pool));
+            let store = SqliteStore::open(Location::Memory, sync)?;
+            return Ok(Self::Sqlite(store));
         }
         let path = rest.strip_prefix("//").unwrap_or(rest);
         if path.is_empty() {
@@ -155,29 +136,14 @@ impl Store {
         if let Some(parent) = path.parent() {
             fs_err::create_dir_all(parent).map_err(StoreError::CreateDir)?;
         }
-        let options = SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(SQLITE_BUSY_TIMEOUT)
-            .foreign_keys(true);
-        // Writers are serialized by SQLite anyway; a few connections let reads overlap writes.
-        // A local file cannot drop a connection: skip sqlx's ping before every acquire, a round
-        // trip per query on the executor's hot path.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .test_before_acquire(false)
-            .acquire_timeout(CALL_TIMEOUT)
-            .connect_with(options)
-            .await
-            .map_err(StoreError::Connect)?;
-        Ok(Self::Sqlite(pool))
+        let store = SqliteStore::open(Location::File(&path), sync)?;
+        Ok(Self::Sqlite(store))
     }
 
     async fn connect_postgres(url: &str) -> Result<Self, StoreError> {
+        let connect_error = |error| StoreError::Connect(BackendError::Postgres(error));
         let options = PgConnectOptions::from_str(url)
-            .map_err(StoreError::Connect)?
+            .map_err(connect_error)?
             .application_name("gapless")
             .options([
                 ("statement_timeout", PG_STATEMENT_TIMEOUT),
@@ -195,25 +161,46 @@ impl Store {
             .map_err(|_elapsed| StoreError::Timeout {
                 after: CONNECT_TIMEOUT,
             })?
-            .map_err(StoreError::Connect)?;
+            .map_err(connect_error)?;
         Ok(Self::Postgres(pool))
     }
 
-    /// Closes the pool, waiting for connections in use to be returned.
+    /// Closes the store: on PostgreSQL waits for connections in use to be returned; on SQLite
+    /// closes the connection. Later calls on any clone fail.
     pub async fn close(&self) {
         match self {
-            Self::Sqlite(pool) => pool.close().await,
+            Self::Sqlite(sqlite) => sqlite.close(),
             Self::Postgres(pool) => pool.close().await,
+        }
+    }
+
+    /// The durability mode of SQLite commits; `None` on PostgreSQL.
+    pub fn sync_mode(&self) -> Option<SyncMode> {
+        match self {
+            Self::Sqlite(sqlite) => Some(sqlite.sync_mode()),
+            Self::Postgres(_) => None,
+        }
+    }
+
+    /// Makes every transaction committed so far durable, e.g. before a fencing token or a
+    /// completion leaves the machine. On SQLite with [`SyncMode::Normal`], one small commit that
+    /// fsyncs the WAL; a no-op with [`SyncMode::Full`] and on PostgreSQL, whose commits are
+    /// durable when they return.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(sqlite) => sqlite.flush(),
+            Self::Postgres(_) => Ok(()),
         }
     }
 
     // --- schema ---------------------------------------------------------------------------
 
-    /// Applies the embedded migrations that are not applied yet; a no-op when current.
-    /// Concurrent callers on PostgreSQL are serialized by sqlx's advisory lock.
+    /// Applies the embedded migrations that are not applied yet; a no-op when current. Refuses
+    /// a database migrated by a newer gapless. Concurrent callers are serialized: on SQLite by
+    /// the write lock (the version is re-read under it), on PostgreSQL by sqlx's advisory lock.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self {
-            Self::Sqlite(pool) => migrator(SQLITE_MIGRATIONS).run(pool).await?,
+            Self::Sqlite(sqlite) => sqlite.migrate()?,
             Self::Postgres(pool) => migrator(POSTGRES_MIGRATIONS).run(pool).await?,
         }
         Ok(())
@@ -221,20 +208,21 @@ impl Store {
 
     /// Highest successfully applied migration; 0 for an empty database.
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
-        let has_table = match self {
-            Self::Sqlite(_) => sql::HAS_MIGRATIONS_TABLE_SQLITE,
-            Self::Postgres(_) => sql::HAS_MIGRATIONS_TABLE_POSTGRES,
-        };
-        with_pool!(self, |pool| {
-            let tables: i64 = sqlx::query_scalar(has_table).fetch_one(pool).await?;
-            if tables == 0 {
-                0
-            } else {
-                sqlx::query_scalar(sql::SCHEMA_VERSION)
+        match self {
+            Self::Sqlite(sqlite) => sqlite.call(sqlite::schema_version),
+            Self::Postgres(pool) => pg_call!({
+                let tables: i64 = sqlx::query_scalar(sql::HAS_MIGRATIONS_TABLE_POSTGRES)
                     .fetch_one(pool)
-                    .await?
-            }
-        })
+                    .await?;
+                if tables == 0 {
+                    0
+                } else {
+                    sqlx::query_scalar(sql::SCHEMA_VERSION)
+                        .fetch_one(pool)
+                        .await?
+                }
+            }),
+        }
     }
 
     /// Fails unless the schema is exactly the one this binary was built for: `serve`, `backfill`
@@ -253,15 +241,12 @@ impl Store {
     /// line). PostgreSQL has no equivalent cheap check and returns `"ok"`.
     pub async fn integrity_check(&self) -> Result<String, StoreError> {
         match self {
-            Self::Sqlite(pool) => {
-                bounded(async move {
-                    let lines: Vec<String> = sqlx::query_scalar(sql::INTEGRITY_CHECK_SQLITE)
-                        .fetch_all(pool)
-                        .await?;
-                    Ok(lines.join("\n"))
-                })
-                .await
-            }
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                let lines = sqlite::rows(connection, sql::INTEGRITY_CHECK_SQLITE, [], |row| {
+                    Ok(row.get::<_, String>(0)?)
+                })?;
+                Ok(lines.join("\n"))
+            }),
             Self::Postgres(_) => Ok("ok".to_owned()),
         }
     }
@@ -269,7 +254,8 @@ impl Store {
     // --- runs -----------------------------------------------------------------------------
 
     /// Creates a run in state `running` with all its tasks and one cell per task date, in one
-    /// transaction: either all of it is stored or none.
+    /// transaction: either all of it is stored or none. Durable on SQLite whatever the
+    /// [`SyncMode`]: a run that was reported created survives a power loss.
     ///
     /// Fails with [`StoreError::Duplicate`] when two tasks share (phase, start) or two tasks
     /// cover the same (phase, date), and with [`StoreError::InvalidTask`] for a task whose dates
@@ -283,42 +269,47 @@ impl Store {
             column: "runs.request",
             source,
         })?;
-        let insert_run = match self {
-            Self::Sqlite(_) => sql::INSERT_RUN_SQLITE,
-            Self::Postgres(_) => sql::INSERT_RUN_POSTGRES,
-        };
         let (kind, run_id) = (new.kind.as_str(), id.as_str());
-        with_tx!(self, |tx| {
-            sqlx::query(insert_run)
-                .bind(run_id)
-                .bind(kind)
-                .bind(new.pipeline.as_str())
-                .bind(request.as_str())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            for task in &new.tasks {
-                let task_id: i64 = sqlx::query_scalar(sql::INSERT_TASK)
+        match self {
+            Self::Sqlite(sqlite) => sqlite.transaction(Commit::Durable, |connection| {
+                let pipeline = new.pipeline.as_str();
+                let values = params![run_id, kind, pipeline, request, now];
+                sqlite::execute(connection, sql::INSERT_RUN_SQLITE, values)?;
+                insert_tasks_sqlite(connection, run_id, &new.tasks)?;
+                Ok(())
+            })?,
+            Self::Postgres(pool) => pg_tx!(pool, |tx| {
+                sqlx::query(sql::INSERT_RUN_POSTGRES)
                     .bind(run_id)
-                    .bind(task.phase)
-                    .bind(date_text(task.start))
-                    .bind(date_text(task.end))
-                    .bind(task.state.as_str())
-                    .bind(task.error.as_deref())
-                    .fetch_one(&mut *tx)
+                    .bind(kind)
+                    .bind(new.pipeline.as_str())
+                    .bind(request.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
                     .await?;
-                for date in &task.dates {
-                    sqlx::query(sql::INSERT_CELL)
+                for task in &new.tasks {
+                    let task_id: i64 = sqlx::query_scalar(sql::INSERT_TASK.postgres)
                         .bind(run_id)
                         .bind(task.phase)
-                        .bind(date_text(*date))
-                        .bind(task_id)
+                        .bind(date_text(task.start))
+                        .bind(date_text(task.end))
                         .bind(task.state.as_str())
-                        .execute(&mut *tx)
+                        .bind(task.error.as_deref())
+                        .fetch_one(&mut *tx)
                         .await?;
+                    for date in &task.dates {
+                        sqlx::query(sql::INSERT_CELL.postgres)
+                            .bind(run_id)
+                            .bind(task.phase)
+                            .bind(date_text(*date))
+                            .bind(task_id)
+                            .bind(task.state.as_str())
+                            .execute(&mut *tx)
+                            .await?;
+                    }
                 }
-            }
-        })?;
+            })?,
+        }
         Ok(id)
     }
 
@@ -332,47 +323,60 @@ impl Store {
     ) -> Result<Vec<i64>, StoreError> {
         validate_tasks(tasks)?;
         let run_id = run_id.as_str();
-        with_tx!(self, |tx| {
-            let mut ids = Vec::with_capacity(tasks.len());
-            for task in tasks {
-                let task_id: i64 = sqlx::query_scalar(sql::INSERT_TASK)
-                    .bind(run_id)
-                    .bind(task.phase)
-                    .bind(date_text(task.start))
-                    .bind(date_text(task.end))
-                    .bind(task.state.as_str())
-                    .bind(task.error.as_deref())
-                    .fetch_one(&mut *tx)
-                    .await?;
-                for date in &task.dates {
-                    sqlx::query(sql::INSERT_CELL)
+        match self {
+            Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
+                insert_tasks_sqlite(connection, run_id, tasks)
+            }),
+            Self::Postgres(pool) => pg_tx!(pool, |tx| {
+                let mut ids = Vec::with_capacity(tasks.len());
+                for task in tasks {
+                    let task_id: i64 = sqlx::query_scalar(sql::INSERT_TASK.postgres)
                         .bind(run_id)
                         .bind(task.phase)
-                        .bind(date_text(*date))
-                        .bind(task_id)
+                        .bind(date_text(task.start))
+                        .bind(date_text(task.end))
                         .bind(task.state.as_str())
-                        .execute(&mut *tx)
+                        .bind(task.error.as_deref())
+                        .fetch_one(&mut *tx)
                         .await?;
+                    for date in &task.dates {
+                        sqlx::query(sql::INSERT_CELL.postgres)
+                            .bind(run_id)
+                            .bind(task.phase)
+                            .bind(date_text(*date))
+                            .bind(task_id)
+                            .bind(task.state.as_str())
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    ids.push(task_id);
                 }
-                ids.push(task_id);
-            }
-            ids
-        })
+                ids
+            }),
+        }
     }
 
     /// The run, if it exists.
     pub async fn run(&self, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
         let id = id.as_str();
-        with_pool!(self, |pool| {
-            match sqlx::query(sql::SELECT_RUN)
-                .bind(id)
-                .fetch_optional(pool)
-                .await?
-            {
-                Some(row) => Some(run_from_row(&row)?),
-                None => None,
-            }
-        })
+        match self {
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                let runs = sqlite::rows(connection, sql::SELECT_RUN.sqlite, [id], |row| {
+                    run_from_row(row)
+                })?;
+                Ok(runs.into_iter().next())
+            }),
+            Self::Postgres(pool) => pg_call!({
+                match sqlx::query(sql::SELECT_RUN.postgres)
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await?
+                {
+                    Some(row) => Some(run_from_row(&row)?),
+                    None => None,
+                }
+            }),
+        }
     }
 
     /// The most recently created run.
@@ -384,19 +388,27 @@ impl Store {
     pub async fn list_runs(&self, limit: i64) -> Result<Vec<RunRecord>, StoreError> {
         // A negative LIMIT means "all" to SQLite and is an error to PostgreSQL.
         let limit = limit.max(0);
-        with_pool!(self, |pool| {
-            sqlx::query(sql::LIST_RUNS)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(run_from_row)
-                .collect::<Result<Vec<_>, _>>()?
-        })
+        match self {
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                sqlite::rows(connection, sql::LIST_RUNS.sqlite, [limit], |row| {
+                    run_from_row(row)
+                })
+            }),
+            Self::Postgres(pool) => pg_call!({
+                sqlx::query(sql::LIST_RUNS.postgres)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(run_from_row)
+                    .collect::<Result<Vec<_>, _>>()?
+            }),
+        }
     }
 
     /// Compare-and-set of the run's state on its `version`; `true` when it applied. Sets
-    /// `finished_at` for terminal states and clears it for `running` (resume).
+    /// `finished_at` for terminal states and clears it for `running` (resume). Durable on
+    /// SQLite whatever the [`SyncMode`].
     pub async fn set_run_state(
         &self,
         run_id: &RunId,
@@ -406,40 +418,53 @@ impl Store {
         let now = Utc::now().timestamp_millis();
         let finished_at = new_state.is_terminal().then_some(now);
         let (run_id, state) = (run_id.as_str(), new_state.as_str());
-        let won = with_pool!(self, |pool| {
-            sqlx::query(sql::SET_RUN_STATE)
-                .bind(run_id)
-                .bind(expected_version)
-                .bind(state)
-                .bind(now)
-                .bind(finished_at)
-                .execute(pool)
-                .await?
-                .rows_affected()
-                == 1
-        })?;
+        let won = match self {
+            Self::Sqlite(sqlite) => sqlite.transaction(Commit::Durable, |connection| {
+                let values = params![run_id, expected_version, state, now, finished_at];
+                Ok(sqlite::execute(connection, sql::SET_RUN_STATE.sqlite, values)? == 1)
+            })?,
+            Self::Postgres(pool) => pg_call!({
+                sqlx::query(sql::SET_RUN_STATE.postgres)
+                    .bind(run_id)
+                    .bind(expected_version)
+                    .bind(state)
+                    .bind(now)
+                    .bind(finished_at)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+                    == 1
+            })?,
+        };
         log_outcome("set_run_state", won);
         Ok(won)
     }
 
     /// Moves a `running` run to the terminal `state`; `true` when it applied. A run that is no
-    /// longer running (cancelled, already finished) is left alone.
+    /// longer running (cancelled, already finished) is left alone. Durable on SQLite whatever
+    /// the [`SyncMode`], and so is everything committed before it.
     pub async fn finish_run(&self, run_id: &RunId, state: RunState) -> Result<bool, StoreError> {
         if !state.is_terminal() {
             return Err(StoreError::NotTerminal { state });
         }
         let now = Utc::now().timestamp_millis();
         let (run_id, state) = (run_id.as_str(), state.as_str());
-        let won = with_pool!(self, |pool| {
-            sqlx::query(sql::FINISH_RUN)
-                .bind(run_id)
-                .bind(state)
-                .bind(now)
-                .execute(pool)
-                .await?
-                .rows_affected()
-                == 1
-        })?;
+        let won = match self {
+            Self::Sqlite(sqlite) => sqlite.transaction(Commit::Durable, |connection| {
+                let values = params![run_id, state, now];
+                Ok(sqlite::execute(connection, sql::FINISH_RUN.sqlite, values)? == 1)
+            })?,
+            Self::Postgres(pool) => pg_call!({
+                sqlx::query(sql::FINISH_RUN.postgres)
+                    .bind(run_id)
+                    .bind(state)
+                    .bind(now)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+                    == 1
+            })?,
+        };
         log_outcome("finish_run", won);
         Ok(won)
     }
@@ -449,63 +474,92 @@ impl Store {
     /// The run's tasks, ordered by phase, then start date.
     pub async fn tasks(&self, run_id: &RunId) -> Result<Vec<TaskRecord>, StoreError> {
         let run_id = run_id.as_str();
-        with_pool!(self, |pool| {
-            sqlx::query(sql::SELECT_TASKS)
-                .bind(run_id)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(task_from_row)
-                .collect::<Result<Vec<_>, _>>()?
-        })
+        match self {
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                sqlite::rows(connection, sql::SELECT_TASKS.sqlite, [run_id], |row| {
+                    task_from_row(row)
+                })
+            }),
+            Self::Postgres(pool) => pg_call!({
+                sqlx::query(sql::SELECT_TASKS.postgres)
+                    .bind(run_id)
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(task_from_row)
+                    .collect::<Result<Vec<_>, _>>()?
+            }),
+        }
     }
 
     /// One task, if it exists.
     pub async fn task(&self, task_id: i64) -> Result<Option<TaskRecord>, StoreError> {
-        with_pool!(self, |pool| {
-            match sqlx::query(sql::SELECT_TASK)
-                .bind(task_id)
-                .fetch_optional(pool)
-                .await?
-            {
-                Some(row) => Some(task_from_row(&row)?),
-                None => None,
-            }
-        })
+        match self {
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                let tasks = sqlite::rows(connection, sql::SELECT_TASK.sqlite, [task_id], |row| {
+                    task_from_row(row)
+                })?;
+                Ok(tasks.into_iter().next())
+            }),
+            Self::Postgres(pool) => pg_call!({
+                match sqlx::query(sql::SELECT_TASK.postgres)
+                    .bind(task_id)
+                    .fetch_optional(pool)
+                    .await?
+                {
+                    Some(row) => Some(task_from_row(&row)?),
+                    None => None,
+                }
+            }),
+        }
     }
 
     /// The run's cells, ordered by phase, then date.
     pub async fn cells(&self, run_id: &RunId) -> Result<Vec<CellRecord>, StoreError> {
         let run_id = run_id.as_str();
-        with_pool!(self, |pool| {
-            sqlx::query(sql::SELECT_CELLS)
-                .bind(run_id)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(cell_from_row)
-                .collect::<Result<Vec<_>, _>>()?
-        })
+        match self {
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                sqlite::rows(connection, sql::SELECT_CELLS.sqlite, [run_id], |row| {
+                    cell_from_row(row)
+                })
+            }),
+            Self::Postgres(pool) => pg_call!({
+                sqlx::query(sql::SELECT_CELLS.postgres)
+                    .bind(run_id)
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(cell_from_row)
+                    .collect::<Result<Vec<_>, _>>()?
+            }),
+        }
     }
 
     /// Cell counts per phase of the run, ordered by phase.
     pub async fn run_progress(&self, run_id: &RunId) -> Result<Vec<PhaseProgress>, StoreError> {
         let run_id = run_id.as_str();
-        with_pool!(self, |pool| {
-            sqlx::query(sql::RUN_PROGRESS)
-                .bind(run_id)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(progress_from_row)
-                .collect::<Result<Vec<_>, _>>()?
-        })
+        match self {
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                sqlite::rows(connection, sql::RUN_PROGRESS.sqlite, [run_id], |row| {
+                    progress_from_row(row)
+                })
+            }),
+            Self::Postgres(pool) => pg_call!({
+                sqlx::query(sql::RUN_PROGRESS.postgres)
+                    .bind(run_id)
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(progress_from_row)
+                    .collect::<Result<Vec<_>, _>>()?
+            }),
+        }
     }
 
     /// Claims a pending task whose lease epoch is still `seen_epoch` and whose retry backoff has
     /// passed: pending → running, attempt + 1, lease epoch + 1, lease held by `owner` until
     /// now + `ttl`. `None` means another claimer won, the epoch is stale, or the task is not
-    /// claimable (yet): do not run it.
+    /// claimable (yet): do not run it. One statement (`UPDATE … RETURNING`).
     pub async fn claim(
         &self,
         task_id: i64,
@@ -515,29 +569,35 @@ impl Store {
     ) -> Result<Option<Claim>, StoreError> {
         let now = Utc::now().timestamp_millis();
         let expires_at = now.saturating_add(millis(ttl));
-        let claim = with_pool!(self, |pool| {
-            match sqlx::query(sql::CLAIM)
-                .bind(task_id)
-                .bind(seen_epoch)
-                .bind(owner)
-                .bind(expires_at)
-                .bind(now)
-                .fetch_optional(pool)
-                .await?
-            {
-                Some(row) => Some(Claim {
-                    epoch: row.i64("lease_epoch")?,
-                    attempt: row.i32("attempt")?,
-                }),
-                None => None,
-            }
-        })?;
+        let claim = match self {
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                let values = params![task_id, seen_epoch, owner, expires_at, now];
+                let claims = sqlite::rows(connection, sql::CLAIM.sqlite, values, |row| {
+                    claim_from_row(row)
+                })?;
+                Ok(claims.into_iter().next())
+            })?,
+            Self::Postgres(pool) => pg_call!({
+                match sqlx::query(sql::CLAIM.postgres)
+                    .bind(task_id)
+                    .bind(seen_epoch)
+                    .bind(owner)
+                    .bind(expires_at)
+                    .bind(now)
+                    .fetch_optional(pool)
+                    .await?
+                {
+                    Some(row) => Some(claim_from_row(&row)?),
+                    None => None,
+                }
+            })?,
+        };
         log_outcome("claim", claim.is_some());
         Ok(claim)
     }
 
     /// Renews the lease of a running task held under `epoch` to now + `ttl`. `false` means the
-    /// lease was lost (rescued, requeued): the holder must stop its runner.
+    /// lease was lost (rescued, requeued): the holder must stop its runner. One statement.
     pub async fn heartbeat(
         &self,
         task_id: i64,
@@ -545,16 +605,22 @@ impl Store {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let expires_at = Utc::now().timestamp_millis().saturating_add(millis(ttl));
-        let won = with_pool!(self, |pool| {
-            sqlx::query(sql::HEARTBEAT)
-                .bind(task_id)
-                .bind(epoch)
-                .bind(expires_at)
-                .execute(pool)
-                .await?
-                .rows_affected()
-                == 1
-        })?;
+        let won = match self {
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                let values = params![task_id, epoch, expires_at];
+                Ok(sqlite::execute(connection, sql::HEARTBEAT.sqlite, values)? == 1)
+            })?,
+            Self::Postgres(pool) => pg_call!({
+                sqlx::query(sql::HEARTBEAT.postgres)
+                    .bind(task_id)
+                    .bind(epoch)
+                    .bind(expires_at)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+                    == 1
+            })?,
+        };
         log_outcome("heartbeat", won);
         Ok(won)
     }
@@ -563,6 +629,9 @@ impl Store {
     /// (with `counts`, lease cleared, epoch + 1), its still-pending cells → complete, and one
     /// `complete` event from `source` per cell that became complete. `false` means the lease was
     /// lost: a stale completion, to be logged and dropped, not turned into a failure.
+    ///
+    /// Three statements, each set-based (the task's compare-and-set, then the cells and their
+    /// events whatever their number); a lost compare-and-set stops after the first.
     pub async fn complete(
         &self,
         task_id: i64,
@@ -575,38 +644,54 @@ impl Store {
             column: "tasks.counts",
             source,
         })?;
-        let won = with_tx!(self, |tx| {
-            let run_id: Option<String> = sqlx::query_scalar(sql::COMPLETE_TASK)
-                .bind(task_id)
-                .bind(epoch)
-                .bind(now)
-                .bind(counts.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-            match run_id {
-                None => false,
-                Some(_) => {
-                    sqlx::query(sql::COMPLETE_CELLS)
+        let won = match self {
+            Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
+                let values = params![task_id, epoch, now, counts];
+                if sqlite::execute(connection, sql::COMPLETE_TASK.sqlite, values)? == 0 {
+                    return Ok(false);
+                }
+                sqlite::execute(
+                    connection,
+                    sql::COMPLETE_CELLS.sqlite,
+                    params![task_id, now],
+                )?;
+                let values = params![task_id, now, source];
+                sqlite::execute(connection, sql::INSERT_COMPLETION_EVENTS.sqlite, values)?;
+                Ok(true)
+            })?,
+            Self::Postgres(pool) => pg_tx!(pool, |tx| {
+                let won = sqlx::query(sql::COMPLETE_TASK.postgres)
+                    .bind(task_id)
+                    .bind(epoch)
+                    .bind(now)
+                    .bind(counts.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1;
+                if won {
+                    sqlx::query(sql::COMPLETE_CELLS.postgres)
                         .bind(task_id)
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
-                    sqlx::query(sql::INSERT_COMPLETION_EVENTS)
+                    sqlx::query(sql::INSERT_COMPLETION_EVENTS.postgres)
                         .bind(task_id)
                         .bind(now)
                         .bind(source)
                         .execute(&mut *tx)
                         .await?;
-                    true
                 }
-            }
-        })?;
+                won
+            })?,
+        };
         log_outcome("complete", won);
         Ok(won)
     }
 
     /// Gives a running task held under `epoch` back for another attempt: running → pending,
     /// `error` recorded, lease cleared, epoch + 1, not claimable before now + `not_before`.
+    /// One statement.
     pub async fn release_for_retry(
         &self,
         task_id: i64,
@@ -617,43 +702,60 @@ impl Store {
         let not_before = Utc::now()
             .timestamp_millis()
             .saturating_add(millis(not_before));
-        let won = with_pool!(self, |pool| {
-            sqlx::query(sql::RELEASE_FOR_RETRY)
-                .bind(task_id)
-                .bind(epoch)
-                .bind(error)
-                .bind(not_before)
-                .execute(pool)
-                .await?
-                .rows_affected()
-                == 1
-        })?;
+        let won = match self {
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                let values = params![task_id, epoch, error, not_before];
+                Ok(sqlite::execute(connection, sql::RELEASE_FOR_RETRY.sqlite, values)? == 1)
+            })?,
+            Self::Postgres(pool) => pg_call!({
+                sqlx::query(sql::RELEASE_FOR_RETRY.postgres)
+                    .bind(task_id)
+                    .bind(epoch)
+                    .bind(error)
+                    .bind(not_before)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+                    == 1
+            })?,
+        };
         log_outcome("release_for_retry", won);
         Ok(won)
     }
 
     /// Fails a running task held under `epoch` for good, in one transaction: the task → failed
-    /// with `error` (lease cleared, epoch + 1) and its pending cells → failed.
+    /// with `error` (lease cleared, epoch + 1) and its pending cells → failed. Two statements;
+    /// a lost compare-and-set stops after the first.
     pub async fn fail(&self, task_id: i64, epoch: i64, error: &str) -> Result<bool, StoreError> {
         let now = Utc::now().timestamp_millis();
-        let won = with_tx!(self, |tx| {
-            let won = sqlx::query(sql::FAIL_TASK)
-                .bind(task_id)
-                .bind(epoch)
-                .bind(error)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                == 1;
-            if won {
-                sqlx::query(sql::FAIL_CELLS)
+        let won = match self {
+            Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
+                let values = params![task_id, epoch, error, now];
+                if sqlite::execute(connection, sql::FAIL_TASK.sqlite, values)? == 0 {
+                    return Ok(false);
+                }
+                sqlite::execute(connection, sql::FAIL_CELLS.sqlite, [task_id])?;
+                Ok(true)
+            })?,
+            Self::Postgres(pool) => pg_tx!(pool, |tx| {
+                let won = sqlx::query(sql::FAIL_TASK.postgres)
                     .bind(task_id)
+                    .bind(epoch)
+                    .bind(error)
+                    .bind(now)
                     .execute(&mut *tx)
-                    .await?;
-            }
-            won
-        })?;
+                    .await?
+                    .rows_affected()
+                    == 1;
+                if won {
+                    sqlx::query(sql::FAIL_CELLS.postgres)
+                        .bind(task_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                won
+            })?,
+        };
         log_outcome("fail", won);
         Ok(won)
     }
@@ -690,23 +792,45 @@ impl Store {
             Some(_) => (sql::BLOCK_TASK, sql::BLOCK_CELLS),
             None => (sql::UNBLOCK_TASK, sql::UNBLOCK_CELLS),
         };
-        with_tx!(self, |tx| {
-            let mut moved = 0;
-            for &task_id in task_ids {
-                let mut query = sqlx::query(task_sql).bind(task_id).bind(run_id);
-                if let Some(reason) = block_reason {
-                    query = query.bind(reason);
+        match self {
+            Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
+                let mut moved = 0;
+                for &task_id in task_ids {
+                    let changed = match block_reason {
+                        Some(reason) => sqlite::execute(
+                            connection,
+                            task_sql.sqlite,
+                            params![task_id, run_id, reason],
+                        )?,
+                        None => {
+                            sqlite::execute(connection, task_sql.sqlite, params![task_id, run_id])?
+                        }
+                    };
+                    if changed == 1 {
+                        sqlite::execute(connection, cells_sql.sqlite, [task_id])?;
+                        moved += 1;
+                    }
                 }
-                if query.execute(&mut *tx).await?.rows_affected() == 1 {
-                    sqlx::query(cells_sql)
-                        .bind(task_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    moved += 1;
+                Ok(moved)
+            }),
+            Self::Postgres(pool) => pg_tx!(pool, |tx| {
+                let mut moved = 0;
+                for &task_id in task_ids {
+                    let mut query = sqlx::query(task_sql.postgres).bind(task_id).bind(run_id);
+                    if let Some(reason) = block_reason {
+                        query = query.bind(reason);
+                    }
+                    if query.execute(&mut *tx).await?.rows_affected() == 1 {
+                        sqlx::query(cells_sql.postgres)
+                            .bind(task_id)
+                            .execute(&mut *tx)
+                            .await?;
+                        moved += 1;
+                    }
                 }
-            }
-            moved
-        })
+                moved
+            }),
+        }
     }
 
     /// For `resume` of a run whose executor is gone: every running task of the run → pending,
@@ -715,12 +839,19 @@ impl Store {
     /// [`Store::requeue_expired`] instead: it spares tasks whose holder is alive.
     pub async fn requeue_running(&self, run_id: &RunId) -> Result<Vec<i64>, StoreError> {
         let run_id = run_id.as_str();
-        with_pool!(self, |pool| {
-            sqlx::query_scalar(sql::REQUEUE_RUNNING)
-                .bind(run_id)
-                .fetch_all(pool)
-                .await?
-        })
+        match self {
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                sqlite::rows(connection, sql::REQUEUE_RUNNING.sqlite, [run_id], |row| {
+                    Ok(row.get(0)?)
+                })
+            }),
+            Self::Postgres(pool) => pg_call!({
+                sqlx::query_scalar(sql::REQUEUE_RUNNING.postgres)
+                    .bind(run_id)
+                    .fetch_all(pool)
+                    .await?
+            }),
+        }
     }
 
     /// Rescues tasks of dead holders: every running task (of any run) whose lease expired
@@ -733,12 +864,19 @@ impl Store {
     /// or refreshes the lease.
     pub async fn requeue_expired(&self, now: DateTime<Utc>) -> Result<Vec<i64>, StoreError> {
         let now = now.timestamp_millis();
-        with_pool!(self, |pool| {
-            sqlx::query_scalar(sql::REQUEUE_EXPIRED)
-                .bind(now)
-                .fetch_all(pool)
-                .await?
-        })
+        match self {
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                sqlite::rows(connection, sql::REQUEUE_EXPIRED.sqlite, [now], |row| {
+                    Ok(row.get(0)?)
+                })
+            }),
+            Self::Postgres(pool) => pg_call!({
+                sqlx::query_scalar(sql::REQUEUE_EXPIRED.postgres)
+                    .bind(now)
+                    .fetch_all(pool)
+                    .await?
+            }),
+        }
     }
 
     // --- events -----------------------------------------------------------------------------
@@ -747,45 +885,100 @@ impl Store {
     pub async fn append_event(&self, event: &NewEvent) -> Result<i64, StoreError> {
         let now = Utc::now().timestamp_millis();
         let run_id = event.run_id.as_ref().map(RunId::as_str);
-        with_pool!(self, |pool| {
-            sqlx::query_scalar(sql::INSERT_EVENT)
-                .bind(event.phase)
-                .bind(date_text(event.date))
-                .bind(event.status.as_str())
-                .bind(event.source.as_str())
-                .bind(run_id)
-                .bind(now)
-                .fetch_one(pool)
-                .await?
-        })
+        let date = date_text(event.date);
+        let (status, source) = (event.status.as_str(), event.source.as_str());
+        match self {
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                let values = params![event.phase, date, status, source, run_id, now];
+                sqlite::scalar(connection, sql::INSERT_EVENT.sqlite, values)
+            }),
+            Self::Postgres(pool) => pg_call!({
+                sqlx::query_scalar(sql::INSERT_EVENT.postgres)
+                    .bind(event.phase)
+                    .bind(date)
+                    .bind(status)
+                    .bind(source)
+                    .bind(run_id)
+                    .bind(now)
+                    .fetch_one(pool)
+                    .await?
+            }),
+        }
     }
 
     /// Up to `limit` events with ids greater than `after_id`, oldest first (a negative `limit`
     /// counts as 0).
     pub async fn events(&self, after_id: i64, limit: i64) -> Result<Vec<EventRecord>, StoreError> {
         let limit = limit.max(0); // see `list_runs`
-        with_pool!(self, |pool| {
-            sqlx::query(sql::SELECT_EVENTS)
-                .bind(after_id)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(event_from_row)
-                .collect::<Result<Vec<_>, _>>()?
-        })
+        match self {
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                sqlite::rows(
+                    connection,
+                    sql::SELECT_EVENTS.sqlite,
+                    [after_id, limit],
+                    |row| event_from_row(row),
+                )
+            }),
+            Self::Postgres(pool) => pg_call!({
+                sqlx::query(sql::SELECT_EVENTS.postgres)
+                    .bind(after_id)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(event_from_row)
+                    .collect::<Result<Vec<_>, _>>()?
+            }),
+        }
     }
 
     /// How many events were stored for the cell (phase, date).
     pub async fn count_events(&self, phase: i64, date: NaiveDate) -> Result<i64, StoreError> {
-        with_pool!(self, |pool| {
-            sqlx::query_scalar(sql::COUNT_EVENTS)
-                .bind(phase)
-                .bind(date_text(date))
-                .fetch_one(pool)
-                .await?
-        })
+        let date = date_text(date);
+        match self {
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                sqlite::scalar(connection, sql::COUNT_EVENTS.sqlite, params![phase, date])
+            }),
+            Self::Postgres(pool) => pg_call!({
+                sqlx::query_scalar(sql::COUNT_EVENTS.postgres)
+                    .bind(phase)
+                    .bind(date)
+                    .fetch_one(pool)
+                    .await?
+            }),
+        }
     }
+}
+
+/// Inserts `tasks` and their cells into the open transaction; their ids, in order.
+fn insert_tasks_sqlite(
+    connection: &Connection,
+    run_id: &str,
+    tasks: &[NewTask],
+) -> Result<Vec<i64>, StoreError> {
+    let mut ids = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let (start, end, state) = (
+            date_text(task.start),
+            date_text(task.end),
+            task.state.as_str(),
+        );
+        let values = params![run_id, task.phase, start, end, state, task.error];
+        let task_id: i64 = sqlite::scalar(connection, sql::INSERT_TASK.sqlite, values)?;
+        for date in &task.dates {
+            let values = params![run_id, task.phase, date_text(*date), task_id, state];
+            sqlite::execute(connection, sql::INSERT_CELL.sqlite, values)?;
+        }
+        ids.push(task_id);
+    }
+    Ok(ids)
+}
+
+fn claim_from_row(row: &impl RowExt) -> Result<Claim, StoreError> {
+    Ok(Claim {
+        epoch: row.i64("lease_epoch")?,
+        attempt: row.i32("attempt")?,
+    })
 }
 
 // --- migrations -------------------------------------------------------------------------------
@@ -793,17 +986,12 @@ impl Store {
 /// One embedded migration: version, description, SQL.
 type EmbeddedMigration = (i64, &'static str, &'static str);
 
-// The `sqlx::migrate!` macro needs sqlx's `macros` feature, which costs 30–50 s per clean build
-// (STACK.md). Its runtime half needs nothing extra: `Migrator::with_migrations` over
-// `include_str!`-embedded files gives the same `_sqlx_migrations` table, checksums (an edited,
-// already-applied migration is an error, not silently skipped), per-migration transactions and,
-// on PostgreSQL, an advisory lock against concurrent `migrate` calls. A home-made runner would
-// have to rebuild all of that.
-const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[(
-    1,
-    "init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-)];
+// PostgreSQL keeps sqlx's migrator. The `sqlx::migrate!` macro needs sqlx's `macros` feature,
+// which costs 30–50 s per clean build (STACK.md). Its runtime half needs nothing extra:
+// `Migrator::with_migrations` over `include_str!`-embedded files gives the `_sqlx_migrations`
+// table, checksums (an edited, already-applied migration is an error, not silently skipped),
+// per-migration transactions and an advisory lock against concurrent `migrate` calls. SQLite
+// runs on rusqlite and has its own runner (`sqlite::SqliteStore::migrate`).
 const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[(
     1,
     "init",
@@ -825,122 +1013,6 @@ fn migrator(embedded: &[EmbeddedMigration]) -> Migrator {
             })
             .collect(),
     )
-}
-
-// --- row decoding -----------------------------------------------------------------------------
-
-/// Typed column access shared by both backends' rows, so each record is decoded by one function.
-trait RowExt {
-    fn i64(&self, column: &str) -> Result<i64, StoreError>;
-    fn i32(&self, column: &str) -> Result<i32, StoreError>;
-    fn string(&self, column: &str) -> Result<String, StoreError>;
-    fn opt_i64(&self, column: &str) -> Result<Option<i64>, StoreError>;
-    fn opt_string(&self, column: &str) -> Result<Option<String>, StoreError>;
-}
-
-macro_rules! impl_row_ext {
-    ($($row:ty),+) => {$(
-        impl RowExt for $row {
-            fn i64(&self, column: &str) -> Result<i64, StoreError> {
-                Ok(self.try_get(column)?)
-            }
-            fn i32(&self, column: &str) -> Result<i32, StoreError> {
-                Ok(self.try_get(column)?)
-            }
-            fn string(&self, column: &str) -> Result<String, StoreError> {
-                Ok(self.try_get(column)?)
-            }
-            fn opt_i64(&self, column: &str) -> Result<Option<i64>, StoreError> {
-                Ok(self.try_get(column)?)
-            }
-            fn opt_string(&self, column: &str) -> Result<Option<String>, StoreError> {
-                Ok(self.try_get(column)?)
-            }
-        }
-    )+};
-}
-
-impl_row_ext!(SqliteRow, PgRow);
-
-fn run_from_row(row: &impl RowExt) -> Result<RunRecord, StoreError> {
-    let request = row.string("request")?;
-    Ok(RunRecord {
-        id: run_id(row.string("id")?)?,
-        kind: parse_text::<RunKind>("runs.kind", row.string("kind")?)?,
-        pipeline: row.string("pipeline")?,
-        request: serde_json::from_str(&request).map_err(|source| StoreError::Json {
-            column: "runs.request",
-            source,
-        })?,
-        state: parse_text::<RunState>("runs.state", row.string("state")?)?,
-        created_at: time("runs.created_at", row.i64("created_at")?)?,
-        updated_at: time("runs.updated_at", row.i64("updated_at")?)?,
-        finished_at: opt_time("runs.finished_at", row.opt_i64("finished_at")?)?,
-        version: row.i64("version")?,
-    })
-}
-
-fn task_from_row(row: &impl RowExt) -> Result<TaskRecord, StoreError> {
-    let counts = row
-        .opt_string("counts")?
-        .map(|text| serde_json::from_str(&text))
-        .transpose()
-        .map_err(|source| StoreError::Json {
-            column: "tasks.counts",
-            source,
-        })?;
-    Ok(TaskRecord {
-        id: row.i64("id")?,
-        run_id: run_id(row.string("run_id")?)?,
-        phase: row.i64("phase")?,
-        start: date("tasks.start_date", &row.string("start_date")?)?,
-        end: date("tasks.end_date", &row.string("end_date")?)?,
-        state: parse_text::<TaskState>("tasks.state", row.string("state")?)?,
-        attempt: row.i32("attempt")?,
-        lease_epoch: row.i64("lease_epoch")?,
-        lease_owner: row.opt_string("lease_owner")?,
-        lease_expires_at: opt_time("tasks.lease_expires_at", row.opt_i64("lease_expires_at")?)?,
-        not_before: opt_time("tasks.not_before", row.opt_i64("not_before")?)?,
-        started_at: opt_time("tasks.started_at", row.opt_i64("started_at")?)?,
-        finished_at: opt_time("tasks.finished_at", row.opt_i64("finished_at")?)?,
-        error: row.opt_string("error")?,
-        counts,
-    })
-}
-
-fn cell_from_row(row: &impl RowExt) -> Result<CellRecord, StoreError> {
-    Ok(CellRecord {
-        run_id: run_id(row.string("run_id")?)?,
-        phase: row.i64("phase")?,
-        date: date("run_cells.date", &row.string("date")?)?,
-        task_id: row.i64("task_id")?,
-        state: parse_text::<CellState>("run_cells.state", row.string("state")?)?,
-        completed_at: opt_time("run_cells.completed_at", row.opt_i64("completed_at")?)?,
-    })
-}
-
-fn progress_from_row(row: &impl RowExt) -> Result<PhaseProgress, StoreError> {
-    Ok(PhaseProgress {
-        phase: row.i64("phase")?,
-        total: row.i64("total")?,
-        pending: row.i64("pending")?,
-        running: row.i64("running")?,
-        complete: row.i64("complete")?,
-        failed: row.i64("failed")?,
-        blocked: row.i64("blocked")?,
-    })
-}
-
-fn event_from_row(row: &impl RowExt) -> Result<EventRecord, StoreError> {
-    Ok(EventRecord {
-        id: row.i64("id")?,
-        phase: row.i64("phase")?,
-        date: date("events.date", &row.string("date")?)?,
-        status: row.string("status")?,
-        source: row.string("source")?,
-        run_id: row.opt_string("run_id")?.map(run_id).transpose()?,
-        created_at: time("events.created_at", row.i64("created_at")?)?,
-    })
 }
 
 // --- helpers ----------------------------------------------------------------------------------
@@ -982,42 +1054,17 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Dates are stored as `YYYY-MM-DD`, which sorts as it compares.
-fn date_text(date: NaiveDate) -> String {
-    date.format("%Y-%m-%d").to_string()
-}
+#[cfg(test)]
+mod tests {
+    use super::{POSTGRES_MIGRATIONS, SCHEMA_VERSION};
+    use crate::sqlite::MIGRATIONS as SQLITE_MIGRATIONS;
 
-fn date(column: &'static str, text: &str) -> Result<NaiveDate, StoreError> {
-    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| StoreError::Corrupt {
-        column,
-        value: text.to_owned(),
-    })
-}
-
-fn time(column: &'static str, millis: i64) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::from_timestamp_millis(millis).ok_or_else(|| StoreError::Corrupt {
-        column,
-        value: millis.to_string(),
-    })
-}
-
-fn opt_time(
-    column: &'static str,
-    millis: Option<i64>,
-) -> Result<Option<DateTime<Utc>>, StoreError> {
-    millis.map(|millis| time(column, millis)).transpose()
-}
-
-fn run_id(text: String) -> Result<RunId, StoreError> {
-    RunId::parse(&text).map_err(|_| StoreError::Corrupt {
-        column: "run_id",
-        value: text,
-    })
-}
-
-fn parse_text<T: FromStr>(column: &'static str, text: String) -> Result<T, StoreError> {
-    text.parse().map_err(|_| StoreError::Corrupt {
-        column,
-        value: text,
-    })
+    #[test]
+    fn both_backends_embed_the_schema_version() {
+        assert_eq!(
+            POSTGRES_MIGRATIONS.last().map(|m| m.0),
+            Some(SCHEMA_VERSION)
+        );
+        assert_eq!(SQLITE_MIGRATIONS.last().map(|m| m.0), Some(SCHEMA_VERSION));
+    }
 }

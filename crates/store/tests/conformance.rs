@@ -1,4 +1,6 @@
-//! Store conformance: one scenario ([`story`]) and one race ([`race`]), run against every backend.
+//! Store conformance: one scenario ([`story`]), one race ([`race`]) and the stale-epoch refusals
+//! ([`stale_epochs_are_refused`]), run against every backend, plus the SQLite-only settings:
+//! sync modes, `flush`, schema versions of older and newer databases.
 //! SQLite always runs (a file in a temp dir, and `sqlite::memory:`); PostgreSQL runs when
 //! `GAPLESS_TEST_PG_URL` is set, on a fresh database per test, and fails instead of skipping when
 //! `GAPLESS_REQUIRE_EXTERNAL=1`.
@@ -11,8 +13,9 @@ use anyhow::{Context as _, bail};
 use chrono::{NaiveDate, Utc};
 use gapless_store::{
     CellState, Claim, NewEvent, NewRun, NewTask, NewTaskState, PhaseProgress, RunId, RunKind,
-    RunState, SCHEMA_VERSION, Store, StoreError, TaskRecord, TaskState,
+    RunState, SCHEMA_VERSION, Store, StoreError, SyncMode, TaskRecord, TaskState,
 };
+use sqlx::SqlSafeStr as _;
 use tokio::task::JoinSet;
 
 const TTL: Duration = Duration::from_secs(60);
@@ -557,9 +560,13 @@ async fn story(store: Store) -> anyhow::Result<()> {
 }
 
 /// Runs raw SQL on either backend, bypassing the store's API.
-async fn execute(store: &Store, statement: &'static str) -> Result<u64, sqlx::Error> {
+async fn execute(store: &Store, statement: &'static str) -> anyhow::Result<u64> {
     Ok(match store {
-        Store::Sqlite(pool) => sqlx::query(statement).execute(pool).await?.rows_affected(),
+        Store::Sqlite(sqlite) => {
+            let changed =
+                sqlite.with_connection(|connection| connection.execute(statement, []))??;
+            u64::try_from(changed)?
+        }
         Store::Postgres(pool) => sqlx::query(statement).execute(pool).await?.rows_affected(),
     })
 }
@@ -676,28 +683,288 @@ async fn connect_rejects_unknown_urls() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn sqlite_sessions_are_durable_and_bounded() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let Store::Sqlite(pool) = Store::connect("sqlite://state.db", dir.path()).await? else {
-        bail!("a sqlite: URL must open SQLite");
+/// One `PRAGMA` of the store's own connection.
+fn pragma<T: rusqlite::types::FromSql>(store: &Store, name: &str) -> anyhow::Result<T> {
+    let Store::Sqlite(sqlite) = store else {
+        bail!("not a SQLite store");
     };
-    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(&pool)
+    let sql = format!("PRAGMA {name}");
+    Ok(sqlite.with_connection(|connection| connection.query_row(&sql, [], |row| row.get(0)))??)
+}
+
+#[tokio::test]
+async fn sqlite_sessions_are_bounded_and_normal_by_default() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::connect("sqlite://state.db", dir.path()).await?;
+    assert_eq!(store.sync_mode(), Some(SyncMode::Normal));
+    assert_eq!(pragma::<String>(&store, "journal_mode")?, "wal");
+    assert_eq!(pragma::<i64>(&store, "synchronous")?, 1, "NORMAL");
+    assert_eq!(pragma::<i64>(&store, "busy_timeout")?, 10_000);
+    assert_eq!(pragma::<i64>(&store, "foreign_keys")?, 1);
+    Ok(())
+}
+
+/// `Normal` and `Full` set `synchronous` on the store's connection, and a durable commit
+/// (`create_run`, `set_run_state`, `finish_run`, `flush`) leaves it as it found it.
+#[tokio::test]
+async fn sqlite_sync_mode_survives_durable_commits() -> anyhow::Result<()> {
+    for (mode, level) in [(SyncMode::Normal, 1), (SyncMode::Full, 2)] {
+        let dir = tempfile::tempdir()?;
+        let store = Store::connect_with("sqlite://state.db", dir.path(), mode).await?;
+        assert_eq!(store.sync_mode(), Some(mode));
+        assert_eq!(mode.pragma_value(), level);
+        assert_eq!(pragma::<i64>(&store, "synchronous")?, level, "{mode:?}");
+        store.migrate().await?;
+        assert_eq!(
+            pragma::<i64>(&store, "synchronous")?,
+            level,
+            "{mode:?} after migrate"
+        );
+        let run = store
+            .create_run(&run_of(RunKind::Backfill, vec![task(1, d(1), d(2))]))
+            .await?;
+        assert_eq!(
+            pragma::<i64>(&store, "synchronous")?,
+            level,
+            "{mode:?} after create_run"
+        );
+        let task_id = store.tasks(&run).await?.first().context("task")?.id;
+        let claim = store
+            .claim(task_id, 0, "node-a", TTL)
+            .await?
+            .context("claim")?;
+        assert!(
+            store
+                .complete(task_id, claim.epoch, &serde_json::json!({}), "backfill")
+                .await?
+        );
+        assert!(store.set_run_state(&run, 0, RunState::Interrupted).await?);
+        assert!(store.set_run_state(&run, 1, RunState::Running).await?);
+        assert_eq!(
+            pragma::<i64>(&store, "synchronous")?,
+            level,
+            "{mode:?} after set_run_state"
+        );
+        assert!(store.finish_run(&run, RunState::Succeeded).await?);
+        assert_eq!(
+            pragma::<i64>(&store, "synchronous")?,
+            level,
+            "{mode:?} after finish_run"
+        );
+        store.flush().await?;
+        assert_eq!(
+            pragma::<i64>(&store, "synchronous")?,
+            level,
+            "{mode:?} after flush"
+        );
+        // Everything committed is there, in a second connection too.
+        let reader = rusqlite::Connection::open(dir.path().join("state.db"))?;
+        let state: String = reader.query_row(
+            "SELECT state FROM runs WHERE id = ?1",
+            [run.as_str()],
+            |row| row.get(0),
+        )?;
+        assert_eq!(state, "succeeded");
+    }
+    Ok(())
+}
+
+/// `flush` in `Normal` mode must commit a real write: an empty transaction appends no WAL
+/// frame, and then SQLite syncs nothing. A second connection sees a new commit as a change of
+/// `PRAGMA data_version`.
+#[tokio::test]
+async fn sqlite_flush_commits_a_write() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::connect("sqlite://state.db", dir.path()).await?;
+    store.migrate().await?;
+    let reader = rusqlite::Connection::open(dir.path().join("state.db"))?;
+    let data_version = || reader.query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0));
+    let before = data_version()?;
+    // The detector works: an empty write transaction is no commit to other connections.
+    let Store::Sqlite(sqlite) = &store else {
+        bail!("not a SQLite store");
+    };
+    sqlite.with_connection(|connection| connection.execute_batch("BEGIN IMMEDIATE; COMMIT"))??;
+    assert_eq!(data_version()?, before);
+    store.flush().await?;
+    let after = data_version()?;
+    assert_ne!(before, after, "flush committed nothing");
+    // The write it made changes nothing anyone reads.
+    assert_eq!(store.schema_version().await?, SCHEMA_VERSION);
+    store.ensure_current().await?;
+    assert_eq!(store.list_runs(10).await?.len(), 0);
+    // Also on a fresh, unmigrated database and in memory.
+    Store::connect("sqlite://empty.db", dir.path())
+        .await?
+        .flush()
         .await?;
-    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
-        .fetch_one(&pool)
+    Store::connect("sqlite::memory:", Path::new("."))
+        .await?
+        .flush()
         .await?;
-    let busy_timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
-        .fetch_one(&pool)
+    Ok(())
+}
+
+#[tokio::test]
+async fn postgres_flush_is_a_no_op() -> anyhow::Result<()> {
+    on_postgres(|store| async move {
+        assert_eq!(store.sync_mode(), None);
+        store.flush().await?;
+        store.migrate().await?;
+        store.flush().await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Stale lease epochs are refused by every transition, and a refused call writes nothing.
+async fn stale_epochs_are_refused(store: Store) -> anyhow::Result<()> {
+    store.migrate().await?;
+    let run = store
+        .create_run(&run_of(RunKind::Backfill, vec![task(1, d(1), d(3))]))
         .await?;
-    let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
-        .fetch_one(&pool)
+    let task_id = store.tasks(&run).await?.first().context("task")?.id;
+    let counts = serde_json::json!({"rows": 3});
+    assert_eq!(
+        store.claim(task_id, 1, "node-a", TTL).await?,
+        None,
+        "future epoch"
+    );
+    let claim = store
+        .claim(task_id, 0, "node-a", TTL)
+        .await?
+        .context("claim")?;
+    assert_eq!(
+        claim,
+        Claim {
+            epoch: 1,
+            attempt: 1
+        }
+    );
+    let held = task_record(&store, task_id).await?;
+
+    assert_eq!(
+        store.claim(task_id, 0, "node-b", TTL).await?,
+        None,
+        "seen epoch moved on"
+    );
+    assert_eq!(
+        store.claim(task_id, 1, "node-b", TTL).await?,
+        None,
+        "not pending"
+    );
+    let stale = claim.epoch - 1;
+    assert!(!store.heartbeat(task_id, stale, TTL).await?);
+    assert!(!store.complete(task_id, stale, &counts, "backfill").await?);
+    assert!(
+        !store
+            .release_for_retry(task_id, stale, "x", Duration::ZERO)
+            .await?
+    );
+    assert!(!store.fail(task_id, stale, "x").await?);
+    assert_eq!(
+        task_record(&store, task_id).await?,
+        held,
+        "refusals write nothing"
+    );
+    assert_eq!(store.count_events(1, d(1)).await?, 0);
+    assert!(
+        store
+            .cells(&run)
+            .await?
+            .iter()
+            .all(|c| c.state == CellState::Pending)
+    );
+
+    assert!(
+        store
+            .complete(task_id, claim.epoch, &counts, "backfill")
+            .await?
+    );
+    assert!(
+        !store
+            .complete(task_id, claim.epoch, &counts, "backfill")
+            .await?,
+        "twice"
+    );
+    assert!(!store.fail(task_id, claim.epoch, "late").await?);
+    assert_eq!(store.count_events(1, d(2)).await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_stale_epochs_are_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    stale_epochs_are_refused(Store::connect("sqlite://state.db", dir.path()).await?).await
+}
+
+#[tokio::test]
+async fn postgres_stale_epochs_are_refused() -> anyhow::Result<()> {
+    on_postgres(stale_epochs_are_refused).await
+}
+
+/// A database migrated by an older gapless (sqlx's migrator on SQLite, `user_version` 0) is
+/// current as it is; a database from a newer gapless is refused.
+#[tokio::test]
+async fn sqlite_schema_versions_old_and_new() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("legacy.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
         .await?;
-    assert_eq!(journal, "wal");
-    assert_eq!(synchronous, 2, "FULL");
-    assert_eq!(busy_timeout, 10_000);
-    assert_eq!(foreign_keys, 1);
+    let migration = sqlx::migrate::Migration::new(
+        1,
+        "init".into(),
+        sqlx::migrate::MigrationType::Simple,
+        sqlx::AssertSqlSafe(include_str!("../migrations/sqlite/0001_init.sql")).into_sql_str(),
+        false,
+    );
+    sqlx::migrate::Migrator::with_migrations(vec![migration])
+        .run(&pool)
+        .await?;
+    pool.close().await;
+
+    let store = Store::connect("sqlite://legacy.db", dir.path()).await?;
+    assert_eq!(pragma::<i64>(&store, "user_version")?, 0);
+    assert_eq!(store.schema_version().await?, 1);
+    store.ensure_current().await?;
+    store.migrate().await?; // nothing to apply: the tables exist
+    store
+        .create_run(&run_of(RunKind::Backfill, vec![task(1, d(1), d(1))]))
+        .await?;
+
+    let store = Store::connect("sqlite://newer.db", dir.path()).await?;
+    store.migrate().await?;
+    assert_eq!(pragma::<i64>(&store, "user_version")?, SCHEMA_VERSION);
+    execute(&store, "PRAGMA user_version = 99").await?;
+    match store.migrate().await {
+        Err(StoreError::SchemaNewer {
+            found: 99,
+            expected,
+        }) if expected == SCHEMA_VERSION => {}
+        other => bail!("a newer schema must be refused by migrate, got {other:?}"),
+    }
+    assert!(matches!(
+        store.ensure_current().await,
+        Err(StoreError::SchemaNewer { found: 99, .. })
+    ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_memory_stores_are_private_and_closable() -> anyhow::Result<()> {
+    let first = Store::connect("sqlite::memory:", Path::new(".")).await?;
+    let second = Store::connect("sqlite::memory:", Path::new(".")).await?;
+    first.migrate().await?;
+    assert_eq!(first.schema_version().await?, SCHEMA_VERSION);
+    assert_eq!(second.schema_version().await?, 0);
+    let clone = first.clone();
+    first.close().await;
+    assert!(matches!(clone.list_runs(1).await, Err(StoreError::Closed)));
     Ok(())
 }
 

@@ -1,0 +1,174 @@
+//! How records map to columns on both backends: typed column access, record decoders, and the
+//! text and integer encodings of dates and times.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::Row as _;
+use sqlx::postgres::PgRow;
+
+use crate::error::StoreError;
+use crate::model::{
+    CellRecord, CellState, EventRecord, PhaseProgress, RunId, RunKind, RunRecord, RunState,
+    TaskRecord, TaskState,
+};
+
+// --- row decoding -----------------------------------------------------------------------------
+
+/// Typed column access shared by both backends' rows, so each record is decoded by one function.
+pub(crate) trait RowExt {
+    fn i64(&self, column: &str) -> Result<i64, StoreError>;
+    fn i32(&self, column: &str) -> Result<i32, StoreError>;
+    fn string(&self, column: &str) -> Result<String, StoreError>;
+    fn opt_i64(&self, column: &str) -> Result<Option<i64>, StoreError>;
+    fn opt_string(&self, column: &str) -> Result<Option<String>, StoreError>;
+}
+
+/// Implements [`RowExt`] by forwarding each method to the row type's own typed getter.
+macro_rules! impl_row_ext {
+    ($row:ty, $get:ident) => {
+        impl RowExt for $row {
+            fn i64(&self, column: &str) -> Result<i64, StoreError> {
+                Ok(self.$get(column)?)
+            }
+            fn i32(&self, column: &str) -> Result<i32, StoreError> {
+                Ok(self.$get(column)?)
+            }
+            fn string(&self, column: &str) -> Result<String, StoreError> {
+                Ok(self.$get(column)?)
+            }
+            fn opt_i64(&self, column: &str) -> Result<Option<i64>, StoreError> {
+                Ok(self.$get(column)?)
+            }
+            fn opt_string(&self, column: &str) -> Result<Option<String>, StoreError> {
+                Ok(self.$get(column)?)
+            }
+        }
+    };
+}
+
+impl_row_ext!(PgRow, try_get);
+// rusqlite checks the column's storage class: an `i32` out of range or a TEXT read as an integer
+// is an error (`StoreError::Query`), never a silent conversion.
+impl_row_ext!(rusqlite::Row<'_>, get);
+
+pub(crate) fn run_from_row(row: &impl RowExt) -> Result<RunRecord, StoreError> {
+    let request = row.string("request")?;
+    Ok(RunRecord {
+        id: run_id(row.string("id")?)?,
+        kind: parse_text::<RunKind>("runs.kind", row.string("kind")?)?,
+        pipeline: row.string("pipeline")?,
+        request: serde_json::from_str(&request).map_err(|source| StoreError::Json {
+            column: "runs.request",
+            source,
+        })?,
+        state: parse_text::<RunState>("runs.state", row.string("state")?)?,
+        created_at: time("runs.created_at", row.i64("created_at")?)?,
+        updated_at: time("runs.updated_at", row.i64("updated_at")?)?,
+        finished_at: opt_time("runs.finished_at", row.opt_i64("finished_at")?)?,
+        version: row.i64("version")?,
+    })
+}
+
+pub(crate) fn task_from_row(row: &impl RowExt) -> Result<TaskRecord, StoreError> {
+    let counts = row
+        .opt_string("counts")?
+        .map(|text| serde_json::from_str(&text))
+        .transpose()
+        .map_err(|source| StoreError::Json {
+            column: "tasks.counts",
+            source,
+        })?;
+    Ok(TaskRecord {
+        id: row.i64("id")?,
+        run_id: run_id(row.string("run_id")?)?,
+        phase: row.i64("phase")?,
+        start: date("tasks.start_date", &row.string("start_date")?)?,
+        end: date("tasks.end_date", &row.string("end_date")?)?,
+        state: parse_text::<TaskState>("tasks.state", row.string("state")?)?,
+        attempt: row.i32("attempt")?,
+        lease_epoch: row.i64("lease_epoch")?,
+        lease_owner: row.opt_string("lease_owner")?,
+        lease_expires_at: opt_time("tasks.lease_expires_at", row.opt_i64("lease_expires_at")?)?,
+        not_before: opt_time("tasks.not_before", row.opt_i64("not_before")?)?,
+        started_at: opt_time("tasks.started_at", row.opt_i64("started_at")?)?,
+        finished_at: opt_time("tasks.finished_at", row.opt_i64("finished_at")?)?,
+        error: row.opt_string("error")?,
+        counts,
+    })
+}
+
+pub(crate) fn cell_from_row(row: &impl RowExt) -> Result<CellRecord, StoreError> {
+    Ok(CellRecord {
+        run_id: run_id(row.string("run_id")?)?,
+        phase: row.i64("phase")?,
+        date: date("run_cells.date", &row.string("date")?)?,
+        task_id: row.i64("task_id")?,
+        state: parse_text::<CellState>("run_cells.state", row.string("state")?)?,
+        completed_at: opt_time("run_cells.completed_at", row.opt_i64("completed_at")?)?,
+    })
+}
+
+pub(crate) fn progress_from_row(row: &impl RowExt) -> Result<PhaseProgress, StoreError> {
+    Ok(PhaseProgress {
+        phase: row.i64("phase")?,
+        total: row.i64("total")?,
+        pending: row.i64("pending")?,
+        running: row.i64("running")?,
+        complete: row.i64("complete")?,
+        failed: row.i64("failed")?,
+        blocked: row.i64("blocked")?,
+    })
+}
+
+pub(crate) fn event_from_row(row: &impl RowExt) -> Result<EventRecord, StoreError> {
+    Ok(EventRecord {
+        id: row.i64("id")?,
+        phase: row.i64("phase")?,
+        date: date("events.date", &row.string("date")?)?,
+        status: row.string("status")?,
+        source: row.string("source")?,
+        run_id: row.opt_string("run_id")?.map(run_id).transpose()?,
+        created_at: time("events.created_at", row.i64("created_at")?)?,
+    })
+}
+
+/// Dates are stored as `YYYY-MM-DD`, which sorts as it compares.
+pub(crate) fn date_text(date: NaiveDate) -> String {
+    date.format("%Y-%m-%d").to_string()
+}
+
+fn date(column: &'static str, text: &str) -> Result<NaiveDate, StoreError> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| StoreError::Corrupt {
+        column,
+        value: text.to_owned(),
+    })
+}
+
+fn time(column: &'static str, millis: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(millis).ok_or_else(|| StoreError::Corrupt {
+        column,
+        value: millis.to_string(),
+    })
+}
+
+fn opt_time(
+    column: &'static str,
+    millis: Option<i64>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    millis.map(|millis| time(column, millis)).transpose()
+}
+
+fn run_id(text: String) -> Result<RunId, StoreError> {
+    RunId::parse(&text).map_err(|_| StoreError::Corrupt {
+        column: "run_id",
+        value: text,
+    })
+}
+
+fn parse_text<T: FromStr>(column: &'static str, text: String) -> Result<T, StoreError> {
+    text.parse().map_err(|_| StoreError::Corrupt {
+        column,
+        value: text,
+    })
+}
