@@ -5,8 +5,11 @@
 //! Main items:
 //! - [`named::prepare`] splits user SQL into statements and turns `:start`, `:end`, `:date` into
 //!   bound parameters, so that values never reach SQL as text.
-//! - [`Warehouse`]: SQLite (with `ATTACH`ed schemas) or PostgreSQL; [`Warehouse::counts`],
-//!   [`Warehouse::dates`], [`Warehouse::scalar`] probe, [`Warehouse::execute_script`] runs.
+//! - [`Warehouse`]: SQLite (with `ATTACH`ed schemas, on rusqlite) or PostgreSQL (on sqlx);
+//!   [`Warehouse::counts`], [`Warehouse::dates`], [`Warehouse::scalar`] probe,
+//!   [`Warehouse::execute_script`] runs, and [`Warehouse::execute_script_gated`] runs and
+//!   validates inside one transaction, committing only what its gate accepts. Failures are
+//!   [`WarehouseError`], with the backend's own [`DatabaseError`] as the source.
 //! - [`command_counts`] and [`file_counts`]: the other probes.
 //! - [`run_command`] and [`run_http`]: the runners, failing with [`RunError`], which says
 //!   whether a retry may help.
@@ -32,7 +35,7 @@ pub use named::{Dialect, Param, SqlError, Statement};
 pub use probe::{ProbeError, command_counts, file_counts};
 pub use runner::RunError;
 pub use tokio_util::sync::CancellationToken;
-pub use warehouse::{ScriptParams, Warehouse, WarehouseError};
+pub use warehouse::{DatabaseError, ScriptParams, Warehouse, WarehouseError};
 
 use chrono::NaiveDate;
 

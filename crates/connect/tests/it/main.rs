@@ -4,9 +4,11 @@
 #![allow(clippy::unwrap_used)]
 
 mod command;
+mod gated;
 mod http;
 mod probes;
 mod support;
+mod timing;
 mod warehouse;
 
 /// The runtime spawns these calls on a multi-threaded runtime: their futures must be `Send`.
@@ -37,6 +39,11 @@ fn futures_are_send() {
         is_send(&warehouse.scalar(""));
         is_send(&warehouse.ping());
         is_send(&warehouse.execute_script("", params));
+        is_send(
+            &warehouse.execute_script_gated("", params, Duration::ZERO, &[""], |counts| {
+                if counts.is_empty() { Err(()) } else { Ok(()) }
+            }),
+        );
         is_send(&command_counts(
             &[],
             Path::new(""),

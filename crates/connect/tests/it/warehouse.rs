@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gapless_connect::{Dialect, Param, ScriptParams, Warehouse, WarehouseError};
+use gapless_connect::{DatabaseError, Dialect, Param, ScriptParams, Warehouse, WarehouseError};
 
 use crate::support::{jan, pg_url, unique_name};
 
@@ -348,8 +348,8 @@ async fn sqlite_memory_and_connect_errors() -> anyhow::Result<()> {
         .await?;
     assert_eq!(memory.scalar("SELECT SUM(x) FROM t").await?, 42);
 
-    // A query that outlives the timeout fails with Timeout; its connection is thrown away and
-    // the pool opens another one for the next call.
+    // A query that outlives the timeout is interrupted and fails with Timeout; its connection
+    // goes back to the pool and serves the next call.
     let slow = Warehouse::connect(
         "sqlite://slow.db",
         &[],
@@ -434,7 +434,7 @@ async fn sqlite_memory_and_connect_errors() -> anyhow::Result<()> {
         matches!(
             error,
             WarehouseError::Connect {
-                source: sqlx::Error::Io(_),
+                source: DatabaseError::Postgres(sqlx::Error::Io(_)),
                 ..
             }
         ),

@@ -1,0 +1,616 @@
+//! The SQLite side of the warehouse, on rusqlite.
+//!
+//! sqlx-sqlite sends every statement to a worker thread and waits for the answer (a channel
+//! and a futex wake, 20–50 µs each), which dominated small tasks. Here a whole call (a probe,
+//! or a script with its transaction and gate) is one `spawn_blocking` job on a pooled
+//! connection, and statements are cached per connection (`prepare_cached`).
+//!
+//! Stopping: a job runs on a blocking thread that cannot be aborted, so the async side stops
+//! its SQL instead. When the deadline passes, or when the caller drops the future (a cancelled
+//! task), it sets the job's [`Cancel`] flag and calls the connection's
+//! [`rusqlite::InterruptHandle::interrupt`]; the running statement fails with
+//! `SQLITE_INTERRUPT`, the job rolls back, and the connection returns to the pool only once no
+//! transaction is open. The job also checks the flag between statements and right before
+//! `COMMIT`, so a cancelled script never commits after its caller has gone.
+//!
+//! The interrupt alone can be lost: SQLite clears it when a statement starts while none is
+//! running, so one that lands between the job's check of the flag and the next statement's
+//! start does nothing. A progress handler that reads the flag every [`PROGRESS_OPS`] virtual
+//! machine instructions catches those; the interrupt still matters for work that runs long
+//! inside one instruction (a big sort).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, InterruptHandle, OpenFlags};
+use tokio::sync::Semaphore;
+use tokio::task::{JoinError, JoinHandle};
+use tokio::time::Instant;
+
+use super::{
+    BoundStatement, Cell, Finish, GatedScript, Query, Script, SqliteTarget, WarehouseError, iso,
+    snippet,
+};
+
+/// How long SQLite waits for another writer's lock before failing with "database is locked".
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections to a database file. WAL lets readers run beside the one writer; more would
+/// mostly queue on the write lock.
+const FILE_POOL_SIZE: u32 = 4;
+/// Statements cached per connection: a runner script, its probes and the bookkeeping.
+const STATEMENT_CACHE: usize = 64;
+/// After a timeout, how long the caller waits for the interrupted job to let go of its
+/// connection (normally well under a millisecond) before reporting the timeout anyway.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+/// How often the caller repeats the interrupt while it waits (see the module comment).
+const STOP_REPEAT: Duration = Duration::from_millis(5);
+/// Virtual machine instructions between two checks of the cancel flag by the progress handler:
+/// tens of microseconds, at the cost of an atomic load per thousand instructions.
+const PROGRESS_OPS: i32 = 1_000;
+
+/// Connections to one SQLite database, used on blocking threads.
+///
+/// At most `size` connections exist: a job takes a permit, then an idle connection or a new
+/// one, and puts the connection back before it releases the permit.
+pub(super) struct SqlitePool {
+    url: String,
+    target: SqliteTarget,
+    /// `(schema name, file path)` attached on every connection.
+    attachments: Vec<(String, String)>,
+    idle: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
+    size: u32,
+}
+
+impl fmt::Debug for SqlitePool {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("SqlitePool")
+            .field("target", &self.target)
+            .field("attachments", &self.attachments)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqlitePool {
+    /// Opens the pool and its first connection, so that a database that cannot be opened, or
+    /// an attachment that fails, is reported now rather than at the first probe.
+    pub(super) async fn connect(
+        url: &str,
+        target: SqliteTarget,
+        attachments: Vec<(String, String)>,
+        timeout: Duration,
+    ) -> Result<Arc<Self>, WarehouseError> {
+        // Every connection to `:memory:` is a database of its own: keep exactly one, forever.
+        let size = match target {
+            SqliteTarget::Memory => 1,
+            SqliteTarget::File(_) => FILE_POOL_SIZE,
+        };
+        let pool = Arc::new(Self {
+            url: url.to_owned(),
+            target,
+            attachments,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(size as usize)),
+            size,
+        });
+        let opener = Arc::clone(&pool);
+        let opened =
+            tokio::time::timeout(timeout, tokio::task::spawn_blocking(move || opener.open()))
+                .await
+                .map_err(|_| WarehouseError::ConnectTimeout {
+                    url: url.to_owned(),
+                    after: timeout,
+                })?;
+        let connection = joined(opened)??;
+        lock(&pool.idle).push(connection);
+        Ok(pool)
+    }
+
+    /// Waits for the connections in use to come back, closes them all, and fails later calls
+    /// with [`WarehouseError::Closed`].
+    pub(super) async fn close(&self) {
+        // Every job puts its connection back before it releases its permit.
+        let all = self.permits.acquire_many(self.size).await;
+        self.permits.close();
+        drop(all);
+        lock(&self.idle).clear();
+    }
+
+    pub(super) async fn ping(
+        self: &Arc<Self>,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(), WarehouseError> {
+        const PING: &str = "SELECT 1";
+        let error = |source: rusqlite::Error| WarehouseError::Query {
+            query: PING.to_owned(),
+            source: source.into(),
+        };
+        self.run(deadline, timeout, PING, move |connection, _| {
+            connection
+                .prepare_cached(PING)
+                .and_then(|mut statement| statement.query_row([], |_| Ok(())))
+                .map_err(error)
+        })
+        .await
+    }
+
+    /// The first column of the first row of a query without parameters, if there is a row.
+    pub(super) async fn first_cell(
+        self: &Arc<Self>,
+        deadline: Instant,
+        timeout: Duration,
+        query: Query,
+    ) -> Result<Option<Cell>, WarehouseError> {
+        let sql = query.sql.clone();
+        self.run(deadline, timeout, &sql, move |connection, cancel| {
+            if cancel.is_requested() {
+                return Err(query.timed_out(timeout));
+            }
+            let error = |source: rusqlite::Error| query.error(source.into());
+            let mut statement = bind(connection, &query.statement).map_err(error)?;
+            let columns = statement.column_count();
+            let mut rows = statement.raw_query();
+            let Some(row) = rows.next().map_err(error)? else {
+                return Ok(None);
+            };
+            if columns == 0 {
+                return Err(WarehouseError::Columns {
+                    found: 0,
+                    expected: "1",
+                    query: snippet(&query.sql),
+                });
+            }
+            row.get_ref(0).map(sqlite_cell).map(Some).map_err(error)
+        })
+        .await
+    }
+
+    /// Runs a one-statement query and decodes the first `columns` columns of every row.
+    pub(super) async fn fetch_cells(
+        self: &Arc<Self>,
+        deadline: Instant,
+        timeout: Duration,
+        query: Query,
+        columns: usize,
+    ) -> Result<Vec<Vec<Cell>>, WarehouseError> {
+        let sql = query.sql.clone();
+        self.run(deadline, timeout, &sql, move |connection, cancel| {
+            if cancel.is_requested() {
+                return Err(query.timed_out(timeout));
+            }
+            fetch_on(connection, &query, columns)
+        })
+        .await
+    }
+
+    pub(super) async fn execute_script(
+        self: &Arc<Self>,
+        deadline: Instant,
+        timeout: Duration,
+        script: Script,
+    ) -> Result<u64, WarehouseError> {
+        let sql = script.sql.clone();
+        self.run(deadline, timeout, &sql, move |connection, cancel| {
+            in_transaction(connection, cancel, timeout, &script, |_, affected| {
+                Ok(Finish::Commit(affected))
+            })
+        })
+        .await
+    }
+
+    /// See [`super::Warehouse::execute_script_gated`]: the script, the probes, the gate and
+    /// the commit or rollback all run in one blocking job.
+    pub(super) async fn execute_script_gated<T, E>(
+        self: &Arc<Self>,
+        deadline: Instant,
+        timeout: Duration,
+        gated: GatedScript,
+        gate: impl FnOnce(Vec<BTreeMap<NaiveDate, i64>>) -> Result<T, E> + Send + 'static,
+    ) -> Result<Result<T, E>, WarehouseError>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let sql = gated.script.sql.clone();
+        self.run(deadline, timeout, &sql, move |connection, cancel| {
+            in_transaction(
+                connection,
+                cancel,
+                timeout,
+                &gated.script,
+                |connection, _| {
+                    let mut observed = Vec::with_capacity(gated.probes.len());
+                    for probe in &gated.probes {
+                        if cancel.is_requested() {
+                            return Err(gated.script.timed_out(timeout));
+                        }
+                        let rows = fetch_on(connection, probe, 2)?;
+                        observed.push(gated.tally(probe, rows)?);
+                    }
+                    Ok(match gate(observed) {
+                        Ok(value) => Finish::Commit(Ok(value)),
+                        Err(rejection) => Finish::RollBack(Err(rejection)),
+                    })
+                },
+            )
+        })
+        .await
+    }
+
+    /// Runs `job` on a pooled connection on a blocking thread, bounded by `deadline`.
+    ///
+    /// If the deadline passes, the job's SQL is interrupted and, once the job has stopped (or
+    /// after [`STOP_GRACE`]), the call fails with [`WarehouseError::Timeout`], unless the job
+    /// had in fact finished. If this future is dropped first, the SQL is interrupted too and
+    /// the job ends on its own, rolling back.
+    async fn run<T, F>(
+        self: &Arc<Self>,
+        deadline: Instant,
+        timeout: Duration,
+        sql: &str,
+        job: F,
+    ) -> Result<T, WarehouseError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &Cancel) -> Result<T, WarehouseError> + Send + 'static,
+    {
+        let timed_out = || WarehouseError::Timeout {
+            after: timeout,
+            query: snippet(sql),
+        };
+        let permit = match tokio::time::timeout_at(
+            deadline,
+            Arc::clone(&self.permits).acquire_owned(),
+        )
+        .await
+        {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(_)) => return Err(WarehouseError::Closed),
+            Ok(Ok(permit)) => permit,
+        };
+        let cancel = Arc::new(Cancel::default());
+        let pool = Arc::clone(self);
+        let job_cancel = Arc::clone(&cancel);
+        let mut task = tokio::task::spawn_blocking(move || {
+            let result = pool.with_connection(&job_cancel, job);
+            // Only now: the connection is back in the pool (or closed).
+            drop(permit);
+            result
+        });
+        let guard = CancelOnDrop(Some(Arc::clone(&cancel)));
+        let result = match tokio::time::timeout_at(deadline, &mut task).await {
+            Ok(finished) => joined(finished)?,
+            Err(_) => {
+                cancel.cancel();
+                match stop(&cancel, &mut task).await {
+                    // It finished before it saw the flag: the work is done (and committed).
+                    Some(finished) => joined(finished)?.map_err(|_| timed_out()),
+                    None => Err(timed_out()),
+                }
+            }
+        };
+        guard.disarm();
+        result
+    }
+
+    /// Runs `job` on an idle or new connection, then puts the connection back if it is clean.
+    fn with_connection<T>(
+        &self,
+        cancel: &Arc<Cancel>,
+        job: impl FnOnce(&mut Connection, &Cancel) -> Result<T, WarehouseError>,
+    ) -> Result<T, WarehouseError> {
+        let idle = lock(&self.idle).pop();
+        let mut connection = match idle {
+            Some(connection) => connection,
+            None => self.open()?,
+        };
+        if let Err(source) = watch(&connection, cancel) {
+            self.put_back(connection);
+            return Err(WarehouseError::Connect {
+                url: self.url.clone(),
+                source: source.into(),
+            });
+        }
+        // A panicking gate must not cost the connection (for `:memory:`, the database).
+        let result = catch_unwind(AssertUnwindSafe(|| job(&mut connection, cancel)));
+        unwatch(&connection, cancel);
+        self.put_back(connection);
+        match result {
+            Ok(result) => result,
+            Err(panic) => resume_unwind(panic),
+        }
+    }
+
+    /// Returns a connection to the pool if no transaction is left open on it; otherwise it is
+    /// closed, which rolls back whatever it held. A `:memory:` connection is the database
+    /// itself and is always kept.
+    fn put_back(&self, connection: Connection) {
+        if !connection.is_autocommit() {
+            // Best effort: `is_autocommit` below decides.
+            let _ = connection.execute_batch("ROLLBACK");
+        }
+        if connection.is_autocommit() || matches!(self.target, SqliteTarget::Memory) {
+            lock(&self.idle).push(connection);
+        }
+    }
+
+    /// Opens and configures a connection: WAL, the busy timeout, foreign keys (as sqlx did),
+    /// and the attachments.
+    fn open(&self) -> Result<Connection, WarehouseError> {
+        let open = || -> rusqlite::Result<Connection> {
+            let connection = match &self.target {
+                SqliteTarget::Memory => Connection::open_in_memory()?,
+                // No SQLITE_OPEN_URI: the path is a file name, never a `file:` URI.
+                SqliteTarget::File(path) => Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE
+                        | OpenFlags::SQLITE_OPEN_CREATE
+                        | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?,
+            };
+            connection.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
+            connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            connection.execute_batch("PRAGMA foreign_keys = ON")?;
+            if matches!(self.target, SqliteTarget::File(_)) {
+                // `synchronous` stays at SQLite's default, FULL: this is the user's data.
+                wal(&connection, "main")?;
+            }
+            for (name, path) in &self.attachments {
+                // The name is a validated plain identifier; the path is bound.
+                connection.execute(&format!("ATTACH DATABASE ?1 AS \"{name}\""), [path])?;
+                wal(&connection, name)?;
+            }
+            Ok(connection)
+        };
+        open().map_err(|source| WarehouseError::Connect {
+            url: self.url.clone(),
+            source: source.into(),
+        })
+    }
+}
+
+/// Lets `cancel` stop the connection's statements: its interrupt handle, and the progress
+/// handler that reads its flag.
+fn watch(connection: &Connection, cancel: &Arc<Cancel>) -> rusqlite::Result<()> {
+    cancel.arm(connection);
+    let watched = Arc::clone(cancel);
+    connection.progress_handler(PROGRESS_OPS, Some(move || watched.is_requested()))
+}
+
+/// Undoes [`watch`], so that a rollback cannot be stopped and a late interrupt cannot reach the
+/// next call on this connection.
+fn unwatch(connection: &Connection, cancel: &Cancel) {
+    cancel.disarm();
+    // Fails only for a connection this process does not own.
+    let _ = connection.progress_handler(0, None::<fn() -> bool>);
+}
+
+fn wal(connection: &Connection, schema: &str) -> rusqlite::Result<()> {
+    // `journal_mode` answers with the mode now in force, as a row.
+    connection.query_row(
+        &format!("PRAGMA \"{schema}\".journal_mode = WAL"),
+        [],
+        |_| Ok(()),
+    )
+}
+
+/// A job's stop signal: a flag it checks between statements, and the interrupt handle of the
+/// connection it runs on while it has one.
+#[derive(Default)]
+struct Cancel {
+    is_requested: AtomicBool,
+    /// Set only while the job holds the connection: a handle kept after the connection went
+    /// back to the pool would interrupt another call's statement.
+    interrupt: Mutex<Option<InterruptHandle>>,
+}
+
+impl Cancel {
+    fn cancel(&self) {
+        self.is_requested.store(true, Ordering::SeqCst);
+        self.interrupt();
+    }
+
+    fn interrupt(&self) {
+        if let Some(handle) = lock(&self.interrupt).as_ref() {
+            handle.interrupt();
+        }
+    }
+
+    fn is_requested(&self) -> bool {
+        self.is_requested.load(Ordering::SeqCst)
+    }
+
+    /// Called before the job's first statement, which checks the flag after this (and the
+    /// progress handler reads it throughout): a cancel that found no handle set the flag
+    /// first, so the job sees it.
+    fn arm(&self, connection: &Connection) {
+        *lock(&self.interrupt) = Some(connection.get_interrupt_handle());
+    }
+
+    fn disarm(&self) {
+        *lock(&self.interrupt) = None;
+    }
+}
+
+/// Cancels the job when the caller's future is dropped before the job's result is in.
+struct CancelOnDrop(Option<Arc<Cancel>>);
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.0.take() {
+            cancel.cancel();
+        }
+    }
+}
+
+/// After a cancel, waits for the job to stop, repeating the interrupt; `None` if it has not
+/// stopped within [`STOP_GRACE`].
+async fn stop<T>(cancel: &Cancel, task: &mut JoinHandle<T>) -> Option<Result<T, JoinError>> {
+    let give_up = Instant::now() + STOP_GRACE;
+    loop {
+        let next = (Instant::now() + STOP_REPEAT).min(give_up);
+        match tokio::time::timeout_at(next, &mut *task).await {
+            Ok(finished) => return Some(finished),
+            Err(_) if Instant::now() >= give_up => return None,
+            Err(_) => cancel.interrupt(),
+        }
+    }
+}
+
+/// The result of a blocking job. A panic in it continues in the caller, as if the job had run
+/// inline; a job cancelled before it started means the runtime is shutting down.
+fn joined<T>(finished: Result<T, JoinError>) -> Result<T, WarehouseError> {
+    match finished {
+        Ok(value) => Ok(value),
+        Err(error) if error.is_panic() => resume_unwind(error.into_panic()),
+        Err(_) => Err(WarehouseError::Closed),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data behind these locks (idle connections, a handle) stays valid whatever panicked.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs `script` in a `BEGIN IMMEDIATE` transaction, then `finish` inside it, and commits or
+/// rolls back as `finish` says. Any error, or a cancel seen before `COMMIT`, rolls back.
+fn in_transaction<T>(
+    connection: &Connection,
+    cancel: &Cancel,
+    timeout: Duration,
+    script: &Script,
+    finish: impl FnOnce(&Connection, u64) -> Result<Finish<T>, WarehouseError>,
+) -> Result<T, WarehouseError> {
+    let transaction_error = |source: rusqlite::Error| script.transaction_error(source.into());
+    if cancel.is_requested() {
+        return Err(script.timed_out(timeout));
+    }
+    // IMMEDIATE takes the write lock up front: a deferred transaction that reads first can
+    // fail to upgrade with SQLITE_BUSY under a concurrent writer.
+    run_cached(connection, "BEGIN IMMEDIATE").map_err(transaction_error)?;
+    let outcome = (|| {
+        let mut affected = 0u64;
+        for (index, statement) in script.statements.iter().enumerate() {
+            if cancel.is_requested() {
+                return Err(script.timed_out(timeout));
+            }
+            affected += execute(connection, statement)
+                .map_err(|source| script.statement_error(index, source.into()))?;
+        }
+        let finished = finish(connection, affected)?;
+        if cancel.is_requested() {
+            return Err(script.timed_out(timeout));
+        }
+        Ok(finished)
+    })();
+    match outcome {
+        Ok(Finish::Commit(value)) => match run_cached(connection, "COMMIT") {
+            Ok(()) => Ok(value),
+            Err(source) => {
+                roll_back(connection, cancel);
+                Err(transaction_error(source))
+            }
+        },
+        Ok(Finish::RollBack(value)) => {
+            roll_back(connection, cancel);
+            Ok(value)
+        }
+        Err(error) => {
+            roll_back(connection, cancel);
+            Err(error)
+        }
+    }
+}
+
+/// Rolls back, unwatched so that the cancel cannot stop the rollback itself. It fails
+/// harmlessly when SQLite already rolled back (an interrupted write does); a transaction left
+/// open anyway keeps the connection out of the pool.
+fn roll_back(connection: &Connection, cancel: &Cancel) {
+    unwatch(connection, cancel);
+    let _ = run_cached(connection, "ROLLBACK");
+}
+
+fn run_cached(connection: &Connection, sql: &str) -> rusqlite::Result<()> {
+    connection.prepare_cached(sql)?.execute([]).map(drop)
+}
+
+/// Prepares (cached) and binds a statement: dates as `YYYY-MM-DD` text, which is what SQLite
+/// date functions and text date columns compare with.
+fn bind<'c>(
+    connection: &'c Connection,
+    statement: &BoundStatement,
+) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
+    let mut prepared = connection.prepare_cached(&statement.text)?;
+    for (index, value) in statement.values.iter().enumerate() {
+        prepared.raw_bind_parameter(index + 1, iso(*value))?;
+    }
+    Ok(prepared)
+}
+
+/// Runs one statement of a script to the end, rows and all, and returns the rows it inserted,
+/// updated or deleted. `changes()` alone would repeat the previous statement's count after a
+/// statement that changes nothing (DDL, SELECT); `total_changes()` moving tells them apart.
+fn execute(connection: &Connection, statement: &BoundStatement) -> rusqlite::Result<u64> {
+    let before = connection.total_changes();
+    let mut prepared = bind(connection, statement)?;
+    let mut rows = prepared.raw_query();
+    while rows.next()?.is_some() {}
+    drop(rows);
+    drop(prepared);
+    Ok(if connection.total_changes() == before {
+        0
+    } else {
+        connection.changes()
+    })
+}
+
+/// Runs a one-statement query and decodes the first `columns` columns of every row.
+fn fetch_on(
+    connection: &Connection,
+    query: &Query,
+    columns: usize,
+) -> Result<Vec<Vec<Cell>>, WarehouseError> {
+    let error = |source: rusqlite::Error| query.error(source.into());
+    let mut statement = bind(connection, &query.statement).map_err(error)?;
+    let width = statement.column_count();
+    let mut rows = statement.raw_query();
+    let mut decoded = Vec::new();
+    while let Some(row) = rows.next().map_err(error)? {
+        query.check_width(columns, width)?;
+        let cells = (0..columns)
+            .map(|index| row.get_ref(index).map(sqlite_cell))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(error)?;
+        decoded.push(cells);
+    }
+    Ok(decoded)
+}
+
+/// A value by its storage class: SQLite types values, not columns.
+fn sqlite_cell(value: ValueRef<'_>) -> Cell {
+    match value {
+        ValueRef::Null => Cell::Null,
+        ValueRef::Integer(value) => Cell::Int(value),
+        ValueRef::Real(value) => Cell::Real(value),
+        ValueRef::Text(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => Cell::Text(text.to_owned()),
+            Err(_) => Cell::Other("TEXT (not UTF-8)".into()),
+        },
+        ValueRef::Blob(_) => Cell::Other("BLOB".into()),
+    }
+}
