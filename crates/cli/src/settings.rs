@@ -9,7 +9,7 @@ use gapless_core::dates::{self, Date};
 use gapless_core::diagnostic::render_all;
 use gapless_core::spec::{self, FileSource, Spec};
 use gapless_runtime::context::Context;
-use gapless_store::Store;
+use gapless_store::{Store, SyncMode};
 
 use crate::cli::Global;
 use crate::exit::UsageError;
@@ -171,7 +171,11 @@ impl Loaded {
 
     /// Connects the state store and brings its schema up to date (first use migrates).
     pub(crate) async fn store(&self) -> anyhow::Result<Store> {
-        let store = Store::connect(&self.state_url, &self.base_dir)
+        let sync = match self.spec.state_sync {
+            spec::StateSync::Normal => SyncMode::Normal,
+            spec::StateSync::Full => SyncMode::Full,
+        };
+        let store = Store::connect_with(&self.state_url, &self.base_dir, sync)
             .await
             .with_context(|| {
                 format!(

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{ChildStderr, ChildStdout};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -268,7 +268,9 @@ struct Pump {
     stderr_buffer: Box<[u8]>,
     stdout_capture: Capture,
     stderr_capture: Capture,
-    log: Option<(tokio::fs::File, PathBuf)>,
+    /// Written in place, not through `tokio::fs`: a local write is a copy into the page cache,
+    /// cheaper than the blocking-pool hop `tokio::fs` makes for every call.
+    log: Option<(std::fs::File, PathBuf)>,
 }
 
 async fn read_from<R: AsyncRead + Unpin>(
@@ -294,7 +296,7 @@ impl Pump {
         }
     }
 
-    async fn record(&mut self, stream: Stream, result: io::Result<usize>) {
+    fn record(&mut self, stream: Stream, result: io::Result<usize>) {
         let (buffer, capture) = match stream {
             Stream::Stdout => (&self.stdout_buffer, &mut self.stdout_capture),
             Stream::Stderr => (&self.stderr_buffer, &mut self.stderr_capture),
@@ -314,7 +316,7 @@ impl Pump {
         let chunk = &buffer[..length];
         capture.push(chunk);
         if let Some((file, path)) = &mut self.log
-            && let Err(error) = file.write_all(chunk).await
+            && let Err(error) = std::io::Write::write_all(file, chunk)
         {
             // Losing the log must not fail the task: the tails still tell what happened.
             tracing::warn!(path = %path.display(), %error, "writing the command log failed; logging stops");
@@ -333,24 +335,20 @@ impl Pump {
     async fn drain_until(&mut self, deadline: Instant) -> bool {
         while self.is_open() {
             tokio::select! {
-                (stream, result) = self.next_chunk() => self.record(stream, result).await,
+                (stream, result) = self.next_chunk() => self.record(stream, result),
                 () = tokio::time::sleep_until(deadline) => return false,
             }
         }
         true
     }
 
-    async fn finish(mut self) -> (Capture, Capture) {
-        if let Some((file, path)) = &mut self.log
-            && let Err(error) = file.flush().await
-        {
-            tracing::warn!(path = %path.display(), %error, "flushing the command log failed");
-        }
+    fn finish(self) -> (Capture, Capture) {
+        // The log is written unbuffered: nothing is left to flush.
         (self.stdout_capture, self.stderr_capture)
     }
 }
 
-async fn open_log(path: &Path) -> Result<tokio::fs::File, RunError> {
+fn open_log(path: &Path) -> Result<std::fs::File, RunError> {
     let log_error = |source| RunError::Log {
         path: path.to_owned(),
         source,
@@ -359,13 +357,12 @@ async fn open_log(path: &Path) -> Result<tokio::fs::File, RunError> {
         .parent()
         .filter(|parent| !parent.as_os_str().is_empty())
     {
-        tokio::fs::create_dir_all(parent).await.map_err(log_error)?;
+        std::fs::create_dir_all(parent).map_err(log_error)?;
     }
-    tokio::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .await
         .map_err(log_error)
 }
 
@@ -431,7 +428,7 @@ pub(crate) async fn run_process(spec: &ProcessSpec<'_>) -> Result<ProcessOutput,
         return Err(RunError::Cancelled);
     }
     let log = match spec.log_path {
-        Some(path) => Some((open_log(path).await?, path.to_owned())),
+        Some(path) => Some((open_log(path)?, path.to_owned())),
         None => None,
     };
 
@@ -479,7 +476,7 @@ pub(crate) async fn run_process(spec: &ProcessSpec<'_>) -> Result<ProcessOutput,
     let ending = loop {
         tokio::select! {
             status = child.wait() => break Ending::Exited(status.map_err(wait_error)?),
-            (stream, result) = pump.next_chunk(), if pump.is_open() => pump.record(stream, result).await,
+            (stream, result) = pump.next_chunk(), if pump.is_open() => pump.record(stream, result),
             () = tokio::time::sleep_until(deadline) => break Ending::TimedOut,
             () = cancelled(spec.cancel) => break Ending::Cancelled,
         }
@@ -494,7 +491,7 @@ pub(crate) async fn run_process(spec: &ProcessSpec<'_>) -> Result<ProcessOutput,
                 signal_group(group, Signal::SIGKILL);
                 pump.drain_until(Instant::now() + DRAIN_GRACE).await;
             }
-            let (stdout, stderr) = pump.finish().await;
+            let (stdout, stderr) = pump.finish();
             // The program exited on its own: anything it left running that let go of its
             // output is not ours to kill.
             guard.disarm();
@@ -516,7 +513,7 @@ pub(crate) async fn run_process(spec: &ProcessSpec<'_>) -> Result<ProcessOutput,
                         }
                         exited = true;
                     }
-                    (stream, result) = pump.next_chunk(), if pump.is_open() => pump.record(stream, result).await,
+                    (stream, result) = pump.next_chunk(), if pump.is_open() => pump.record(stream, result),
                     () = tokio::time::sleep_until(grace_deadline) => break,
                 }
             }
@@ -527,7 +524,7 @@ pub(crate) async fn run_process(spec: &ProcessSpec<'_>) -> Result<ProcessOutput,
                 let _ = tokio::time::timeout(KILL_GRACE, child.wait()).await;
             }
             pump.drain_until(Instant::now() + DRAIN_GRACE).await;
-            pump.finish().await;
+            pump.finish();
             Err(match ending {
                 Ending::Cancelled => RunError::Cancelled,
                 _ => RunError::Timeout {

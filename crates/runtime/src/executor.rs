@@ -15,7 +15,7 @@ use gapless_connect::{CommandSpec, HttpSpec, RunError, ScriptParams};
 use gapless_core::dates::{Date, DateRange};
 use gapless_core::plan::{PlannedTask, dependencies};
 use gapless_core::policy::Backoff;
-use gapless_core::spec::{Phase, PhaseId, Rollback, Runner, Spec};
+use gapless_core::spec::{Phase, PhaseId, Rollback, Runner, Source, Spec};
 use gapless_core::template::{Values, substitute};
 use gapless_store::{RunId, Store, StoreError, TaskRecord, TaskState};
 use tokio::task::JoinSet;
@@ -552,6 +552,12 @@ impl Execution {
                 });
             };
             self.crash(CrashPoint::AfterClaim);
+            if matches!(phase.run, Some(Runner::Http(_))) {
+                // The request leaves this machine and may outlive it: its claim (the fencing
+                // token it carries) must survive a power loss, or a resumed run could hand the
+                // same token to a second attempt.
+                store.flush().await?;
+            }
             observer.event(Event::Started {
                 task,
                 attempt: claim.attempt,
@@ -802,6 +808,30 @@ impl Execution {
                     end: task.range.end(),
                     date: Some(task.range.start()),
                 };
+                if let Some(probes) = transactional_probes(phase) {
+                    // The gate runs inside the runner's transaction: a script whose rows fall
+                    // short never commits, and the whole attempt is one trip to the warehouse.
+                    let dates = task.dates.clone();
+                    let min = phase.expect.min;
+                    let probes: Vec<&str> = probes.iter().map(String::as_str).collect();
+                    let gated = warehouse.execute_script_gated(
+                        sql,
+                        &params,
+                        phase.timeout,
+                        &probes,
+                        move |mut observed: Vec<BTreeMap<Date, i64>>| {
+                            let expected = (observed.len() > 1).then(|| observed.remove(1));
+                            let counts = observed.into_iter().next().unwrap_or_default();
+                            judge(&dates, &counts, expected.as_ref(), min)
+                        },
+                    );
+                    let verdict = tokio::select! {
+                        result = gated => result.map_err(AttemptError::Sql)?,
+                        () = cancel.cancelled() => return Err(AttemptError::Run(RunError::Cancelled)),
+                    };
+                    self.crash(CrashPoint::AfterRunner);
+                    return verdict.map_err(AttemptError::Gate);
+                }
                 tokio::select! {
                     result = tokio::time::timeout(phase.timeout, warehouse.execute_script(sql, &params)) => {
                         result.map_err(|_| AttemptError::Timeout(phase.timeout))?.map_err(AttemptError::Sql)?;
@@ -847,34 +877,59 @@ async fn gate(
     let observed = observe::phase(context, phase, task.range)
         .await
         .map_err(AttemptError::Probe)?;
+    judge(
+        &task.dates,
+        &observed.counts,
+        observed.expected.as_ref(),
+        phase.expect.min,
+    )
+    .map_err(AttemptError::Gate)
+}
+
+/// The gate's verdict on observed counts: the counts to record (`{"date": [count, expected]}`)
+/// when every date reaches `max(expected, min)`, otherwise the shortfalls ("2024-01-15: 7 of 9").
+fn judge(
+    dates: &[Date],
+    counts: &BTreeMap<Date, i64>,
+    expected: Option<&BTreeMap<Date, i64>>,
+    min: i64,
+) -> Result<serde_json::Value, String> {
     let mut shortfalls = Vec::new();
-    let mut counts = BTreeMap::new();
-    for date in &task.dates {
-        let count = observed.counts.get(date).copied().unwrap_or(0);
-        let from_source = observed
-            .expected
-            .as_ref()
-            .and_then(|e| e.get(date).copied())
-            .unwrap_or(0);
-        let expected = from_source.max(phase.expect.min);
-        counts.insert(date.to_string(), serde_json::json!([count, expected]));
+    let mut recorded = serde_json::Map::with_capacity(dates.len());
+    for date in dates {
+        let count = counts.get(date).copied().unwrap_or(0);
+        let from_source = expected.and_then(|e| e.get(date).copied()).unwrap_or(0);
+        let expected = from_source.max(min);
+        recorded.insert(date.to_string(), serde_json::json!([count, expected]));
         if count < expected {
             shortfalls.push(format!("{date}: {count} of {expected}"));
         }
     }
     if shortfalls.is_empty() {
-        Ok(serde_json::to_value(counts).unwrap_or_default())
-    } else {
-        let total = shortfalls.len();
-        let mut message = shortfalls
-            .into_iter()
-            .take(5)
-            .collect::<Vec<_>>()
-            .join(", ");
-        if total > 5 {
-            message.push_str(&format!(" and {} more dates short", total - 5));
-        }
-        Err(AttemptError::Gate(message))
+        return Ok(serde_json::Value::Object(recorded));
+    }
+    let total = shortfalls.len();
+    let mut message = shortfalls
+        .into_iter()
+        .take(5)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if total > 5 {
+        message.push_str(&format!(" and {} more dates short", total - 5));
+    }
+    Err(message)
+}
+
+/// The probes of a SQL phase whose gate can run inside the runner's own transaction: its check
+/// (and its expectation, when it has one) are SQL on the same warehouse.
+fn transactional_probes(phase: &Phase) -> Option<Vec<String>> {
+    let Source::Sql(check) = &phase.check else {
+        return None;
+    };
+    match &phase.expect.source {
+        None => Some(vec![check.clone()]),
+        Some(Source::Sql(expect)) => Some(vec![check.clone(), expect.clone()]),
+        Some(_) => None,
     }
 }
 
