@@ -18,9 +18,9 @@ pub enum ObserveError {
     Sql {
         /// Which probe (`phase 3 check`, `calendar`).
         what: String,
-        /// The warehouse error.
+        /// The warehouse error (boxed: it is large, and this error is on every probe's path).
         #[source]
-        source: gapless_connect::WarehouseError,
+        source: Box<gapless_connect::WarehouseError>,
     },
     /// A command or files probe failed.
     #[error("{what} probe failed")]
@@ -65,7 +65,7 @@ pub async fn counts(
             .await
             .map_err(|source| ObserveError::Sql {
                 what: what.to_owned(),
-                source,
+                source: Box::new(source),
             }),
         Source::Command(argv) => gapless_connect::command_counts(
             argv,
@@ -105,7 +105,7 @@ pub async fn calendar(
             .await
             .map_err(|source| ObserveError::Sql {
                 what: "calendar".to_owned(),
-                source,
+                source: Box::new(source),
             })?,
         other => counts(context, other, range, "calendar")
             .await?
