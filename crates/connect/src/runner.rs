@@ -1,7 +1,6 @@
 //! The error of the task runners (command and HTTP) and what the runtime does with it.
 
 use std::io;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Why a runner (a command, an HTTP call, or a token command) did not succeed.
@@ -13,15 +12,6 @@ pub enum RunError {
         /// The program as given in argv.
         program: String,
         /// Why; the message names the path that was tried.
-        #[source]
-        source: io::Error,
-    },
-    /// The log file could not be opened.
-    #[error("cannot open the log file `{}`", .path.display())]
-    Log {
-        /// The log file.
-        path: PathBuf,
-        /// The I/O error.
         #[source]
         source: io::Error,
     },
@@ -115,7 +105,7 @@ impl RunError {
             | Self::Signaled { .. } => true,
             Self::HttpStatus { retryable, .. } | Self::Http { retryable, .. } => *retryable,
             Self::TokenCommand { source } => source.is_retryable(),
-            Self::Log { .. } | Self::Cancelled | Self::InvalidRequest { .. } | Self::EmptyToken => {
+            Self::Cancelled | Self::InvalidRequest { .. } | Self::EmptyToken => {
                 false
             }
         }
