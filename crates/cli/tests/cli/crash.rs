@@ -56,7 +56,7 @@ retries = 3
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_nine_twenty_times_then_resume() {
     let project = Project::new();
-    setup(&project).await;
+    setup(&project, "normal").await;
     let today = "2023-07-19"; // 200 days from 2023-01-01
     let mut kills = 0;
     let mut first = true;
@@ -149,7 +149,7 @@ async fn crash_point_matrix() {
         "after-complete",
     ] {
         let project = Project::new();
-        setup(&project).await;
+        setup(&project, "full").await;
         let today = "2023-01-10"; // 3 phases × 10 days
         for (attempt, nth) in [1, 4, 9].into_iter().enumerate() {
             let args: Vec<&str> = if attempt == 0 {
@@ -198,8 +198,14 @@ async fn crash_point_matrix() {
 }
 
 /// A fresh warehouse with the runner's sink (one row per cell, unique) and executions log.
-async fn setup(project: &Project) {
-    project.write("gapless.toml", PIPELINE);
+/// `sync` is the state store's `[state] sync`: the kill -9 test runs the default (`normal`:
+/// commits survive a process crash without an fsync each), the crash-point matrix `full`
+/// (RELIABILITY.md T5's setting), so both modes are crash-tested.
+async fn setup(project: &Project, sync: &str) {
+    project.write(
+        "gapless.toml",
+        &format!("{PIPELINE}\n[state]\nsync = \"{sync}\"\n"),
+    );
     project.write("runner.py", RUNNER);
     let warehouse = project.sqlite("warehouse.db").await;
     crate::util::exec(
