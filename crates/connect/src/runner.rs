@@ -105,9 +105,7 @@ impl RunError {
             | Self::Signaled { .. } => true,
             Self::HttpStatus { retryable, .. } | Self::Http { retryable, .. } => *retryable,
             Self::TokenCommand { source } => source.is_retryable(),
-            Self::Cancelled | Self::InvalidRequest { .. } | Self::EmptyToken => {
-                false
-            }
+            Self::Cancelled | Self::InvalidRequest { .. } | Self::EmptyToken => false,
         }
     }
 

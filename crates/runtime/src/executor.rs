@@ -17,7 +17,7 @@ use gapless_core::plan::{PlannedTask, dependencies};
 use gapless_core::policy::Backoff;
 use gapless_core::spec::{Phase, PhaseId, Rollback, Runner, Source, Spec};
 use gapless_core::template::{Values, substitute};
-use gapless_store::{RunId, Store, StoreError, TaskRecord, TaskState};
+use gapless_store::{NextClaims, RunId, Store, StoreError, TaskRecord, TaskState};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -127,7 +127,8 @@ pub enum CrashPoint {
     AfterRunner,
     /// The gate passed; the completion is not committed.
     BeforeComplete,
-    /// The completion is committed; dependents are not scheduled.
+    /// The completion is committed, with the claims of the tasks it made ready; those have not
+    /// started.
     AfterComplete,
 }
 
@@ -294,7 +295,13 @@ pub enum ExecError {
 }
 
 enum TaskResult {
-    Complete,
+    /// The gate passed under `epoch`; the completion is recorded by the scheduler loop, in the
+    /// transaction that also claims the tasks it makes ready.
+    Passed {
+        epoch: i64,
+        counts: serde_json::Value,
+        elapsed: Duration,
+    },
     Failed,
     Cancelled,
     /// The lease was taken by someone else: they own the task now.
@@ -372,30 +379,45 @@ pub async fn execute(execution: Execution, mut tasks: Vec<ExecTask>) -> Result<O
     let mut join_set: JoinSet<(usize, Result<TaskResult, StoreError>)> = JoinSet::new();
     let jobs = options.jobs.max(1);
 
+    // Picks the tasks to start now from `candidates` (in order), within `--jobs` and each
+    // phase's `concurrency`, counting them as running.
+    let select = |candidates: &mut dyn Iterator<Item = usize>,
+                  busy: usize,
+                  running_per_phase: &mut HashMap<PhaseId, u32>,
+                  tasks: &[ExecTask]| {
+        let mut chosen = Vec::new();
+        for i in candidates {
+            if busy + chosen.len() >= jobs {
+                break;
+            }
+            let task = &tasks[i];
+            let Some(phase) = context.spec.phase(task.phase) else {
+                continue;
+            };
+            let running = running_per_phase.entry(task.phase).or_insert(0);
+            if *running >= phase.concurrency {
+                continue;
+            }
+            *running += 1;
+            chosen.push(i);
+        }
+        chosen
+    };
+
     loop {
         if !cancel.is_cancelled() {
-            let mut launched = Vec::new();
-            for &i in &ready {
-                if join_set.len() + launched.len() >= jobs {
-                    break;
-                }
-                let task = &tasks[i];
-                let Some(phase) = context.spec.phase(task.phase) else {
-                    continue;
-                };
-                let running = running_per_phase.get(&task.phase).copied().unwrap_or(0);
-                if running >= phase.concurrency {
-                    continue;
-                }
-                running_per_phase.insert(task.phase, running + 1);
-                launched.push(i);
-            }
+            let launched = select(
+                &mut ready.iter().copied(),
+                join_set.len(),
+                &mut running_per_phase,
+                &tasks,
+            );
             for i in launched {
                 ready.remove(&i);
                 status[i] = Status::Running;
                 let task = tasks[i].clone();
                 let execution = Arc::clone(&execution);
-                join_set.spawn(async move { (i, execution.run_task(&task).await) });
+                join_set.spawn(async move { (i, execution.run_task(&task, None).await) });
             }
         }
         if join_set.is_empty() {
@@ -417,14 +439,82 @@ pub async fn execute(execution: Execution, mut tasks: Vec<ExecTask>) -> Result<O
                 while join_set.join_next().await.is_some() {}
                 return Err(ExecError::Store(error));
             }
-            Ok(TaskResult::Complete) => {
+            Ok(TaskResult::Passed {
+                epoch,
+                counts,
+                elapsed,
+            }) => {
+                // The tasks this completion makes ready, and of those and the ready ones, the
+                // ones to start now: claimed in the completion's own transaction.
+                let newly_ready: Vec<usize> = dependents[i]
+                    .iter()
+                    .copied()
+                    .filter(|&d| waiting_on[d] == 1 && status[d] == Status::Waiting)
+                    .collect();
+                let mut candidates: BTreeSet<usize> = ready.clone();
+                candidates.extend(newly_ready.iter().copied());
+                let mut counted = running_per_phase.clone();
+                let next = if cancel.is_cancelled() {
+                    Vec::new()
+                } else {
+                    select(
+                        &mut candidates.into_iter(),
+                        join_set.len(),
+                        &mut counted,
+                        &tasks,
+                    )
+                };
+                let offered: Vec<(i64, i64)> = next
+                    .iter()
+                    .map(|&n| (tasks[n].id, tasks[n].epoch))
+                    .collect();
+                let claims = execution
+                    .store
+                    .complete_then_claim(
+                        tasks[i].id,
+                        epoch,
+                        &counts,
+                        &options.source,
+                        &NextClaims {
+                            tasks: &offered,
+                            owner: &options.owner,
+                            ttl: options.lease_ttl,
+                        },
+                    )
+                    .await;
+                let claims = match claims {
+                    Ok(claims) => claims,
+                    Err(error) => {
+                        cancel.cancel();
+                        while join_set.join_next().await.is_some() {}
+                        return Err(ExecError::Store(error));
+                    }
+                };
+                let Some(claims) = claims else {
+                    // Fenced: someone else holds the task now.
+                    status[i] = Status::Interrupted;
+                    continue;
+                };
+                execution.crash(CrashPoint::AfterComplete);
                 status[i] = Status::Done;
                 tasks[i].state = TaskState::Complete;
+                execution.observer.event(Event::Completed {
+                    task: &tasks[i],
+                    elapsed,
+                });
                 for &dependent in &dependents[i] {
                     waiting_on[dependent] = waiting_on[dependent].saturating_sub(1);
                     if waiting_on[dependent] == 0 && status[dependent] == Status::Waiting {
                         ready.insert(dependent);
                     }
+                }
+                running_per_phase = counted;
+                for (n, claim) in next.into_iter().zip(claims) {
+                    ready.remove(&n);
+                    status[n] = Status::Running;
+                    let task = tasks[n].clone();
+                    let execution = Arc::clone(&execution);
+                    join_set.spawn(async move { (n, execution.run_task(&task, claim).await) });
                 }
             }
             Ok(TaskResult::Failed) => {
@@ -526,7 +616,13 @@ impl AttemptError {
 }
 
 impl Execution {
-    async fn run_task(&self, task: &ExecTask) -> Result<TaskResult, StoreError> {
+    /// Runs a task's attempts until its gate passes or it fails for good. `pre_claim`: the
+    /// claim the scheduler already made for it (with the completion that made it ready).
+    async fn run_task(
+        &self,
+        task: &ExecTask,
+        mut pre_claim: Option<gapless_store::Claim>,
+    ) -> Result<TaskResult, StoreError> {
         let Execution {
             context,
             store,
@@ -544,7 +640,11 @@ impl Execution {
             .saturating_add(1);
         let mut seen_epoch = task.epoch;
         loop {
-            let Some(claim) = self.claim(task.id, seen_epoch).await? else {
+            let claim = match pre_claim.take() {
+                Some(claim) => Some(claim),
+                None => self.claim(task.id, seen_epoch).await?,
+            };
+            let Some(claim) = claim else {
                 return Ok(if cancel.is_cancelled() {
                     TaskResult::Cancelled
                 } else {
@@ -575,18 +675,11 @@ impl Execution {
             match result {
                 Ok(counts) => {
                     self.crash(CrashPoint::BeforeComplete);
-                    if store
-                        .complete(task.id, claim.epoch, &counts, &options.source)
-                        .await?
-                    {
-                        self.crash(CrashPoint::AfterComplete);
-                        observer.event(Event::Completed {
-                            task,
-                            elapsed: started.elapsed(),
-                        });
-                        return Ok(TaskResult::Complete);
-                    }
-                    return Ok(TaskResult::Fenced);
+                    return Ok(TaskResult::Passed {
+                        epoch: claim.epoch,
+                        counts,
+                        elapsed: started.elapsed(),
+                    });
                 }
                 Err(_) if cancel.is_cancelled() => {
                     store

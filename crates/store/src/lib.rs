@@ -36,4 +36,4 @@ pub use crate::model::{
     UnknownState,
 };
 pub use crate::sqlite::{SqliteStore, SyncMode};
-pub use crate::store::{SCHEMA_VERSION, Store};
+pub use crate::store::{NextClaims, SCHEMA_VERSION, Store};

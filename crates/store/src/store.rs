@@ -54,6 +54,17 @@ pub enum Store {
     Postgres(PgPool),
 }
 
+/// Tasks to claim in the transaction that completes another ([`Store::complete_then_claim`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NextClaims<'a> {
+    /// `(task_id, seen_epoch)` of each task to claim.
+    pub tasks: &'a [(i64, i64)],
+    /// The lease owner.
+    pub owner: &'a str,
+    /// The lease length.
+    pub ttl: Duration,
+}
+
 /// Runs `body` (an expression that may use `?` and evaluates to the result value) as one
 /// PostgreSQL call under [`CALL_TIMEOUT`].
 macro_rules! pg_call {
@@ -639,16 +650,41 @@ impl Store {
         counts: &serde_json::Value,
         source: &str,
     ) -> Result<bool, StoreError> {
+        let next = NextClaims {
+            tasks: &[],
+            owner: "",
+            ttl: Duration::ZERO,
+        };
+        Ok(self
+            .complete_then_claim(task_id, epoch, counts, source, &next)
+            .await?
+            .is_some())
+    }
+
+    /// [`Store::complete`], and in the same transaction [`Store::claim`] each of `next.tasks`
+    /// (`(task_id, seen_epoch)`): the executor hands the tasks a completion makes ready their
+    /// claims with the commit that made them ready, one commit instead of two per task.
+    /// `None` when the completion lost its compare-and-set (nothing is claimed then); otherwise
+    /// one entry per next task, `None` where that claim was refused.
+    pub async fn complete_then_claim(
+        &self,
+        task_id: i64,
+        epoch: i64,
+        counts: &serde_json::Value,
+        source: &str,
+        next: &NextClaims<'_>,
+    ) -> Result<Option<Vec<Option<Claim>>>, StoreError> {
         let now = Utc::now().timestamp_millis();
+        let expires_at = now.saturating_add(millis(next.ttl));
         let counts = serde_json::to_string(counts).map_err(|source| StoreError::Json {
             column: "tasks.counts",
             source,
         })?;
-        let won = match self {
+        let claims = match self {
             Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
                 let values = params![task_id, epoch, now, counts];
                 if sqlite::execute(connection, sql::COMPLETE_TASK.sqlite, values)? == 0 {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 sqlite::execute(
                     connection,
@@ -657,7 +693,15 @@ impl Store {
                 )?;
                 let values = params![task_id, now, source];
                 sqlite::execute(connection, sql::INSERT_COMPLETION_EVENTS.sqlite, values)?;
-                Ok(true)
+                let mut claims = Vec::with_capacity(next.tasks.len());
+                for &(next_id, seen_epoch) in next.tasks {
+                    let values = params![next_id, seen_epoch, next.owner, expires_at, now];
+                    let claimed = sqlite::rows(connection, sql::CLAIM.sqlite, values, |row| {
+                        claim_from_row(row)
+                    })?;
+                    claims.push(claimed.into_iter().next());
+                }
+                Ok(Some(claims))
             })?,
             Self::Postgres(pool) => pg_tx!(pool, |tx| {
                 let won = sqlx::query(sql::COMPLETE_TASK.postgres)
@@ -681,12 +725,29 @@ impl Store {
                         .bind(source)
                         .execute(&mut *tx)
                         .await?;
+                    let mut claims = Vec::with_capacity(next.tasks.len());
+                    for &(next_id, seen_epoch) in next.tasks {
+                        let row = sqlx::query(sql::CLAIM.postgres)
+                            .bind(next_id)
+                            .bind(seen_epoch)
+                            .bind(next.owner)
+                            .bind(expires_at)
+                            .bind(now)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        claims.push(match row {
+                            Some(row) => Some(claim_from_row(&row)?),
+                            None => None,
+                        });
+                    }
+                    Some(claims)
+                } else {
+                    None
                 }
-                won
             })?,
         };
-        log_outcome("complete", won);
-        Ok(won)
+        log_outcome("complete", claims.is_some());
+        Ok(claims)
     }
 
     /// Gives a running task held under `epoch` back for another attempt: running → pending,

@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use chrono::{NaiveDate, Utc};
 use gapless_store::{
-    CellState, Claim, NewEvent, NewRun, NewTask, NewTaskState, PhaseProgress, RunId, RunKind,
-    RunState, SCHEMA_VERSION, Store, StoreError, SyncMode, TaskRecord, TaskState,
+    CellState, Claim, NewEvent, NewRun, NewTask, NewTaskState, NextClaims, PhaseProgress, RunId,
+    RunKind, RunState, SCHEMA_VERSION, Store, StoreError, SyncMode, TaskRecord, TaskState,
 };
 use sqlx::SqlSafeStr as _;
 use tokio::task::JoinSet;
@@ -901,6 +901,80 @@ async fn sqlite_stale_epochs_are_refused() -> anyhow::Result<()> {
 #[tokio::test]
 async fn postgres_stale_epochs_are_refused() -> anyhow::Result<()> {
     on_postgres(stale_epochs_are_refused).await
+}
+
+/// A completion claims the tasks it makes ready in its own transaction; a completion that loses
+/// its compare-and-set claims nothing, and a refused next claim is reported as `None`.
+async fn completion_claims_the_next_tasks(store: Store) -> anyhow::Result<()> {
+    store.migrate().await?;
+    let run = store
+        .create_run(&run_of(
+            RunKind::Backfill,
+            vec![
+                task(1, d(1), d(1)),
+                task(2, d(1), d(1)),
+                task(3, d(1), d(1)),
+            ],
+        ))
+        .await?;
+    let tasks = store.tasks(&run).await?;
+    let (first, second, third) = (
+        id_of(&tasks, 1, d(1))?,
+        id_of(&tasks, 2, d(1))?,
+        id_of(&tasks, 3, d(1))?,
+    );
+    let counts = serde_json::json!({"2024-01-01": [1, 1]});
+    let claim = store
+        .claim(first, 0, "node-a", TTL)
+        .await?
+        .context("claim")?;
+    let next = NextClaims {
+        tasks: &[(second, 0), (third, 7)],
+        owner: "node-a",
+        ttl: TTL,
+    };
+    // A stale completion: nothing is completed and nothing claimed.
+    assert_eq!(
+        store
+            .complete_then_claim(first, claim.epoch - 1, &counts, "backfill", &next)
+            .await?,
+        None
+    );
+    assert_eq!(task_record(&store, second).await?.state, TaskState::Pending);
+
+    let claims = store
+        .complete_then_claim(first, claim.epoch, &counts, "backfill", &next)
+        .await?
+        .context("the completion won")?;
+    assert_eq!(
+        claims,
+        vec![
+            Some(Claim {
+                epoch: 1,
+                attempt: 1
+            }),
+            None
+        ],
+        "the second next task was offered with a wrong epoch"
+    );
+    assert_eq!(task_record(&store, first).await?.state, TaskState::Complete);
+    let claimed = task_record(&store, second).await?;
+    assert_eq!(claimed.state, TaskState::Running);
+    assert_eq!(claimed.lease_owner.as_deref(), Some("node-a"));
+    assert_eq!(task_record(&store, third).await?.state, TaskState::Pending);
+    assert_eq!(store.count_events(1, d(1)).await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_completion_claims_the_next_tasks() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    completion_claims_the_next_tasks(Store::connect("sqlite://state.db", dir.path()).await?).await
+}
+
+#[tokio::test]
+async fn postgres_completion_claims_the_next_tasks() -> anyhow::Result<()> {
+    on_postgres(completion_claims_the_next_tasks).await
 }
 
 /// A database migrated by an older gapless (sqlx's migrator on SQLite, `user_version` 0) is
