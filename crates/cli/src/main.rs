@@ -34,7 +34,14 @@ fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    let result = runtime.block_on(commands::run(cli));
+    // Run as a spawned task, not as `block_on`'s own future: waking `block_on`'s future always
+    // goes through the I/O driver (an eventfd write and an extra epoll round), even from the
+    // runtime's own thread, where a spawned task is woken by a push onto the local run queue.
+    let result = runtime.block_on(async {
+        tokio::spawn(commands::run(cli))
+            .await
+            .unwrap_or_else(|join_error| Err(anyhow::anyhow!("gapless panicked: {join_error}")))
+    });
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     match result {
         Ok(exit) => exit.into(),
