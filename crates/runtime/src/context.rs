@@ -23,8 +23,9 @@ pub struct Context {
     pub today: Date,
     /// Timeout for probes (each query or probe command).
     pub probe_timeout: Duration,
-    /// Shared HTTP client for HTTP runners.
-    pub http: reqwest::Client,
+    /// Shared HTTP client for HTTP runners; `None` when no phase has one (building a client
+    /// loads the system's CA certificates, a few milliseconds every command would pay).
+    pub http: Option<reqwest::Client>,
 }
 
 /// Why the context could not be built.
@@ -47,6 +48,10 @@ impl Context {
         today: Date,
     ) -> Result<Self, ContextError> {
         let probe_timeout = Duration::from_secs(300);
+        let uses_http = spec
+            .phases
+            .iter()
+            .any(|phase| matches!(phase.run, Some(gapless_core::spec::Runner::Http(_))));
         let warehouse = match &spec.warehouse {
             Some(w) => {
                 let attach: Vec<(String, PathBuf)> = w
@@ -69,7 +74,11 @@ impl Context {
             log_dir,
             today,
             probe_timeout,
-            http: gapless_connect::http_client().map_err(ContextError::Http)?,
+            http: if uses_http {
+                Some(gapless_connect::http_client().map_err(ContextError::Http)?)
+            } else {
+                None
+            },
         })
     }
 }

@@ -944,8 +944,10 @@ impl Execution {
                     idempotency_key: format!("{}-{}-{}", run_id, task.phase, task.range.start()),
                     cwd: context.base_dir.clone(),
                 };
+                // Built whenever a phase has an HTTP runner (`Context::connect`).
+                let client = context.http.as_ref().ok_or(AttemptError::NoRunner)?;
                 tokio::select! {
-                    result = gapless_connect::run_http(&spec, &context.http) => { result?; }
+                    result = gapless_connect::run_http(&spec, client) => { result?; }
                     () = cancel.cancelled() => return Err(AttemptError::Run(RunError::Cancelled)),
                 }
             }
