@@ -221,6 +221,78 @@ fn exiting_zero_with_short_data_fails_the_gate_with_counts() {
     assert!(stderr(&output).contains("0 of 3"), "{}", stderr(&output));
 }
 
+/// A SQL phase's gate runs inside the runner's transaction: a load that falls short is never
+/// committed, not even for a moment between attempts, and its counts are the error.
+#[tokio::test]
+async fn a_short_sql_load_never_commits() {
+    let project = Project::new();
+    project.write(
+        "gapless.toml",
+        r#"
+[pipeline]
+name = "short"
+start = "2024-03-01"
+
+[warehouse]
+url = "sqlite://warehouse.db"
+
+[[phase]]
+id = 1
+name = "load"
+run.sql = """
+INSERT INTO attempts (d) VALUES (:start);
+INSERT INTO loaded (d, n) SELECT :start, value FROM (SELECT 1 AS value UNION ALL SELECT 2);
+"""
+check.sql = "SELECT d, COUNT(*) FROM loaded WHERE d BETWEEN :start AND :end GROUP BY d"
+expect.sql = "SELECT d, games FROM schedule WHERE d BETWEEN :start AND :end"
+rollback.sql = "INSERT INTO rollbacks (d) VALUES (:start)"
+retries = 1
+"#,
+    );
+    let warehouse = project.sqlite("warehouse.db").await;
+    crate::util::exec(
+        &warehouse,
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE schedule (d TEXT PRIMARY KEY, games INTEGER);
+         INSERT INTO schedule VALUES ('2024-03-01', 3);
+         CREATE TABLE loaded (d TEXT, n INTEGER);
+         CREATE TABLE attempts (d TEXT);
+         CREATE TABLE rollbacks (d TEXT);",
+    )
+    .await;
+    let output = project
+        .command(&[
+            "backfill",
+            "--start-date",
+            "2024-03-01",
+            "--end-date",
+            "2024-03-01",
+            "--yes",
+        ])
+        .env("GAPLESS_TODAY", "2024-03-01")
+        .output()
+        .unwrap();
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("2024-03-01: 2 of 3"),
+        "{}",
+        stderr(&output)
+    );
+    // Two attempts ran (one retry); neither the short rows nor the attempts' own marker rows
+    // were ever committed; the rollback ran once, after the last attempt.
+    assert_eq!(scalar(&warehouse, "SELECT COUNT(*) FROM loaded").await, 0);
+    assert_eq!(scalar(&warehouse, "SELECT COUNT(*) FROM attempts").await, 0);
+    assert_eq!(
+        scalar(&warehouse, "SELECT COUNT(*) FROM rollbacks").await,
+        1
+    );
+    let state = project.sqlite(".gapless/state.db").await;
+    assert_eq!(
+        scalar(&state, "SELECT attempt FROM tasks WHERE phase = 1").await,
+        2
+    );
+}
+
 #[test]
 fn hanging_runner_is_killed_with_its_process_group() {
     let project = Project::new();
