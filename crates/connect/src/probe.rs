@@ -12,7 +12,6 @@ use std::time::Duration;
 use chrono::NaiveDate;
 use futures::StreamExt;
 use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 
 use crate::command::{ProcessSpec, check_status, run_process};
@@ -74,6 +73,15 @@ pub enum ProbeError {
         /// The cargo feature of `gapless-connect` that adds it.
         feature: &'static str,
     },
+    /// Listing a local directory failed.
+    #[error("cannot list `{}`", .directory.display())]
+    List {
+        /// The directory.
+        directory: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Listing objects failed.
     #[error("cannot list objects under `{location}`")]
     Store {
@@ -90,7 +98,7 @@ impl ProbeError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Command { source, .. } => source.is_retryable(),
-            Self::Store { .. } => true,
+            Self::Store { .. } | Self::List { .. } => true,
             _ => false,
         }
     }
@@ -245,6 +253,15 @@ pub async fn file_counts(
     };
     let fixed = &segments[..dynamic];
 
+    let mut counts = BTreeMap::new();
+    if start > end {
+        return Ok(counts);
+    }
+    let dates: Vec<NaiveDate> = start.iter_days().take_while(|day| *day <= end).collect();
+    let first = &glob.segments[0];
+    // `{date}` fixes the first dynamic segment: list that subtree, per date.
+    let per_date = glob.segments.len() > 1 && !first.contains(['*', '?']);
+
     let (store, prefix, location): (Arc<dyn ObjectStore>, StorePath, String) =
         match (scheme, bucket) {
             (Some(scheme @ ("gs" | "s3")), Some(bucket)) => {
@@ -264,31 +281,53 @@ pub async fn file_counts(
                 } else {
                     base_dir.join(relative)
                 };
-                if !root.is_dir() {
-                    return Ok(BTreeMap::new());
-                }
-                let store = LocalFileSystem::new_with_prefix(&root).map_err(|source| {
-                    ProbeError::Store {
-                        location: root.display().to_string(),
-                        source,
+                // Local files are listed in place, in one blocking job: `LocalFileSystem::list`
+                // would stat every file for metadata the probe never reads.
+                let segments = glob.segments.clone();
+                let found = tokio::task::spawn_blocking(move || {
+                    if per_date {
+                        let rest = &segments[1..];
+                        dates
+                            .into_iter()
+                            .map(|date| {
+                                let directory = root.join(substitute(&segments[0], date));
+                                let names = local_list(&directory, rest.len())?;
+                                let count = names
+                                    .iter()
+                                    .filter(|parts| Glob::matches_with(rest, parts, date))
+                                    .count();
+                                Ok((date, count))
+                            })
+                            .collect::<Result<Vec<_>, ProbeError>>()
+                    } else {
+                        let glob = Glob { segments };
+                        let mut found = BTreeMap::<NaiveDate, usize>::new();
+                        for parts in local_list(&root, glob.segments.len())? {
+                            if let Some(date) = glob.date_of(&parts)
+                                && date >= start
+                                && date <= end
+                            {
+                                *found.entry(date).or_default() += 1;
+                            }
+                        }
+                        Ok(found.into_iter().collect())
                     }
-                })?;
-                (
-                    Arc::new(store),
-                    StorePath::default(),
-                    root.display().to_string(),
-                )
+                })
+                .await
+                .map_err(|error| ProbeError::List {
+                    directory: PathBuf::from(path_text),
+                    source: std::io::Error::other(error),
+                })??;
+                for (date, count) in found {
+                    if count > 0 {
+                        counts.insert(date, i64::try_from(count).unwrap_or(i64::MAX));
+                    }
+                }
+                return Ok(counts);
             }
         };
 
-    let mut counts = BTreeMap::new();
-    if start > end {
-        return Ok(counts);
-    }
-    let first = &glob.segments[0];
-    if glob.segments.len() > 1 && !first.contains(['*', '?']) {
-        // `{date}` fixes the first dynamic segment: list that subtree, per date.
-        let dates: Vec<NaiveDate> = start.iter_days().take_while(|day| *day <= end).collect();
+    if per_date {
         let mut listings = futures::stream::iter(dates)
             .map(|date| {
                 let store = Arc::clone(&store);
@@ -323,6 +362,68 @@ pub async fn file_counts(
         }
     }
     Ok(counts)
+}
+
+/// The files under `directory` down to `depth` levels, as their path segments below it, as an
+/// object store would list them: symbolic links followed, names that are not UTF-8 or that
+/// look like an unfinished multipart upload (`name#123`, which `object_store` hides) left out.
+/// A missing directory is an empty listing. Only paths exactly `depth` segments deep can match
+/// the pattern, so deeper levels are never read (which also bounds symbolic-link loops).
+fn local_list(directory: &Path, depth: usize) -> Result<Vec<Vec<String>>, ProbeError> {
+    let mut files = Vec::new();
+    let mut pending: Vec<(PathBuf, Vec<String>)> = vec![(directory.to_owned(), Vec::new())];
+    while let Some((path, parts)) = pending.pop() {
+        let list_error = |source| ProbeError::List {
+            directory: path.clone(),
+            source,
+        };
+        let entries = match std::fs::read_dir(&path) {
+            Ok(entries) => entries,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                continue;
+            }
+            Err(error) => return Err(list_error(error)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(list_error)?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let mut file_type = entry.file_type().map_err(list_error)?;
+            if file_type.is_symlink() {
+                match std::fs::metadata(entry.path()) {
+                    Ok(target) => file_type = target.file_type(),
+                    // A dangling link is not a file.
+                    Err(_) => continue,
+                }
+            }
+            let mut child = parts.clone();
+            child.push(name);
+            if file_type.is_dir() {
+                if child.len() < depth {
+                    pending.push((entry.path(), child));
+                }
+            } else if file_type.is_file()
+                && child.len() == depth
+                && !child.last().is_some_and(|name| is_upload_part(name))
+            {
+                files.push(child);
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// `object_store`'s local store hides `name#digits` files: parts of an unfinished upload.
+fn is_upload_part(name: &str) -> bool {
+    name.split_once('#').is_some_and(|(_, suffix)| {
+        !suffix.is_empty() && suffix.bytes().all(|byte| byte.is_ascii_digit())
+    })
 }
 
 fn is_dynamic(segment: &str) -> bool {

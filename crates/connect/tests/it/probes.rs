@@ -232,6 +232,44 @@ async fn files_probe_counts_matching_objects_per_date() {
     assert_eq!(counts, [(jan(5), 1)].into());
 }
 
+/// Local trees are listed in place, as an object store would list them: symbolic links to
+/// files and directories count, dangling links and unfinished upload parts (`name#123`) do
+/// not, and a link loop ends.
+#[tokio::test]
+async fn files_probe_follows_links_like_an_object_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    touch(root, "elsewhere/shared.json");
+    touch(root, "elsewhere/day/x.json");
+    touch(root, "elsewhere/day/y.json");
+    touch(root, "drop/2024-01-01/a.json");
+    touch(root, "drop/2024-01-01/part#12");
+    touch(root, "drop/2024-01-01/kept#v2");
+    std::os::unix::fs::symlink(
+        root.join("elsewhere/shared.json"),
+        root.join("drop/2024-01-01/linked.json"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        root.join("missing.json"),
+        root.join("drop/2024-01-01/dangling.json"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(root.join("elsewhere/day"), root.join("drop/2024-01-02")).unwrap();
+    std::os::unix::fs::symlink(root.join("drop"), root.join("drop/2024-01-01/loop")).unwrap();
+
+    // a.json, kept#v2 and linked.json; the linked directory's two files.
+    let counts = file_counts("drop/{date}/*", root, jan(1), jan(3))
+        .await
+        .unwrap();
+    assert_eq!(counts, [(jan(1), 3), (jan(2), 2)].into());
+    // Bucketed by date from one listing of the prefix, the same answer.
+    let counts = file_counts("dr*/{date}/*", root, jan(1), jan(3))
+        .await
+        .unwrap();
+    assert_eq!(counts, [(jan(1), 3), (jan(2), 2)].into());
+}
+
 #[tokio::test]
 async fn files_probe_refuses_bad_patterns() {
     let dir = tempfile::tempdir().unwrap();
