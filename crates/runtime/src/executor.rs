@@ -906,7 +906,6 @@ impl Execution {
                     // short never commits, and the whole attempt is one trip to the warehouse.
                     let dates = task.dates.clone();
                     let min = phase.expect.min;
-                    let probes: Vec<&str> = probes.iter().map(String::as_str).collect();
                     let gated = warehouse.execute_script_gated(
                         sql,
                         &params,
@@ -1017,13 +1016,13 @@ fn judge(
 
 /// The probes of a SQL phase whose gate can run inside the runner's own transaction: its check
 /// (and its expectation, when it has one) are SQL on the same warehouse.
-fn transactional_probes(phase: &Phase) -> Option<Vec<String>> {
+fn transactional_probes(phase: &Phase) -> Option<Vec<&str>> {
     let Source::Sql(check) = &phase.check else {
         return None;
     };
     match &phase.expect.source {
-        None => Some(vec![check.clone()]),
-        Some(Source::Sql(expect)) => Some(vec![check.clone(), expect.clone()]),
+        None => Some(vec![check.as_str()]),
+        Some(Source::Sql(expect)) => Some(vec![check.as_str(), expect.as_str()]),
         Some(_) => None,
     }
 }
