@@ -52,7 +52,7 @@ impl_row_ext!(PgRow, try_get);
 // is an error (`StoreError::Query`), never a silent conversion.
 impl_row_ext!(rusqlite::Row<'_>, get);
 
-pub(crate) fn run_from_row(row: &impl RowExt) -> Result<RunRecord, StoreError> {
+pub(crate) fn run_from_row(row: &(impl RowExt + ?Sized)) -> Result<RunRecord, StoreError> {
     let request = row.string("request")?;
     Ok(RunRecord {
         id: run_id(row.string("id")?)?,
@@ -70,7 +70,7 @@ pub(crate) fn run_from_row(row: &impl RowExt) -> Result<RunRecord, StoreError> {
     })
 }
 
-pub(crate) fn task_from_row(row: &impl RowExt) -> Result<TaskRecord, StoreError> {
+pub(crate) fn task_from_row(row: &(impl RowExt + ?Sized)) -> Result<TaskRecord, StoreError> {
     let counts = row
         .opt_string("counts")?
         .map(|text| serde_json::from_str(&text))
@@ -98,7 +98,7 @@ pub(crate) fn task_from_row(row: &impl RowExt) -> Result<TaskRecord, StoreError>
     })
 }
 
-pub(crate) fn cell_from_row(row: &impl RowExt) -> Result<CellRecord, StoreError> {
+pub(crate) fn cell_from_row(row: &(impl RowExt + ?Sized)) -> Result<CellRecord, StoreError> {
     Ok(CellRecord {
         run_id: run_id(row.string("run_id")?)?,
         phase: row.i64("phase")?,
@@ -109,7 +109,7 @@ pub(crate) fn cell_from_row(row: &impl RowExt) -> Result<CellRecord, StoreError>
     })
 }
 
-pub(crate) fn progress_from_row(row: &impl RowExt) -> Result<PhaseProgress, StoreError> {
+pub(crate) fn progress_from_row(row: &(impl RowExt + ?Sized)) -> Result<PhaseProgress, StoreError> {
     Ok(PhaseProgress {
         phase: row.i64("phase")?,
         total: row.i64("total")?,
@@ -121,7 +121,7 @@ pub(crate) fn progress_from_row(row: &impl RowExt) -> Result<PhaseProgress, Stor
     })
 }
 
-pub(crate) fn event_from_row(row: &impl RowExt) -> Result<EventRecord, StoreError> {
+pub(crate) fn event_from_row(row: &(impl RowExt + ?Sized)) -> Result<EventRecord, StoreError> {
     Ok(EventRecord {
         id: row.i64("id")?,
         phase: row.i64("phase")?,

@@ -369,25 +369,8 @@ impl Store {
 
     /// The run, if it exists.
     pub async fn run(&self, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
-        let id = id.as_str();
-        match self {
-            Self::Sqlite(sqlite) => sqlite.call(|connection| {
-                let runs = sqlite::rows(connection, sql::SELECT_RUN.sqlite, [id], |row| {
-                    run_from_row(row)
-                })?;
-                Ok(runs.into_iter().next())
-            }),
-            Self::Postgres(pool) => pg_call!({
-                match sqlx::query(sql::SELECT_RUN.postgres)
-                    .bind(id)
-                    .fetch_optional(pool)
-                    .await?
-                {
-                    Some(row) => Some(run_from_row(&row)?),
-                    None => None,
-                }
-            }),
-        }
+        self.row_by(sql::SELECT_RUN, id.as_str(), |row| run_from_row(row))
+            .await
     }
 
     /// The most recently created run.
@@ -398,23 +381,8 @@ impl Store {
     /// Up to `limit` runs, newest first (a negative `limit` counts as 0).
     pub async fn list_runs(&self, limit: i64) -> Result<Vec<RunRecord>, StoreError> {
         // A negative LIMIT means "all" to SQLite and is an error to PostgreSQL.
-        let limit = limit.max(0);
-        match self {
-            Self::Sqlite(sqlite) => sqlite.call(|connection| {
-                sqlite::rows(connection, sql::LIST_RUNS.sqlite, [limit], |row| {
-                    run_from_row(row)
-                })
-            }),
-            Self::Postgres(pool) => pg_call!({
-                sqlx::query(sql::LIST_RUNS.postgres)
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await?
-                    .iter()
-                    .map(run_from_row)
-                    .collect::<Result<Vec<_>, _>>()?
-            }),
-        }
+        self.rows_by(sql::LIST_RUNS, limit.max(0), |row| run_from_row(row))
+            .await
     }
 
     /// Compare-and-set of the run's state on its `version`; `true` when it applied. Sets
@@ -484,87 +452,28 @@ impl Store {
 
     /// The run's tasks, ordered by phase, then start date.
     pub async fn tasks(&self, run_id: &RunId) -> Result<Vec<TaskRecord>, StoreError> {
-        let run_id = run_id.as_str();
-        match self {
-            Self::Sqlite(sqlite) => sqlite.call(|connection| {
-                sqlite::rows(connection, sql::SELECT_TASKS.sqlite, [run_id], |row| {
-                    task_from_row(row)
-                })
-            }),
-            Self::Postgres(pool) => pg_call!({
-                sqlx::query(sql::SELECT_TASKS.postgres)
-                    .bind(run_id)
-                    .fetch_all(pool)
-                    .await?
-                    .iter()
-                    .map(task_from_row)
-                    .collect::<Result<Vec<_>, _>>()?
-            }),
-        }
+        self.rows_by(sql::SELECT_TASKS, run_id.as_str(), |row| task_from_row(row))
+            .await
     }
 
     /// One task, if it exists.
     pub async fn task(&self, task_id: i64) -> Result<Option<TaskRecord>, StoreError> {
-        match self {
-            Self::Sqlite(sqlite) => sqlite.call(|connection| {
-                let tasks = sqlite::rows(connection, sql::SELECT_TASK.sqlite, [task_id], |row| {
-                    task_from_row(row)
-                })?;
-                Ok(tasks.into_iter().next())
-            }),
-            Self::Postgres(pool) => pg_call!({
-                match sqlx::query(sql::SELECT_TASK.postgres)
-                    .bind(task_id)
-                    .fetch_optional(pool)
-                    .await?
-                {
-                    Some(row) => Some(task_from_row(&row)?),
-                    None => None,
-                }
-            }),
-        }
+        self.row_by(sql::SELECT_TASK, task_id, |row| task_from_row(row))
+            .await
     }
 
     /// The run's cells, ordered by phase, then date.
     pub async fn cells(&self, run_id: &RunId) -> Result<Vec<CellRecord>, StoreError> {
-        let run_id = run_id.as_str();
-        match self {
-            Self::Sqlite(sqlite) => sqlite.call(|connection| {
-                sqlite::rows(connection, sql::SELECT_CELLS.sqlite, [run_id], |row| {
-                    cell_from_row(row)
-                })
-            }),
-            Self::Postgres(pool) => pg_call!({
-                sqlx::query(sql::SELECT_CELLS.postgres)
-                    .bind(run_id)
-                    .fetch_all(pool)
-                    .await?
-                    .iter()
-                    .map(cell_from_row)
-                    .collect::<Result<Vec<_>, _>>()?
-            }),
-        }
+        self.rows_by(sql::SELECT_CELLS, run_id.as_str(), |row| cell_from_row(row))
+            .await
     }
 
     /// Cell counts per phase of the run, ordered by phase.
     pub async fn run_progress(&self, run_id: &RunId) -> Result<Vec<PhaseProgress>, StoreError> {
-        let run_id = run_id.as_str();
-        match self {
-            Self::Sqlite(sqlite) => sqlite.call(|connection| {
-                sqlite::rows(connection, sql::RUN_PROGRESS.sqlite, [run_id], |row| {
-                    progress_from_row(row)
-                })
-            }),
-            Self::Postgres(pool) => pg_call!({
-                sqlx::query(sql::RUN_PROGRESS.postgres)
-                    .bind(run_id)
-                    .fetch_all(pool)
-                    .await?
-                    .iter()
-                    .map(progress_from_row)
-                    .collect::<Result<Vec<_>, _>>()?
-            }),
-        }
+        self.rows_by(sql::RUN_PROGRESS, run_id.as_str(), |row| {
+            progress_from_row(row)
+        })
+        .await
     }
 
     /// Claims a pending task whose lease epoch is still `seen_epoch` and whose retry backoff has
@@ -1008,6 +917,58 @@ impl Store {
                     .await?
             }),
         }
+    }
+}
+
+/// The one value a keyed read binds, on either backend.
+trait Key:
+    rusqlite::ToSql
+    + for<'q> sqlx::Encode<'q, sqlx::Postgres>
+    + sqlx::Type<sqlx::Postgres>
+    + Send
+    + Sync
+    + Copy
+{
+}
+
+impl Key for i64 {}
+impl Key for &str {}
+
+/// A record decoder that serves both backends' rows.
+type Decode<T> = fn(&dyn RowExt) -> Result<T, StoreError>;
+
+impl Store {
+    /// Every row `query` returns for `key`, decoded the same way on both backends.
+    async fn rows_by<K: Key, T: Send>(
+        &self,
+        query: sql::Sql,
+        key: K,
+        decode: Decode<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        match self {
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                sqlite::rows(connection, query.sqlite, [key], |row| decode(row))
+            }),
+            Self::Postgres(pool) => pg_call!({
+                sqlx::query(query.postgres)
+                    .bind(key)
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|row| decode(row))
+                    .collect::<Result<Vec<_>, _>>()?
+            }),
+        }
+    }
+
+    /// The first row `query` returns for `key`, if any.
+    async fn row_by<K: Key, T: Send>(
+        &self,
+        query: sql::Sql,
+        key: K,
+        decode: Decode<T>,
+    ) -> Result<Option<T>, StoreError> {
+        Ok(self.rows_by(query, key, decode).await?.into_iter().next())
     }
 }
 
