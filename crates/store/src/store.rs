@@ -298,27 +298,7 @@ impl Store {
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
-                for task in &new.tasks {
-                    let task_id: i64 = sqlx::query_scalar(sql::INSERT_TASK.postgres)
-                        .bind(run_id)
-                        .bind(task.phase)
-                        .bind(date_text(task.start))
-                        .bind(date_text(task.end))
-                        .bind(task.state.as_str())
-                        .bind(task.error.as_deref())
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    for date in &task.dates {
-                        sqlx::query(sql::INSERT_CELL.postgres)
-                            .bind(run_id)
-                            .bind(task.phase)
-                            .bind(date_text(*date))
-                            .bind(task_id)
-                            .bind(task.state.as_str())
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                }
+                insert_tasks_postgres(&mut tx, run_id, &new.tasks).await?;
             })?,
         }
         Ok(id)
@@ -339,30 +319,7 @@ impl Store {
                 insert_tasks_sqlite(connection, run_id, tasks)
             }),
             Self::Postgres(pool) => pg_tx!(pool, |tx| {
-                let mut ids = Vec::with_capacity(tasks.len());
-                for task in tasks {
-                    let task_id: i64 = sqlx::query_scalar(sql::INSERT_TASK.postgres)
-                        .bind(run_id)
-                        .bind(task.phase)
-                        .bind(date_text(task.start))
-                        .bind(date_text(task.end))
-                        .bind(task.state.as_str())
-                        .bind(task.error.as_deref())
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    for date in &task.dates {
-                        sqlx::query(sql::INSERT_CELL.postgres)
-                            .bind(run_id)
-                            .bind(task.phase)
-                            .bind(date_text(*date))
-                            .bind(task_id)
-                            .bind(task.state.as_str())
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    ids.push(task_id);
-                }
-                ids
+                insert_tasks_postgres(&mut tx, run_id, tasks).await?
             }),
         }
     }
@@ -970,6 +927,38 @@ impl Store {
     ) -> Result<Option<T>, StoreError> {
         Ok(self.rows_by(query, key, decode).await?.into_iter().next())
     }
+}
+
+/// Inserts `tasks` and their cells into the open transaction; their ids, in order.
+async fn insert_tasks_postgres(
+    tx: &mut sqlx::PgConnection,
+    run_id: &str,
+    tasks: &[NewTask],
+) -> Result<Vec<i64>, StoreError> {
+    let mut ids = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let task_id: i64 = sqlx::query_scalar(sql::INSERT_TASK.postgres)
+            .bind(run_id)
+            .bind(task.phase)
+            .bind(date_text(task.start))
+            .bind(date_text(task.end))
+            .bind(task.state.as_str())
+            .bind(task.error.as_deref())
+            .fetch_one(&mut *tx)
+            .await?;
+        for date in &task.dates {
+            sqlx::query(sql::INSERT_CELL.postgres)
+                .bind(run_id)
+                .bind(task.phase)
+                .bind(date_text(*date))
+                .bind(task_id)
+                .bind(task.state.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        ids.push(task_id);
+    }
+    Ok(ids)
 }
 
 /// Inserts `tasks` and their cells into the open transaction; their ids, in order.
