@@ -119,6 +119,20 @@ check.command = ["bin/count-downstream.sh"]
     );
 }
 
+/// `backfill` of 2024-03-01 alone, on that day.
+fn one_day(project: &Project) -> std::process::Command {
+    let mut command = project.command(&[
+        "backfill",
+        "--start-date",
+        "2024-03-01",
+        "--end-date",
+        "2024-03-01",
+        "--yes",
+    ]);
+    command.env("GAPLESS_TODAY", "2024-03-01");
+    command
+}
+
 fn run_two_days(project: &Project) -> std::process::Output {
     project
         .command(&[
@@ -260,18 +274,7 @@ retries = 1
          CREATE TABLE rollbacks (d TEXT);",
     )
     .await;
-    let output = project
-        .command(&[
-            "backfill",
-            "--start-date",
-            "2024-03-01",
-            "--end-date",
-            "2024-03-01",
-            "--yes",
-        ])
-        .env("GAPLESS_TODAY", "2024-03-01")
-        .output()
-        .unwrap();
+    let output = one_day(&project).output().unwrap();
     assert_eq!(code(&output), 1, "{}", stderr(&output));
     assert!(
         stderr(&output).contains("2024-03-01: 2 of 3"),
@@ -302,18 +305,7 @@ fn hanging_runner_is_killed_with_its_process_group() {
         "",
     );
     let started = std::time::Instant::now();
-    let output = project
-        .command(&[
-            "backfill",
-            "--start-date",
-            "2024-03-01",
-            "--end-date",
-            "2024-03-01",
-            "--yes",
-        ])
-        .env("GAPLESS_TODAY", "2024-03-01")
-        .output()
-        .unwrap();
+    let output = one_day(&project).output().unwrap();
     assert_eq!(code(&output), 1, "{}", stderr(&output));
     assert!(stderr(&output).contains("timed out"), "{}", stderr(&output));
     assert!(started.elapsed() < Duration::from_secs(60));
@@ -429,18 +421,7 @@ fn ctrl_c_stops_cleanly_with_130_and_resume_finishes() {
             .unwrap()
             .replace("timeout = \"2s\"", "timeout = \"5m\""),
     );
-    let mut child = project
-        .command(&[
-            "backfill",
-            "--start-date",
-            "2024-03-01",
-            "--end-date",
-            "2024-03-01",
-            "--yes",
-        ])
-        .env("GAPLESS_TODAY", "2024-03-01")
-        .spawn()
-        .unwrap();
+    let mut child = one_day(&project).spawn().unwrap();
     let pid_file = project.path().join("child-2024-03-01.pid");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !pid_file.exists() {
