@@ -613,14 +613,9 @@ impl Warehouse {
         params: &ScriptParams,
         timeout: Duration,
     ) -> Result<u64, WarehouseError> {
-        let script = self.script(sql, params)?;
-        let deadline = self.deadline(timeout);
-        match &self.pool {
-            Pool::Sqlite(pool) => pool.execute_script(deadline, timeout, script).await,
-            Pool::Postgres(pool) => {
-                postgres::execute_script(pool, deadline, timeout, &script).await
-            }
-        }
+        let gated = self.gated(sql, params, &[])?;
+        self.transact(gated, timeout, |affected, _| Finish::Commit(affected))
+            .await
     }
 
     /// Runs a script and validates it inside its own transaction: the script's statements run
@@ -650,26 +645,48 @@ impl Warehouse {
         T: Send + 'static,
         E: Send + 'static,
     {
+        let gated = self.gated(sql, params, probes)?;
+        self.transact(gated, timeout, move |_, observed| match gate(observed) {
+            Ok(value) => Finish::Commit(Ok(value)),
+            Err(rejection) => Finish::RollBack(Err(rejection)),
+        })
+        .await
+    }
+
+    /// A script with the probes that validate it, bound to `params`.
+    fn gated(
+        &self,
+        sql: &str,
+        params: &ScriptParams,
+        probes: &[&str],
+    ) -> Result<GatedScript, WarehouseError> {
         let script = self.script(sql, params)?;
         let range = ScriptParams::range(params.start, params.end);
         let probes = probes
             .iter()
             .map(|probe| self.query(probe, &range))
             .collect::<Result<Vec<_>, _>>()?;
-        let gated = GatedScript {
+        Ok(GatedScript {
             script,
             probes,
             start: params.start,
             end: params.end,
-        };
+        })
+    }
+
+    /// Runs a gated script (probes may be none) in one transaction on either backend; `finish`
+    /// gets the rows the script affected and each probe's counts, and decides the commit.
+    async fn transact<R: Send + 'static>(
+        &self,
+        gated: GatedScript,
+        timeout: Duration,
+        finish: impl FnOnce(u64, Vec<BTreeMap<NaiveDate, i64>>) -> Finish<R> + Send + 'static,
+    ) -> Result<R, WarehouseError> {
         let deadline = self.deadline(timeout);
         match &self.pool {
-            Pool::Sqlite(pool) => {
-                pool.execute_script_gated(deadline, timeout, gated, gate)
-                    .await
-            }
+            Pool::Sqlite(pool) => pool.transact(deadline, timeout, gated, finish).await,
             Pool::Postgres(pool) => {
-                postgres::execute_script_gated(pool, deadline, timeout, &gated, gate).await
+                postgres::transact(pool, deadline, timeout, &gated, finish).await
             }
         }
     }

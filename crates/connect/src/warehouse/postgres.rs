@@ -113,58 +113,28 @@ pub(super) async fn fetch_cells(
     settle(connection, outcome, timeout, &query.sql)
 }
 
-pub(super) async fn execute_script(
-    pool: &PgPool,
-    deadline: Instant,
-    timeout: Duration,
-    script: &Script,
-) -> Result<u64, WarehouseError> {
-    let mut connection = acquire(pool, deadline, timeout, &script.sql).await?;
-    let outcome = tokio::time::timeout_at(deadline, async {
-        let mut transaction = begin(&mut connection, timeout, script).await?;
-        match run_statements(&mut transaction, script).await {
-            Ok(affected) => {
-                transaction
-                    .commit()
-                    .await
-                    .map_err(|source| script.transaction_error(source.into()))?;
-                Ok(affected)
-            }
-            Err(error) => {
-                // A failed rollback leaves the connection to sqlx, which closes it rather
-                // than reuse it.
-                let _ = transaction.rollback().await;
-                Err(error)
-            }
-        }
-    })
-    .await;
-    settle(connection, outcome, timeout, &script.sql)
-}
-
-/// See [`super::Warehouse::execute_script_gated`].
-pub(super) async fn execute_script_gated<T, E>(
+/// See [`super::Warehouse::execute_script_gated`]: the script, then the probes in its
+/// transaction, then `finish` (given the rows the script affected and each probe's counts)
+/// decides between commit and rollback.
+pub(super) async fn transact<R>(
     pool: &PgPool,
     deadline: Instant,
     timeout: Duration,
     gated: &GatedScript,
-    gate: impl FnOnce(Vec<BTreeMap<NaiveDate, i64>>) -> Result<T, E>,
-) -> Result<Result<T, E>, WarehouseError> {
+    finish: impl FnOnce(u64, Vec<BTreeMap<NaiveDate, i64>>) -> Finish<R>,
+) -> Result<R, WarehouseError> {
     let script = &gated.script;
     let mut connection = acquire(pool, deadline, timeout, &script.sql).await?;
     let outcome = tokio::time::timeout_at(deadline, async {
         let mut transaction = begin(&mut connection, timeout, script).await?;
         let checked = async {
-            run_statements(&mut transaction, script).await?;
+            let affected = run_statements(&mut transaction, script).await?;
             let mut observed = Vec::with_capacity(gated.probes.len());
             for probe in &gated.probes {
                 let rows = fetch_on(&mut transaction, probe, 2).await?;
                 observed.push(gated.tally(probe, rows)?);
             }
-            Ok(match gate(observed) {
-                Ok(value) => Finish::Commit(Ok(value)),
-                Err(rejection) => Finish::RollBack(Err(rejection)),
-            })
+            Ok(finish(affected, observed))
         }
         .await;
         match checked {
@@ -181,6 +151,8 @@ pub(super) async fn execute_script_gated<T, E>(
                 Ok(value)
             }
             Err(error) => {
+                // A failed rollback leaves the connection to sqlx, which closes it rather
+                // than reuse it.
                 let _ = transaction.rollback().await;
                 Err(error)
             }

@@ -192,33 +192,18 @@ impl SqlitePool {
         .await
     }
 
-    pub(super) async fn execute_script(
-        self: &Arc<Self>,
-        deadline: Instant,
-        timeout: Duration,
-        script: Script,
-    ) -> Result<u64, WarehouseError> {
-        let sql = script.sql.clone();
-        self.run(deadline, timeout, &sql, move |connection, cancel| {
-            in_transaction(connection, cancel, timeout, &script, |_, affected| {
-                Ok(Finish::Commit(affected))
-            })
-        })
-        .await
-    }
-
-    /// See [`super::Warehouse::execute_script_gated`]: the script, the probes, the gate and
-    /// the commit or rollback all run in one blocking job.
-    pub(super) async fn execute_script_gated<T, E>(
+    /// See [`super::Warehouse::execute_script_gated`]: the script, the probes, `finish` (given
+    /// the rows the script affected and each probe's counts) and the commit or rollback it
+    /// decides all run in one blocking job.
+    pub(super) async fn transact<R>(
         self: &Arc<Self>,
         deadline: Instant,
         timeout: Duration,
         gated: GatedScript,
-        gate: impl FnOnce(Vec<BTreeMap<NaiveDate, i64>>) -> Result<T, E> + Send + 'static,
-    ) -> Result<Result<T, E>, WarehouseError>
+        finish: impl FnOnce(u64, Vec<BTreeMap<NaiveDate, i64>>) -> Finish<R> + Send + 'static,
+    ) -> Result<R, WarehouseError>
     where
-        T: Send + 'static,
-        E: Send + 'static,
+        R: Send + 'static,
     {
         let sql = gated.script.sql.clone();
         self.run(deadline, timeout, &sql, move |connection, cancel| {
@@ -227,7 +212,7 @@ impl SqlitePool {
                 cancel,
                 timeout,
                 &gated.script,
-                |connection, _| {
+                |connection, affected| {
                     let mut observed = Vec::with_capacity(gated.probes.len());
                     for probe in &gated.probes {
                         if cancel.is_requested() {
@@ -236,10 +221,7 @@ impl SqlitePool {
                         let rows = fetch_on(connection, probe, 2)?;
                         observed.push(gated.tally(probe, rows)?);
                     }
-                    Ok(match gate(observed) {
-                        Ok(value) => Finish::Commit(Ok(value)),
-                        Err(rejection) => Finish::RollBack(Err(rejection)),
-                    })
+                    Ok(finish(affected, observed))
                 },
             )
         })
