@@ -235,6 +235,22 @@ pub enum WarehouseError {
 }
 
 impl WarehouseError {
+    /// `sql` (shortened for the message) failed in the database.
+    fn query(sql: &str, source: DatabaseError) -> Self {
+        Self::Query {
+            query: snippet(sql),
+            source,
+        }
+    }
+
+    /// `sql` (shortened for the message) did not finish within `after`.
+    fn timed_out(sql: &str, after: Duration) -> Self {
+        Self::Timeout {
+            after,
+            query: snippet(sql),
+        }
+    }
+
     /// Whether trying again later may succeed: timeouts and connection trouble, not bad SQL or
     /// bad data.
     pub fn is_retryable(&self) -> bool {
@@ -387,17 +403,11 @@ impl Script {
 
     /// A failure of the transaction around the statements (`BEGIN`, `COMMIT`).
     fn transaction_error(&self, source: DatabaseError) -> WarehouseError {
-        WarehouseError::Query {
-            query: snippet(&self.sql),
-            source,
-        }
+        WarehouseError::query(&self.sql, source)
     }
 
     fn timed_out(&self, after: Duration) -> WarehouseError {
-        WarehouseError::Timeout {
-            after,
-            query: snippet(&self.sql),
-        }
+        WarehouseError::timed_out(&self.sql, after)
     }
 }
 
@@ -410,17 +420,11 @@ struct Query {
 
 impl Query {
     fn error(&self, source: DatabaseError) -> WarehouseError {
-        WarehouseError::Query {
-            query: snippet(&self.sql),
-            source,
-        }
+        WarehouseError::query(&self.sql, source)
     }
 
     fn timed_out(&self, after: Duration) -> WarehouseError {
-        WarehouseError::Timeout {
-            after,
-            query: snippet(&self.sql),
-        }
+        WarehouseError::timed_out(&self.sql, after)
     }
 
     /// Checks that a row of `found` columns is what a probe reading `columns` expects: exactly

@@ -170,14 +170,8 @@ async fn acquire(
 ) -> Result<PoolConnection<Postgres>, WarehouseError> {
     tokio::time::timeout_at(deadline, pool.acquire())
         .await
-        .map_err(|_| WarehouseError::Timeout {
-            after: timeout,
-            query: snippet(sql),
-        })?
-        .map_err(|source| WarehouseError::Query {
-            query: snippet(sql),
-            source: source.into(),
-        })
+        .map_err(|_| WarehouseError::timed_out(sql, timeout))?
+        .map_err(|source| WarehouseError::query(sql, source.into()))
 }
 
 /// Begins the script's transaction, with `statement_timeout` set to the script's timeout.
@@ -260,10 +254,7 @@ fn settle<T>(
         Ok(result) => result,
         Err(_) => {
             drop(connection.detach());
-            Err(WarehouseError::Timeout {
-                after: timeout,
-                query: snippet(sql),
-            })
+            Err(WarehouseError::timed_out(sql, timeout))
         }
     }
 }

@@ -245,10 +245,7 @@ impl SqlitePool {
         T: Send + 'static,
         F: FnOnce(&mut Connection, &Cancel) -> Result<T, WarehouseError> + Send + 'static,
     {
-        let timed_out = || WarehouseError::Timeout {
-            after: timeout,
-            query: snippet(sql),
-        };
+        let timed_out = || WarehouseError::timed_out(sql, timeout);
         let permit = match tokio::time::timeout_at(
             deadline,
             Arc::clone(&self.permits).acquire_owned(),
