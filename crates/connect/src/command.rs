@@ -428,6 +428,24 @@ async fn cancelled(cancel: Option<&CancellationToken>) {
     }
 }
 
+/// Spawns `command`, retrying briefly on `ETXTBSY`: a program written just before (a
+/// generated script) can still be open for writing in a child another thread forked at that
+/// moment, until that child execs; the kernel then refuses to execute it for a few
+/// milliseconds.
+async fn spawn(command: &mut tokio::process::Command) -> io::Result<tokio::process::Child> {
+    let mut delay = Duration::from_millis(5);
+    for _ in 0..5 {
+        match command.spawn() {
+            Err(error) if error.raw_os_error() == Some(nix::errno::Errno::ETXTBSY as i32) => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            other => return other,
+        }
+    }
+    command.spawn()
+}
+
 /// Spawns `argv` in a process group of its own and waits for it, pumping its output. Returns
 /// the exit status whatever it is; fails only on spawn errors, timeout and cancellation.
 pub(crate) async fn run_process(spec: &ProcessSpec<'_>) -> Result<ProcessOutput, RunError> {
@@ -465,10 +483,12 @@ pub(crate) async fn run_process(spec: &ProcessSpec<'_>) -> Result<ProcessOutput,
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = command.spawn().map_err(|source| RunError::Spawn {
-        program: program.clone(),
-        source,
-    })?;
+    let mut child = spawn(&mut command)
+        .await
+        .map_err(|source| RunError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
     // The child leads its own group, so its pid is the group id.
     let group = child
         .id()

@@ -256,3 +256,35 @@ async fn dropping_the_run_kills_the_group() {
     };
     assert_gone_soon(pid).await;
 }
+
+/// A program still open for writing somewhere (a script generated a moment ago, its file
+/// descriptor inherited by a child another thread forked) cannot be executed (`ETXTBSY`) until
+/// that descriptor closes; the runner waits briefly for it instead of failing the task.
+#[tokio::test]
+async fn a_program_busy_for_a_moment_still_runs() {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh.sh");
+    let mut writer = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o755)
+        .open(&path)
+        .unwrap();
+    writer.write_all(b"#!/bin/sh\necho ran\n").unwrap();
+    writer.flush().unwrap();
+    // Still open for writing: executing it now fails with ETXTBSY.
+    let busy = std::process::Command::new(&path).status().unwrap_err();
+    assert_eq!(busy.raw_os_error(), Some(26), "{busy}");
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        drop(writer);
+    });
+    let outcome = run_command(&spec(dir.path(), &["./fresh.sh"], Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(outcome.stdout_tail, "ran\n");
+    closer.join().unwrap();
+}
