@@ -451,14 +451,14 @@ pub async fn execute(execution: Execution, mut tasks: Vec<ExecTask>) -> Result<O
                     .copied()
                     .filter(|&d| waiting_on[d] == 1 && status[d] == Status::Waiting)
                     .collect();
-                let mut candidates: BTreeSet<usize> = ready.clone();
-                candidates.extend(newly_ready.iter().copied());
+                // Tentatively ready (undone below if the completion is fenced).
+                ready.extend(newly_ready.iter().copied());
                 let mut counted = running_per_phase.clone();
                 let next = if cancel.is_cancelled() {
                     Vec::new()
                 } else {
                     select(
-                        &mut candidates.into_iter(),
+                        &mut ready.iter().copied(),
                         join_set.len(),
                         &mut counted,
                         &tasks,
@@ -491,8 +491,11 @@ pub async fn execute(execution: Execution, mut tasks: Vec<ExecTask>) -> Result<O
                     }
                 };
                 let Some(claims) = claims else {
-                    // Fenced: someone else holds the task now.
+                    // Fenced: someone else holds the task now, and its dependents wait.
                     status[i] = Status::Interrupted;
+                    for dependent in &newly_ready {
+                        ready.remove(dependent);
+                    }
                     continue;
                 };
                 execution.crash(CrashPoint::AfterComplete);
@@ -504,9 +507,6 @@ pub async fn execute(execution: Execution, mut tasks: Vec<ExecTask>) -> Result<O
                 });
                 for &dependent in &dependents[i] {
                     waiting_on[dependent] = waiting_on[dependent].saturating_sub(1);
-                    if waiting_on[dependent] == 0 && status[dependent] == Status::Waiting {
-                        ready.insert(dependent);
-                    }
                 }
                 running_per_phase = counted;
                 for (n, claim) in next.into_iter().zip(claims) {
