@@ -8,7 +8,6 @@ mod gated;
 mod http;
 mod probes;
 mod support;
-mod timing;
 mod warehouse;
 
 /// The runtime spawns these calls on a multi-threaded runtime: their futures must be `Send`.

@@ -1,6 +1,6 @@
-//! Per-call cost of the warehouse on a SQLite WAL file (synchronous=FULL). Ignored: a
-//! measurement, not a test; it prints and asserts nothing about speed. Run with
-//! `cargo test --release -p gapless-connect --test it -- --ignored --nocapture timing`.
+//! Prints the per-call cost of the warehouse on a SQLite WAL file (synchronous=FULL), on the
+//! one-thread runtime the CLI uses. Timings, not a test:
+//! `cargo run --release -p gapless-connect --example timings`.
 //!
 //! Each call works on a date of its own, as a backfill task does: the INSERT adds one row for
 //! that date and the probe counts that date, so every round does the same work.
@@ -24,7 +24,7 @@ fn day(series: u32, round: u32) -> NaiveDate {
         .and_then(|first| {
             first.checked_add_days(chrono::Days::new(u64::from(series * 10_000 + round)))
         })
-        .unwrap()
+        .expect("every date the loops use is within chrono's range")
 }
 
 fn on(date: NaiveDate) -> ScriptParams {
@@ -35,9 +35,8 @@ fn on(date: NaiveDate) -> ScriptParams {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement: run with --ignored --nocapture"]
-async fn timing_sqlite_calls() -> anyhow::Result<()> {
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let warehouse =
         Warehouse::connect("sqlite://w.db", &[], dir.path(), Duration::from_secs(10)).await?;
@@ -73,7 +72,7 @@ async fn timing_sqlite_calls() -> anyhow::Result<()> {
         let counts = warehouse
             .counts(PROBE, day(1, round), day(1, round))
             .await?;
-        assert_eq!(counts.len(), 1);
+        anyhow::ensure!(counts.len() == 1, "the probe found {} dates", counts.len());
     }
     let counts = micros_per_call(started.elapsed());
 
