@@ -2,8 +2,9 @@
 //! (`execute_script`, and `execute_script_gated`, which validates inside the script's own
 //! transaction) on SQLite or PostgreSQL.
 //!
-//! SQLite runs on rusqlite ([`sqlite`]): each call is one `spawn_blocking` hop on a pooled
-//! connection, with the timeout and the caller's cancellation interrupting the SQL. PostgreSQL
+//! SQLite runs on rusqlite ([`sqlite`]): each call is one job on a pooled connection, run in
+//! the caller's thread when it takes under a millisecond and otherwise on a blocking thread,
+//! with the timeout and the caller's cancellation interrupting the SQL. PostgreSQL
 //! runs on sqlx ([`postgres`]).
 //!
 //! User SQL only ever gets values as bound parameters: [`crate::named::prepare`] rewrites
@@ -632,18 +633,19 @@ impl Warehouse {
     /// them; they may use `:start` and `:end`, not `:date`. Any SQL error, `timeout` passing
     /// (it covers the script, the probes and the gate), or the future being dropped rolls
     /// back and nothing is committed. This is the validation gate of a SQL phase: a runner
-    /// whose rows fall short never commits, and the whole attempt is one trip to the warehouse
-    /// (on SQLite one `spawn_blocking` hop).
+    /// whose rows fall short never commits, and the whole attempt is one trip to the warehouse.
     ///
-    /// `gate` runs while the transaction holds the write lock (on SQLite it runs on the
-    /// blocking thread): keep it a quick check of the counts.
+    /// `gate` runs while the transaction holds the write lock: keep it a quick check of the
+    /// counts. It may be called more than once: on SQLite an attempt that outruns its inline
+    /// budget is rolled back and run again on a blocking thread, so `gate` must be a verdict on
+    /// the counts alone, without side effects.
     pub async fn execute_script_gated<T, E>(
         &self,
         sql: &str,
         params: &ScriptParams,
         timeout: Duration,
         probes: &[&str],
-        gate: impl FnOnce(Vec<BTreeMap<NaiveDate, i64>>) -> Result<T, E> + Send + 'static,
+        gate: impl Fn(Vec<BTreeMap<NaiveDate, i64>>) -> Result<T, E> + Send + 'static,
     ) -> Result<Result<T, E>, WarehouseError>
     where
         T: Send + 'static,
@@ -684,7 +686,7 @@ impl Warehouse {
         &self,
         gated: GatedScript,
         timeout: Duration,
-        finish: impl FnOnce(u64, Vec<BTreeMap<NaiveDate, i64>>) -> Finish<R> + Send + 'static,
+        finish: impl Fn(u64, Vec<BTreeMap<NaiveDate, i64>>) -> Finish<R> + Send + 'static,
     ) -> Result<R, WarehouseError> {
         let deadline = self.deadline(timeout);
         match &self.pool {

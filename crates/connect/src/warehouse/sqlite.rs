@@ -2,8 +2,22 @@
 //!
 //! sqlx-sqlite sends every statement to a worker thread and waits for the answer (a channel
 //! and a futex wake, 20–50 µs each), which dominated small tasks. Here a whole call (a probe,
-//! or a script with its transaction and gate) is one `spawn_blocking` job on a pooled
-//! connection, and statements are cached per connection (`prepare_cached`).
+//! or a script with its transaction and gate) is one job on a pooled connection, and
+//! statements are cached per connection (`prepare_cached`).
+//!
+//! Where a job runs: first in the caller's thread, for at most [`INLINE_BUDGET`]; then, if it
+//! has not finished, on a blocking thread. Most tasks' SQL is short, and the hop to a blocking
+//! thread and back (two cross-thread wake-ups, ~60 µs on a small VM) would cost more than the
+//! SQL itself. The inline attempt is stopped by the progress handler when its budget runs out,
+//! and does not wait for another writer's lock (its busy timeout is zero); either way its
+//! transaction rolls back, nothing it did is kept, and the job runs again from the start on a
+//! blocking thread, where it has the whole deadline. A job is therefore `Fn`: it may run twice.
+//! A SQL text that outran the budget [`DEMOTE_AFTER`] times in a row goes straight to a
+//! blocking thread, and is tried inline again only once in [`RETRY_INLINE_EVERY`] calls, so a
+//! long script wastes a budget now and then, not on every task, while a short one that overran
+//! once (the VM descheduled the thread, a checkpoint ran) keeps its fast path. The caller's
+//! thread (the scheduler's) is never held for more than about the budget, and timeouts,
+//! Ctrl-C and other tasks wait at most that long.
 //!
 //! Stopping: a job runs on a blocking thread that cannot be aborted, so the async side stops
 //! its SQL instead. When the deadline passes, or when the caller drops the future (a cancelled
@@ -19,7 +33,7 @@
 //! machine instructions catches those; the interrupt still matters for work that runs long
 //! inside one instruction (a big sort).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,6 +67,17 @@ const STOP_REPEAT: Duration = Duration::from_millis(5);
 /// Virtual machine instructions between two checks of the cancel flag by the progress handler:
 /// tens of microseconds, at the cost of an atomic load per thousand instructions.
 const PROGRESS_OPS: i32 = 1_000;
+/// How long a job may run in the caller's thread before it is stopped and moved to a blocking
+/// thread (see the module comment). Past a millisecond the hop costs under 6 %, and holding
+/// the scheduler's thread longer would delay every other task's bookkeeping.
+const INLINE_BUDGET: Duration = Duration::from_millis(1);
+/// Overruns in a row after which a SQL text goes straight to a blocking thread.
+const DEMOTE_AFTER: u32 = 3;
+/// A demoted SQL text is tried inline again once in this many calls, in case it got faster.
+const RETRY_INLINE_EVERY: u32 = 100;
+/// At most this many SQL texts are tracked; past it, new texts are always tried inline (a
+/// wasted budget each time one overruns, never a wrong result).
+const SLOW_SQL_LIMIT: usize = 1_024;
 
 /// Connections to one SQLite database, used on blocking threads.
 ///
@@ -66,6 +91,8 @@ pub(super) struct SqlitePool {
     idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
     size: u32,
+    /// SQL texts whose inline attempts outran [`INLINE_BUDGET`] lately.
+    slow: Mutex<HashMap<String, Overruns>>,
 }
 
 impl fmt::Debug for SqlitePool {
@@ -100,6 +127,7 @@ impl SqlitePool {
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(size as usize)),
             size,
+            slow: Mutex::new(HashMap::new()),
         });
         let opener = Arc::clone(&pool);
         let opened =
@@ -200,7 +228,7 @@ impl SqlitePool {
         deadline: Instant,
         timeout: Duration,
         gated: GatedScript,
-        finish: impl FnOnce(u64, Vec<BTreeMap<NaiveDate, i64>>) -> Finish<R> + Send + 'static,
+        finish: impl Fn(u64, Vec<BTreeMap<NaiveDate, i64>>) -> Finish<R> + Send + 'static,
     ) -> Result<R, WarehouseError>
     where
         R: Send + 'static,
@@ -228,7 +256,8 @@ impl SqlitePool {
         .await
     }
 
-    /// Runs `job` on a pooled connection on a blocking thread, bounded by `deadline`.
+    /// Runs `job` on a pooled connection, bounded by `deadline`: in this thread if it finishes
+    /// within [`INLINE_BUDGET`], otherwise on a blocking thread (see the module comment).
     ///
     /// If the deadline passes, the job's SQL is interrupted and, once the job has stopped (or
     /// after [`STOP_GRACE`]), the call fails with [`WarehouseError::Timeout`], unless the job
@@ -243,8 +272,11 @@ impl SqlitePool {
     ) -> Result<T, WarehouseError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection, &Cancel) -> Result<T, WarehouseError> + Send + 'static,
+        F: Fn(&mut Connection, &Cancel) -> Result<T, WarehouseError> + Send + 'static,
     {
+        if let Some(done) = self.run_inline(deadline, sql, &job) {
+            return done;
+        }
         let timed_out = || WarehouseError::timed_out(sql, timeout);
         let permit = match tokio::time::timeout_at(
             deadline,
@@ -260,7 +292,15 @@ impl SqlitePool {
         let pool = Arc::clone(self);
         let job_cancel = Arc::clone(&cancel);
         let mut task = tokio::task::spawn_blocking(move || {
-            let result = pool.with_connection(&job_cancel, job);
+            // Not in the `match`: its lock would last through the job.
+            let idle = lock(&pool.idle).pop();
+            let result = match idle {
+                Some(connection) => Ok(connection),
+                None => pool.open(),
+            }
+            .and_then(|connection| {
+                pool.with_connection(connection, &job_cancel, SQLITE_BUSY_TIMEOUT, job)
+            });
             // Only now: the connection is back in the pool (or closed).
             drop(permit);
             result
@@ -281,18 +321,91 @@ impl SqlitePool {
         result
     }
 
-    /// Runs `job` on an idle or new connection, then puts the connection back if it is clean.
+    /// The inline attempt: runs `job` in this thread on an idle connection, stopped once
+    /// [`INLINE_BUDGET`] (or the deadline) has passed, and never waiting for a lock. `None`
+    /// means it did not run or did not finish, and left nothing behind: the caller runs the job
+    /// on a blocking thread. Overruns are counted per SQL text (see the module comment).
+    fn run_inline<T>(
+        &self,
+        deadline: Instant,
+        sql: &str,
+        job: &impl Fn(&mut Connection, &Cancel) -> Result<T, WarehouseError>,
+    ) -> Option<Result<T, WarehouseError>> {
+        if !self.may_run_inline(sql) {
+            return None;
+        }
+        // No free connection (or a closed pool): the blocking path waits, or reports it. Nor
+        // does this thread open one: opening can wait for locks.
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
+        let Some(connection) = lock(&self.idle).pop() else {
+            drop(permit);
+            return None;
+        };
+        let until = (std::time::Instant::now() + INLINE_BUDGET).min(deadline.into_std());
+        let cancel = Arc::new(Cancel::with_budget(until));
+        let result = self.with_connection(connection, &cancel, Duration::ZERO, job);
+        drop(permit);
+        match result {
+            Err(_) if cancel.budget_spent() => {
+                let mut slow = lock(&self.slow);
+                if let Some(overruns) = slow.get_mut(sql) {
+                    overruns.in_a_row += 1;
+                } else if slow.len() < SLOW_SQL_LIMIT {
+                    slow.insert(
+                        sql.to_owned(),
+                        Overruns {
+                            in_a_row: 1,
+                            skipped: 0,
+                        },
+                    );
+                }
+                None
+            }
+            // Another writer held the lock (or a connection failed to open or configure):
+            // the blocking path waits for it, or reports it.
+            Err(error) if error.is_retryable() => None,
+            done => {
+                // Finished within the budget: whatever it overran before is forgotten.
+                let mut slow = lock(&self.slow);
+                if !slow.is_empty() {
+                    slow.remove(sql);
+                }
+                Some(done)
+            }
+        }
+    }
+
+    /// Whether `sql` gets an inline attempt: not when it overran [`DEMOTE_AFTER`] times in a
+    /// row, except once in [`RETRY_INLINE_EVERY`] calls.
+    fn may_run_inline(&self, sql: &str) -> bool {
+        let mut slow = lock(&self.slow);
+        let Some(overruns) = slow.get_mut(sql) else {
+            return true;
+        };
+        if overruns.in_a_row < DEMOTE_AFTER {
+            return true;
+        }
+        overruns.skipped += 1;
+        if overruns.skipped < RETRY_INLINE_EVERY {
+            return false;
+        }
+        overruns.skipped = 0;
+        true
+    }
+
+    /// Runs `job` on `connection` (taken from the pool or new), waiting up to `busy` for
+    /// another writer's lock, then puts the connection back if it is clean.
     fn with_connection<T>(
         &self,
+        mut connection: Connection,
         cancel: &Arc<Cancel>,
+        busy: Duration,
         job: impl FnOnce(&mut Connection, &Cancel) -> Result<T, WarehouseError>,
     ) -> Result<T, WarehouseError> {
-        let idle = lock(&self.idle).pop();
-        let mut connection = match idle {
-            Some(connection) => connection,
-            None => self.open()?,
-        };
-        if let Err(source) = watch(&connection, cancel) {
+        if let Err(source) = connection
+            .busy_timeout(busy)
+            .and_then(|()| watch(&connection, cancel))
+        {
             self.put_back(connection);
             return Err(WarehouseError::Connect {
                 url: self.url.clone(),
@@ -336,6 +449,7 @@ impl SqlitePool {
                         | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?,
             };
+            // Each call sets its own busy timeout too (`with_connection`).
             connection.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
             connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             connection.execute_batch("PRAGMA foreign_keys = ON")?;
@@ -362,7 +476,7 @@ impl SqlitePool {
 fn watch(connection: &Connection, cancel: &Arc<Cancel>) -> rusqlite::Result<()> {
     cancel.arm(connection);
     let watched = Arc::clone(cancel);
-    connection.progress_handler(PROGRESS_OPS, Some(move || watched.is_requested()))
+    connection.progress_handler(PROGRESS_OPS, Some(move || watched.should_stop()))
 }
 
 /// Undoes [`watch`], so that a rollback cannot be stopped and a late interrupt cannot reach the
@@ -390,9 +504,58 @@ struct Cancel {
     /// Set only while the job holds the connection: a handle kept after the connection went
     /// back to the pool would interrupt another call's statement.
     interrupt: Mutex<Option<InterruptHandle>>,
+    /// For an inline attempt: when the progress handler stops it.
+    budget: Option<Budget>,
+}
+
+/// How a SQL text's inline attempts have overrun their budget lately.
+#[derive(Debug)]
+struct Overruns {
+    /// Overruns since its last inline attempt that finished in time.
+    in_a_row: u32,
+    /// Calls sent straight to a blocking thread since its last inline attempt.
+    skipped: u32,
+}
+
+/// An inline attempt's allowance of time.
+struct Budget {
+    until: std::time::Instant,
+    /// Set when the progress handler stopped the attempt for running past `until`.
+    spent: AtomicBool,
 }
 
 impl Cancel {
+    fn with_budget(until: std::time::Instant) -> Self {
+        Self {
+            budget: Some(Budget {
+                until,
+                spent: AtomicBool::new(false),
+            }),
+            ..Self::default()
+        }
+    }
+
+    /// The progress handler's question: cancelled, or past the inline budget.
+    fn should_stop(&self) -> bool {
+        if self.is_requested() {
+            return true;
+        }
+        match &self.budget {
+            Some(budget) if std::time::Instant::now() >= budget.until => {
+                budget.spent.store(true, Ordering::SeqCst);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the progress handler stopped an inline attempt for its budget.
+    fn budget_spent(&self) -> bool {
+        self.budget
+            .as_ref()
+            .is_some_and(|budget| budget.spent.load(Ordering::SeqCst))
+    }
+
     fn cancel(&self) {
         self.is_requested.store(true, Ordering::SeqCst);
         self.interrupt();

@@ -489,3 +489,80 @@ async fn sqlite_dropped_script_rolls_back() -> anyhow::Result<()> {
     tokio::time::timeout(Duration::from_secs(5), warehouse.close()).await?;
     Ok(())
 }
+
+/// A statement that runs for a few hundred milliseconds (2·10^6 rows of a recursive CTE):
+/// far past the inline budget of a millisecond, far short of any timeout here.
+const SLOW: &str = "INSERT INTO t (d, n) SELECT '2024-01-01', x FROM \
+     (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000) \
+      SELECT x FROM c) WHERE x < 0";
+
+#[tokio::test]
+async fn sqlite_a_script_past_the_inline_budget_runs_once_and_frees_the_thread()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (warehouse, _) = sqlite_file(dir.path(), TIMEOUT).await?;
+    warehouse
+        .execute_script("CREATE TABLE once (d TEXT PRIMARY KEY)", &params(1, 1))
+        .await?;
+    let script = format!("INSERT INTO once VALUES (:start); {SLOW}");
+    for day in 1..=3 {
+        // This test's runtime has one thread. A task that wakes 20 ms in runs while the script
+        // is still going: the script left the thread after its budget.
+        let ticked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ticker = {
+            let ticked = std::sync::Arc::clone(&ticked);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                ticked.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        // The gate sees the row once: the interrupted first attempt was rolled back (with the
+        // primary key, a kept row would also fail the second attempt's insert).
+        let gated = warehouse
+            .execute_script_gated(
+                &script,
+                &params(day, day),
+                TIMEOUT,
+                &["SELECT d, COUNT(*) FROM once WHERE d BETWEEN :start AND :end GROUP BY d"],
+                Ok::<_, ()>,
+            )
+            .await?;
+        assert!(
+            ticked.load(std::sync::atomic::Ordering::SeqCst),
+            "day {day}: the script held the caller's thread to the end"
+        );
+        assert_eq!(gated, Ok(vec![counts(&[(day, 1)])]), "day {day}");
+        ticker.await?;
+    }
+    assert_eq!(warehouse.scalar("SELECT COUNT(*) FROM once").await?, 3);
+    tokio::time::timeout(Duration::from_secs(5), warehouse.close()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_a_script_waits_for_another_writers_lock() -> anyhow::Result<()> {
+    // The inline attempt does not wait for a lock; the blocking thread does, up to the busy
+    // timeout, so a lock held for a moment by another process delays the script, not fails it.
+    let dir = tempfile::tempdir()?;
+    let (warehouse, path) = sqlite_file(dir.path(), TIMEOUT).await?;
+    let (held, released) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || -> rusqlite::Result<()> {
+        let connection = rusqlite::Connection::open(&path)?;
+        connection.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES ('2024-01-09', 9)")?;
+        held.send(()).ok();
+        std::thread::sleep(Duration::from_millis(300));
+        connection.execute_batch("COMMIT")
+    });
+    released.recv()?;
+    warehouse
+        .execute_script("INSERT INTO t VALUES (:start, 1)", &params(2, 2))
+        .await?;
+    holder.join().expect("the lock holder panicked")?;
+    assert_eq!(
+        warehouse
+            .counts("SELECT d, COUNT(*) FROM t GROUP BY d", jan(1), jan(9))
+            .await?,
+        counts(&[(2, 1), (9, 1)])
+    );
+    Ok(())
+}
