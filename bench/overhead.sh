@@ -4,7 +4,8 @@
 #      fork+exec loop of `/bin/true` run the same number of times;
 #   2. the same with no-op SQL tasks (one INSERT each), against 3,000 plain SQLite inserts, one
 #      transaction each (Python's sqlite3), on the same kind of file.
-# Usage: bench/overhead.sh  (builds the release binary first; prints a Markdown table)
+# Usage: bench/overhead.sh [rounds]  (default 5; builds the release binary first; prints a
+# Markdown table: each round, the fastest run of each column, and the medians)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 target=${CARGO_TARGET_DIR:-$root/target}
@@ -13,6 +14,7 @@ bin="$target/release/gapless"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 days=1000
+rounds=${1:-5}
 start=2020-01-01
 end=$(date -d "$start + $((days - 1)) days" +%F)
 tasks=$((days * 3))
@@ -73,15 +75,9 @@ run_backfill() {
   elapsed "$t0" "$t1"
 }
 
-# 1. Command tasks against fork+exec.
-pipeline 'run.command = ["true"]' > "$work/gapless.toml"
-t0=$(now); for ((i = 0; i < tasks; i++)); do /bin/true; done; t1=$(now)
-floor_exec=$(elapsed "$t0" "$t1")
-gapless_exec=$(run_backfill)
-
-# 2. SQL tasks against plain inserts.
-pipeline 'run.sql = "INSERT OR REPLACE INTO sink (d, p) VALUES (:start, 1)"' > "$work/gapless.toml"
-floor_sql=$(python3 - "$work/floor.db" "$tasks" <<'PY'
+floor_sql() {
+  rm -f "$work"/floor.db*
+  python3 - "$work/floor.db" "$tasks" <<'PY'
 import sqlite3, sys, time
 db = sqlite3.connect(sys.argv[1], isolation_level=None)
 db.execute("PRAGMA journal_mode = WAL")
@@ -93,14 +89,36 @@ for i in range(int(sys.argv[2])):
     db.execute("COMMIT")
 print(f"{time.perf_counter() - t0:.3f}")
 PY
-)
-gapless_sql=$(run_backfill)
+}
 
-python3 - "$tasks" "$floor_exec" "$gapless_exec" "$floor_sql" "$gapless_sql" <<'PY'
-import sys
-tasks = int(sys.argv[1]); fe, ge, fs, gs = map(float, sys.argv[2:])
-print(f"| workload ({tasks} tasks, --jobs 1) | floor | gapless | ratio | overhead per task |")
-print("| --- | ---: | ---: | ---: | ---: |")
-print(f"| no-op command tasks vs fork+exec of /bin/true | {fe:.2f} s | {ge:.2f} s | {ge/fe:.2f}× | {(ge-fe)/tasks*1e6:.0f} µs |")
-print(f"| no-op SQL tasks vs plain SQLite inserts | {fs:.2f} s | {gs:.2f} s | {gs/fs:.2f}× | {(gs-fs)/tasks*1e6:.0f} µs |")
+floor_exec() {
+  local t0 t1
+  t0=$(now); for ((i = 0; i < tasks; i++)); do /bin/true; done; t1=$(now)
+  elapsed "$t0" "$t1"
+}
+
+# Rounds alternate floor and gapless, so that both see the same state of this shared VM.
+results=()
+for ((round = 1; round <= rounds; round++)); do
+  pipeline 'run.command = ["true"]' > "$work/gapless.toml"
+  fe=$(floor_exec); ge=$(run_backfill)
+  pipeline 'run.sql = "INSERT OR REPLACE INTO sink (d, p) VALUES (:start, 1)"' > "$work/gapless.toml"
+  fs=$(floor_sql); gs=$(run_backfill)
+  results+=("$fe,$ge,$fs,$gs")
+done
+
+python3 - "$tasks" "${results[@]}" <<'PY'
+import statistics, sys
+tasks = int(sys.argv[1])
+rounds = [tuple(map(float, r.split(","))) for r in sys.argv[2:]]
+us = lambda g, f: (g - f) / tasks * 1e6
+print(f"| round ({tasks} tasks, --jobs 1) | fork+exec floor | gapless, command | ratio | SQLite floor | gapless, SQL | SQL overhead per task |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+for i, (fe, ge, fs, gs) in enumerate(rounds, 1):
+    print(f"| {i} | {fe:.2f} s | {ge:.2f} s | {ge/fe:.2f}× | {fs:.2f} s | {gs:.2f} s | {us(gs, fs):.0f} µs |")
+fe, ge, fs, gs = (min(column) for column in zip(*rounds))
+print(f"| fastest of each | {fe:.2f} s | {ge:.2f} s | {ge/fe:.2f}× | {fs:.2f} s | {gs:.2f} s | {us(gs, fs):.0f} µs |")
+print()
+print(f"Median over rounds: command ratio {statistics.median(g / f for f, g, _, _ in rounds):.2f}×, "
+      f"SQL overhead {statistics.median(us(g, f) for _, _, f, g in rounds):.0f} µs per task.")
 PY
