@@ -92,7 +92,7 @@ pub(super) struct SqlitePool {
     permits: Arc<Semaphore>,
     size: u32,
     /// SQL texts whose inline attempts outran [`INLINE_BUDGET`] lately.
-    slow: Mutex<HashMap<String, Overruns>>,
+    slow: Mutex<SlowSql>,
 }
 
 impl fmt::Debug for SqlitePool {
@@ -127,7 +127,7 @@ impl SqlitePool {
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(size as usize)),
             size,
-            slow: Mutex::new(HashMap::new()),
+            slow: Mutex::new(SlowSql::default()),
         });
         let opener = Arc::clone(&pool);
         let opened =
@@ -331,7 +331,7 @@ impl SqlitePool {
         sql: &str,
         job: &impl Fn(&mut Connection, &Cancel) -> Result<T, WarehouseError>,
     ) -> Option<Result<T, WarehouseError>> {
-        if !self.may_run_inline(sql) {
+        if !lock(&self.slow).may_run_inline(sql) {
             return None;
         }
         // No free connection (or a closed pool): the blocking path waits, or reports it. Nor
@@ -347,50 +347,17 @@ impl SqlitePool {
         drop(permit);
         match result {
             Err(_) if cancel.budget_spent() => {
-                let mut slow = lock(&self.slow);
-                if let Some(overruns) = slow.get_mut(sql) {
-                    overruns.in_a_row += 1;
-                } else if slow.len() < SLOW_SQL_LIMIT {
-                    slow.insert(
-                        sql.to_owned(),
-                        Overruns {
-                            in_a_row: 1,
-                            skipped: 0,
-                        },
-                    );
-                }
+                lock(&self.slow).overran(sql);
                 None
             }
             // Another writer held the lock (or a connection failed to open or configure):
             // the blocking path waits for it, or reports it.
             Err(error) if error.is_retryable() => None,
             done => {
-                // Finished within the budget: whatever it overran before is forgotten.
-                let mut slow = lock(&self.slow);
-                if !slow.is_empty() {
-                    slow.remove(sql);
-                }
+                lock(&self.slow).finished_in_time(sql);
                 Some(done)
             }
         }
-    }
-
-    /// Whether `sql` gets an inline attempt: not when it overran [`DEMOTE_AFTER`] times in a
-    /// row, except once in [`RETRY_INLINE_EVERY`] calls.
-    fn may_run_inline(&self, sql: &str) -> bool {
-        let mut slow = lock(&self.slow);
-        let Some(overruns) = slow.get_mut(sql) else {
-            return true;
-        };
-        if overruns.in_a_row < DEMOTE_AFTER {
-            return true;
-        }
-        overruns.skipped += 1;
-        if overruns.skipped < RETRY_INLINE_EVERY {
-            return false;
-        }
-        overruns.skipped = 0;
-        true
     }
 
     /// Runs `job` on `connection` (taken from the pool or new), waiting up to `busy` for
@@ -508,6 +475,10 @@ struct Cancel {
     budget: Option<Budget>,
 }
 
+/// Which SQL texts overran their inline budget lately, and so which get an inline attempt.
+#[derive(Debug, Default)]
+struct SlowSql(HashMap<String, Overruns>);
+
 /// How a SQL text's inline attempts have overrun their budget lately.
 #[derive(Debug)]
 struct Overruns {
@@ -515,6 +486,44 @@ struct Overruns {
     in_a_row: u32,
     /// Calls sent straight to a blocking thread since its last inline attempt.
     skipped: u32,
+}
+
+impl SlowSql {
+    /// Whether `sql` gets an inline attempt: not when it overran [`DEMOTE_AFTER`] times in a
+    /// row, except once in [`RETRY_INLINE_EVERY`] calls.
+    fn may_run_inline(&mut self, sql: &str) -> bool {
+        let Some(overruns) = self.0.get_mut(sql) else {
+            return true;
+        };
+        if overruns.in_a_row < DEMOTE_AFTER {
+            return true;
+        }
+        overruns.skipped += 1;
+        if overruns.skipped < RETRY_INLINE_EVERY {
+            return false;
+        }
+        overruns.skipped = 0;
+        true
+    }
+
+    fn overran(&mut self, sql: &str) {
+        if let Some(overruns) = self.0.get_mut(sql) {
+            overruns.in_a_row += 1;
+        } else if self.0.len() < SLOW_SQL_LIMIT {
+            let first = Overruns {
+                in_a_row: 1,
+                skipped: 0,
+            };
+            self.0.insert(sql.to_owned(), first);
+        }
+    }
+
+    /// Whatever `sql` overran before is forgotten.
+    fn finished_in_time(&mut self, sql: &str) {
+        if !self.0.is_empty() {
+            self.0.remove(sql);
+        }
+    }
 }
 
 /// An inline attempt's allowance of time.
@@ -754,5 +763,71 @@ fn sqlite_cell(value: ValueRef<'_>) -> Cell {
             Err(_) => Cell::Other("TEXT (not UTF-8)".into()),
         },
         ValueRef::Blob(_) => Cell::Other("BLOB".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The calls in a row that get an inline attempt, out of `calls`.
+    fn inline_pattern(slow: &mut SlowSql, sql: &str, calls: u32) -> Vec<u32> {
+        (0..calls)
+            .filter(|_| slow.may_run_inline(sql))
+            .collect::<Vec<_>>()
+    }
+
+    #[test]
+    fn a_text_is_demoted_after_overruns_in_a_row_and_retried_now_and_then() {
+        let mut slow = SlowSql::default();
+        let sql = "INSERT INTO big SELECT * FROM huge";
+        for _ in 1..DEMOTE_AFTER {
+            slow.overran(sql);
+            assert!(
+                slow.may_run_inline(sql),
+                "demoted before {DEMOTE_AFTER} overruns"
+            );
+        }
+        slow.overran(sql);
+        // Demoted: one call in RETRY_INLINE_EVERY is tried inline.
+        let tried = inline_pattern(&mut slow, sql, 3 * RETRY_INLINE_EVERY);
+        let every = RETRY_INLINE_EVERY;
+        assert_eq!(tried, vec![every - 1, 2 * every - 1, 3 * every - 1]);
+        // Other texts are untouched.
+        assert!(slow.may_run_inline("SELECT 1"));
+        // A retry that finishes in time restores the fast path for good.
+        slow.finished_in_time(sql);
+        assert_eq!(inline_pattern(&mut slow, sql, 5).len(), 5);
+    }
+
+    #[test]
+    fn an_overrun_now_and_then_keeps_the_fast_path() {
+        // A short script overran once (the thread was descheduled): it stays inline, and the
+        // count starts again after each attempt that finished in time.
+        let mut slow = SlowSql::default();
+        let sql = "INSERT INTO t VALUES (1)";
+        for _ in 0..10 {
+            for _ in 1..DEMOTE_AFTER {
+                slow.overran(sql);
+            }
+            assert!(slow.may_run_inline(sql));
+            slow.finished_in_time(sql);
+        }
+        assert!(slow.0.is_empty());
+    }
+
+    #[test]
+    fn the_number_of_texts_tracked_is_bounded() {
+        let mut slow = SlowSql::default();
+        for index in 0..SLOW_SQL_LIMIT + 10 {
+            for _ in 0..DEMOTE_AFTER {
+                slow.overran(&format!("SELECT {index}"));
+            }
+        }
+        assert_eq!(slow.0.len(), SLOW_SQL_LIMIT);
+        // Past the limit a text is not tracked, so it is always tried inline.
+        let untracked = format!("SELECT {}", SLOW_SQL_LIMIT + 5);
+        assert!(slow.may_run_inline(&untracked));
+        assert!(!slow.may_run_inline("SELECT 0"));
     }
 }
