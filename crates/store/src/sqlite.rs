@@ -298,8 +298,10 @@ impl SqliteStore {
 /// The embedded SQLite migrations: version and SQL, in order. Never edit a released one (the
 /// `migrations_are_pinned` test fails): add the next instead. Unlike sqlx's migrator this
 /// runner keeps no checksums, so that test is what catches an edited migration.
-pub(crate) const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../migrations/sqlite/0002_lean_events.sql")),
+];
 
 /// Highest applied migration: `PRAGMA user_version`, or for a database migrated by an older
 /// gapless (sqlx's migrator, which left `user_version` at 0) the highest successful version in
@@ -485,7 +487,10 @@ mod tests {
             .iter()
             .map(|&(version, sql)| (version, fnv1a(sql)))
             .collect();
-        assert_eq!(pins, [(1, 0xb3ed_8844_4708_2819)]);
+        assert_eq!(
+            pins,
+            [(1, 0xb3ed_8844_4708_2819), (2, 0x0f82_3cde_88a7_b33a)]
+        );
         assert_eq!(MIGRATIONS.last().map(|m| m.0), Some(SCHEMA_VERSION));
     }
 }

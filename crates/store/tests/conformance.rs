@@ -1005,8 +1005,32 @@ async fn sqlite_schema_versions_old_and_new() -> anyhow::Result<()> {
     let store = Store::connect("sqlite://legacy.db", dir.path()).await?;
     assert_eq!(pragma::<i64>(&store, "user_version")?, 0);
     assert_eq!(store.schema_version().await?, 1);
+    assert!(matches!(
+        store.ensure_current().await,
+        Err(StoreError::SchemaOutdated { found: 1, .. })
+    ));
+    // Events written at version 1 survive the rebuild of `events` in 2, ids and all, and new
+    // ones come after them.
+    execute(
+        &store,
+        "INSERT INTO events (id, phase, date, status, source, run_id, created_at) \
+         VALUES (7, 3, '2024-01-01', 'complete', 'live', NULL, 1)",
+    )
+    .await?;
+    store.migrate().await?; // applies 2 only: the tables of 1 exist
+    assert_eq!(pragma::<i64>(&store, "user_version")?, SCHEMA_VERSION);
     store.ensure_current().await?;
-    store.migrate().await?; // nothing to apply: the tables exist
+    assert_eq!(store.count_events(3, d(1)).await?, 1);
+    let next = NewEvent {
+        phase: 3,
+        date: d(1),
+        status: "complete".to_owned(),
+        source: "http".to_owned(),
+        run_id: None,
+    };
+    assert_eq!(store.append_event(&next).await?, 8);
+    let ids: Vec<i64> = store.events(0, 10).await?.iter().map(|e| e.id).collect();
+    assert_eq!(ids, [7, 8]);
     store
         .create_run(&run_of(RunKind::Backfill, vec![task(1, d(1), d(1))]))
         .await?;
