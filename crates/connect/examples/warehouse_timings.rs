@@ -1,6 +1,6 @@
 //! Prints the per-call cost of the warehouse on a SQLite WAL file (synchronous=FULL), on the
 //! one-thread runtime the CLI uses. Timings, not a test:
-//! `cargo run --release -p gapless-connect --example timings`.
+//! `cargo run --release -p gapless-connect --example warehouse_timings`.
 //!
 //! Each call works on a date of its own, as a backfill task does: the INSERT adds one row for
 //! that date and the probe counts that date, so every round does the same work.

@@ -1,5 +1,5 @@
 //! Prints µs per state-store call on a SQLite file, in both sync modes. Timings, not a test:
-//! `cargo run --release -p gapless-store --example timings [tasks]`.
+//! `cargo run --release -p gapless-store --example store_timings [tasks]`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
