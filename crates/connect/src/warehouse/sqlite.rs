@@ -16,8 +16,12 @@
 //! blocking thread, and is tried inline again only once in [`RETRY_INLINE_EVERY`] calls, so a
 //! long script wastes a budget now and then, not on every task, while a short one that overran
 //! once (the VM descheduled the thread, a checkpoint ran) keeps its fast path. The caller's
-//! thread (the scheduler's) is never held for more than about the budget, and timeouts,
-//! Ctrl-C and other tasks wait at most that long.
+//! thread (the scheduler's) is held for about the budget at most, and timeouts, Ctrl-C and
+//! other tasks wait at most that long, with one exception: the progress handler runs between
+//! virtual machine instructions, and a single instruction can run long (a sort of millions of
+//! rows, an index build). Such an attempt holds the thread until the instruction ends, and its
+//! text is demoted at once ([`DEMOTE_AT_ONCE_AFTER`]), so this happens once per process and
+//! then once in [`RETRY_INLINE_EVERY`] calls.
 //!
 //! Stopping: a job runs on a blocking thread that cannot be aborted, so the async side stops
 //! its SQL instead. When the deadline passes, or when the caller drops the future (a cancelled
@@ -73,6 +77,11 @@ const PROGRESS_OPS: i32 = 1_000;
 const INLINE_BUDGET: Duration = Duration::from_millis(1);
 /// Overruns in a row after which a SQL text goes straight to a blocking thread.
 const DEMOTE_AFTER: u32 = 3;
+/// An inline attempt that took this long demotes its SQL text at once. The progress handler
+/// runs between virtual machine instructions, and one instruction can run long (sorting
+/// millions of rows, building an index, a checkpoint after COMMIT), holding the caller's
+/// thread until it ends; such a text must not get that chance again soon.
+const DEMOTE_AT_ONCE_AFTER: Duration = Duration::from_millis(10);
 /// A demoted SQL text is tried inline again once in this many calls, in case it got faster.
 const RETRY_INLINE_EVERY: u32 = 100;
 /// At most this many SQL texts are tracked; past it, new texts are always tried inline (a
@@ -341,13 +350,14 @@ impl SqlitePool {
             drop(permit);
             return None;
         };
-        let until = (std::time::Instant::now() + INLINE_BUDGET).min(deadline.into_std());
+        let started = std::time::Instant::now();
+        let until = (started + INLINE_BUDGET).min(deadline.into_std());
         let cancel = Arc::new(Cancel::with_budget(until));
         let result = self.with_connection(connection, &cancel, Duration::ZERO, job);
         drop(permit);
         match result {
             Err(_) if cancel.budget_spent() => {
-                lock(&self.slow).overran(sql);
+                lock(&self.slow).overran(sql, started.elapsed());
                 None
             }
             // Another writer held the lock (or a connection failed to open or configure):
@@ -506,12 +516,18 @@ impl SlowSql {
         true
     }
 
-    fn overran(&mut self, sql: &str) {
+    /// An inline attempt of `sql` was stopped for its budget after `took`.
+    fn overran(&mut self, sql: &str, took: Duration) {
+        let count = if took >= DEMOTE_AT_ONCE_AFTER {
+            DEMOTE_AFTER
+        } else {
+            1
+        };
         if let Some(overruns) = self.0.get_mut(sql) {
-            overruns.in_a_row += 1;
+            overruns.in_a_row = overruns.in_a_row.saturating_add(count);
         } else if self.0.len() < SLOW_SQL_LIMIT {
             let first = Overruns {
-                in_a_row: 1,
+                in_a_row: count,
                 skipped: 0,
             };
             self.0.insert(sql.to_owned(), first);
@@ -782,13 +798,13 @@ mod tests {
         let mut slow = SlowSql::default();
         let sql = "INSERT INTO big SELECT * FROM huge";
         for _ in 1..DEMOTE_AFTER {
-            slow.overran(sql);
+            slow.overran(sql, INLINE_BUDGET);
             assert!(
                 slow.may_run_inline(sql),
                 "demoted before {DEMOTE_AFTER} overruns"
             );
         }
-        slow.overran(sql);
+        slow.overran(sql, INLINE_BUDGET);
         // Demoted: one call in RETRY_INLINE_EVERY is tried inline.
         let tried = inline_pattern(&mut slow, sql, 3 * RETRY_INLINE_EVERY);
         let every = RETRY_INLINE_EVERY;
@@ -801,6 +817,17 @@ mod tests {
     }
 
     #[test]
+    fn an_attempt_stuck_in_one_long_instruction_demotes_at_once() {
+        let mut slow = SlowSql::default();
+        let sql = "CREATE INDEX big_d ON big (d)";
+        slow.overran(sql, DEMOTE_AT_ONCE_AFTER);
+        assert!(!slow.may_run_inline(sql));
+        let short = "INSERT INTO t VALUES (1)";
+        slow.overran(short, DEMOTE_AT_ONCE_AFTER - Duration::from_millis(1));
+        assert!(slow.may_run_inline(short));
+    }
+
+    #[test]
     fn an_overrun_now_and_then_keeps_the_fast_path() {
         // A short script overran once (the thread was descheduled): it stays inline, and the
         // count starts again after each attempt that finished in time.
@@ -808,7 +835,7 @@ mod tests {
         let sql = "INSERT INTO t VALUES (1)";
         for _ in 0..10 {
             for _ in 1..DEMOTE_AFTER {
-                slow.overran(sql);
+                slow.overran(sql, INLINE_BUDGET);
             }
             assert!(slow.may_run_inline(sql));
             slow.finished_in_time(sql);
@@ -821,7 +848,7 @@ mod tests {
         let mut slow = SlowSql::default();
         for index in 0..SLOW_SQL_LIMIT + 10 {
             for _ in 0..DEMOTE_AFTER {
-                slow.overran(&format!("SELECT {index}"));
+                slow.overran(&format!("SELECT {index}"), INLINE_BUDGET);
             }
         }
         assert_eq!(slow.0.len(), SLOW_SQL_LIMIT);
