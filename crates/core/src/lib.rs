@@ -19,6 +19,7 @@
 pub mod cells;
 pub mod dates;
 pub mod diagnostic;
+pub mod gaps;
 pub mod plan;
 pub mod policy;
 pub mod render;
