@@ -9,8 +9,8 @@ use sqlx::postgres::PgRow;
 
 use crate::error::StoreError;
 use crate::model::{
-    CellRecord, CellState, EventRecord, PhaseProgress, RunId, RunKind, RunRecord, RunState,
-    TaskRecord, TaskState,
+    CellRecord, CellState, EventRecord, GapRecord, GapStatus, PhaseProgress, RunId, RunKind,
+    RunRecord, RunState, TaskRecord, TaskState,
 };
 
 // --- row decoding -----------------------------------------------------------------------------
@@ -130,6 +130,29 @@ pub(crate) fn event_from_row(row: &(impl RowExt + ?Sized)) -> Result<EventRecord
         source: row.string("source")?,
         run_id: row.opt_string("run_id")?.map(run_id).transpose()?,
         created_at: time("events.created_at", row.i64("created_at")?)?,
+    })
+}
+
+pub(crate) fn gap_from_row(row: &(impl RowExt + ?Sized)) -> Result<GapRecord, StoreError> {
+    Ok(GapRecord {
+        id: row.i64("id")?,
+        detected_at: time("gaps.detected_at", row.i64("detected_at")?)?,
+        last_seen_at: time("gaps.last_seen_at", row.i64("last_seen_at")?)?,
+        phase_from: row.opt_i64("phase_from")?,
+        phase_to: row.i64("phase_to")?,
+        partition_date: date("gaps.partition_date", &row.string("partition_date")?)?,
+        gap_age_days: row.i64("gap_age_days")?,
+        found: row.i64("found")?,
+        expected: row.i64("expected")?,
+        healing_status: parse_text::<GapStatus>(
+            "gaps.healing_status",
+            row.string("healing_status")?,
+        )?,
+        attempts: row.i64("attempts")?,
+        run_id: row.opt_string("run_id")?.map(run_id).transpose()?,
+        alerted_at: opt_time("gaps.alerted_at", row.opt_i64("alerted_at")?)?,
+        healed_at: opt_time("gaps.healed_at", row.opt_i64("healed_at")?)?,
+        last_error: row.opt_string("last_error")?,
     })
 }
 

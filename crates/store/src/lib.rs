@@ -31,9 +31,9 @@ mod store;
 
 pub use crate::error::{BackendError, StoreError};
 pub use crate::model::{
-    CellRecord, CellState, Claim, EventRecord, InvalidRunId, NewEvent, NewRun, NewTask,
-    NewTaskState, PhaseProgress, RunId, RunKind, RunRecord, RunState, TaskRecord, TaskState,
-    UnknownState,
+    CellRecord, CellState, Claim, DetectedGap, EventRecord, GapFilter, GapRecord, GapStatus,
+    InvalidRunId, NewEvent, NewRun, NewTask, NewTaskState, PhaseProgress, RunId, RunKind,
+    RunRecord, RunState, ScanRecorded, TaskRecord, TaskState, UnknownState,
 };
 pub use crate::sqlite::{SqliteStore, SyncMode};
 pub use crate::store::{NextClaims, SCHEMA_VERSION, Store};

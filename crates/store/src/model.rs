@@ -372,6 +372,118 @@ pub struct EventRecord {
     pub created_at: DateTime<Utc>,
 }
 
+text_enum! {
+    /// Where a gap of the ledger stands (SPEC.md, Semantics 6).
+    GapStatus {
+        /// Found, not acted on yet.
+        Pending = "pending",
+        /// A heal run was started for it.
+        Triggered = "triggered",
+        /// Its cell is complete: the gap is closed.
+        Complete = "complete",
+        /// Healing it failed.
+        Failed = "failed",
+        /// Left for a person (too old, or failed too often); an alert was sent.
+        Alerted = "alerted",
+    }
+}
+
+/// A gap found by a scan, to record in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetectedGap {
+    /// The nearest phase the cell needs, if it needs another phase.
+    pub phase_from: Option<i64>,
+    /// The phase of the missing or short cell.
+    pub phase_to: i64,
+    /// Its date.
+    pub date: NaiveDate,
+    /// Whole days from the date to the scan's today.
+    pub age_days: i64,
+    /// Rows counted.
+    pub found: i64,
+    /// Rows expected.
+    pub expected: i64,
+}
+
+/// A row of the gap ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GapRecord {
+    /// Row id.
+    pub id: i64,
+    /// When a scan first found it.
+    pub detected_at: DateTime<Utc>,
+    /// When a scan last found it.
+    pub last_seen_at: DateTime<Utc>,
+    /// The nearest phase the cell needs, if any.
+    pub phase_from: Option<i64>,
+    /// The phase of the cell.
+    pub phase_to: i64,
+    /// The cell's date.
+    pub partition_date: NaiveDate,
+    /// Its age in days at the last scan that found it.
+    pub gap_age_days: i64,
+    /// Rows counted at that scan.
+    pub found: i64,
+    /// Rows expected at that scan.
+    pub expected: i64,
+    /// Where it stands.
+    pub healing_status: GapStatus,
+    /// Heal attempts so far.
+    pub attempts: i64,
+    /// The latest run that tried to heal it.
+    pub run_id: Option<RunId>,
+    /// When it was last alerted.
+    pub alerted_at: Option<DateTime<Utc>>,
+    /// When a scan found its cell complete.
+    pub healed_at: Option<DateTime<Utc>>,
+    /// The latest healing error.
+    pub last_error: Option<String>,
+}
+
+/// Which rows of the ledger to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapFilter {
+    /// Every row not `complete`.
+    Open,
+    /// Rows in one status.
+    Status(GapStatus),
+    /// Every row.
+    All,
+}
+
+impl GapFilter {
+    /// The filter's word, as `gaps --status` takes it: `open`, a status, or `all`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Status(status) => status.as_str(),
+            Self::All => "all",
+        }
+    }
+}
+
+impl FromStr for GapFilter {
+    type Err = UnknownState;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "open" => Ok(Self::Open),
+            "all" => Ok(Self::All),
+            other => other.parse().map(Self::Status),
+        }
+    }
+}
+
+/// What recording a scan changed in the ledger.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ScanRecorded {
+    /// Gaps not in the ledger before (new open rows).
+    pub opened: usize,
+    /// Open gaps found again (their counts and age updated).
+    pub still_open: usize,
+    /// Open gaps whose cell is now complete (closed).
+    pub closed: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -225,6 +225,34 @@ statements! {
     COUNT_EVENTS = "SELECT COUNT(*) FROM events WHERE phase = $1 AND date = $2";
 }
 
+// --- gap ledger -----------------------------------------------------------------------------
+
+statements! {
+    /// A gap found by a scan: a new open row, or the cell's open row updated. `detected_at`
+    /// of the returned row equals `$1` only for a new row.
+    UPSERT_GAP = "INSERT INTO gaps (detected_at, last_seen_at, phase_from, phase_to, \
+             partition_date, gap_age_days, found, expected, healing_status) \
+         VALUES ($1, $1, $2, $3, $4, $5, $6, $7, 'pending') \
+         ON CONFLICT (phase_to, partition_date) WHERE healing_status <> 'complete' \
+         DO UPDATE SET last_seen_at = excluded.last_seen_at, phase_from = excluded.phase_from, \
+             gap_age_days = excluded.gap_age_days, found = excluded.found, \
+             expected = excluded.expected \
+         RETURNING detected_at";
+
+    /// A cell found complete closes its open gap, if it has one.
+    CLOSE_GAP = "UPDATE gaps SET healing_status = 'complete', healed_at = $3 \
+         WHERE phase_to = $1 AND partition_date = $2 AND healing_status <> 'complete'";
+
+    /// `$1` is `open`, `all` or a status.
+    SELECT_GAPS = "SELECT id, detected_at, last_seen_at, phase_from, phase_to, partition_date, \
+             gap_age_days, found, expected, healing_status, attempts, run_id, alerted_at, \
+             healed_at, last_error \
+         FROM gaps \
+         WHERE $1 = 'all' OR ($1 = 'open' AND healing_status <> 'complete') \
+             OR healing_status = $1 \
+         ORDER BY phase_to, partition_date, id";
+}
+
 // --- maintenance ----------------------------------------------------------------------------
 
 pub(crate) const INTEGRITY_CHECK_SQLITE: &str = "PRAGMA integrity_check";

@@ -17,13 +17,13 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::codec::{
-    RowExt, cell_from_row, date_text, event_from_row, progress_from_row, run_from_row,
-    task_from_row,
+    RowExt, cell_from_row, date_text, event_from_row, gap_from_row, progress_from_row,
+    run_from_row, task_from_row,
 };
 use crate::error::{BackendError, StoreError};
 use crate::model::{
-    CellRecord, Claim, EventRecord, NewEvent, NewRun, NewTask, PhaseProgress, RunId, RunRecord,
-    RunState, TaskRecord,
+    CellRecord, Claim, DetectedGap, EventRecord, GapFilter, GapRecord, NewEvent, NewRun, NewTask,
+    PhaseProgress, RunId, RunRecord, RunState, ScanRecorded, TaskRecord,
 };
 use crate::sql;
 use crate::sqlite::{self, Commit, Location, SqliteStore, SyncMode};
@@ -41,7 +41,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// Highest migration embedded in this binary; [`Store::ensure_current`] demands exactly this.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The state store: runs, tasks, cells and events, on SQLite or PostgreSQL with the same
 /// semantics. Chosen once at the top from the `[state] url`; cheap to clone (the connection and
@@ -806,6 +806,84 @@ impl Store {
         }
     }
 
+    // --- gap ledger -------------------------------------------------------------------------
+
+    /// Records a scan in the gap ledger, in one transaction: every gap in `found` opens a row
+    /// or updates its cell's open row (one open row per cell), and every cell in `satisfied`
+    /// (complete, or expecting nothing) closes its open row if it has one. Rows of cells the
+    /// scan did not cover, or found blocked, are left as they are.
+    pub async fn record_scan(
+        &self,
+        found: &[DetectedGap],
+        satisfied: &[(i64, NaiveDate)],
+    ) -> Result<ScanRecorded, StoreError> {
+        let now = Utc::now().timestamp_millis();
+        let count = move |recorded: &mut ScanRecorded, detected_at: i64| {
+            if detected_at == now {
+                recorded.opened += 1;
+            } else {
+                recorded.still_open += 1;
+            }
+        };
+        match self {
+            Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
+                let mut recorded = ScanRecorded::default();
+                for gap in found {
+                    let values = params![
+                        now,
+                        gap.phase_from,
+                        gap.phase_to,
+                        date_text(gap.date),
+                        gap.age_days,
+                        gap.found,
+                        gap.expected
+                    ];
+                    let detected_at: i64 =
+                        sqlite::scalar(connection, sql::UPSERT_GAP.sqlite, values)?;
+                    count(&mut recorded, detected_at);
+                }
+                for &(phase, date) in satisfied {
+                    let values = params![phase, date_text(date), now];
+                    recorded.closed += sqlite::execute(connection, sql::CLOSE_GAP.sqlite, values)?;
+                }
+                Ok(recorded)
+            }),
+            Self::Postgres(pool) => pg_tx!(pool, |tx| {
+                let mut recorded = ScanRecorded::default();
+                for gap in found {
+                    let detected_at: i64 = sqlx::query_scalar(sql::UPSERT_GAP.postgres)
+                        .bind(now)
+                        .bind(gap.phase_from)
+                        .bind(gap.phase_to)
+                        .bind(date_text(gap.date))
+                        .bind(gap.age_days)
+                        .bind(gap.found)
+                        .bind(gap.expected)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    count(&mut recorded, detected_at);
+                }
+                for &(phase, date) in satisfied {
+                    let closed = sqlx::query(sql::CLOSE_GAP.postgres)
+                        .bind(phase)
+                        .bind(date_text(date))
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    recorded.closed += usize::try_from(closed).unwrap_or(usize::MAX);
+                }
+                recorded
+            }),
+        }
+    }
+
+    /// The ledger's rows that `filter` selects, by phase, date and id.
+    pub async fn gaps(&self, filter: GapFilter) -> Result<Vec<GapRecord>, StoreError> {
+        self.rows_by(sql::SELECT_GAPS, filter.as_str(), |row| gap_from_row(row))
+            .await
+    }
+
     // --- events -----------------------------------------------------------------------------
 
     /// Appends an event (e.g. a `complete` reported by the live pipeline); returns its id.
@@ -1014,6 +1092,11 @@ const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[
         2,
         "lean events",
         include_str!("../migrations/postgres/0002_lean_events.sql"),
+    ),
+    (
+        3,
+        "gap ledger",
+        include_str!("../migrations/postgres/0003_gap_ledger.sql"),
     ),
 ];
 

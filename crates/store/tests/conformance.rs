@@ -12,8 +12,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use chrono::{NaiveDate, Utc};
 use gapless_store::{
-    CellState, Claim, NewEvent, NewRun, NewTask, NewTaskState, NextClaims, PhaseProgress, RunId,
-    RunKind, RunState, SCHEMA_VERSION, Store, StoreError, SyncMode, TaskRecord, TaskState,
+    CellState, Claim, DetectedGap, GapFilter, GapStatus, NewEvent, NewRun, NewTask, NewTaskState,
+    NextClaims, PhaseProgress, RunId, RunKind, RunState, SCHEMA_VERSION, ScanRecorded, Store,
+    StoreError, SyncMode, TaskRecord, TaskState,
 };
 use sqlx::SqlSafeStr as _;
 use tokio::task::JoinSet;
@@ -975,6 +976,110 @@ async fn sqlite_completion_claims_the_next_tasks() -> anyhow::Result<()> {
 #[tokio::test]
 async fn postgres_completion_claims_the_next_tasks() -> anyhow::Result<()> {
     on_postgres(completion_claims_the_next_tasks).await
+}
+
+/// The gap ledger: one open row per cell, updated when found again, closed when the cell is
+/// complete, and a new row when the same cell breaks again.
+async fn gap_ledger(store: Store) -> anyhow::Result<()> {
+    store.migrate().await?;
+    let gap = |phase_to: i64, day: u32, found: i64| DetectedGap {
+        phase_from: Some(phase_to - 1),
+        phase_to,
+        date: d(day),
+        age_days: 30 - i64::from(day),
+        found,
+        expected: 9,
+    };
+    let first = store
+        .record_scan(&[gap(3, 1, 0), gap(3, 2, 7), gap(4, 1, 0)], &[(2, d(1))])
+        .await?;
+    assert_eq!(
+        first,
+        ScanRecorded {
+            opened: 3,
+            still_open: 0,
+            closed: 0
+        }
+    );
+    let open = store.gaps(GapFilter::Open).await?;
+    let cells: Vec<_> = open
+        .iter()
+        .map(|g| (g.phase_to, g.partition_date))
+        .collect();
+    assert_eq!(cells, [(3, d(1)), (3, d(2)), (4, d(1))]);
+    assert!(
+        open.iter()
+            .all(|g| g.healing_status == GapStatus::Pending && g.healed_at.is_none())
+    );
+    assert_eq!(
+        (open[1].found, open[1].expected, open[1].phase_from),
+        (7, 9, Some(2))
+    );
+
+    // Found again (with new counts), one cell now complete, one cell not covered.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = store
+        .record_scan(&[gap(3, 2, 8)], &[(3, d(1)), (5, d(1))])
+        .await?;
+    assert_eq!(
+        second,
+        ScanRecorded {
+            opened: 0,
+            still_open: 1,
+            closed: 1
+        }
+    );
+    let all = store.gaps(GapFilter::All).await?;
+    assert_eq!(all.len(), 3, "found again updates its row: {all:?}");
+    let again = all
+        .iter()
+        .find(|g| g.partition_date == d(2))
+        .ok_or_else(|| anyhow::anyhow!("the gap of day 2 is gone: {all:?}"))?;
+    assert_eq!(again.found, 8);
+    assert!(again.last_seen_at > again.detected_at);
+    let closed = store.gaps(GapFilter::Status(GapStatus::Complete)).await?;
+    assert_eq!(closed.len(), 1);
+    assert_eq!((closed[0].phase_to, closed[0].partition_date), (3, d(1)));
+    assert!(closed[0].healed_at.is_some());
+    // Phase 4 on day 1 was in neither list: still open.
+    let open: Vec<_> = store
+        .gaps(GapFilter::Open)
+        .await?
+        .iter()
+        .map(|g| (g.phase_to, g.partition_date))
+        .collect();
+    assert_eq!(open, [(3, d(2)), (4, d(1))]);
+
+    // The closed cell breaks again: a new row, the closed one kept as history.
+    let third = store.record_scan(&[gap(3, 1, 0)], &[]).await?;
+    assert_eq!(third.opened, 1);
+    assert_eq!(store.gaps(GapFilter::All).await?.len(), 4);
+    assert_eq!(store.gaps(GapFilter::Open).await?.len(), 3);
+    assert!(
+        store
+            .gaps(GapFilter::Status(GapStatus::Alerted))
+            .await?
+            .is_empty()
+    );
+    // Filters by their words, as `gaps --status` takes them.
+    assert_eq!("open".parse::<GapFilter>(), Ok(GapFilter::Open));
+    assert_eq!(
+        "triggered".parse::<GapFilter>(),
+        Ok(GapFilter::Status(GapStatus::Triggered))
+    );
+    assert!("closed".parse::<GapFilter>().is_err());
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_gap_ledger() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    gap_ledger(Store::connect("sqlite://state.db", dir.path()).await?).await
+}
+
+#[tokio::test]
+async fn postgres_gap_ledger() -> anyhow::Result<()> {
+    on_postgres(gap_ledger).await
 }
 
 /// A database migrated by an older gapless (sqlx's migrator on SQLite, `user_version` 0) is
