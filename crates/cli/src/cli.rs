@@ -46,6 +46,10 @@ pub(crate) enum Command {
     Runs(RunsArgs),
     /// Create or upgrade the state store's tables.
     Migrate,
+    /// Find gaps (cells missing or short while all they need is complete) and record them in the gap ledger.
+    Scan(ScanArgs),
+    /// List the gap ledger.
+    Gaps(GapsArgs),
     /// The completeness report per phase and season.
     Report(ReportArgs),
     /// The NBA example end to end on embedded SQLite.
@@ -66,6 +70,20 @@ pub(crate) struct StatusArgs {
     /// Phases: ids, names or ranges, comma separated (`2,3`, `analytics`, `2-5`).
     #[arg(long, value_name = "LIST")]
     pub(crate) phases: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ScanArgs {
+    /// How far back from today to look, e.g. `90d` (default: `[healing] lookback`, 90 days).
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) lookback: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GapsArgs {
+    /// Which rows: open (every status but complete), pending, triggered, complete, failed, alerted or all.
+    #[arg(long, default_value = "open", value_name = "STATUS")]
+    pub(crate) status: String,
 }
 
 #[derive(Debug, Args)]

@@ -3,10 +3,12 @@
 pub(crate) mod backfill;
 pub(crate) mod check;
 pub(crate) mod demo;
+pub(crate) mod gaps;
 pub(crate) mod plan;
 pub(crate) mod report;
 pub(crate) mod resume;
 pub(crate) mod runs;
+pub(crate) mod scan;
 pub(crate) mod status;
 
 use std::io::Write;
@@ -42,6 +44,8 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<Exit> {
             }
             Ok(Exit::Success)
         }
+        Command::Scan(args) => scan::run(global, args).await,
+        Command::Gaps(args) => gaps::run(global, args).await,
         Command::Report(args) => report::run(global, args).await,
         Command::Demo(args) => demo::run(global, args).await,
         Command::NbaLoad(args) => {

@@ -259,3 +259,135 @@ async fn bad_arguments_exit_2() {
         stderr(&output)
     );
 }
+
+#[tokio::test]
+async fn scan_records_gaps_in_the_ledger_and_closes_them_when_filled() {
+    let project = Project::new();
+    // Source through the 20th, load through the 10th, the rolling phase empty.
+    chain(&project, "2024-03-20", "2024-03-10").await;
+    let output = project.run(&["scan", "--lookback", "30d", "--json"]);
+    assert_eq!(code(&output), 1, "gaps are open: {}", stderr(&output));
+    let scan: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(scan["start_date"], "2024-03-01");
+    let gaps = scan["gaps"].as_array().unwrap();
+    let of = |phase: u64| -> Vec<String> {
+        gaps.iter()
+            .filter(|gap| gap["phase_to"] == phase)
+            .map(|gap| gap["date"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Source: calendar days after the 20th (no Sundays: the 24th and 31st expect nothing).
+    assert_eq!(
+        of(1),
+        [
+            "2024-03-21",
+            "2024-03-22",
+            "2024-03-23",
+            "2024-03-25",
+            "2024-03-26",
+            "2024-03-27",
+            "2024-03-28",
+            "2024-03-29",
+            "2024-03-30"
+        ]
+    );
+    // Load: present upstream, missing here: the 11th to the 20th but Sunday the 17th.
+    assert_eq!(of(2).len(), 9);
+    assert_eq!(of(2)[0], "2024-03-11");
+    // Rolling: every date whose window of loads is complete, the 1st to the 9th (Sundays
+    // expect nothing); from the 11th its window reaches missing loads: blocked.
+    assert!(of(3).contains(&"2024-03-01".to_owned()), "{gaps:?}");
+    assert!(
+        !of(3).contains(&"2024-03-11".to_owned()),
+        "blocked cells are not gaps"
+    );
+    let load = gaps.iter().find(|gap| gap["phase_to"] == 2).unwrap();
+    assert_eq!(
+        (
+            &load["phase_from"],
+            &load["found"],
+            &load["expected"],
+            &load["gap_age_days"]
+        ),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(0),
+            &serde_json::json!(3),
+            &serde_json::json!(20)
+        )
+    );
+    assert_eq!(
+        scan["ledger"]["opened"].as_u64().unwrap(),
+        gaps.len() as u64
+    );
+
+    let ledger = |status: &str| -> Vec<serde_json::Value> {
+        let output = project.run(&["gaps", "--status", status, "--json"]);
+        assert_eq!(code(&output), 0, "{}", stderr(&output));
+        serde_json::from_str(&stdout(&output)).unwrap()
+    };
+    let open = ledger("open");
+    assert_eq!(open.len(), gaps.len());
+    assert!(open.iter().all(|gap| gap["healing_status"] == "pending"));
+
+    // Fill the load for the 11th to the 13th, then scan again: those three close, the rest are
+    // found again (one row each), and the rolling phase's 11th to 13th, no longer blocked, open.
+    let warehouse = project.sqlite("warehouse.db").await;
+    exec(
+        &warehouse,
+        &format!(
+            "ATTACH DATABASE '{}' AS raw",
+            project.path().join("raw.db").display()
+        ),
+    )
+    .await;
+    exec(
+        &warehouse,
+        "INSERT INTO loaded SELECT d, id FROM raw.events WHERE d BETWEEN '2024-03-11' AND '2024-03-13'",
+    )
+    .await;
+    warehouse.close().await;
+    let output = project.run(&["scan", "--lookback", "30d", "--json"]);
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    let again: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(again["ledger"]["closed"], 3, "{again}");
+    assert_eq!(again["ledger"]["opened"], 3, "{again}");
+    assert_eq!(again["ledger"]["still_open"], gaps.len() - 3, "{again}");
+    let closed = ledger("complete");
+    let dates: Vec<_> = closed
+        .iter()
+        .map(|gap| gap["partition_date"].as_str().unwrap())
+        .collect();
+    assert_eq!(dates, ["2024-03-11", "2024-03-12", "2024-03-13"]);
+    assert!(
+        closed
+            .iter()
+            .all(|gap| gap["phase_to"] == 2 && !gap["healed_at"].is_null())
+    );
+    assert_eq!(ledger("open").len(), gaps.len());
+    assert_eq!(ledger("all").len(), gaps.len() + 3);
+
+    // The text forms, and a bad status.
+    let text = stdout(&project.run(&["gaps"]));
+    assert!(text.contains("2024-03-14  pending"), "{text}");
+    let text = stdout(&project.run(&["scan", "--lookback", "30d"]));
+    assert!(
+        text.starts_with("scanned 2024-03-01..2024-03-31:"),
+        "{text}"
+    );
+    assert!(text.contains("phase 2 load"), "{text}");
+    let output = project.run(&["gaps", "--status", "closed"]);
+    assert_eq!(code(&output), 2);
+    assert!(
+        stderr(&output).contains("`closed` is not one of open, pending"),
+        "{}",
+        stderr(&output)
+    );
+    let output = project.run(&["scan", "--lookback", "12h"]);
+    assert_eq!(code(&output), 2);
+    assert!(
+        stderr(&output).contains("--lookback: must be at least one day"),
+        "{}",
+        stderr(&output)
+    );
+}
