@@ -1071,6 +1071,46 @@ async fn gap_ledger(store: Store) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// RELIABILITY.md T13: scans racing over the same gaps leave one open row per cell.
+async fn concurrent_scans_open_each_gap_once(store: Store) -> anyhow::Result<()> {
+    store.migrate().await?;
+    let found: Vec<DetectedGap> = (1..=20)
+        .map(|day| DetectedGap {
+            phase_from: Some(1),
+            phase_to: 2,
+            date: d(day),
+            age_days: 1,
+            found: 0,
+            expected: 3,
+        })
+        .collect();
+    let scans: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, found) = (store.clone(), found.clone());
+            tokio::spawn(async move { store.record_scan(&found, &[]).await })
+        })
+        .collect();
+    for scan in scans {
+        scan.await??;
+    }
+    let open = store.gaps(GapFilter::Open).await?;
+    assert_eq!(open.len(), 20, "{open:?}");
+    assert_eq!(store.gaps(GapFilter::All).await?.len(), 20);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_concurrent_scans_open_each_gap_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    concurrent_scans_open_each_gap_once(Store::connect("sqlite://state.db", dir.path()).await?)
+        .await
+}
+
+#[tokio::test]
+async fn postgres_concurrent_scans_open_each_gap_once() -> anyhow::Result<()> {
+    on_postgres(concurrent_scans_open_each_gap_once).await
+}
+
 #[tokio::test]
 async fn sqlite_gap_ledger() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
