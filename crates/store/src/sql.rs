@@ -239,9 +239,14 @@ statements! {
              expected = excluded.expected \
          RETURNING detected_at";
 
-    /// A cell found complete closes its open gap, if it has one.
-    CLOSE_GAP = "UPDATE gaps SET healing_status = 'complete', healed_at = $3 \
-         WHERE phase_to = $1 AND partition_date = $2 AND healing_status <> 'complete'";
+    /// The cells with an open gap: a scan closes those it found complete, so its work is in
+    /// proportion to the open gaps, not to the cells it covered.
+    OPEN_GAP_CELLS = "SELECT id, phase_to, partition_date FROM gaps \
+         WHERE healing_status <> 'complete'";
+
+    /// A cell found complete closes its open gap.
+    CLOSE_GAP = "UPDATE gaps SET healing_status = 'complete', healed_at = $2 \
+         WHERE id = $1 AND healing_status <> 'complete'";
 
     /// `$1` is `open`, `all` or a status.
     SELECT_GAPS = "SELECT id, detected_at, last_seen_at, phase_from, phase_to, partition_date, \

@@ -5,6 +5,7 @@
 //! through [`SqliteStore`], PostgreSQL through sqlx under [`CALL_TIMEOUT`].
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::Path;
 use std::str::FromStr;
@@ -818,6 +819,10 @@ impl Store {
         satisfied: &[(i64, NaiveDate)],
     ) -> Result<ScanRecorded, StoreError> {
         let now = Utc::now().timestamp_millis();
+        let satisfied: HashSet<(i64, String)> = satisfied
+            .iter()
+            .map(|&(phase, date)| (phase, date_text(date)))
+            .collect();
         let count = move |recorded: &mut ScanRecorded, detected_at: i64| {
             if detected_at == now {
                 recorded.opened += 1;
@@ -842,8 +847,11 @@ impl Store {
                         sqlite::scalar(connection, sql::UPSERT_GAP.sqlite, values)?;
                     count(&mut recorded, detected_at);
                 }
-                for &(phase, date) in satisfied {
-                    let values = params![phase, date_text(date), now];
+                let open = sqlite::rows(connection, sql::OPEN_GAP_CELLS.sqlite, [], |row| {
+                    open_gap_cell(row)
+                })?;
+                for id in closing(&open, &satisfied) {
+                    let values = params![id, now];
                     recorded.closed += sqlite::execute(connection, sql::CLOSE_GAP.sqlite, values)?;
                 }
                 Ok(recorded)
@@ -863,10 +871,15 @@ impl Store {
                         .await?;
                     count(&mut recorded, detected_at);
                 }
-                for &(phase, date) in satisfied {
+                let open = sqlx::query(sql::OPEN_GAP_CELLS.postgres)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(open_gap_cell)
+                    .collect::<Result<Vec<_>, _>>()?;
+                for id in closing(&open, &satisfied) {
                     let closed = sqlx::query(sql::CLOSE_GAP.postgres)
-                        .bind(phase)
-                        .bind(date_text(date))
+                        .bind(id)
                         .bind(now)
                         .execute(&mut *tx)
                         .await?
@@ -1118,6 +1131,23 @@ fn migrator(embedded: &[EmbeddedMigration]) -> Migrator {
 }
 
 // --- helpers ----------------------------------------------------------------------------------
+
+/// `(id, phase_to, partition_date)` of an open gap.
+fn open_gap_cell(row: &(impl RowExt + ?Sized)) -> Result<(i64, i64, String), StoreError> {
+    Ok((
+        row.i64("id")?,
+        row.i64("phase_to")?,
+        row.string("partition_date")?,
+    ))
+}
+
+/// The open gaps whose cell is among `satisfied`.
+fn closing(open: &[(i64, i64, String)], satisfied: &HashSet<(i64, String)>) -> Vec<i64> {
+    open.iter()
+        .filter(|(_, phase, date)| satisfied.contains(&(*phase, date.clone())))
+        .map(|&(id, _, _)| id)
+        .collect()
+}
 
 fn validate_tasks(tasks: &[NewTask]) -> Result<(), StoreError> {
     for task in tasks {
