@@ -43,31 +43,18 @@ pub struct Scan {
     pub satisfied: Vec<(PhaseId, Date)>,
 }
 
-/// Finds the gaps of `phases` within `range` in a classified matrix that covers `range`.
-pub fn detect(
-    spec: &Spec,
-    matrix: &Completeness,
-    range: DateRange,
-    phases: &[PhaseId],
-    today: Date,
-) -> Scan {
+/// Finds the gaps within `range` in a classified matrix that covers `range`.
+pub fn detect(spec: &Spec, matrix: &Completeness, range: DateRange, today: Date) -> Scan {
     let mut scan = Scan::default();
     for (index, &phase_id) in matrix.phases().iter().enumerate() {
-        if !phases.contains(&phase_id) {
-            continue;
-        }
-        let phase_from = spec
-            .phases
-            .iter()
-            .find(|phase| phase.id == phase_id)
-            .and_then(|phase| {
-                phase
-                    .needs
-                    .iter()
-                    .map(|need| need.phase)
-                    .filter(|&needed| needed != phase_id)
-                    .max()
-            });
+        let phase_from = spec.phase(phase_id).and_then(|phase| {
+            phase
+                .needs
+                .iter()
+                .map(|need| need.phase)
+                .filter(|&needed| needed != phase_id)
+                .max()
+        });
         let row = matrix.row(index);
         for date in range.iter() {
             let Some(offset) = matrix.range().index_of(date) else {
@@ -84,10 +71,8 @@ pub fn detect(
                     found: cell.count,
                     expected: cell.expected,
                 }),
-                CellState::Complete | CellState::NotExpected => {
-                    scan.satisfied.push((phase_id, date));
-                }
-                CellState::Blocked => {}
+                state if state.satisfies() => scan.satisfied.push((phase_id, date)),
+                _ => {}
             }
         }
     }
@@ -182,7 +167,7 @@ check.sql = "SELECT d, n FROM rolled WHERE d BETWEEN :start AND :end"
         };
         let today = day("2024-01-10");
         let matrix = classify(&spec, &observations, today);
-        let scan = detect(&spec, &matrix, range, &[P1, P2, P3], today);
+        let scan = detect(&spec, &matrix, range, today);
         let gaps: Vec<_> = scan
             .gaps
             .iter()
@@ -229,12 +214,13 @@ check.sql = "SELECT d, n FROM rolled WHERE d BETWEEN :start AND :end"
         assert!(!scan.satisfied.contains(&(P3, day("2024-01-02"))));
         assert!(!scan.satisfied.contains(&(P2, day("2024-01-03"))));
 
-        // Only the phases asked for, only the range asked for.
+        // Only the range asked for: on the 3rd, phase 2's gap, phase 1 complete, phase 3
+        // blocked.
         let narrow = DateRange::new(day("2024-01-03"), day("2024-01-03")).unwrap();
-        let scan = detect(&spec, &matrix, narrow, &[P2], today);
+        let scan = detect(&spec, &matrix, narrow, today);
         assert_eq!(scan.gaps.len(), 1);
-        assert_eq!(scan.satisfied, []);
-        assert_eq!(detect(&spec, &matrix, range, &[P1], today).gaps, []);
+        assert_eq!(scan.gaps[0].phase_to, P2);
+        assert_eq!(scan.satisfied, [(P1, day("2024-01-03"))]);
     }
 
     #[test]
@@ -248,7 +234,8 @@ check.sql = "SELECT d, n FROM rolled WHERE d BETWEEN :start AND :end"
         };
         let today = day("2024-01-02");
         let matrix = classify(&spec, &observations, today);
-        let scan = detect(&spec, &matrix, range, &[P1], today);
+        let scan = detect(&spec, &matrix, range, today);
+        // Phase 1's two dates; phases 2 and 3 are blocked behind them.
         assert_eq!(scan.gaps.len(), 2);
         assert!(scan.gaps.iter().all(|gap| gap.phase_from.is_none()));
         assert_eq!(scan.gaps[1].age_days, 0);

@@ -34,8 +34,7 @@ pub(crate) async fn run(global: &Global, args: &ScanArgs) -> anyhow::Result<Exit
     };
     let context = loaded.context().await?;
     let matrix = matrix(&context, range).await?;
-    let phases: Vec<_> = loaded.spec.phases.iter().map(|phase| phase.id).collect();
-    let scan = detect(&loaded.spec, &matrix, range, &phases, today);
+    let scan = detect(&loaded.spec, &matrix, range, today);
     let found: Vec<DetectedGap> = scan.gaps.iter().map(detected).collect();
     let satisfied: Vec<_> = scan
         .satisfied
@@ -43,18 +42,16 @@ pub(crate) async fn run(global: &Global, args: &ScanArgs) -> anyhow::Result<Exit
         .map(|&(phase, date)| (i64::from(phase.0), date))
         .collect();
     let recorded = store.record_scan(&found, &satisfied).await?;
-    let names = |id: u32| {
-        loaded
-            .spec
-            .phases
-            .iter()
-            .find(|phase| phase.id.0 == id)
-            .map_or_else(String::new, |phase| phase.name.clone())
-    };
     let gaps: Vec<_> = scan
         .gaps
         .iter()
-        .map(|gap| (gap, names(gap.phase_to.0)))
+        .map(|gap| {
+            let name = loaded
+                .spec
+                .phase(gap.phase_to)
+                .map(|phase| phase.name.clone());
+            (gap, name.unwrap_or_default())
+        })
         .collect();
     report(global, Some(range), &gaps, recorded)
 }
