@@ -28,6 +28,14 @@ use crate::store::SCHEMA_VERSION;
 /// that is not CPU or local disk.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Page size of a new state database, in bytes (SQLite's default is 4096). The WAL logs whole
+/// pages, and a task's completion changes a few rows in four B-trees (the task, its cells, its
+/// event, the next task's lease): at 4 KiB that is 16 KiB written, checksummed and later synced
+/// per task, for about 300 bytes of data. At 1 KiB the same transaction took 30 µs instead of
+/// 46 µs, and checkpoints synced a quarter of the bytes (docs/BENCHMARKS.md, session 8). The
+/// store's rows are small (a task is about 150 bytes), so the deeper trees cost little.
+pub(crate) const PAGE_SIZE: i64 = 1024;
+
 /// Prepared statements kept per connection: more than the store has, so none is ever re-parsed.
 const STATEMENT_CACHE: usize = 64;
 
@@ -134,6 +142,11 @@ impl SqliteStore {
         // hold.
         connection.busy_timeout(BUSY_TIMEOUT).map_err(connect)?;
         if let Location::File(path) = location {
+            // Before the first table exists (an existing database keeps its size): see
+            // [`PAGE_SIZE`].
+            connection
+                .execute_batch(&format!("PRAGMA page_size = {PAGE_SIZE}"))
+                .map_err(connect)?;
             let journal: String = connection
                 .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
                 .map_err(connect)?;
@@ -437,6 +450,30 @@ mod tests {
                 Ok(())
             })
             .unwrap();
+    }
+
+    #[test]
+    fn new_files_use_the_small_page_size_and_old_ones_keep_theirs() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fresh = dir.path().join("fresh.db");
+        let store = SqliteStore::open(Location::File(&fresh), SyncMode::Normal).expect("open");
+        store.migrate().expect("migrate");
+        let size = |store: &SqliteStore| -> i64 {
+            store
+                .call(|connection| scalar(connection, "PRAGMA page_size", []))
+                .expect("page size")
+        };
+        assert_eq!(size(&store), PAGE_SIZE);
+
+        // A database made before (SQLite's default page size) is opened as it is.
+        let old = dir.path().join("old.db");
+        let connection = rusqlite::Connection::open(&old).expect("create");
+        connection
+            .execute_batch("PRAGMA page_size = 4096; CREATE TABLE t (x INTEGER)")
+            .expect("old file");
+        drop(connection);
+        let store = SqliteStore::open(Location::File(&old), SyncMode::Normal).expect("reopen");
+        assert_eq!(size(&store), 4096);
     }
 
     #[test]
