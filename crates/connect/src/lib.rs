@@ -41,13 +41,5 @@ use chrono::NaiveDate;
 
 /// Parses a strict `YYYY-MM-DD` date (exactly ten characters).
 pub(crate) fn parse_iso_date(text: &str) -> Option<NaiveDate> {
-    let shape_ok = text.len() == 10
-        && text.bytes().enumerate().all(|(index, byte)| match index {
-            4 | 7 => byte == b'-',
-            _ => byte.is_ascii_digit(),
-        });
-    if !shape_ok {
-        return None;
-    }
-    NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()
+    gapless_core::dates::parse_date(text).ok()
 }

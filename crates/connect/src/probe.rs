@@ -116,8 +116,8 @@ pub async fn command_counts(
     end: NaiveDate,
     timeout: Duration,
 ) -> Result<BTreeMap<NaiveDate, i64>, ProbeError> {
-    let start_text = start.format("%Y-%m-%d").to_string();
-    let end_text = end.format("%Y-%m-%d").to_string();
+    let start_text = start.to_string();
+    let end_text = end.to_string();
     let argv: Vec<String> = argv
         .iter()
         .map(|argument| {
@@ -431,7 +431,7 @@ fn is_dynamic(segment: &str) -> bool {
 }
 
 fn substitute(segment: &str, date: NaiveDate) -> String {
-    segment.replace("{date}", &date.format("%Y-%m-%d").to_string())
+    segment.replace("{date}", &date.to_string())
 }
 
 fn cloud_store(scheme: &str, bucket: &str) -> Result<Arc<dyn ObjectStore>, ProbeError> {

@@ -851,7 +851,8 @@ fn tally_counts(
 }
 
 fn iso(date: NaiveDate) -> String {
-    date.format("%Y-%m-%d").to_string()
+    // `Display` writes `YYYY-MM-DD` directly; `format` would parse a format string each time.
+    date.to_string()
 }
 
 /// One decoded value of a result row, whatever the backend's type.
@@ -926,14 +927,7 @@ fn parse_date_text(text: &str) -> Option<NaiveDate> {
     if !(tail.is_empty() || tail.starts_with(' ') || tail.starts_with('T')) {
         return None;
     }
-    let shape_ok = head.bytes().enumerate().all(|(index, byte)| match index {
-        4 | 7 => byte == b'-',
-        _ => byte.is_ascii_digit(),
-    });
-    if !shape_ok {
-        return None;
-    }
-    NaiveDate::parse_from_str(head, "%Y-%m-%d").ok()
+    crate::parse_iso_date(head)
 }
 
 #[cfg(test)]

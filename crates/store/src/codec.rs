@@ -158,11 +158,13 @@ pub(crate) fn gap_from_row(row: &(impl RowExt + ?Sized)) -> Result<GapRecord, St
 
 /// Dates are stored as `YYYY-MM-DD`, which sorts as it compares.
 pub(crate) fn date_text(date: NaiveDate) -> String {
-    date.format("%Y-%m-%d").to_string()
+    // `Display` writes `YYYY-MM-DD` directly; `format` would parse a format string each time.
+    date.to_string()
 }
 
 fn date(column: &'static str, text: &str) -> Result<NaiveDate, StoreError> {
-    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| StoreError::Corrupt {
+    // `FromStr` reads the `YYYY-MM-DD` shape directly, without parsing a format string.
+    text.parse::<NaiveDate>().map_err(|_| StoreError::Corrupt {
         column,
         value: text.to_owned(),
     })

@@ -118,7 +118,13 @@ statements! {
 // --- tasks and cells ------------------------------------------------------------------------
 
 statements! {
-    INSERT_TASK = "INSERT INTO tasks \
+    /// SQLite takes the new id from `last_insert_rowid()`: `RETURNING` would stage every row
+    /// in a temporary table, and a run inserts thousands.
+    INSERT_TASK_SQLITE = "INSERT INTO tasks \
+         (run_id, phase, start_date, end_date, state, error) \
+         VALUES ($1, $2, $3, $4, $5, $6)";
+
+    INSERT_TASK_POSTGRES = "INSERT INTO tasks \
          (run_id, phase, start_date, end_date, state, error) \
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
 

@@ -1029,7 +1029,7 @@ async fn insert_tasks_postgres(
 ) -> Result<Vec<i64>, StoreError> {
     let mut ids = Vec::with_capacity(tasks.len());
     for task in tasks {
-        let task_id: i64 = sqlx::query_scalar(sql::INSERT_TASK.postgres)
+        let task_id: i64 = sqlx::query_scalar(sql::INSERT_TASK_POSTGRES.postgres)
             .bind(run_id)
             .bind(task.phase)
             .bind(date_text(task.start))
@@ -1067,7 +1067,8 @@ fn insert_tasks_sqlite(
             task.state.as_str(),
         );
         let values = params![run_id, task.phase, start, end, state, task.error];
-        let task_id: i64 = sqlite::scalar(connection, sql::INSERT_TASK.sqlite, values)?;
+        sqlite::execute(connection, sql::INSERT_TASK_SQLITE.sqlite, values)?;
+        let task_id = connection.last_insert_rowid();
         for date in &task.dates {
             let values = params![run_id, task.phase, date_text(*date), task_id, state];
             sqlite::execute(connection, sql::INSERT_CELL.sqlite, values)?;
