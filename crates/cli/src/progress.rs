@@ -82,6 +82,10 @@ impl Progress {
 
 impl Observer for Progress {
     fn event(&self, event: Event<'_>) {
+        if let Progress::Lines { quiet: true } = self {
+            // Shows nothing: skip building lines only to drop them (one per task).
+            return;
+        }
         match event {
             Event::Started { task, attempt } => {
                 if let Progress::Lines { quiet: false } = self

@@ -664,7 +664,10 @@ impl Execution {
             });
             let started = Instant::now();
             let child_cancel = cancel.child_token();
-            let attempt = self.attempt(task, phase, claim, &child_cancel);
+            // Boxed: the attempt future holds every runner's state (a child process, an HTTP
+            // request, a warehouse call) and is the bulk of a task's future, which tokio copies
+            // when it spawns the task and again when it hands back the result.
+            let attempt = Box::pin(self.attempt(task, phase, claim, &child_cancel));
             let result = self
                 .with_heartbeat(task.id, claim.epoch, &child_cancel, attempt)
                 .await?;
