@@ -35,7 +35,7 @@ db.executemany("INSERT INTO done VALUES (?)", [((first + datetime.timedelta(days
 db.commit()
 PY
 
-pipeline() { # $1 = run table for phases
+pipeline() { # $1 = the run line of every phase, with `PHASE` for the phase's id
   cat <<TOML
 [pipeline]
 name = "overhead"
@@ -47,27 +47,29 @@ url = "sqlite://warehouse.db"
 [[phase]]
 id = 1
 name = "a"
-$1
+${1//PHASE/1}
 check.sql = "SELECT d, 1 FROM done WHERE d BETWEEN :start AND :end"
 
 [[phase]]
 id = 2
 name = "b"
 needs = [1]
-$1
+${1//PHASE/2}
 check.sql = "SELECT d, 1 FROM done WHERE d BETWEEN :start AND :end"
 
 [[phase]]
 id = 3
 name = "c"
 needs = [2]
-$1
+${1//PHASE/3}
 check.sql = "SELECT d, 1 FROM done WHERE d BETWEEN :start AND :end"
 TOML
 }
 
 run_backfill() {
   rm -rf "$work/.gapless"
+  # An empty sink, as the floor starts with: every task inserts a new row.
+  python3 -c 'import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); db.execute("DELETE FROM sink"); db.commit(); db.execute("PRAGMA wal_checkpoint(TRUNCATE)")' "$work/warehouse.db"
   local t0 t1
   t0=$(now)
   (cd "$work" && GAPLESS_TODAY=$end "$bin" -q backfill --start-date "$start" --end-date "$end" --force --yes --jobs 1 >/dev/null)
@@ -102,7 +104,8 @@ results=()
 for ((round = 1; round <= rounds; round++)); do
   pipeline 'run.command = ["true"]' > "$work/gapless.toml"
   fe=$(floor_exec); ge=$(run_backfill)
-  pipeline 'run.sql = "INSERT OR REPLACE INTO sink (d, p) VALUES (:start, 1)"' > "$work/gapless.toml"
+  # One new row per task, as in the floor: (date, phase) is the key.
+  pipeline 'run.sql = "INSERT OR REPLACE INTO sink (d, p) VALUES (:start, PHASE)"' > "$work/gapless.toml"
   fs=$(floor_sql); gs=$(run_backfill)
   results+=("$fe,$ge,$fs,$gs")
 done
