@@ -793,6 +793,9 @@ impl Execution {
         tokio::pin!(work);
         loop {
             tokio::select! {
+                // Work first: an attempt that finishes in its first poll (inline SQL) never
+                // registers the heartbeat's timer.
+                biased;
                 result = &mut work => return Ok(Some(result)),
                 _ = interval.tick() => {
                     if !store.heartbeat(task_id, epoch, ttl).await? {
@@ -888,7 +891,6 @@ impl Execution {
             context, run_id, ..
         } = self;
         let (epoch, attempt) = (claim.epoch, claim.attempt);
-        let values = values(task, run_id);
         match &phase.run {
             None => return Err(AttemptError::NoRunner),
             Some(Runner::Command(argv)) => {
@@ -935,6 +937,7 @@ impl Execution {
                 }
             }
             Some(Runner::Http(http)) => {
+                let values = values(task, run_id);
                 let spec = HttpSpec {
                     method: gapless_connect::Method::from_bytes(http.method.as_bytes())
                         .unwrap_or(gapless_connect::Method::POST),
