@@ -515,7 +515,7 @@ impl Warehouse {
         let deadline = self.deadline(self.timeout);
         match &self.pool {
             Pool::Sqlite(pool) => pool.ping(deadline, self.timeout).await,
-            Pool::Postgres(pool) => postgres::ping(pool, deadline, self.timeout).await,
+            Pool::Postgres(pool) => Box::pin(postgres::ping(pool, deadline, self.timeout)).await,
         }
     }
 
@@ -581,7 +581,7 @@ impl Warehouse {
         let cell = match &self.pool {
             Pool::Sqlite(pool) => pool.first_cell(deadline, self.timeout, query).await,
             Pool::Postgres(pool) => {
-                postgres::first_cell(pool, deadline, self.timeout, &query).await
+                Box::pin(postgres::first_cell(pool, deadline, self.timeout, &query)).await
             }
         }?
         .ok_or_else(|| WarehouseError::NoRow {
@@ -692,7 +692,7 @@ impl Warehouse {
         match &self.pool {
             Pool::Sqlite(pool) => pool.transact(deadline, timeout, gated, finish).await,
             Pool::Postgres(pool) => {
-                postgres::transact(pool, deadline, timeout, &gated, finish).await
+                Box::pin(postgres::transact(pool, deadline, timeout, &gated, finish)).await
             }
         }
     }
@@ -772,7 +772,14 @@ impl Warehouse {
                     .await
             }
             Pool::Postgres(pool) => {
-                postgres::fetch_cells(pool, deadline, self.timeout, &query, columns).await
+                Box::pin(postgres::fetch_cells(
+                    pool,
+                    deadline,
+                    self.timeout,
+                    &query,
+                    columns,
+                ))
+                .await
             }
         }
     }

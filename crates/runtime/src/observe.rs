@@ -67,27 +67,32 @@ pub async fn counts(
                 what: what.to_owned(),
                 source: Box::new(source),
             }),
-        Source::Command(argv) => gapless_connect::command_counts(
+        // Boxed, as is the files probe: each is kilobytes of future state, which would
+        // otherwise be part of every gate's future, SQL ones included.
+        Source::Command(argv) => Box::pin(gapless_connect::command_counts(
             argv,
             &context.base_dir,
             &[],
             range.start(),
             range.end(),
             context.probe_timeout,
-        )
+        ))
         .await
         .map_err(|source| ObserveError::Probe {
             what: what.to_owned(),
             source,
         }),
-        Source::Files(pattern) => {
-            gapless_connect::file_counts(pattern, &context.base_dir, range.start(), range.end())
-                .await
-                .map_err(|source| ObserveError::Probe {
-                    what: what.to_owned(),
-                    source,
-                })
-        }
+        Source::Files(pattern) => Box::pin(gapless_connect::file_counts(
+            pattern,
+            &context.base_dir,
+            range.start(),
+            range.end(),
+        ))
+        .await
+        .map_err(|source| ObserveError::Probe {
+            what: what.to_owned(),
+            source,
+        }),
     }
 }
 

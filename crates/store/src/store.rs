@@ -68,9 +68,13 @@ pub struct NextClaims<'a> {
 
 /// Runs `body` (an expression that may use `?` and evaluates to the result value) as one
 /// PostgreSQL call under [`CALL_TIMEOUT`].
+///
+/// Boxed, here and in `pg_tx!`: sqlx's futures are kilobytes, and an unboxed branch makes every
+/// store method's future that large on SQLite too, which the executor then copies whenever it
+/// spawns or joins a task (a task's future was 61 KB).
 macro_rules! pg_call {
     ($body:expr) => {
-        bounded(async move { Ok::<_, StoreError>($body) }).await
+        bounded(Box::pin(async move { Ok::<_, StoreError>($body) })).await
     };
 }
 
@@ -78,12 +82,12 @@ macro_rules! pg_call {
 /// `body`. An error (or the timeout) drops the transaction, which rolls it back.
 macro_rules! pg_tx {
     ($pool:expr, |$tx:ident| $body:expr) => {
-        bounded(async move {
+        bounded(Box::pin(async move {
             let mut $tx = $pool.begin().await?;
             let out = $body;
             $tx.commit().await?;
             Ok::<_, StoreError>(out)
-        })
+        }))
         .await
     };
 }
