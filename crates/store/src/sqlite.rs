@@ -315,6 +315,10 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_lean_events.sql")),
     (3, include_str!("../migrations/sqlite/0003_gap_ledger.sql")),
+    (
+        4,
+        include_str!("../migrations/sqlite/0004_checks_without_in_lists.sql"),
+    ),
 ];
 
 /// Highest applied migration: `PRAGMA user_version`, or for a database migrated by an older
@@ -531,6 +535,7 @@ mod tests {
                 (1, 0xb3ed_8844_4708_2819),
                 (2, 0x0f82_3cde_88a7_b33a),
                 (3, 0xd983_ec3f_e0aa_e310),
+                (4, 0x72fa_8287_150d_feef),
             ]
         );
         assert_eq!(MIGRATIONS.last().map(|m| m.0), Some(SCHEMA_VERSION));

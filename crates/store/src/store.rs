@@ -42,7 +42,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// Highest migration embedded in this binary; [`Store::ensure_current`] demands exactly this.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The state store: runs, tasks, cells and events, on SQLite or PostgreSQL with the same
 /// semantics. Chosen once at the top from the `[state] url`; cheap to clone (the connection and
@@ -1115,6 +1115,11 @@ const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[
         3,
         "gap ledger",
         include_str!("../migrations/postgres/0003_gap_ledger.sql"),
+    ),
+    (
+        4,
+        "checks without IN lists",
+        include_str!("../migrations/postgres/0004_checks_without_in_lists.sql"),
     ),
 ];
 

@@ -1198,6 +1198,92 @@ async fn sqlite_schema_versions_old_and_new() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Migration 4 rebuilds `tasks` and `run_cells` to write their state checks without `IN` lists.
+/// Rows written at version 3 survive with their ids and states, new ids follow the old ones, and
+/// the checks and foreign keys still refuse bad rows.
+#[tokio::test]
+async fn sqlite_migration_4_keeps_tasks_and_cells() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    {
+        let connection = rusqlite::Connection::open(dir.path().join("v3.db"))?;
+        for migration in [
+            include_str!("../migrations/sqlite/0001_init.sql"),
+            include_str!("../migrations/sqlite/0002_lean_events.sql"),
+            include_str!("../migrations/sqlite/0003_gap_ledger.sql"),
+        ] {
+            connection.execute_batch(migration)?;
+        }
+        connection.execute_batch(
+            "PRAGMA user_version = 3;
+             INSERT INTO runs (id, seq, kind, pipeline, request, state, created_at, updated_at)
+                 VALUES ('r3', 1, 'backfill', 'p', '{}', 'running', 1, 1);
+             INSERT INTO tasks (id, run_id, phase, start_date, end_date, state, attempt,
+                                lease_epoch, finished_at, counts)
+                 VALUES (41, 'r3', 1, '2024-01-01', '2024-01-02', 'complete', 1, 2, 5,
+                         '{\"2024-01-01\":[1,1],\"2024-01-02\":[1,1]}');
+             INSERT INTO tasks (id, run_id, phase, start_date, end_date, state, error)
+                 VALUES (42, 'r3', 2, '2024-01-01', '2024-01-01', 'blocked', 'phase 1 failed');
+             INSERT INTO run_cells (run_id, phase, date, task_id, state, completed_at)
+                 VALUES ('r3', 1, '2024-01-01', 41, 'complete', 5),
+                        ('r3', 1, '2024-01-02', 41, 'complete', 5),
+                        ('r3', 2, '2024-01-01', 42, 'blocked', NULL);",
+        )?;
+    }
+    let store = Store::connect("sqlite://v3.db", dir.path()).await?;
+    assert_eq!(store.schema_version().await?, 3);
+    store.migrate().await?;
+    assert_eq!(store.schema_version().await?, SCHEMA_VERSION);
+
+    let old = RunId::parse("r3")?;
+    let tasks = store.tasks(&old).await?;
+    let summary: Vec<_> = tasks.iter().map(|t| (t.id, t.phase, t.state)).collect();
+    assert_eq!(
+        summary,
+        [(41, 1, TaskState::Complete), (42, 2, TaskState::Blocked)]
+    );
+    assert_eq!(
+        tasks[0].counts,
+        Some(serde_json::json!({"2024-01-01": [1, 1], "2024-01-02": [1, 1]}))
+    );
+    assert_eq!(tasks[0].lease_epoch, 2);
+    assert_eq!(tasks[1].error.as_deref(), Some("phase 1 failed"));
+    let cells: Vec<_> = store
+        .cells(&old)
+        .await?
+        .iter()
+        .map(|c| (c.task_id, c.date, c.state))
+        .collect();
+    assert_eq!(
+        cells,
+        [
+            (41, d(1), CellState::Complete),
+            (41, d(2), CellState::Complete),
+            (42, d(1), CellState::Blocked),
+        ]
+    );
+
+    // New tasks get ids after the old ones, and move through the rebuilt checks.
+    let new = store
+        .create_run(&run_of(RunKind::Backfill, vec![task(1, d(3), d(3))]))
+        .await?;
+    let new_task = store.tasks(&new).await?[0].id;
+    assert_eq!(new_task, 43);
+    let claim = store.claim(new_task, 0, "node", TTL).await?;
+    assert!(claim.is_some(), "the new task is claimable");
+
+    // The checks and the foreign key still refuse what they refused before.
+    for bad in [
+        "UPDATE tasks SET state = 'done' WHERE id = 41",
+        "UPDATE run_cells SET state = 'running' WHERE task_id = 42",
+        "INSERT INTO run_cells (run_id, phase, date, task_id, state) \
+         VALUES ('r3', 3, '2024-01-01', 999, 'pending')",
+    ] {
+        assert!(execute(&store, bad).await.is_err(), "accepted: {bad}");
+    }
+    assert_eq!(pragma::<String>(&store, "integrity_check")?, "ok");
+    Ok(())
+}
+
 #[tokio::test]
 async fn sqlite_memory_stores_are_private_and_closable() -> anyhow::Result<()> {
     let first = Store::connect("sqlite::memory:", Path::new(".")).await?;
