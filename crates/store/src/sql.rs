@@ -76,6 +76,18 @@ macro_rules! task_columns {
     };
 }
 
+/// pending → running, in one statement: sets the lease expiry with the state (RELIABILITY 2.3)
+/// and respects the retry backoff.
+macro_rules! claim_update {
+    () => {
+        "UPDATE tasks \
+         SET state = 'running', attempt = attempt + 1, lease_epoch = lease_epoch + 1, \
+             lease_owner = $3, lease_expires_at = $4, started_at = $5, not_before = NULL \
+         WHERE id = $1 AND state = 'pending' AND lease_epoch = $2 \
+           AND (not_before IS NULL OR not_before <= $5)"
+    };
+}
+
 // --- schema version -----------------------------------------------------------------------
 
 /// Whether sqlx's migration table exists. On SQLite only databases migrated by an older gapless
@@ -151,14 +163,14 @@ statements! {
          FROM run_cells c JOIN tasks t ON t.id = c.task_id \
          WHERE c.run_id = $1 GROUP BY c.phase ORDER BY c.phase";
 
-    /// pending → running, in one statement: sets the lease expiry with the state
-    /// (RELIABILITY 2.3), respects the retry backoff and returns the new lease.
-    CLAIM = "UPDATE tasks \
-         SET state = 'running', attempt = attempt + 1, lease_epoch = lease_epoch + 1, \
-             lease_owner = $3, lease_expires_at = $4, started_at = $5, not_before = NULL \
-         WHERE id = $1 AND state = 'pending' AND lease_epoch = $2 \
-           AND (not_before IS NULL OR not_before <= $5) \
-         RETURNING lease_epoch, attempt";
+    /// The claim, returning the new lease: one round trip.
+    CLAIM_POSTGRES = concat!(claim_update!(), " RETURNING lease_epoch, attempt");
+
+    /// The claim; [`SELECT_LEASE`] then reads the new lease in the same transaction. SQLite runs
+    /// `RETURNING` through a temporary table, which took ~3 µs more per claim than the read.
+    CLAIM_SQLITE = claim_update!();
+
+    SELECT_LEASE = "SELECT lease_epoch, attempt FROM tasks WHERE id = $1";
 
     HEARTBEAT = "UPDATE tasks SET lease_expires_at = $3 \
          WHERE id = $1 AND state = 'running' AND lease_epoch = $2";
@@ -270,7 +282,7 @@ pub(crate) const INTEGRITY_CHECK_SQLITE: &str = "PRAGMA integrity_check";
 
 #[cfg(test)]
 mod tests {
-    use super::{CLAIM, SET_RUN_STATE, numbered_placeholders};
+    use super::{CLAIM_POSTGRES, SET_RUN_STATE, numbered_placeholders};
 
     #[test]
     fn sqlite_texts_pin_parameters_by_number() {
@@ -281,8 +293,8 @@ mod tests {
                 .sqlite
                 .contains("WHERE id = ?1 AND version = ?2")
         );
-        assert!(!CLAIM.sqlite.contains('$'));
-        assert_eq!(CLAIM.sqlite.len(), CLAIM.postgres.len());
+        assert!(!CLAIM_POSTGRES.sqlite.contains('$'));
+        assert_eq!(CLAIM_POSTGRES.sqlite.len(), CLAIM_POSTGRES.postgres.len());
     }
 
     #[test]

@@ -452,15 +452,12 @@ impl Store {
         let now = Utc::now().timestamp_millis();
         let expires_at = now.saturating_add(millis(ttl));
         let claim = match self {
-            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+            Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
                 let values = params![task_id, seen_epoch, owner, expires_at, now];
-                let claims = sqlite::rows(connection, sql::CLAIM.sqlite, values, |row| {
-                    claim_from_row(row)
-                })?;
-                Ok(claims.into_iter().next())
+                claim_sqlite(connection, task_id, values)
             })?,
             Self::Postgres(pool) => pg_call!({
-                match sqlx::query(sql::CLAIM.postgres)
+                match sqlx::query(sql::CLAIM_POSTGRES.postgres)
                     .bind(task_id)
                     .bind(seen_epoch)
                     .bind(owner)
@@ -567,10 +564,7 @@ impl Store {
                 let mut claims = Vec::with_capacity(next.tasks.len());
                 for &(next_id, seen_epoch) in next.tasks {
                     let values = params![next_id, seen_epoch, next.owner, expires_at, now];
-                    let claimed = sqlite::rows(connection, sql::CLAIM.sqlite, values, |row| {
-                        claim_from_row(row)
-                    })?;
-                    claims.push(claimed.into_iter().next());
+                    claims.push(claim_sqlite(connection, next_id, values)?);
                 }
                 Ok(Some(claims))
             })?,
@@ -598,7 +592,7 @@ impl Store {
                         .await?;
                     let mut claims = Vec::with_capacity(next.tasks.len());
                     for &(next_id, seen_epoch) in next.tasks {
-                        let row = sqlx::query(sql::CLAIM.postgres)
+                        let row = sqlx::query(sql::CLAIM_POSTGRES.postgres)
                             .bind(next_id)
                             .bind(seen_epoch)
                             .bind(next.owner)
@@ -1080,6 +1074,22 @@ fn insert_tasks_sqlite(
         ids.push(task_id);
     }
     Ok(ids)
+}
+
+/// Claims a task inside the caller's SQLite transaction: the guarded update, then the new
+/// lease. `None` when the guard refused (not pending at `seen_epoch`, or backing off).
+fn claim_sqlite(
+    connection: &Connection,
+    task_id: i64,
+    values: &[&dyn rusqlite::ToSql],
+) -> Result<Option<Claim>, StoreError> {
+    if sqlite::execute(connection, sql::CLAIM_SQLITE.sqlite, values)? == 0 {
+        return Ok(None);
+    }
+    let lease = sqlite::rows(connection, sql::SELECT_LEASE.sqlite, [task_id], |row| {
+        claim_from_row(row)
+    })?;
+    Ok(lease.into_iter().next())
 }
 
 fn claim_from_row(row: &impl RowExt) -> Result<Claim, StoreError> {
