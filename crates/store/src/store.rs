@@ -453,8 +453,7 @@ impl Store {
         let expires_at = now.saturating_add(millis(ttl));
         let claim = match self {
             Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
-                let values = params![task_id, seen_epoch, owner, expires_at, now];
-                claim_sqlite(connection, task_id, values)
+                claim_sqlite(connection, task_id, seen_epoch, owner, expires_at, now)
             })?,
             Self::Postgres(pool) => pg_call!({
                 match sqlx::query(sql::CLAIM_POSTGRES.postgres)
@@ -563,8 +562,9 @@ impl Store {
                 sqlite::execute(connection, sql::INSERT_COMPLETION_EVENTS.sqlite, values)?;
                 let mut claims = Vec::with_capacity(next.tasks.len());
                 for &(next_id, seen_epoch) in next.tasks {
-                    let values = params![next_id, seen_epoch, next.owner, expires_at, now];
-                    claims.push(claim_sqlite(connection, next_id, values)?);
+                    let claim =
+                        claim_sqlite(connection, next_id, seen_epoch, next.owner, expires_at, now)?;
+                    claims.push(claim);
                 }
                 Ok(Some(claims))
             })?,
@@ -1081,8 +1081,12 @@ fn insert_tasks_sqlite(
 fn claim_sqlite(
     connection: &Connection,
     task_id: i64,
-    values: &[&dyn rusqlite::ToSql],
+    seen_epoch: i64,
+    owner: &str,
+    expires_at: i64,
+    now: i64,
 ) -> Result<Option<Claim>, StoreError> {
+    let values = params![task_id, seen_epoch, owner, expires_at, now];
     if sqlite::execute(connection, sql::CLAIM_SQLITE.sqlite, values)? == 0 {
         return Ok(None);
     }
