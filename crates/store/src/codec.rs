@@ -162,7 +162,7 @@ pub(crate) fn date_text(date: NaiveDate) -> String {
     date.to_string()
 }
 
-fn date(column: &'static str, text: &str) -> Result<NaiveDate, StoreError> {
+pub(crate) fn date(column: &'static str, text: &str) -> Result<NaiveDate, StoreError> {
     // `FromStr` reads the `YYYY-MM-DD` shape directly, without parsing a format string.
     text.parse::<NaiveDate>().map_err(|_| StoreError::Corrupt {
         column,

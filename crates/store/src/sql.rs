@@ -76,6 +76,13 @@ macro_rules! task_columns {
     };
 }
 
+macro_rules! insert_task {
+    () => {
+        "INSERT INTO tasks (run_id, phase, start_date, end_date, state, error) \
+         VALUES ($1, $2, $3, $4, $5, $6)"
+    };
+}
+
 /// pending → running, in one statement: sets the lease expiry with the state (RELIABILITY 2.3)
 /// and respects the retry backoff.
 macro_rules! claim_update {
@@ -132,13 +139,9 @@ statements! {
 statements! {
     /// SQLite takes the new id from `last_insert_rowid()`: `RETURNING` would stage every row
     /// in a temporary table, and a run inserts thousands.
-    INSERT_TASK_SQLITE = "INSERT INTO tasks \
-         (run_id, phase, start_date, end_date, state, error) \
-         VALUES ($1, $2, $3, $4, $5, $6)";
+    INSERT_TASK_SQLITE = insert_task!();
 
-    INSERT_TASK_POSTGRES = "INSERT INTO tasks \
-         (run_id, phase, start_date, end_date, state, error) \
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
+    INSERT_TASK_POSTGRES = concat!(insert_task!(), " RETURNING id");
 
     INSERT_CELL = "INSERT INTO run_cells \
          (run_id, phase, date, task_id, state) VALUES ($1, $2, $3, $4, $5)";

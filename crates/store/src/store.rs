@@ -18,7 +18,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::codec::{
-    RowExt, cell_from_row, date_text, event_from_row, gap_from_row, progress_from_row,
+    RowExt, cell_from_row, date, date_text, event_from_row, gap_from_row, progress_from_row,
     run_from_row, task_from_row,
 };
 use crate::error::{BackendError, StoreError};
@@ -817,10 +817,7 @@ impl Store {
         satisfied: &[(i64, NaiveDate)],
     ) -> Result<ScanRecorded, StoreError> {
         let now = Utc::now().timestamp_millis();
-        let satisfied: HashSet<(i64, String)> = satisfied
-            .iter()
-            .map(|&(phase, date)| (phase, date_text(date)))
-            .collect();
+        let satisfied: HashSet<(i64, NaiveDate)> = satisfied.iter().copied().collect();
         let count = move |recorded: &mut ScanRecorded, detected_at: i64| {
             if detected_at == now {
                 recorded.opened += 1;
@@ -1157,18 +1154,18 @@ fn migrator(embedded: &[EmbeddedMigration]) -> Migrator {
 // --- helpers ----------------------------------------------------------------------------------
 
 /// `(id, phase_to, partition_date)` of an open gap.
-fn open_gap_cell(row: &(impl RowExt + ?Sized)) -> Result<(i64, i64, String), StoreError> {
+fn open_gap_cell(row: &(impl RowExt + ?Sized)) -> Result<(i64, i64, NaiveDate), StoreError> {
     Ok((
         row.i64("id")?,
         row.i64("phase_to")?,
-        row.string("partition_date")?,
+        date("gaps.partition_date", &row.string("partition_date")?)?,
     ))
 }
 
 /// The open gaps whose cell is among `satisfied`.
-fn closing(open: &[(i64, i64, String)], satisfied: &HashSet<(i64, String)>) -> Vec<i64> {
+fn closing(open: &[(i64, i64, NaiveDate)], satisfied: &HashSet<(i64, NaiveDate)>) -> Vec<i64> {
     open.iter()
-        .filter(|(_, phase, date)| satisfied.contains(&(*phase, date.clone())))
+        .filter(|&&(_, phase, date)| satisfied.contains(&(phase, date)))
         .map(|&(id, _, _)| id)
         .collect()
 }
