@@ -4,8 +4,11 @@
 #      fork+exec loop of `/bin/true` run the same number of times;
 #   2. the same with no-op SQL tasks (one INSERT each), against 3,000 plain SQLite inserts, one
 #      transaction each (Python's sqlite3), on the same kind of file.
-# Usage: bench/overhead.sh [rounds]  (default 5; builds the release binary first; prints a
-# Markdown table: each round, the fastest run of each column, and the medians)
+# Usage: bench/overhead.sh [rounds] [other-gapless-binary]
+#   rounds: default 5. Builds the release binary first and prints a Markdown table: each round,
+#   the fastest run of each column, and the medians.
+#   other-gapless-binary: another build (e.g. an older commit's) to compare with: each round
+#   then also runs the SQL workload with it, and a second table puts both against the floor.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 target=${CARGO_TARGET_DIR:-$root/target}
@@ -15,6 +18,11 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 days=1000
 rounds=${1:-5}
+other=${2:-}
+if [[ -n $other && ! -x $other ]]; then
+  echo "overhead.sh: $other is not an executable gapless binary" >&2
+  exit 2
+fi
 start=2020-01-01
 end=$(date -d "$start + $((days - 1)) days" +%F)
 tasks=$((days * 3))
@@ -66,13 +74,14 @@ check.sql = "SELECT d, 1 FROM done WHERE d BETWEEN :start AND :end"
 TOML
 }
 
-run_backfill() {
+run_backfill() { # $1 = the gapless binary (default: this checkout's)
+  local binary=${1:-$bin}
   rm -rf "$work/.gapless"
   # An empty sink, as the floor starts with: every task inserts a new row.
   python3 -c 'import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); db.execute("DELETE FROM sink"); db.commit(); db.execute("PRAGMA wal_checkpoint(TRUNCATE)")' "$work/warehouse.db"
   local t0 t1
   t0=$(now)
-  (cd "$work" && GAPLESS_TODAY=$end "$bin" -q backfill --start-date "$start" --end-date "$end" --force --yes --jobs 1 >/dev/null)
+  (cd "$work" && GAPLESS_TODAY=$end "$binary" -q backfill --start-date "$start" --end-date "$end" --force --yes --jobs 1 >/dev/null)
   t1=$(now)
   elapsed "$t0" "$t1"
 }
@@ -101,6 +110,7 @@ floor_exec() {
 
 # Rounds alternate floor and gapless, so that both see the same state of this shared VM.
 results=()
+others=()
 for ((round = 1; round <= rounds; round++)); do
   pipeline 'run.command = ["true"]' > "$work/gapless.toml"
   fe=$(floor_exec); ge=$(run_backfill)
@@ -108,6 +118,10 @@ for ((round = 1; round <= rounds; round++)); do
   pipeline 'run.sql = "INSERT OR REPLACE INTO sink (d, p) VALUES (:start, PHASE)"' > "$work/gapless.toml"
   fs=$(floor_sql); gs=$(run_backfill)
   results+=("$fe,$ge,$fs,$gs")
+  if [[ -n $other ]]; then
+    os=$(run_backfill "$other")
+    others+=("$fs,$gs,$os")
+  fi
 done
 
 python3 - "$tasks" "${results[@]}" <<'PY'
@@ -125,3 +139,24 @@ print()
 print(f"Median over rounds: command ratio {statistics.median(g / f for f, g, _, _ in rounds):.2f}×, "
       f"SQL overhead {statistics.median(us(g, f) for _, _, f, g in rounds):.0f} µs per task.")
 PY
+
+if [[ -n $other ]]; then
+  echo
+  python3 - "$tasks" "$other" "${others[@]}" <<'PY'
+import statistics, sys
+tasks, other = int(sys.argv[1]), sys.argv[2]
+rounds = [tuple(map(float, r.split(","))) for r in sys.argv[3:]]
+us = lambda g, f: (g - f) / tasks * 1e6
+print(f"SQL workload, this checkout against `{other}`, same rounds:")
+print()
+print("| round | SQLite floor | this checkout | its overhead per task | other binary | its overhead per task |")
+print("| --- | ---: | ---: | ---: | ---: | ---: |")
+for i, (fs, gs, os) in enumerate(rounds, 1):
+    print(f"| {i} | {fs:.2f} s | {gs:.2f} s | {us(gs, fs):.0f} µs | {os:.2f} s | {us(os, fs):.0f} µs |")
+print()
+print(f"Medians: this checkout {statistics.median(g for _, g, _ in rounds):.3f} s "
+      f"({statistics.median(us(g, f) for f, g, _ in rounds):.0f} µs per task), "
+      f"other binary {statistics.median(o for _, _, o in rounds):.3f} s "
+      f"({statistics.median(us(o, f) for f, _, o in rounds):.0f} µs per task).")
+PY
+fi

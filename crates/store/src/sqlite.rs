@@ -31,8 +31,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Page size of a new state database, in bytes (SQLite's default is 4096). The WAL logs whole
 /// pages, and a task's completion changes a few rows in four B-trees (the task, its cells, its
 /// event, the next task's lease): at 4 KiB that is 16 KiB written, checksummed and later synced
-/// per task, for about 300 bytes of data. At 1 KiB the same transaction took 28–42 µs instead
-/// of 42–53 µs, and a run's WAL held under a third of the bytes (docs/BENCHMARKS.md, session 8).
+/// per task, for about 300 bytes of data. At 1 KiB the same transaction takes a fifth less time
+/// (`python3 bench/state-sql.py`), and a run's WAL holds under a third of the bytes
+/// (docs/BENCHMARKS.md, session 8).
 /// The store's rows are small (a task is about 150 bytes), so the deeper trees cost little.
 pub(crate) const PAGE_SIZE: i64 = 1024;
 
