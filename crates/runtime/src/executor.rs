@@ -295,8 +295,8 @@ pub enum ExecError {
 }
 
 enum TaskResult {
-    /// The gate passed under `epoch`; the completion is recorded by the scheduler loop, in the
-    /// transaction that also claims the tasks it makes ready.
+    /// The gate passed under `epoch`; the completion is recorded by the scheduler, in the
+    /// transaction that also claims the tasks it starts next.
     Passed {
         epoch: i64,
         counts: serde_json::Value,
@@ -312,6 +312,8 @@ enum TaskResult {
 enum Status {
     Waiting,
     Running,
+    /// The gate passed; the completion is being recorded apart ([`Recording`]).
+    Recording,
     Done,
     Failed,
     Blocked,
@@ -334,67 +336,190 @@ pub struct Execution {
     pub cancel: CancellationToken,
 }
 
+/// A lease won before the task it is for could start.
+#[derive(Clone, Copy)]
+struct Lease {
+    claim: gapless_store::Claim,
+    /// When it was won: a lease a third of its length old is renewed before the runner starts.
+    at: Instant,
+}
+
+/// The one task claimed ahead of need: the task the scheduler predicts it starts next, claimed
+/// in the transaction of the completion before, so that it can start the moment a slot frees
+/// while that completion is still being recorded.
+struct Ahead {
+    index: usize,
+    lease: Lease,
+}
+
+/// The one completion being recorded apart from the scheduler
+/// ([`Store::spawn_complete_then_claim`]), while the task claimed ahead runs. Until it is
+/// recorded, no task that needs it starts: its dependents become ready only then.
+struct Recording {
+    index: usize,
+    elapsed: Duration,
+    /// The task claimed ahead in the same transaction, if any.
+    lookahead: Option<usize>,
+    handle: tokio::task::JoinHandle<Result<Option<Vec<Option<gapless_store::Claim>>>, StoreError>>,
+}
+
+type Joined = (usize, Result<TaskResult, StoreError>);
+
 /// Runs `tasks` (in an order where dependencies come first) to completion.
-pub async fn execute(execution: Execution, mut tasks: Vec<ExecTask>) -> Result<Outcome, ExecError> {
-    let execution = Arc::new(execution);
-    let Execution {
-        context,
-        options,
-        cancel,
-        ..
-    } = execution.as_ref();
-    let n = tasks.len();
-    let mut status: Vec<Status> = tasks
-        .iter()
-        .map(|t| match t.state {
-            TaskState::Complete => Status::Done,
-            TaskState::Failed => Status::Failed,
-            TaskState::Blocked => Status::Blocked,
-            TaskState::Pending | TaskState::Running => Status::Waiting,
-        })
-        .collect();
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut waiting_on: Vec<usize> = vec![0; n];
-    for (i, task) in tasks.iter().enumerate() {
-        for &dep in &task.deps {
-            dependents[dep].push(i);
-            if status[dep] != Status::Done {
-                waiting_on[i] += 1;
-            }
+pub async fn execute(execution: Execution, tasks: Vec<ExecTask>) -> Result<Outcome, ExecError> {
+    let mut scheduler = Scheduler::new(Arc::new(execution), tasks);
+    let result = scheduler.run().await;
+    if result.is_err() {
+        // Let the running tasks record what they can, then report.
+        scheduler.execution.cancel.cancel();
+        while scheduler.join_set.join_next().await.is_some() {}
+        if let Some(recording) = scheduler.recording.take() {
+            let _recorded = recording.handle.await;
         }
     }
-    // Tasks whose upstream already failed or is blocked cannot run.
-    let initially_failed: Vec<usize> = (0..n)
-        .filter(|i| matches!(status[*i], Status::Failed | Status::Blocked))
-        .collect();
-    for i in initially_failed {
-        execution
-            .block_downstream(&tasks, &dependents, &mut status, i)
-            .await?;
-    }
-    let mut ready: BTreeSet<usize> = (0..n)
-        .filter(|i| status[*i] == Status::Waiting && waiting_on[*i] == 0)
-        .collect();
-    let mut running_per_phase: HashMap<PhaseId, u32> = HashMap::new();
-    let mut join_set: JoinSet<(usize, Result<TaskResult, StoreError>)> = JoinSet::new();
-    let jobs = options.jobs.max(1);
+    result
+}
 
-    // Picks the tasks to start now from `candidates` (in order), within `--jobs` and each
-    // phase's `concurrency`, counting them as running.
-    let select = |candidates: &mut dyn Iterator<Item = usize>,
-                  busy: usize,
-                  running_per_phase: &mut HashMap<PhaseId, u32>,
-                  tasks: &[ExecTask]| {
-        let mut chosen = Vec::new();
-        for i in candidates {
-            if busy + chosen.len() >= jobs {
+/// The scheduler's view of a run: which tasks wait, run and are done, and what it has in
+/// flight with the store.
+struct Scheduler {
+    execution: Arc<Execution>,
+    tasks: Vec<ExecTask>,
+    status: Vec<Status>,
+    dependents: Vec<Vec<usize>>,
+    /// Per task, how many of its needs are not done.
+    waiting_on: Vec<usize>,
+    /// Tasks whose needs are all done, not started, in task order.
+    ready: BTreeSet<usize>,
+    running_per_phase: HashMap<PhaseId, u32>,
+    join_set: JoinSet<Joined>,
+    jobs: usize,
+    ahead: Option<Ahead>,
+    recording: Option<Recording>,
+}
+
+impl Scheduler {
+    fn new(execution: Arc<Execution>, tasks: Vec<ExecTask>) -> Self {
+        let n = tasks.len();
+        let status: Vec<Status> = tasks
+            .iter()
+            .map(|t| match t.state {
+                TaskState::Complete => Status::Done,
+                TaskState::Failed => Status::Failed,
+                TaskState::Blocked => Status::Blocked,
+                TaskState::Pending | TaskState::Running => Status::Waiting,
+            })
+            .collect();
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+        let mut waiting_on: Vec<usize> = vec![0; n];
+        for (i, task) in tasks.iter().enumerate() {
+            for &dep in &task.deps {
+                dependents[dep].push(i);
+                if status[dep] != Status::Done {
+                    waiting_on[i] += 1;
+                }
+            }
+        }
+        let jobs = execution.options.jobs.max(1);
+        Self {
+            execution,
+            tasks,
+            status,
+            dependents,
+            waiting_on,
+            ready: BTreeSet::new(),
+            running_per_phase: HashMap::new(),
+            join_set: JoinSet::new(),
+            jobs,
+            ahead: None,
+            recording: None,
+        }
+    }
+
+    async fn run(&mut self) -> Result<Outcome, ExecError> {
+        // Tasks whose upstream already failed or is blocked cannot run.
+        let initially_failed: Vec<usize> = (0..self.tasks.len())
+            .filter(|&i| matches!(self.status[i], Status::Failed | Status::Blocked))
+            .collect();
+        for i in initially_failed {
+            self.block_downstream(i).await?;
+        }
+        self.ready = (0..self.tasks.len())
+            .filter(|&i| self.status[i] == Status::Waiting && self.waiting_on[i] == 0)
+            .collect();
+        let cancel = self.execution.cancel.clone();
+        loop {
+            if !cancel.is_cancelled() {
+                let mut counted = std::mem::take(&mut self.running_per_phase);
+                let launched = self.select(&mut counted);
+                self.running_per_phase = counted;
+                for i in launched {
+                    let lease = self.take_ahead(i);
+                    self.spawn(i, lease);
+                }
+            }
+            if self.join_set.is_empty() && self.recording.is_none() {
                 break;
             }
-            let task = &tasks[i];
-            let Some(phase) = context.spec.phase(task.phase) else {
+            let recording = self.recording.as_mut().map(|r| &mut r.handle);
+            let recording_open = recording.is_some();
+            tokio::select! {
+                // A recorded completion first: it may make tasks ready for free slots.
+                biased;
+                recorded = async {
+                    match recording {
+                        Some(handle) => handle.await,
+                        None => std::future::pending().await,
+                    }
+                }, if recording_open => {
+                    let recorded = recorded.map_err(ExecError::Panicked)?;
+                    if let Some(recording) = self.recording.take() {
+                        self.settle(recording, recorded)?;
+                    }
+                }
+                joined = self.join_set.join_next(), if !self.join_set.is_empty() => {
+                    let Some(joined) = joined else { continue };
+                    let (i, result) = joined.map_err(ExecError::Panicked)?;
+                    self.finished(i, result?).await?;
+                }
+                () = cancel.cancelled(), if !cancel.is_cancelled() => {}
+            }
+        }
+        if let Some(ahead) = self.ahead.take() {
+            // Claimed for a start that never came (the run stopped first): give it back.
+            self.release(ahead).await?;
+        }
+        let mut outcome = Outcome {
+            interrupted: cancel.is_cancelled(),
+            ..Outcome::default()
+        };
+        for s in &self.status {
+            match s {
+                Status::Done => outcome.tasks_complete += 1,
+                Status::Failed => outcome.tasks_failed += 1,
+                Status::Blocked => outcome.tasks_blocked += 1,
+                Status::Waiting | Status::Running | Status::Recording | Status::Interrupted => {
+                    outcome.tasks_interrupted += 1
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Picks the tasks to start now from `ready`, in task order, within `--jobs` and each
+    /// phase's `concurrency`, counting them in `counted`.
+    fn select(&self, counted: &mut HashMap<PhaseId, u32>) -> Vec<usize> {
+        let busy = self.join_set.len();
+        let mut chosen = Vec::new();
+        for &i in &self.ready {
+            if busy + chosen.len() >= self.jobs {
+                break;
+            }
+            let task = &self.tasks[i];
+            let Some(phase) = self.execution.context.spec.phase(task.phase) else {
                 continue;
             };
-            let running = running_per_phase.entry(task.phase).or_insert(0);
+            let running = counted.entry(task.phase).or_insert(0);
             if *running >= phase.concurrency {
                 continue;
             }
@@ -402,183 +527,294 @@ pub async fn execute(execution: Execution, mut tasks: Vec<ExecTask>) -> Result<O
             chosen.push(i);
         }
         chosen
-    };
+    }
 
-    loop {
-        if !cancel.is_cancelled() {
-            let launched = select(
-                &mut ready.iter().copied(),
-                join_set.len(),
-                &mut running_per_phase,
-                &tasks,
-            );
-            for i in launched {
-                ready.remove(&i);
-                status[i] = Status::Running;
-                let task = tasks[i].clone();
-                let execution = Arc::clone(&execution);
-                join_set.spawn(async move { (i, execution.run_task(&task, None).await) });
+    /// The lease won ahead for task `i`, if it is the task claimed ahead.
+    fn take_ahead(&mut self, i: usize) -> Option<Lease> {
+        match &self.ahead {
+            Some(ahead) if ahead.index == i => self.ahead.take().map(|ahead| ahead.lease),
+            _ => None,
+        }
+    }
+
+    fn spawn(&mut self, i: usize, lease: Option<Lease>) {
+        self.ready.remove(&i);
+        self.status[i] = Status::Running;
+        let task = self.tasks[i].clone();
+        let execution = Arc::clone(&self.execution);
+        self.join_set
+            .spawn(async move { (i, execution.run_task(&task, lease).await) });
+    }
+
+    /// Waits for the completion being recorded apart, if any: store writes stay in order.
+    async fn settle_recording(&mut self) -> Result<(), ExecError> {
+        if let Some(mut recording) = self.recording.take() {
+            let recorded = (&mut recording.handle).await.map_err(ExecError::Panicked)?;
+            self.settle(recording, recorded)?;
+        }
+        Ok(())
+    }
+
+    /// Takes in a completion recorded apart: the task is done and its dependents may start,
+    /// or, fenced, someone else holds it and they wait.
+    fn settle(
+        &mut self,
+        recording: Recording,
+        recorded: Result<Option<Vec<Option<gapless_store::Claim>>>, StoreError>,
+    ) -> Result<(), ExecError> {
+        let Recording {
+            index,
+            elapsed,
+            lookahead,
+            ..
+        } = recording;
+        match recorded? {
+            None => self.status[index] = Status::Interrupted,
+            Some(claims) => {
+                self.completed(index, elapsed);
+                for &dependent in &self.dependents[index] {
+                    if self.waiting_on[dependent] == 0 && self.status[dependent] == Status::Waiting
+                    {
+                        self.ready.insert(dependent);
+                    }
+                }
+                // Recorded apart only when no task to start needed a claim: the lookahead's
+                // is the only one.
+                self.hold_ahead(lookahead, claims.first().copied().flatten());
             }
         }
-        if join_set.is_empty() {
-            break;
+        Ok(())
+    }
+
+    /// Task `i`'s completion is recorded: it is done, and its dependents need one task less.
+    fn completed(&mut self, i: usize, elapsed: Duration) {
+        self.execution.crash(CrashPoint::AfterComplete);
+        self.status[i] = Status::Done;
+        self.tasks[i].state = TaskState::Complete;
+        self.execution.observer.event(Event::Completed {
+            task: &self.tasks[i],
+            elapsed,
+        });
+        for &dependent in &self.dependents[i] {
+            self.waiting_on[dependent] = self.waiting_on[dependent].saturating_sub(1);
         }
-        let joined = tokio::select! {
-            joined = join_set.join_next() => joined,
-            () = cancel.cancelled(), if !cancel.is_cancelled() => continue,
-        };
-        let Some(joined) = joined else { break };
-        let (i, result) = joined.map_err(ExecError::Panicked)?;
-        if let Some(running) = running_per_phase.get_mut(&tasks[i].phase) {
+    }
+
+    fn hold_ahead(&mut self, lookahead: Option<usize>, claim: Option<gapless_store::Claim>) {
+        if let (Some(index), Some(claim)) = (lookahead, claim) {
+            self.ahead = Some(Ahead {
+                index,
+                lease: Lease {
+                    claim,
+                    at: Instant::now(),
+                },
+            });
+        }
+    }
+
+    /// Gives back the claim of a task claimed ahead that will not start under it.
+    async fn release(&mut self, ahead: Ahead) -> Result<(), StoreError> {
+        let task = &mut self.tasks[ahead.index];
+        let epoch = ahead.lease.claim.epoch;
+        if self.execution.store.release_claim(task.id, epoch).await? {
+            task.epoch = epoch + 1;
+        }
+        Ok(())
+    }
+
+    /// Task `i` finished: record what it came to, and start what that allows.
+    async fn finished(&mut self, i: usize, result: TaskResult) -> Result<(), ExecError> {
+        if let Some(running) = self.running_per_phase.get_mut(&self.tasks[i].phase) {
             *running = running.saturating_sub(1);
         }
         match result {
-            Err(error) => {
-                // Let the others finish recording what they can, then report.
-                cancel.cancel();
-                while join_set.join_next().await.is_some() {}
-                return Err(ExecError::Store(error));
-            }
-            Ok(TaskResult::Passed {
+            TaskResult::Passed {
                 epoch,
                 counts,
                 elapsed,
-            }) => {
-                // The tasks this completion makes ready, and of those and the ready ones, the
-                // ones to start now: claimed in the completion's own transaction.
-                let newly_ready: Vec<usize> = dependents[i]
-                    .iter()
-                    .copied()
-                    .filter(|&d| waiting_on[d] == 1 && status[d] == Status::Waiting)
-                    .collect();
-                // Tentatively ready (undone below if the completion is fenced).
-                ready.extend(newly_ready.iter().copied());
-                let mut counted = running_per_phase.clone();
-                let next = if cancel.is_cancelled() {
-                    Vec::new()
-                } else {
-                    select(
-                        &mut ready.iter().copied(),
-                        join_set.len(),
-                        &mut counted,
-                        &tasks,
-                    )
-                };
-                let offered: Vec<(i64, i64)> = next
-                    .iter()
-                    .map(|&n| (tasks[n].id, tasks[n].epoch))
-                    .collect();
-                let claims = execution
-                    .store
-                    .complete_then_claim(
-                        tasks[i].id,
-                        epoch,
-                        &counts,
-                        &options.source,
-                        &NextClaims {
-                            tasks: &offered,
-                            owner: &options.owner,
-                            ttl: options.lease_ttl,
-                        },
-                    )
-                    .await;
-                let claims = match claims {
-                    Ok(claims) => claims,
-                    Err(error) => {
-                        cancel.cancel();
-                        while join_set.join_next().await.is_some() {}
-                        return Err(ExecError::Store(error));
-                    }
-                };
-                let Some(claims) = claims else {
-                    // Fenced: someone else holds the task now, and its dependents wait.
-                    status[i] = Status::Interrupted;
-                    for dependent in &newly_ready {
-                        ready.remove(dependent);
-                    }
-                    continue;
-                };
-                execution.crash(CrashPoint::AfterComplete);
-                status[i] = Status::Done;
-                tasks[i].state = TaskState::Complete;
-                execution.observer.event(Event::Completed {
-                    task: &tasks[i],
-                    elapsed,
-                });
-                for &dependent in &dependents[i] {
-                    waiting_on[dependent] = waiting_on[dependent].saturating_sub(1);
-                }
-                running_per_phase = counted;
-                for (n, claim) in next.into_iter().zip(claims) {
-                    ready.remove(&n);
-                    status[n] = Status::Running;
-                    let task = tasks[n].clone();
-                    let execution = Arc::clone(&execution);
-                    join_set.spawn(async move { (n, execution.run_task(&task, claim).await) });
-                }
+            } => self.passed(i, epoch, counts, elapsed).await?,
+            TaskResult::Failed => {
+                self.settle_recording().await?;
+                self.status[i] = Status::Failed;
+                self.block_downstream(i).await?;
+                let status = &self.status;
+                self.ready
+                    .retain(|&candidate| status[candidate] != Status::Blocked);
             }
-            Ok(TaskResult::Failed) => {
-                status[i] = Status::Failed;
-                execution
-                    .block_downstream(&tasks, &dependents, &mut status, i)
-                    .await?;
-                ready.retain(|candidate| status[*candidate] != Status::Blocked);
-            }
-            Ok(TaskResult::Cancelled | TaskResult::Fenced) => status[i] = Status::Interrupted,
+            TaskResult::Cancelled | TaskResult::Fenced => self.status[i] = Status::Interrupted,
         }
+        Ok(())
     }
-    let mut outcome = Outcome {
-        interrupted: cancel.is_cancelled(),
-        ..Outcome::default()
-    };
-    for s in &status {
-        match s {
-            Status::Done => outcome.tasks_complete += 1,
-            Status::Failed => outcome.tasks_failed += 1,
-            Status::Blocked => outcome.tasks_blocked += 1,
-            Status::Waiting | Status::Running | Status::Interrupted => {
-                outcome.tasks_interrupted += 1
-            }
-        }
-    }
-    Ok(outcome)
-}
 
-impl Execution {
-    /// Marks every task downstream of `failed` blocked, in the store and in `status`.
-    async fn block_downstream(
-        &self,
-        tasks: &[ExecTask],
-        dependents: &[Vec<usize>],
-        status: &mut [Status],
-        failed: usize,
-    ) -> Result<(), StoreError> {
+    /// Task `i`'s gate passed under `epoch`: record its completion, in one transaction with
+    /// the claims of the tasks that start next and of the one predicted after them.
+    ///
+    /// When the only task to start next was claimed ahead and does not need `i`, it starts at
+    /// once and the transaction is recorded apart, on another thread, while it runs: the
+    /// state store's commit leaves the critical path. Otherwise (a task to start needs `i`, or
+    /// has no claim yet) the scheduler waits for the commit, as every start must follow its
+    /// claim and every dependent its upstream's recorded completion.
+    async fn passed(
+        &mut self,
+        i: usize,
+        epoch: i64,
+        counts: serde_json::Value,
+        elapsed: Duration,
+    ) -> Result<(), ExecError> {
+        // One store write in flight at a time, in order.
+        self.settle_recording().await?;
+        let cancelled = self.execution.cancel.is_cancelled();
+        // The tasks this completion makes ready, tentatively ready while the scheduler picks
+        // the tasks to start now.
+        let newly_ready: Vec<usize> = self.dependents[i]
+            .iter()
+            .copied()
+            .filter(|&d| self.waiting_on[d] == 1 && self.status[d] == Status::Waiting)
+            .collect();
+        self.ready.extend(newly_ready.iter().copied());
+        let mut counted = self.running_per_phase.clone();
+        let (next, lookahead) = if cancelled {
+            (Vec::new(), None)
+        } else {
+            let next = self.select(&mut counted);
+            let lookahead = self.predict(&next);
+            (next, lookahead)
+        };
+        let apart = matches!((&self.ahead, next.as_slice()),
+            (Some(ahead), [only]) if ahead.index == *only && !newly_ready.contains(only));
+        let mut claimed: Vec<(i64, i64)> = next
+            .iter()
+            .filter(|&&n| self.ahead.as_ref().is_none_or(|ahead| ahead.index != n))
+            .map(|&n| (self.tasks[n].id, self.tasks[n].epoch))
+            .collect();
+        let to_claim = claimed.len();
+        claimed.extend(lookahead.map(|n| (self.tasks[n].id, self.tasks[n].epoch)));
+        let options = &self.execution.options;
+        if apart {
+            // `i`'s dependents become ready when its completion is recorded ([`Self::settle`]).
+            for dependent in &newly_ready {
+                self.ready.remove(dependent);
+            }
+            let handle =
+                self.execution
+                    .store
+                    .spawn_complete_then_claim(gapless_store::Completion {
+                        task_id: self.tasks[i].id,
+                        epoch,
+                        counts,
+                        source: options.source.clone(),
+                        next: claimed,
+                        owner: options.owner.clone(),
+                        ttl: options.lease_ttl,
+                    });
+            self.running_per_phase = counted;
+            self.status[i] = Status::Recording;
+            let lease = self.take_ahead(next[0]);
+            self.spawn(next[0], lease);
+            self.recording = Some(Recording {
+                index: i,
+                elapsed,
+                lookahead,
+                handle,
+            });
+            return Ok(());
+        }
+        let recorded = self
+            .execution
+            .store
+            .complete_then_claim(
+                self.tasks[i].id,
+                epoch,
+                &counts,
+                &options.source,
+                &NextClaims {
+                    tasks: &claimed,
+                    owner: &options.owner,
+                    ttl: options.lease_ttl,
+                },
+            )
+            .await?;
+        let Some(claims) = recorded else {
+            // Fenced: someone else holds the task now, and its dependents wait.
+            self.status[i] = Status::Interrupted;
+            for dependent in &newly_ready {
+                self.ready.remove(dependent);
+            }
+            return Ok(());
+        };
+        self.completed(i, elapsed);
+        self.running_per_phase = counted;
+        let mut fresh = claims.iter().copied();
+        for n in next {
+            let lease = match self.take_ahead(n) {
+                Some(lease) => Some(lease),
+                None => fresh.next().flatten().map(|claim| Lease {
+                    claim,
+                    at: Instant::now(),
+                }),
+            };
+            self.spawn(n, lease);
+        }
+        self.hold_ahead(lookahead, claims.get(to_claim).copied().flatten());
+        Ok(())
+    }
+
+    /// The task the scheduler will most likely start when a slot next frees, once `next` has
+    /// started, to claim it ahead: the first in task order of the ready tasks and those one of
+    /// `next` alone holds back. `None` while a task claimed ahead waits: there is only ever one.
+    fn predict(&self, next: &[usize]) -> Option<usize> {
+        if self
+            .ahead
+            .as_ref()
+            .is_some_and(|ahead| !next.contains(&ahead.index))
+        {
+            return None;
+        }
+        let from_ready = self.ready.iter().copied().find(|n| !next.contains(n));
+        let from_next = next
+            .iter()
+            .flat_map(|&n| self.dependents[n].iter().copied())
+            .filter(|&d| self.status[d] == Status::Waiting && self.waiting_on[d] == 1)
+            .filter(|d| !self.ready.contains(d))
+            .min();
+        match (from_ready, from_next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Marks every task downstream of `failed` blocked, in the store and in `status`. A task
+    /// among them claimed ahead gives its claim back first.
+    async fn block_downstream(&mut self, failed: usize) -> Result<(), StoreError> {
+        let mut stack = self.dependents[failed].clone();
+        let mut newly = Vec::new();
+        while let Some(i) = stack.pop() {
+            if self.status[i] != Status::Waiting {
+                continue;
+            }
+            self.status[i] = Status::Blocked;
+            newly.push(i);
+            stack.extend(self.dependents[i].iter().copied());
+        }
+        if newly.is_empty() {
+            return Ok(());
+        }
+        if let Some(ahead) = self.ahead.take_if(|ahead| newly.contains(&ahead.index)) {
+            self.release(ahead).await?;
+        }
         let Execution {
             store,
             run_id,
             observer,
             ..
-        } = self;
-        let mut stack = dependents[failed].clone();
-        let mut newly = Vec::new();
-        while let Some(i) = stack.pop() {
-            if status[i] != Status::Waiting {
-                continue;
-            }
-            status[i] = Status::Blocked;
-            newly.push(i);
-            stack.extend(dependents[i].iter().copied());
-        }
-        if newly.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<i64> = newly.iter().map(|i| tasks[*i].id).collect();
-        let reason = format!("{} did not complete", tasks[failed].label());
+        } = self.execution.as_ref();
+        let ids: Vec<i64> = newly.iter().map(|&i| self.tasks[i].id).collect();
+        let reason = format!("{} did not complete", self.tasks[failed].label());
         store.block(run_id, &ids, &reason).await?;
         for i in newly {
             observer.event(Event::Blocked {
-                task: &tasks[i],
-                because: &tasks[failed],
+                task: &self.tasks[i],
+                because: &self.tasks[failed],
             });
         }
         Ok(())
@@ -616,12 +852,12 @@ impl AttemptError {
 }
 
 impl Execution {
-    /// Runs a task's attempts until its gate passes or it fails for good. `pre_claim`: the
-    /// claim the scheduler already made for it (with the completion that made it ready).
+    /// Runs a task's attempts until its gate passes or it fails for good. `lease`: the claim
+    /// the scheduler already won for it (with a completion before).
     async fn run_task(
         &self,
         task: &ExecTask,
-        mut pre_claim: Option<gapless_store::Claim>,
+        mut lease: Option<Lease>,
     ) -> Result<TaskResult, StoreError> {
         let Execution {
             context,
@@ -640,8 +876,8 @@ impl Execution {
             .saturating_add(1);
         let mut seen_epoch = task.epoch;
         loop {
-            let claim = match pre_claim.take() {
-                Some(claim) => Some(claim),
+            let claim = match lease.take() {
+                Some(lease) => self.renewed(task.id, lease).await?,
                 None => self.claim(task.id, seen_epoch).await?,
             };
             let Some(claim) = claim else {
@@ -773,6 +1009,25 @@ impl Execution {
             }
         }
         Ok(None)
+    }
+
+    /// The claim of `lease`, renewed first if it is a third of its length old (a task claimed
+    /// ahead waits for a slot): it then holds as long as a fresh one. `None`: the lease was
+    /// lost meanwhile.
+    async fn renewed(
+        &self,
+        task_id: i64,
+        lease: Lease,
+    ) -> Result<Option<gapless_store::Claim>, StoreError> {
+        let ttl = self.options.lease_ttl;
+        if lease.at.elapsed() < ttl / 3 {
+            return Ok(Some(lease.claim));
+        }
+        let held = self
+            .store
+            .heartbeat(task_id, lease.claim.epoch, ttl)
+            .await?;
+        Ok(held.then_some(lease.claim))
     }
 
     /// Runs `work` while renewing the lease every third of its length. `None` when the lease was

@@ -36,4 +36,4 @@ pub use crate::model::{
     RunRecord, RunState, ScanRecorded, TaskRecord, TaskState, UnknownState,
 };
 pub use crate::sqlite::{SqliteStore, SyncMode};
-pub use crate::store::{NextClaims, SCHEMA_VERSION, Store};
+pub use crate::store::{Completion, NextClaims, SCHEMA_VERSION, Store};

@@ -204,6 +204,15 @@ statements! {
              lease_expires_at = NULL, error = $3, not_before = $4 \
          WHERE id = $1 AND state = 'running' AND lease_epoch = $2";
 
+    /// Gives back a claim whose runner never started (the executor claims one task ahead):
+    /// running → pending with the attempt it took undone, lease cleared, epoch + 1, and the
+    /// start time cleared when no attempt ran before. (`SET` reads the row as it was.)
+    RELEASE_CLAIM = "UPDATE tasks \
+         SET state = 'pending', attempt = attempt - 1, lease_epoch = lease_epoch + 1, \
+             lease_owner = NULL, lease_expires_at = NULL, \
+             started_at = CASE WHEN attempt > 1 THEN started_at ELSE NULL END \
+         WHERE id = $1 AND state = 'running' AND lease_epoch = $2";
+
     FAIL_TASK = "UPDATE tasks \
          SET state = 'failed', lease_epoch = lease_epoch + 1, lease_owner = NULL, \
              lease_expires_at = NULL, error = $3, finished_at = $4 \

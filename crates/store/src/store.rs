@@ -66,6 +66,26 @@ pub struct NextClaims<'a> {
     pub ttl: Duration,
 }
 
+/// A completion to record apart from the caller ([`Store::spawn_complete_then_claim`]): the
+/// arguments of [`Store::complete_then_claim`], owned.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The task completed.
+    pub task_id: i64,
+    /// The lease epoch it ran under.
+    pub epoch: i64,
+    /// The gate's counts.
+    pub counts: serde_json::Value,
+    /// The events' source (`backfill`, `heal`).
+    pub source: String,
+    /// `(task_id, seen_epoch)` of each task to claim in the same transaction.
+    pub next: Vec<(i64, i64)>,
+    /// The lease owner of those claims.
+    pub owner: String,
+    /// Their lease length.
+    pub ttl: Duration,
+}
+
 /// Runs `body` (an expression that may use `?` and evaluates to the result value) as one
 /// PostgreSQL call under [`CALL_TIMEOUT`].
 ///
@@ -613,6 +633,71 @@ impl Store {
         };
         log_outcome("complete", claims.is_some());
         Ok(claims)
+    }
+
+    /// [`Store::complete_then_claim`], run apart from the caller, which awaits the handle
+    /// later: the executor records one task's completion while the next task runs. On SQLite,
+    /// whose calls run in the calling thread, the transaction runs on a thread of tokio's
+    /// blocking pool, so the state file's commit overlaps the caller's work on another core;
+    /// on PostgreSQL it is a task of the runtime. The caller keeps writes in order by awaiting
+    /// one handle before it starts the next write.
+    pub fn spawn_complete_then_claim(
+        &self,
+        completion: Completion,
+    ) -> tokio::task::JoinHandle<Result<Option<Vec<Option<Claim>>>, StoreError>> {
+        let store = self.clone();
+        let work = async move {
+            let Completion {
+                task_id,
+                epoch,
+                counts,
+                source,
+                next,
+                owner,
+                ttl,
+            } = completion;
+            let next = NextClaims {
+                tasks: &next,
+                owner: &owner,
+                ttl,
+            };
+            store
+                .complete_then_claim(task_id, epoch, &counts, &source, &next)
+                .await
+        };
+        match self {
+            Self::Sqlite(_) => {
+                // The SQLite arm never waits on I/O or a timer, so blocking on it needs nothing
+                // from the runtime's drivers.
+                let runtime = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || runtime.block_on(work))
+            }
+            Self::Postgres(_) => tokio::spawn(work),
+        }
+    }
+
+    /// Gives back the claim of a task held under `epoch` whose runner never started: running →
+    /// pending, the claim's attempt undone, lease cleared, epoch + 1 (so the claim is fenced).
+    /// The executor claims one task ahead of need, and releases that claim when the task
+    /// becomes blocked or the run stops first. `false`: the lease was lost meanwhile.
+    pub async fn release_claim(&self, task_id: i64, epoch: i64) -> Result<bool, StoreError> {
+        let won = match self {
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                let values = params![task_id, epoch];
+                Ok(sqlite::execute(connection, sql::RELEASE_CLAIM.sqlite, values)? == 1)
+            })?,
+            Self::Postgres(pool) => pg_call!({
+                sqlx::query(sql::RELEASE_CLAIM.postgres)
+                    .bind(task_id)
+                    .bind(epoch)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+                    == 1
+            })?,
+        };
+        log_outcome("release_claim", won);
+        Ok(won)
     }
 
     /// Gives a running task held under `epoch` back for another attempt: running → pending,

@@ -12,9 +12,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use chrono::{NaiveDate, Utc};
 use gapless_store::{
-    CellState, Claim, DetectedGap, GapFilter, GapStatus, NewEvent, NewRun, NewTask, NewTaskState,
-    NextClaims, PhaseProgress, RunId, RunKind, RunState, SCHEMA_VERSION, ScanRecorded, Store,
-    StoreError, SyncMode, TaskRecord, TaskState,
+    CellState, Claim, Completion, DetectedGap, GapFilter, GapStatus, NewEvent, NewRun, NewTask,
+    NewTaskState, NextClaims, PhaseProgress, RunId, RunKind, RunState, SCHEMA_VERSION,
+    ScanRecorded, Store, StoreError, SyncMode, TaskRecord, TaskState,
 };
 use sqlx::SqlSafeStr as _;
 use tokio::task::JoinSet;
@@ -293,11 +293,35 @@ async fn story(store: Store) -> anyhow::Result<()> {
         None
     );
 
-    // --- fail marks the cells failed ------------------------------------------------------------
-    let claim = store
+    // --- a claim given back before its runner started (claimed ahead) --------------------------
+    let ahead = store
         .claim(failing, 0, "node-a", TTL)
         .await?
+        .context("claim ahead")?;
+    assert!(!store.release_claim(failing, ahead.epoch - 1).await?);
+    assert!(store.release_claim(failing, ahead.epoch).await?);
+    assert!(!store.release_claim(failing, ahead.epoch).await?);
+    let record = task_record(&store, failing).await?;
+    assert_eq!(record.state, TaskState::Pending);
+    assert_eq!(record.attempt, 0, "the claim's attempt is undone");
+    assert_eq!(record.lease_epoch, ahead.epoch + 1);
+    assert_eq!(record.lease_owner, None);
+    assert_eq!(record.lease_expires_at, None);
+    assert_eq!(record.started_at, None, "no attempt ever started");
+    assert!(!store.heartbeat(failing, ahead.epoch, TTL).await?);
+    assert!(
+        !store
+            .complete(failing, ahead.epoch, &counts, "backfill")
+            .await?
+    );
+    assert_eq!(cell_state(&store, &run, 2, d(5)).await?, CellState::Pending);
+
+    // --- fail marks the cells failed ------------------------------------------------------------
+    let claim = store
+        .claim(failing, record.lease_epoch, "node-a", TTL)
+        .await?
         .context("claim")?;
+    assert_eq!(claim.attempt, 1);
     assert!(!store.fail(failing, claim.epoch - 1, "stale").await?);
     assert!(
         store
@@ -964,6 +988,42 @@ async fn completion_claims_the_next_tasks(store: Store) -> anyhow::Result<()> {
     assert_eq!(claimed.lease_owner.as_deref(), Some("node-a"));
     assert_eq!(task_record(&store, third).await?.state, TaskState::Pending);
     assert_eq!(store.count_events(1, d(1)).await?, 1);
+
+    // The same, recorded apart from the caller (the executor's pipelined completion): a stale
+    // one records nothing, the current one completes the second and claims the third.
+    let second_claim = claims[0].context("claimed")?;
+    let apart = |epoch: i64, next: Vec<(i64, i64)>| {
+        store.spawn_complete_then_claim(Completion {
+            task_id: second,
+            epoch,
+            counts: counts.clone(),
+            source: "backfill".to_owned(),
+            next,
+            owner: "node-a".to_owned(),
+            ttl: TTL,
+        })
+    };
+    assert_eq!(
+        apart(second_claim.epoch - 1, vec![(third, 0)]).await??,
+        None
+    );
+    assert_eq!(task_record(&store, third).await?.state, TaskState::Pending);
+    let claims = apart(second_claim.epoch, vec![(third, 0)])
+        .await??
+        .context("the completion won")?;
+    assert_eq!(
+        claims,
+        vec![Some(Claim {
+            epoch: 1,
+            attempt: 1
+        })]
+    );
+    assert_eq!(
+        task_record(&store, second).await?.state,
+        TaskState::Complete
+    );
+    assert_eq!(task_record(&store, third).await?.state, TaskState::Running);
+    assert_eq!(store.count_events(2, d(1)).await?, 1);
     Ok(())
 }
 

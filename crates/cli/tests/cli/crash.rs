@@ -128,26 +128,32 @@ async fn kill_nine_twenty_times_then_resume() {
     assert!(matches!(code(&output), 0), "{}", stderr(&output));
 
     let executions = verify_exactly_once(&project, 600).await;
-    // Re-executions happen only for cells in flight at a kill: at most kills × jobs of them.
+    // Re-executions happen only for cells in flight at a kill: at most kills × (jobs + 1) of
+    // them, the one more being a completion recorded apart while the next task runs.
     let reruns = executions - 600;
     assert!(
-        reruns <= kills * 4,
+        reruns <= kills * 5,
         "{reruns} re-executions for {kills} kills"
     );
     eprintln!("{kills} kills, {executions} executions for 600 cells");
 }
 
 /// RELIABILITY.md T3: abort at each named step between durable writes (`GAPLESS_CRASH_AT`),
-/// three times per step, resuming after each; then everything is complete exactly once.
+/// three times per step, resuming after each; then everything is complete exactly once. With
+/// `--jobs 1` completions are mostly recorded apart while the next task runs (a task claimed
+/// ahead), with `--jobs 2` also alongside other tasks.
 #[tokio::test(flavor = "multi_thread")]
 async fn crash_point_matrix() {
     let mut fired = 0;
-    for point in [
+    for (point, jobs) in [
         "after-claim",
         "after-runner",
         "before-complete",
         "after-complete",
-    ] {
+    ]
+    .into_iter()
+    .flat_map(|point| [(point, "1"), (point, "2")])
+    {
         let project = Project::new();
         setup(&project, "full").await;
         let today = "2023-01-10"; // 3 phases × 10 days
@@ -161,11 +167,11 @@ async fn crash_point_matrix() {
                     today,
                     "--yes",
                     "--jobs",
-                    "2",
+                    jobs,
                     "-q",
                 ]
             } else {
-                vec!["resume", "--jobs", "2", "-q"]
+                vec!["resume", "--jobs", jobs, "-q"]
             };
             let output = project
                 .command(&args)
@@ -186,15 +192,20 @@ async fn crash_point_matrix() {
             fired += 1;
         }
         let output = project
-            .command(&["resume", "--jobs", "2"])
+            .command(&["resume", "--jobs", jobs])
             .env("GAPLESS_TODAY", today)
             .output()
             .unwrap();
-        assert_eq!(code(&output), 0, "{point}: {}", stderr(&output));
+        assert_eq!(
+            code(&output),
+            0,
+            "{point} --jobs {jobs}: {}",
+            stderr(&output)
+        );
 
         verify_exactly_once(&project, 30).await;
     }
-    assert_eq!(fired, 12, "every crash point fired three times");
+    assert_eq!(fired, 24, "every crash point fired three times per --jobs");
 }
 
 /// A fresh warehouse with the runner's sink (one row per cell, unique) and executions log.

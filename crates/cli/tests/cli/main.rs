@@ -6,6 +6,7 @@
     reason = "tests fail loudly on anything unexpected"
 )]
 
+mod ahead;
 mod backends;
 mod backfill;
 mod crash;

@@ -1,0 +1,227 @@
+//! The executor claims one task ahead of need and records a completion apart while the next
+//! task runs (ARCHITECTURE.md, "Pipelined completions"). These tests hold it to its rules: a
+//! task starts only after every task it needs is recorded complete, and a claim won ahead is
+//! given back when its task is blocked or the run stops first.
+
+use std::time::Duration;
+
+use crate::util::{Project, code, scalar, stderr};
+
+/// Three phases, each needing the one before, with command runners. `bin/step.sh PHASE DATE`
+/// writes the cell's row and logs the execution; phase 2 fails while `fail-two` exists and
+/// hangs (with a child) while `hang-two` exists.
+fn three_phases(project: &Project) {
+    project.script(
+        "bin/step.sh",
+        "#!/bin/sh\nset -e\n\
+         if [ \"$1\" = 2 ] && [ -e fail-two ]; then echo boom >&2; exit 7; fi\n\
+         if [ \"$1\" = 2 ] && [ -e hang-two ]; then sleep 300 & echo $! > child.pid; wait; fi\n\
+         mkdir -p \"out/$1\"\necho x > \"out/$1/$2\"\necho \"$1 $2\" >> runs.log\n",
+    );
+    project.script(
+        "bin/count.sh",
+        "#!/bin/sh\nfor f in out/$1/*; do [ -e \"$f\" ] || exit 0; echo \"$(basename \"$f\") 1\"; done\n",
+    );
+    let phase = |id: u32, needs: &str| {
+        format!(
+            "[[phase]]\nid = {id}\nname = \"p{id}\"\n{needs}\n\
+             run.command = [\"bin/step.sh\", \"{id}\", \"{{date}}\"]\n\
+             check.command = [\"bin/count.sh\", \"{id}\"]\nretries = 0\ntimeout = \"5m\"\n"
+        )
+    };
+    project.write(
+        "gapless.toml",
+        &format!(
+            "[pipeline]\nname = \"ahead\"\nstart = \"2024-03-01\"\n\n{}\n{}\n{}",
+            phase(1, ""),
+            phase(2, "needs = [1]"),
+            phase(3, "needs = [2]"),
+        ),
+    );
+}
+
+fn one_day(project: &Project) -> std::process::Command {
+    let mut command = project.command(&[
+        "backfill",
+        "--start-date",
+        "2024-03-01",
+        "--end-date",
+        "2024-03-01",
+        "--yes",
+        "--jobs",
+        "1",
+    ]);
+    command.env("GAPLESS_TODAY", "2024-03-01");
+    command
+}
+
+/// Phase 3's task as stored: (state, attempt, whether it has a lease owner).
+async fn third(project: &Project) -> (String, i64, bool) {
+    let state = project.sqlite(".gapless/state.db").await;
+    let row: (String, i64, Option<String>) =
+        sqlx::query_as("SELECT state, attempt, lease_owner FROM tasks WHERE phase = 3")
+            .fetch_one(&state)
+            .await
+            .unwrap();
+    let running = scalar(&state, "SELECT COUNT(*) FROM tasks WHERE state = 'running'").await;
+    state.close().await;
+    assert_eq!(running, 0, "a task was left running: {row:?}");
+    (row.0, row.1, row.2.is_some())
+}
+
+#[tokio::test]
+async fn a_claim_won_ahead_is_given_back_when_its_task_is_blocked() {
+    let project = Project::new();
+    three_phases(&project);
+    project.write("fail-two", "");
+    let output = one_day(&project).output().unwrap();
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    // Phase 3 was claimed with phase 2's claim (when phase 1 completed); phase 2 failed, so
+    // phase 3 is blocked, and it never ran: no attempt, no lease.
+    assert_eq!(third(&project).await, ("blocked".to_owned(), 0, false));
+    let log = std::fs::read_to_string(project.path().join("runs.log")).unwrap();
+    assert_eq!(log.lines().collect::<Vec<_>>(), ["1 2024-03-01"]);
+}
+
+#[tokio::test]
+async fn a_claim_won_ahead_is_given_back_when_the_run_is_interrupted() {
+    let project = Project::new();
+    three_phases(&project);
+    project.write("hang-two", "");
+    let mut child = one_day(&project).spawn().unwrap();
+    let pid_file = project.path().join("child.pid");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !pid_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "phase 2 never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // While phase 2 runs, phase 3 is already claimed: the claim came with phase 2's.
+    let state = project.sqlite(".gapless/state.db").await;
+    let claimed: (String, i64) = sqlx::query_as("SELECT state, attempt FROM tasks WHERE phase = 3")
+        .fetch_one(&state)
+        .await
+        .unwrap();
+    state.close().await;
+    assert_eq!(claimed, ("running".to_owned(), 1));
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert_eq!(third(&project).await, ("pending".to_owned(), 0, false));
+
+    std::fs::remove_file(project.path().join("hang-two")).unwrap();
+    let output = project
+        .command(&["resume", "--jobs", "1"])
+        .env("GAPLESS_TODAY", "2024-03-01")
+        .output()
+        .unwrap();
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let state = project.sqlite(".gapless/state.db").await;
+    let attempts = scalar(&state, "SELECT attempt FROM tasks WHERE phase = 3").await;
+    let complete = scalar(
+        &state,
+        "SELECT COUNT(*) FROM run_cells WHERE state = 'complete'",
+    )
+    .await;
+    state.close().await;
+    assert_eq!((attempts, complete), (1, 3));
+}
+
+/// Each runner of a self-dependent phase checks, in the state store, that the day before is
+/// recorded complete, and then holds the state store's write lock for half a second from a
+/// detached process, so that recording its own completion takes that long. A scheduler that
+/// started the next day before that record was committed would fail this deterministically.
+/// An independent second phase then runs with completions recorded apart.
+#[tokio::test]
+async fn a_task_starts_only_after_what_it_needs_is_recorded_complete() {
+    let project = Project::new();
+    project.write(
+        "check_before.py",
+        r#"import datetime, sqlite3, sys
+day = datetime.date.fromisoformat(sys.argv[1])
+if day > datetime.date(2024, 3, 1):
+    before = (day - datetime.timedelta(days=1)).isoformat()
+    db = sqlite3.connect(".gapless/state.db")
+    row = db.execute("SELECT state FROM run_cells WHERE phase = 1 AND date = ?", (before,)).fetchone()
+    if row is None or row[0] != "complete":
+        sys.exit(f"phase 1 {before} is not recorded complete ({row}) as {day} starts")
+"#,
+    );
+    project.write(
+        "hold.py",
+        r#"import pathlib, sqlite3, sys, time
+db = sqlite3.connect(".gapless/state.db", isolation_level=None, timeout=30)
+db.execute("BEGIN IMMEDIATE")
+pathlib.Path(sys.argv[1]).touch()
+time.sleep(0.5)
+db.execute("ROLLBACK")
+"#,
+    );
+    project.script(
+        "bin/chain.sh",
+        "#!/bin/sh\nset -e\npython3 check_before.py \"$1\"\n\
+         mkdir -p out/1\necho x > \"out/1/$1\"\n\
+         setsid python3 hold.py \"locked-$1\" </dev/null >/dev/null 2>&1 &\n\
+         while [ ! -e \"locked-$1\" ]; do sleep 0.01; done\n",
+    );
+    project.script(
+        "bin/free.sh",
+        "#!/bin/sh\nmkdir -p out/2\necho x > \"out/2/$1\"\n",
+    );
+    project.script(
+        "bin/count.sh",
+        "#!/bin/sh\nfor f in out/$1/*; do [ -e \"$f\" ] || exit 0; echo \"$(basename \"$f\") 1\"; done\n",
+    );
+    project.write(
+        "gapless.toml",
+        r#"
+[pipeline]
+name = "order"
+start = "2024-03-01"
+
+[[phase]]
+id = 1
+name = "chain"
+needs = [{ phase = 1, lookback_days = 1 }]
+run.command = ["bin/chain.sh", "{date}"]
+check.command = ["bin/count.sh", "1"]
+retries = 0
+
+[[phase]]
+id = 2
+name = "free"
+run.command = ["bin/free.sh", "{date}"]
+check.command = ["bin/count.sh", "2"]
+retries = 0
+"#,
+    );
+    let output = project
+        .command(&[
+            "backfill",
+            "--start-date",
+            "2024-03-01",
+            "--end-date",
+            "2024-03-04",
+            "--yes",
+            "--jobs",
+            "1",
+        ])
+        .env("GAPLESS_TODAY", "2024-03-04")
+        .output()
+        .unwrap();
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let state = project.sqlite(".gapless/state.db").await;
+    let complete = scalar(
+        &state,
+        "SELECT COUNT(*) FROM run_cells WHERE state = 'complete'",
+    )
+    .await;
+    let events = scalar(&state, "SELECT COUNT(*) FROM events").await;
+    let attempts = scalar(&state, "SELECT SUM(attempt) FROM tasks").await;
+    state.close().await;
+    assert_eq!((complete, events, attempts), (8, 8, 8));
+}
