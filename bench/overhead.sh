@@ -9,12 +9,15 @@
 #   the fastest run of each column, and the medians.
 #   other-gapless-binary: another build (e.g. an older commit's) to compare with: each round
 #   then also runs the SQL workload with it, and a second table puts both against the floor.
+# BENCH_DIR: where the databases go (default: a new directory under $TMPDIR, on disk). With
+#   BENCH_DIR=/dev/shm the files are on tmpfs, where fdatasync costs nothing: the floor and
+#   gapless then measure CPU and system calls alone, with much less noise from the disk.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 target=${CARGO_TARGET_DIR:-$root/target}
 cargo build --release -q -p gapless-cli --manifest-path "$root/Cargo.toml"
 bin="$target/release/gapless"
-work=$(mktemp -d)
+work=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/overhead.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 days=1000
 rounds=${1:-5}

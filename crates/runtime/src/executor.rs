@@ -360,6 +360,8 @@ struct Recording {
     elapsed: Duration,
     /// The task claimed ahead in the same transaction, if any.
     lookahead: Option<usize>,
+    /// What handing the transaction over took on the scheduler's thread.
+    handed_over: Duration,
     handle: tokio::task::JoinHandle<Result<Option<Vec<Option<gapless_store::Claim>>>, StoreError>>,
 }
 
@@ -396,6 +398,69 @@ struct Scheduler {
     jobs: usize,
     ahead: Option<Ahead>,
     recording: Option<Recording>,
+    pacing: Pacing,
+}
+
+/// Whether recording a completion apart pays, measured as the run goes. Apart, the scheduler
+/// pays for handing the transaction to another thread and, if it is not done by the time the
+/// next completion needs it, for waiting and being woken: nothing when the task that ran
+/// meanwhile took longer (a SQL task with its warehouse `fdatasync`, any command), more than
+/// the transaction itself when tasks take microseconds (a warehouse on tmpfs) or when waking
+/// a thread is slow (a busy virtual machine: 50–200 µs here). In its own thread, it pays for
+/// the transaction. Each way's cost is a moving average of what it took on the scheduler's
+/// thread; completions go the cheaper way, and one in [`Pacing::PROBE_EVERY`] goes the other,
+/// so that a change (the disk got slower, the tasks longer) is noticed.
+struct Pacing {
+    /// Microseconds on the scheduler's thread per completion recorded apart, and in-thread.
+    apart_us: Average,
+    inline_us: Average,
+    /// Completions that could have gone apart so far.
+    eligible: u32,
+    /// How many went apart.
+    apart: u32,
+}
+
+/// An exponentially weighted moving average (weight 1/32 for a new sample: a late wake-up
+/// costs milliseconds now and then, and one should not flip the choice); `None` before the
+/// first.
+#[derive(Clone, Copy, Default)]
+struct Average(Option<f64>);
+
+impl Average {
+    fn add(&mut self, sample: Duration) {
+        let sample = sample.as_secs_f64() * 1e6;
+        self.0 = Some(match self.0 {
+            None => sample,
+            Some(average) => average + (sample - average) / 32.0,
+        });
+    }
+}
+
+impl Pacing {
+    const PROBE_EVERY: u32 = 32;
+
+    fn new() -> Self {
+        Self {
+            apart_us: Average::default(),
+            inline_us: Average::default(),
+            eligible: 0,
+            apart: 0,
+        }
+    }
+
+    /// Whether a completion that may go apart should.
+    fn apart(&mut self) -> bool {
+        self.eligible += 1;
+        let cheaper = match (self.apart_us.0, self.inline_us.0) {
+            (Some(apart), Some(inline)) => apart <= inline,
+            // Untried: try it.
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        let apart = cheaper != self.eligible.is_multiple_of(Self::PROBE_EVERY);
+        self.apart += u32::from(apart);
+        apart
+    }
 }
 
 impl Scheduler {
@@ -433,6 +498,7 @@ impl Scheduler {
             jobs,
             ahead: None,
             recording: None,
+            pacing: Pacing::new(),
         }
     }
 
@@ -474,6 +540,9 @@ impl Scheduler {
                 }, if recording_open => {
                     let recorded = recorded.map_err(ExecError::Panicked)?;
                     if let Some(recording) = self.recording.take() {
+                        // Done while the scheduler had nothing else to do: it waited for none
+                        // of it.
+                        self.pacing.apart_us.add(recording.handed_over);
                         self.settle(recording, recorded)?;
                     }
                 }
@@ -489,6 +558,13 @@ impl Scheduler {
             // Claimed for a start that never came (the run stopped first): give it back.
             self.release(ahead).await?;
         }
+        tracing::debug!(
+            eligible = self.pacing.eligible,
+            apart = self.pacing.apart,
+            apart_us = self.pacing.apart_us.0,
+            inline_us = self.pacing.inline_us.0,
+            "completions recorded apart while the next task ran"
+        );
         let mut outcome = Outcome {
             interrupted: cancel.is_cancelled(),
             ..Outcome::default()
@@ -547,9 +623,15 @@ impl Scheduler {
     }
 
     /// Waits for the completion being recorded apart, if any: store writes stay in order.
+    ///
+    /// What that cost the scheduler's thread goes into [`Pacing`].
     async fn settle_recording(&mut self) -> Result<(), ExecError> {
         if let Some(mut recording) = self.recording.take() {
+            let waiting = Instant::now();
             let recorded = (&mut recording.handle).await.map_err(ExecError::Panicked)?;
+            self.pacing
+                .apart_us
+                .add(recording.handed_over + waiting.elapsed());
             self.settle(recording, recorded)?;
         }
         Ok(())
@@ -680,8 +762,9 @@ impl Scheduler {
             let lookahead = self.predict(&next);
             (next, lookahead)
         };
-        let apart = matches!((&self.ahead, next.as_slice()),
+        let could_go_apart = matches!((&self.ahead, next.as_slice()),
             (Some(ahead), [only]) if ahead.index == *only && !newly_ready.contains(only));
+        let apart = could_go_apart && self.pacing.apart();
         let mut claimed: Vec<(i64, i64)> = next
             .iter()
             .filter(|&&n| self.ahead.as_ref().is_none_or(|ahead| ahead.index != n))
@@ -695,6 +778,7 @@ impl Scheduler {
             for dependent in &newly_ready {
                 self.ready.remove(dependent);
             }
+            let handing = Instant::now();
             let handle =
                 self.execution
                     .store
@@ -715,10 +799,12 @@ impl Scheduler {
                 index: i,
                 elapsed,
                 lookahead,
+                handed_over: handing.elapsed(),
                 handle,
             });
             return Ok(());
         }
+        let recording = Instant::now();
         let recorded = self
             .execution
             .store
@@ -734,6 +820,9 @@ impl Scheduler {
                 },
             )
             .await?;
+        if could_go_apart {
+            self.pacing.inline_us.add(recording.elapsed());
+        }
         let Some(claims) = recorded else {
             // Fenced: someone else holds the task now, and its dependents wait.
             self.status[i] = Status::Interrupted;
@@ -1321,5 +1410,69 @@ impl Execution {
                     .map_err(|e| error_chain(&e))
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Average, Pacing};
+
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    #[test]
+    fn the_average_moves_a_thirty_second_of_the_way_to_each_sample() {
+        let mut average = Average::default();
+        assert_eq!(average.0, None);
+        average.add(us(100));
+        assert_eq!(average.0, Some(100.0));
+        average.add(us(132));
+        assert_eq!(average.0, Some(101.0));
+        // One late wake-up of 3 ms does not make a 100 µs way look slower than a 150 µs one.
+        let mut late = Average(Some(100.0));
+        late.add(us(3_000));
+        assert!(late.0.is_some_and(|a| a < 200.0), "{:?}", late.0);
+    }
+
+    /// Which way each of `n` eligible completions goes, as `true` for apart.
+    fn choices(pacing: &mut Pacing, n: u32) -> Vec<bool> {
+        (0..n).map(|_| pacing.apart()).collect()
+    }
+
+    #[test]
+    fn an_untried_way_apart_is_tried() {
+        let mut pacing = Pacing::new();
+        assert!(pacing.apart());
+        pacing.inline_us.add(us(60));
+        assert!(pacing.apart(), "apart has no measurement yet");
+    }
+
+    #[test]
+    fn the_cheaper_way_is_taken_and_the_other_probed_one_time_in_thirty_two() {
+        let mut pacing = Pacing::new();
+        pacing.apart_us.add(us(25));
+        pacing.inline_us.add(us(66));
+        let taken = choices(&mut pacing, 64);
+        assert_eq!(taken.iter().filter(|apart| !**apart).count(), 2);
+        assert!(!taken[31] && !taken[63], "the probes are the 32nd and 64th");
+        assert_eq!(pacing.apart, 62);
+
+        // Tasks of a few microseconds: apart means waiting for the other thread.
+        let mut pacing = Pacing::new();
+        pacing.apart_us.add(us(250));
+        pacing.inline_us.add(us(40));
+        let taken = choices(&mut pacing, 64);
+        assert_eq!(taken.iter().filter(|apart| **apart).count(), 2);
+        assert_eq!(pacing.eligible, 64);
+    }
+
+    #[test]
+    fn apart_measured_without_inline_stays_in_thread_until_inline_is_measured() {
+        let mut pacing = Pacing::new();
+        pacing.apart_us.add(us(25));
+        assert!(!pacing.apart());
     }
 }
