@@ -4,11 +4,12 @@
 #      fork+exec loop of `/bin/true` run the same number of times;
 #   2. the same with no-op SQL tasks (one INSERT each), against 3,000 plain SQLite inserts, one
 #      transaction each (Python's sqlite3), on the same kind of file.
-# Usage: bench/overhead.sh [rounds] [other-gapless-binary]
+# Usage: bench/overhead.sh [rounds] [other-gapless-binary...]
 #   rounds: default 5. Builds the release binary first and prints a Markdown table: each round,
 #   the fastest run of each column, and the medians.
-#   other-gapless-binary: another build (e.g. an older commit's) to compare with: each round
-#   then also runs the SQL workload with it, and a second table puts both against the floor.
+#   other-gapless-binary: other builds (e.g. an older commit's, or this one with a change
+#   undone) to compare with: each round then also runs the SQL workload with each, and a
+#   second table puts them all against the floor.
 # BENCH_DIR: where the databases go (default: a new directory under $TMPDIR, on disk). With
 #   BENCH_DIR=/dev/shm the files are on tmpfs, where fdatasync costs nothing: the floor and
 #   gapless then measure CPU and system calls alone, with much less noise from the disk.
@@ -21,11 +22,13 @@ work=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/overhead.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 days=1000
 rounds=${1:-5}
-other=${2:-}
-if [[ -n $other && ! -x $other ]]; then
-  echo "overhead.sh: $other is not an executable gapless binary" >&2
-  exit 2
-fi
+other_bins=("${@:2}")
+for other in "${other_bins[@]}"; do
+  if [[ ! -x $other ]]; then
+    echo "overhead.sh: $other is not an executable gapless binary" >&2
+    exit 2
+  fi
+done
 start=2020-01-01
 end=$(date -d "$start + $((days - 1)) days" +%F)
 tasks=$((days * 3))
@@ -121,9 +124,10 @@ for ((round = 1; round <= rounds; round++)); do
   pipeline 'run.sql = "INSERT OR REPLACE INTO sink (d, p) VALUES (:start, PHASE)"' > "$work/gapless.toml"
   fs=$(floor_sql); gs=$(run_backfill)
   results+=("$fe,$ge,$fs,$gs")
-  if [[ -n $other ]]; then
-    os=$(run_backfill "$other")
-    others+=("$fs,$gs,$os")
+  if ((${#other_bins[@]})); then
+    row="$fs,$gs"
+    for other in "${other_bins[@]}"; do row="$row,$(run_backfill "$other")"; done
+    others+=("$row")
   fi
 done
 
@@ -143,23 +147,23 @@ print(f"Median over rounds: command ratio {statistics.median(g / f for f, g, _, 
       f"SQL overhead {statistics.median(us(g, f) for _, _, f, g in rounds):.0f} µs per task.")
 PY
 
-if [[ -n $other ]]; then
+if ((${#other_bins[@]})); then
   echo
-  python3 - "$tasks" "$other" "${others[@]}" <<'PY'
+  python3 - "$tasks" "${#other_bins[@]}" "${other_bins[@]}" "${others[@]}" <<'PY'
 import statistics, sys
-tasks, other = int(sys.argv[1]), sys.argv[2]
-rounds = [tuple(map(float, r.split(","))) for r in sys.argv[3:]]
+tasks, n = int(sys.argv[1]), int(sys.argv[2])
+names = ["this checkout"] + [f"`{b}`" for b in sys.argv[3:3 + n]]
+rounds = [tuple(map(float, r.split(","))) for r in sys.argv[3 + n:]]
 us = lambda g, f: (g - f) / tasks * 1e6
-print(f"SQL workload, this checkout against `{other}`, same rounds:")
+print("SQL workload, the same rounds, overhead per task over the SQLite floor:")
 print()
-print("| round | SQLite floor | this checkout | its overhead per task | other binary | its overhead per task |")
-print("| --- | ---: | ---: | ---: | ---: | ---: |")
-for i, (fs, gs, os) in enumerate(rounds, 1):
-    print(f"| {i} | {fs:.2f} s | {gs:.2f} s | {us(gs, fs):.0f} µs | {os:.2f} s | {us(os, fs):.0f} µs |")
+print("| round | SQLite floor | " + " | ".join(names) + " |")
+print("| --- | ---: | " + " | ".join("---:" for _ in names) + " |")
+for i, (floor, *runs) in enumerate(rounds, 1):
+    print(f"| {i} | {floor:.2f} s | " + " | ".join(f"{g:.2f} s, {us(g, floor):.0f} µs" for g in runs) + " |")
 print()
-print(f"Medians: this checkout {statistics.median(g for _, g, _ in rounds):.3f} s "
-      f"({statistics.median(us(g, f) for f, g, _ in rounds):.0f} µs per task), "
-      f"other binary {statistics.median(o for _, _, o in rounds):.3f} s "
-      f"({statistics.median(us(o, f) for f, _, o in rounds):.0f} µs per task).")
+for column, name in enumerate(names, 1):
+    print(f"Median, {name}: {statistics.median(r[column] for r in rounds):.3f} s, "
+          f"{statistics.median(us(r[column], r[0]) for r in rounds):.0f} µs per task.")
 PY
 fi

@@ -360,8 +360,6 @@ struct Recording {
     elapsed: Duration,
     /// The task claimed ahead in the same transaction, if any.
     lookahead: Option<usize>,
-    /// What handing the transaction over took on the scheduler's thread.
-    handed_over: Duration,
     handle: tokio::task::JoinHandle<Result<Option<Vec<Option<gapless_store::Claim>>>, StoreError>>,
 }
 
@@ -401,65 +399,87 @@ struct Scheduler {
     pacing: Pacing,
 }
 
-/// Whether recording a completion apart pays, measured as the run goes. Apart, the scheduler
-/// pays for handing the transaction to another thread and, if it is not done by the time the
-/// next completion needs it, for waiting and being woken: nothing when the task that ran
-/// meanwhile took longer (a SQL task with its warehouse `fdatasync`, any command), more than
-/// the transaction itself when tasks take microseconds (a warehouse on tmpfs) or when waking
-/// a thread is slow (a busy virtual machine: 50–200 µs here). In its own thread, it pays for
-/// the transaction. Each way's cost is a moving average of what it took on the scheduler's
-/// thread; completions go the cheaper way, and one in [`Pacing::PROBE_EVERY`] goes the other,
-/// so that a change (the disk got slower, the tasks longer) is noticed.
+/// Whether recording a completion apart pays, judged as the run goes. Apart, the scheduler
+/// pays for handing the transaction to another thread (a wake-up: median 24 µs on this VM)
+/// and, when the transaction is not done by the time the next completion needs it, for
+/// parking and being woken again (median 290 µs here). In its own thread it pays for the
+/// transaction (median 66 µs here, far more while the disk is busy). A recording that is late
+/// now and then (the disk stalled, a checkpoint ran) is the price of hiding all the others
+/// behind the next task; recordings that are late most of the time mean the tasks are too
+/// short to hide anything (a warehouse on tmpfs), and then the scheduler records in its own
+/// thread. So: apart while at most [`Pacing::LATE_AT_MOST`] of the last eight recordings
+/// apart were late, and otherwise in-thread, with a probe sent apart now and then to notice
+/// that the tasks got longer: after [`Pacing::PROBE_FIRST`] eligible completions, then twice
+/// as many after each probe that was late too, up to [`Pacing::PROBE_LONGEST`].
+///
+/// Why the late share and not the two ways' measured costs: both costs swing by 5× within a
+/// run on a busy disk, and comparing their moving averages chose a different way from one run
+/// to the next (from 11 % to 72 % of completions apart). Whether a recording is late depends
+/// on the tasks' length far more than on the disk, so its share separates the two cases
+/// cleanly: about 5 % late for SQL tasks on disk, nearly all on tmpfs.
 struct Pacing {
-    /// Microseconds on the scheduler's thread per completion recorded apart, and in-thread.
-    apart_us: Average,
-    inline_us: Average,
+    /// The last eight recordings apart, one bit each, set when late.
+    history: u8,
     /// Completions that could have gone apart so far.
     eligible: u32,
-    /// How many went apart.
+    /// How many went apart, and how many of those were late.
     apart: u32,
-}
-
-/// An exponentially weighted moving average (weight 1/32 for a new sample: a late wake-up
-/// costs milliseconds now and then, and one should not flip the choice); `None` before the
-/// first.
-#[derive(Clone, Copy, Default)]
-struct Average(Option<f64>);
-
-impl Average {
-    fn add(&mut self, sample: Duration) {
-        let sample = sample.as_secs_f64() * 1e6;
-        self.0 = Some(match self.0 {
-            None => sample,
-            Some(average) => average + (sample - average) / 32.0,
-        });
-    }
+    late: u32,
+    /// In-thread completions until the next probe, and since the last.
+    probe_every: u32,
+    since_probe: u32,
+    /// Whether the recording in flight is a probe.
+    probing: bool,
 }
 
 impl Pacing {
-    const PROBE_EVERY: u32 = 32;
+    const LATE_AT_MOST: u32 = 3;
+    const PROBE_FIRST: u32 = 32;
+    const PROBE_LONGEST: u32 = 256;
 
     fn new() -> Self {
         Self {
-            apart_us: Average::default(),
-            inline_us: Average::default(),
+            history: 0,
             eligible: 0,
             apart: 0,
+            late: 0,
+            probe_every: Self::PROBE_FIRST,
+            since_probe: 0,
+            probing: false,
         }
     }
 
     /// Whether a completion that may go apart should.
     fn apart(&mut self) -> bool {
         self.eligible += 1;
-        let cheaper = match (self.apart_us.0, self.inline_us.0) {
-            (Some(apart), Some(inline)) => apart <= inline,
-            // Untried: try it.
-            (None, _) => true,
-            (Some(_), None) => false,
+        self.probing = false;
+        let apart = if self.history.count_ones() <= Self::LATE_AT_MOST {
+            self.probe_every = Self::PROBE_FIRST;
+            self.since_probe = 0;
+            true
+        } else {
+            self.since_probe += 1;
+            self.probing = self.since_probe >= self.probe_every;
+            if self.probing {
+                self.since_probe = 0;
+            }
+            self.probing
         };
-        let apart = cheaper != self.eligible.is_multiple_of(Self::PROBE_EVERY);
         self.apart += u32::from(apart);
         apart
+    }
+
+    /// A recording apart was taken in: `late` if the scheduler had to wait for it.
+    fn recorded(&mut self, late: bool) {
+        self.late += u32::from(late);
+        self.history = (self.history << 1) | u8::from(late);
+        if std::mem::take(&mut self.probing) {
+            self.probe_every = if late {
+                (self.probe_every * 2).min(Self::PROBE_LONGEST)
+            } else {
+                Self::PROBE_FIRST
+            };
+        }
     }
 }
 
@@ -540,9 +560,8 @@ impl Scheduler {
                 }, if recording_open => {
                     let recorded = recorded.map_err(ExecError::Panicked)?;
                     if let Some(recording) = self.recording.take() {
-                        // Done while the scheduler had nothing else to do: it waited for none
-                        // of it.
-                        self.pacing.apart_us.add(recording.handed_over);
+                        // Done while the scheduler had nothing else to do.
+                        self.pacing.recorded(false);
                         self.settle(recording, recorded)?;
                     }
                 }
@@ -561,8 +580,7 @@ impl Scheduler {
         tracing::debug!(
             eligible = self.pacing.eligible,
             apart = self.pacing.apart,
-            apart_us = self.pacing.apart_us.0,
-            inline_us = self.pacing.inline_us.0,
+            late = self.pacing.late,
             "completions recorded apart while the next task ran"
         );
         let mut outcome = Outcome {
@@ -624,14 +642,11 @@ impl Scheduler {
 
     /// Waits for the completion being recorded apart, if any: store writes stay in order.
     ///
-    /// What that cost the scheduler's thread goes into [`Pacing`].
+    /// Whether the scheduler had to wait goes into [`Pacing`].
     async fn settle_recording(&mut self) -> Result<(), ExecError> {
         if let Some(mut recording) = self.recording.take() {
-            let waiting = Instant::now();
+            self.pacing.recorded(!recording.handle.is_finished());
             let recorded = (&mut recording.handle).await.map_err(ExecError::Panicked)?;
-            self.pacing
-                .apart_us
-                .add(recording.handed_over + waiting.elapsed());
             self.settle(recording, recorded)?;
         }
         Ok(())
@@ -778,7 +793,6 @@ impl Scheduler {
             for dependent in &newly_ready {
                 self.ready.remove(dependent);
             }
-            let handing = Instant::now();
             let handle =
                 self.execution
                     .store
@@ -799,12 +813,10 @@ impl Scheduler {
                 index: i,
                 elapsed,
                 lookahead,
-                handed_over: handing.elapsed(),
                 handle,
             });
             return Ok(());
         }
-        let recording = Instant::now();
         let recorded = self
             .execution
             .store
@@ -820,9 +832,6 @@ impl Scheduler {
                 },
             )
             .await?;
-        if could_go_apart {
-            self.pacing.inline_us.add(recording.elapsed());
-        }
         let Some(claims) = recorded else {
             // Fenced: someone else holds the task now, and its dependents wait.
             self.status[i] = Status::Interrupted;
@@ -1415,64 +1424,51 @@ impl Execution {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use super::Pacing;
 
-    use super::{Average, Pacing};
-
-    fn us(n: u64) -> Duration {
-        Duration::from_micros(n)
+    /// Which way each of `n` eligible completions goes, `true` for apart, with every recording
+    /// apart taken in as `late(its number among them)`.
+    fn run(pacing: &mut Pacing, n: u32, late: impl Fn(u32) -> bool) -> Vec<bool> {
+        (0..n)
+            .map(|_| {
+                let apart = pacing.apart();
+                if apart {
+                    pacing.recorded(late(pacing.apart));
+                }
+                apart
+            })
+            .collect()
     }
 
     #[test]
-    fn the_average_moves_a_thirty_second_of_the_way_to_each_sample() {
-        let mut average = Average::default();
-        assert_eq!(average.0, None);
-        average.add(us(100));
-        assert_eq!(average.0, Some(100.0));
-        average.add(us(132));
-        assert_eq!(average.0, Some(101.0));
-        // One late wake-up of 3 ms does not make a 100 µs way look slower than a 150 µs one.
-        let mut late = Average(Some(100.0));
-        late.add(us(3_000));
-        assert!(late.0.is_some_and(|a| a < 200.0), "{:?}", late.0);
+    fn recordings_that_are_seldom_late_keep_completions_apart() {
+        let mut pacing = Pacing::new();
+        // One recording in ten is late (the disk stalled), and once three in a row.
+        let taken = run(&mut pacing, 500, |n| n % 10 == 0 || (200..203).contains(&n));
+        assert!(taken.iter().all(|apart| *apart));
+        assert_eq!((pacing.apart, pacing.late), (500, 52));
     }
 
-    /// Which way each of `n` eligible completions goes, as `true` for apart.
-    fn choices(pacing: &mut Pacing, n: u32) -> Vec<bool> {
-        (0..n).map(|_| pacing.apart()).collect()
+    /// The indices of the completions that went apart.
+    fn indices(taken: &[bool]) -> Vec<usize> {
+        (0..taken.len()).filter(|&i| taken[i]).collect()
     }
 
     #[test]
-    fn an_untried_way_apart_is_tried() {
+    fn recordings_mostly_late_send_completions_back_in_thread_with_probes() {
         let mut pacing = Pacing::new();
-        assert!(pacing.apart());
-        pacing.inline_us.add(us(60));
-        assert!(pacing.apart(), "apart has no measurement yet");
-    }
+        let taken = run(&mut pacing, 512, |_| true);
+        // Apart until four of the last eight were late, then in-thread but for probes, 32
+        // completions after the fourth, then twice as far apart while they are late too, up to
+        // 256.
+        assert_eq!(indices(&taken), [0, 1, 2, 3, 35, 99, 227, 483]);
 
-    #[test]
-    fn the_cheaper_way_is_taken_and_the_other_probed_one_time_in_thirty_two() {
-        let mut pacing = Pacing::new();
-        pacing.apart_us.add(us(25));
-        pacing.inline_us.add(us(66));
-        let taken = choices(&mut pacing, 64);
-        assert_eq!(taken.iter().filter(|apart| !**apart).count(), 2);
-        assert!(!taken[31] && !taken[63], "the probes are the 32nd and 64th");
-        assert_eq!(pacing.apart, 62);
-
-        // Tasks of a few microseconds: apart means waiting for the other thread.
-        let mut pacing = Pacing::new();
-        pacing.apart_us.add(us(250));
-        pacing.inline_us.add(us(40));
-        let taken = choices(&mut pacing, 64);
-        assert_eq!(taken.iter().filter(|apart| **apart).count(), 2);
-        assert_eq!(pacing.eligible, 64);
-    }
-
-    #[test]
-    fn apart_measured_without_inline_stays_in_thread_until_inline_is_measured() {
-        let mut pacing = Pacing::new();
-        pacing.apart_us.add(us(25));
-        assert!(!pacing.apart());
+        // The tasks got longer: the next probe is in time, the following ones come 32 apart,
+        // and once four of the last eight are in time, completions go apart again, all of
+        // them.
+        let taken = run(&mut pacing, 512, |_| false);
+        let apart = indices(&taken);
+        assert_eq!(apart[..5], [227, 259, 291, 323, 355]);
+        assert_eq!(apart[5..], (356..512).collect::<Vec<_>>()[..]);
     }
 }
