@@ -416,7 +416,7 @@ struct Scheduler {
 /// run on a busy disk, and comparing their moving averages chose a different way from one run
 /// to the next (from 11 % to 72 % of completions apart). Whether a recording is late depends
 /// on the tasks' length far more than on the disk, so its share separates the two cases
-/// cleanly: about 5 % late for SQL tasks on disk, nearly all on tmpfs.
+/// cleanly: about 3 % late for SQL tasks on disk, nearly all on tmpfs.
 struct Pacing {
     /// The last eight recordings apart, one bit each, set when late.
     history: u8,
