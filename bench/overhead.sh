@@ -126,9 +126,17 @@ for ((round = 1; round <= rounds; round++)); do
   # The SQLite floor runs before and after the SQL runs of the round, and their mean is the
   # round's floor: the disk's latency drifts over seconds, and a floor taken only before would
   # charge that drift to whichever runs came after it.
-  before=$(floor_sql); gs=$(run_backfill)
+  # With other builds, even rounds run them before this checkout's: a run leaves dirty pages
+  # that the next one's fsyncs wait on, so no build should always come first.
+  before=$(floor_sql)
   runs=""
-  for other in "${other_bins[@]}"; do runs="$runs,$(run_backfill "$other")"; done
+  if ((round % 2)); then
+    gs=$(run_backfill)
+    for other in "${other_bins[@]}"; do runs="$runs,$(run_backfill "$other")"; done
+  else
+    for other in "${other_bins[@]}"; do runs="$runs,$(run_backfill "$other")"; done
+    gs=$(run_backfill)
+  fi
   fs=$(python3 -c "print(f'{($before + $(floor_sql)) / 2:.3f}')")
   results+=("$fe,$ge,$fs,$gs")
   if ((${#other_bins[@]})); then
