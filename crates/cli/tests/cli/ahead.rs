@@ -3,9 +3,7 @@
 //! task starts only after every task it needs is recorded complete, and a claim won ahead is
 //! given back when its task is blocked or the run stops first.
 
-use std::time::Duration;
-
-use crate::util::{Project, code, scalar, stderr};
+use crate::util::{Project, code, scalar, stderr, wait_for};
 
 /// Three phases, each needing the one before, with command runners. `bin/step.sh PHASE DATE`
 /// writes the cell's row and logs the execution; phase 2 fails while `fail-two` exists and
@@ -90,14 +88,7 @@ async fn a_claim_won_ahead_is_given_back_when_the_run_is_interrupted() {
     project.write("hang-two", "");
     let mut child = one_day(&project).spawn().unwrap();
     let pid_file = project.path().join("child.pid");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !pid_file.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "phase 2 never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(&pid_file, "phase 2 never started");
     // While phase 2 runs, phase 3 is already claimed: the claim came with phase 2's.
     let state = project.sqlite(".gapless/state.db").await;
     let claimed: (String, i64) = sqlx::query_as("SELECT state, attempt FROM tasks WHERE phase = 3")

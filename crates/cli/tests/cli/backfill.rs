@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::front::{CHAIN, chain};
-use crate::util::{Project, code, scalar, stderr, stdout};
+use crate::util::{Project, code, scalar, stderr, stdout, wait_for};
 
 fn backfill(project: &Project, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
@@ -423,14 +423,7 @@ fn ctrl_c_stops_cleanly_with_130_and_resume_finishes() {
     );
     let mut child = one_day(&project).spawn().unwrap();
     let pid_file = project.path().join("child-2024-03-01.pid");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !pid_file.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the runner never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(&pid_file, "the runner never started");
     std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

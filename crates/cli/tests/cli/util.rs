@@ -96,3 +96,13 @@ pub(crate) async fn scalar(pool: &SqlitePool, sql: &str) -> i64 {
         .unwrap()
         .get::<i64, _>(0)
 }
+
+/// Waits up to a minute for `path` to exist (a runner writes it once it started), failing the
+/// test with `what` otherwise.
+pub(crate) fn wait_for(path: &std::path::Path, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !path.exists() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
