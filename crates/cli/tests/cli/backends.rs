@@ -196,7 +196,16 @@ check.sql = "SELECT d, COUNT(*) FROM served WHERE d BETWEEN :start AND :end GROU
     )
 }
 
-async fn scenario(project: &Project, warehouse: Warehouse, url: &str, state_url: Option<&str>) {
+/// The pipeline on `warehouse`, with the state store at `state_url` (SQLite by default), run
+/// with `--jobs jobs`: with one, completions are recorded apart while the next task runs
+/// (ARCHITECTURE.md, "Pipelined completions"); with three, also alongside other tasks.
+async fn scenario(
+    project: &Project,
+    warehouse: Warehouse,
+    url: &str,
+    state_url: Option<&str>,
+    jobs: &str,
+) {
     let date = warehouse.date_type();
     // Every day of 2024-03-01..20 is on the calendar (a self-dependency needs yesterday).
     warehouse
@@ -245,7 +254,7 @@ async fn scenario(project: &Project, warehouse: Warehouse, url: &str, state_url:
         "2024-03-20",
         "--yes",
         "--jobs",
-        "3",
+        jobs,
         "--json",
     ]);
     command.env("GAPLESS_TODAY", "2024-03-20");
@@ -306,12 +315,22 @@ async fn sqlite_warehouse_and_store() {
         Warehouse::Sqlite(pool),
         "sqlite://warehouse.db",
         None,
+        "3",
     )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_warehouse_and_store() {
+    on_postgres("3").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_warehouse_and_store_one_job() {
+    on_postgres("1").await;
+}
+
+async fn on_postgres(jobs: &str) {
     let Some(url) = gapless_testkit::pg_url() else {
         return;
     };
@@ -324,6 +343,7 @@ async fn postgres_warehouse_and_store() {
         Warehouse::Postgres(pool.clone()),
         warehouse_db.url(),
         Some(state_db.url()),
+        jobs,
     )
     .await;
     // The state store is PostgreSQL too: the run and its events are there.
