@@ -216,3 +216,104 @@ retries = 0
     state.close().await;
     assert_eq!((complete, events, attempts), (8, 8, 8));
 }
+
+/// A completion recorded apart can lose its compare-and-set like any other (another node took
+/// the task over): its dependents then never start, while the task that ran meanwhile, which
+/// does not need it, finishes. Here the runner of phase 1 on the 2nd plays the other node: it
+/// bumps its own task's lease epoch in the state store before it exits. Phase 1's 3rd was
+/// claimed ahead with the 2nd's claim, so the 2nd's completion is the one recorded apart.
+#[tokio::test]
+async fn a_completion_fenced_while_recorded_apart_holds_back_its_dependents() {
+    let project = Project::new();
+    project.write(
+        "take_over.py",
+        r#"import sqlite3, sys
+db = sqlite3.connect(".gapless/state.db", timeout=30)
+db.execute("UPDATE tasks SET lease_epoch = lease_epoch + 1 WHERE phase = 1 AND start_date = ?", (sys.argv[1],))
+db.commit()
+"#,
+    );
+    project.script(
+        "bin/one.sh",
+        "#!/bin/sh\nset -e\nmkdir -p out/1\necho x > \"out/1/$1\"\necho \"1 $1\" >> runs.log\n\
+         if [ \"$1\" = 2024-03-02 ]; then python3 take_over.py \"$1\"; fi\n",
+    );
+    project.script(
+        "bin/two.sh",
+        "#!/bin/sh\nset -e\nmkdir -p out/2\necho x > \"out/2/$1\"\necho \"2 $1\" >> runs.log\n",
+    );
+    project.script(
+        "bin/count.sh",
+        "#!/bin/sh\nfor f in out/$1/*; do [ -e \"$f\" ] || exit 0; echo \"$(basename \"$f\") 1\"; done\n",
+    );
+    project.write(
+        "gapless.toml",
+        r#"
+[pipeline]
+name = "fenced"
+start = "2024-03-01"
+
+[[phase]]
+id = 1
+name = "one"
+run.command = ["bin/one.sh", "{date}"]
+check.command = ["bin/count.sh", "1"]
+retries = 0
+
+[[phase]]
+id = 2
+name = "two"
+needs = [1]
+run.command = ["bin/two.sh", "{date}"]
+check.command = ["bin/count.sh", "2"]
+retries = 0
+"#,
+    );
+    let output = project
+        .command(&[
+            "backfill",
+            "--start-date",
+            "2024-03-01",
+            "--end-date",
+            "2024-03-03",
+            "--yes",
+            "--jobs",
+            "1",
+        ])
+        .env("GAPLESS_TODAY", "2024-03-03")
+        .output()
+        .unwrap();
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("4 tasks complete, 0 failed, 0 blocked, 2 not finished"),
+        "{}",
+        stderr(&output)
+    );
+    let log = std::fs::read_to_string(project.path().join("runs.log")).unwrap();
+    let mut ran: Vec<&str> = log.lines().collect();
+    ran.sort_unstable();
+    assert_eq!(
+        ran,
+        [
+            "1 2024-03-01",
+            "1 2024-03-02",
+            "1 2024-03-03",
+            "2 2024-03-01",
+            "2 2024-03-03"
+        ],
+        "phase 2 ran on the 2nd although phase 1's completion there was fenced"
+    );
+    let state = project.sqlite(".gapless/state.db").await;
+    let recorded = scalar(
+        &state,
+        "SELECT COUNT(*) FROM events WHERE phase = 1 AND date = '2024-03-02'",
+    )
+    .await;
+    let complete = scalar(
+        &state,
+        "SELECT COUNT(*) FROM tasks WHERE state = 'complete'",
+    )
+    .await;
+    state.close().await;
+    assert_eq!((recorded, complete), (0, 4));
+}
