@@ -669,12 +669,6 @@ impl Scheduler {
             None => self.status[index] = Status::Interrupted,
             Some(claims) => {
                 self.completed(index, elapsed);
-                for &dependent in &self.dependents[index] {
-                    if self.waiting_on[dependent] == 0 && self.status[dependent] == Status::Waiting
-                    {
-                        self.ready.insert(dependent);
-                    }
-                }
                 // Recorded apart only when no task to start needed a claim: the lookahead's
                 // is the only one.
                 self.hold_ahead(lookahead, claims.first().copied().flatten());
@@ -683,7 +677,8 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Task `i`'s completion is recorded: it is done, and its dependents need one task less.
+    /// Task `i`'s completion is recorded: it is done, its dependents need one task less, and
+    /// those that needed only it are ready.
     fn completed(&mut self, i: usize, elapsed: Duration) {
         self.execution.crash(CrashPoint::AfterComplete);
         self.status[i] = Status::Done;
@@ -694,6 +689,9 @@ impl Scheduler {
         });
         for &dependent in &self.dependents[i] {
             self.waiting_on[dependent] = self.waiting_on[dependent].saturating_sub(1);
+            if self.waiting_on[dependent] == 0 && self.status[dependent] == Status::Waiting {
+                self.ready.insert(dependent);
+            }
         }
     }
 
