@@ -9,16 +9,13 @@ use crate::util::{Project, code, scalar, stderr, wait_for};
 /// writes the cell's row and logs the execution; phase 2 fails while `fail-two` exists and
 /// hangs (with a child) while `hang-two` exists.
 fn three_phases(project: &Project) {
+    count_script(project);
     project.script(
         "bin/step.sh",
         "#!/bin/sh\nset -e\n\
          if [ \"$1\" = 2 ] && [ -e fail-two ]; then echo boom >&2; exit 7; fi\n\
          if [ \"$1\" = 2 ] && [ -e hang-two ]; then sleep 300 & echo $! > child.pid; wait; fi\n\
          mkdir -p \"out/$1\"\necho x > \"out/$1/$2\"\necho \"$1 $2\" >> runs.log\n",
-    );
-    project.script(
-        "bin/count.sh",
-        "#!/bin/sh\nfor f in out/$1/*; do [ -e \"$f\" ] || exit 0; echo \"$(basename \"$f\") 1\"; done\n",
     );
     let phase = |id: u32, needs: &str| {
         format!(
@@ -38,18 +35,27 @@ fn three_phases(project: &Project) {
     );
 }
 
-fn one_day(project: &Project) -> std::process::Command {
+/// Prints `DATE 1` for each file under `out/PHASE/`: the check of every phase here.
+fn count_script(project: &Project) {
+    project.script(
+        "bin/count.sh",
+        "#!/bin/sh\nfor f in out/$1/*; do [ -e \"$f\" ] || exit 0; echo \"$(basename \"$f\") 1\"; done\n",
+    );
+}
+
+/// `backfill` from 2024-03-01 through `end`, on `end`, one task at a time.
+fn backfill_to(project: &Project, end: &str) -> std::process::Command {
     let mut command = project.command(&[
         "backfill",
         "--start-date",
         "2024-03-01",
         "--end-date",
-        "2024-03-01",
+        end,
         "--yes",
         "--jobs",
         "1",
     ]);
-    command.env("GAPLESS_TODAY", "2024-03-01");
+    command.env("GAPLESS_TODAY", end);
     command
 }
 
@@ -72,7 +78,7 @@ async fn a_claim_won_ahead_is_given_back_when_its_task_is_blocked() {
     let project = Project::new();
     three_phases(&project);
     project.write("fail-two", "");
-    let output = one_day(&project).output().unwrap();
+    let output = backfill_to(&project, "2024-03-01").output().unwrap();
     assert_eq!(code(&output), 1, "{}", stderr(&output));
     // Phase 3 was claimed with phase 2's claim (when phase 1 completed); phase 2 failed, so
     // phase 3 is blocked, and it never ran: no attempt, no lease.
@@ -86,7 +92,7 @@ async fn a_claim_won_ahead_is_given_back_when_the_run_is_interrupted() {
     let project = Project::new();
     three_phases(&project);
     project.write("hang-two", "");
-    let mut child = one_day(&project).spawn().unwrap();
+    let mut child = backfill_to(&project, "2024-03-01").spawn().unwrap();
     let pid_file = project.path().join("child.pid");
     wait_for(&pid_file, "phase 2 never started");
     // While phase 2 runs, phase 3 is already claimed: the claim came with phase 2's.
@@ -163,10 +169,7 @@ db.execute("ROLLBACK")
         "bin/free.sh",
         "#!/bin/sh\nmkdir -p out/2\necho x > \"out/2/$1\"\n",
     );
-    project.script(
-        "bin/count.sh",
-        "#!/bin/sh\nfor f in out/$1/*; do [ -e \"$f\" ] || exit 0; echo \"$(basename \"$f\") 1\"; done\n",
-    );
+    count_script(&project);
     project.write(
         "gapless.toml",
         r#"
@@ -190,20 +193,7 @@ check.command = ["bin/count.sh", "2"]
 retries = 0
 "#,
     );
-    let output = project
-        .command(&[
-            "backfill",
-            "--start-date",
-            "2024-03-01",
-            "--end-date",
-            "2024-03-04",
-            "--yes",
-            "--jobs",
-            "1",
-        ])
-        .env("GAPLESS_TODAY", "2024-03-04")
-        .output()
-        .unwrap();
+    let output = backfill_to(&project, "2024-03-04").output().unwrap();
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     let state = project.sqlite(".gapless/state.db").await;
     let complete = scalar(
@@ -242,10 +232,7 @@ db.commit()
         "bin/two.sh",
         "#!/bin/sh\nset -e\nmkdir -p out/2\necho x > \"out/2/$1\"\necho \"2 $1\" >> runs.log\n",
     );
-    project.script(
-        "bin/count.sh",
-        "#!/bin/sh\nfor f in out/$1/*; do [ -e \"$f\" ] || exit 0; echo \"$(basename \"$f\") 1\"; done\n",
-    );
+    count_script(&project);
     project.write(
         "gapless.toml",
         r#"
@@ -269,20 +256,7 @@ check.command = ["bin/count.sh", "2"]
 retries = 0
 "#,
     );
-    let output = project
-        .command(&[
-            "backfill",
-            "--start-date",
-            "2024-03-01",
-            "--end-date",
-            "2024-03-03",
-            "--yes",
-            "--jobs",
-            "1",
-        ])
-        .env("GAPLESS_TODAY", "2024-03-03")
-        .output()
-        .unwrap();
+    let output = backfill_to(&project, "2024-03-03").output().unwrap();
     assert_eq!(code(&output), 1, "{}", stderr(&output));
     assert!(
         stderr(&output).contains("4 tasks complete, 0 failed, 0 blocked, 2 not finished"),
