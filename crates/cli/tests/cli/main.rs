@@ -6,10 +6,10 @@
     reason = "tests fail loudly on anything unexpected"
 )]
 
-mod ahead;
 mod backends;
 mod backfill;
 mod crash;
 mod demo;
 mod front;
+mod ordering;
 mod util;

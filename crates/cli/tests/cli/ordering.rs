@@ -1,7 +1,7 @@
-//! The executor claims one task ahead of need and records a completion apart while the next
-//! task runs (ARCHITECTURE.md, "Pipelined completions"). These tests hold it to its rules: a
-//! task starts only after every task it needs is recorded complete, and a claim won ahead is
-//! given back when its task is blocked or the run stops first.
+//! The order of claims and completions: a task is claimed only in (or after) the transaction
+//! that records complete everything it needs, so it starts only on recorded, validated
+//! upstream data; a task behind a failure or an interruption is never claimed; a completion
+//! that lost its compare-and-set holds its dependents back.
 
 use crate::util::{Project, code, scalar, stderr, wait_for};
 
@@ -74,35 +74,34 @@ async fn third(project: &Project) -> (String, i64, bool) {
 }
 
 #[tokio::test]
-async fn a_claim_won_ahead_is_given_back_when_its_task_is_blocked() {
+async fn a_task_behind_a_failure_is_never_claimed() {
     let project = Project::new();
     three_phases(&project);
     project.write("fail-two", "");
     let output = backfill_to(&project, "2024-03-01").output().unwrap();
     assert_eq!(code(&output), 1, "{}", stderr(&output));
-    // Phase 3 was claimed with phase 2's claim (when phase 1 completed); phase 2 failed, so
-    // phase 3 is blocked, and it never ran: no attempt, no lease.
+    // Phase 2 failed, so phase 3 is blocked, and it was never claimed: no attempt, no lease.
     assert_eq!(third(&project).await, ("blocked".to_owned(), 0, false));
     let log = std::fs::read_to_string(project.path().join("runs.log")).unwrap();
     assert_eq!(log.lines().collect::<Vec<_>>(), ["1 2024-03-01"]);
 }
 
 #[tokio::test]
-async fn a_claim_won_ahead_is_given_back_when_the_run_is_interrupted() {
+async fn a_task_waiting_on_an_interrupted_one_is_never_claimed() {
     let project = Project::new();
     three_phases(&project);
     project.write("hang-two", "");
     let mut child = backfill_to(&project, "2024-03-01").spawn().unwrap();
     let pid_file = project.path().join("child.pid");
     wait_for(&pid_file, "phase 2 never started");
-    // While phase 2 runs, phase 3 is already claimed: the claim came with phase 2's.
+    // While phase 2 runs, phase 3 waits unclaimed: it needs phase 2's recorded completion.
     let state = project.sqlite(".gapless/state.db").await;
     let claimed: (String, i64) = sqlx::query_as("SELECT state, attempt FROM tasks WHERE phase = 3")
         .fetch_one(&state)
         .await
         .unwrap();
     state.close().await;
-    assert_eq!(claimed, ("running".to_owned(), 1));
+    assert_eq!(claimed, ("pending".to_owned(), 0));
     std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -132,7 +131,7 @@ async fn a_claim_won_ahead_is_given_back_when_the_run_is_interrupted() {
 /// recorded complete, and then holds the state store's write lock for half a second from a
 /// detached process, so that recording its own completion takes that long. A scheduler that
 /// started the next day before that record was committed would fail this deterministically.
-/// An independent second phase then runs with completions recorded apart.
+/// An independent second phase runs beside it.
 #[tokio::test]
 async fn a_task_starts_only_after_what_it_needs_is_recorded_complete() {
     let project = Project::new();
@@ -207,13 +206,12 @@ retries = 0
     assert_eq!((complete, events, attempts), (8, 8, 8));
 }
 
-/// A completion recorded apart can lose its compare-and-set like any other (another node took
-/// the task over): its dependents then never start, while the task that ran meanwhile, which
-/// does not need it, finishes. Here the runner of phase 1 on the 2nd plays the other node: it
-/// bumps its own task's lease epoch in the state store before it exits. Phase 1's 3rd was
-/// claimed ahead with the 2nd's claim, so the 2nd's completion is the one recorded apart.
+/// A completion can lose its compare-and-set (another node took the task over): its
+/// dependents then never start, while independent tasks finish. Here the runner of phase 1 on
+/// the 2nd plays the other node: it bumps its own task's lease epoch in the state store before
+/// it exits.
 #[tokio::test]
-async fn a_completion_fenced_while_recorded_apart_holds_back_its_dependents() {
+async fn a_fenced_completion_holds_back_its_dependents() {
     let project = Project::new();
     project.write(
         "take_over.py",
