@@ -7,6 +7,7 @@ mod commands;
 mod exit;
 mod progress;
 mod settings;
+mod signals;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -30,7 +31,10 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: cannot start the async runtime: {error}"
+            );
             return ExitCode::from(3);
         }
     };

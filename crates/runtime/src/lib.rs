@@ -6,11 +6,14 @@
 //! - [`preflight`]: what must answer before the first task runs.
 //! - [`executor`]: runs tasks as soon as their needs are complete, checkpointing every
 //!   transition in the state store.
+//! - [`lifecycle`]: the run lifecycle that the CLI, `heal` and `serve` share: plan, persist,
+//!   resume, execute and finish a run; scan for gaps.
 //!
 //! Depends on `gapless-core` for the model, `gapless-connect` for the user's systems and
 //! `gapless-store` for state; never on the CLI or the server.
 
 pub mod context;
 pub mod executor;
+pub mod lifecycle;
 pub mod observe;
 pub mod preflight;

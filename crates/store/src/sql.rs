@@ -231,6 +231,14 @@ statements! {
 
     UNBLOCK_CELLS = "UPDATE run_cells SET state = 'pending' WHERE task_id = $1 AND state = 'blocked'";
 
+    /// failed → pending, for a resume after the cause was fixed. Its attempts stay counted;
+    /// a failed task holds no lease, so the epoch stays.
+    RETRY_TASK = "UPDATE tasks SET state = 'pending', error = NULL, not_before = NULL, \
+             finished_at = NULL \
+         WHERE id = $1 AND run_id = $2 AND state = 'failed'";
+
+    RETRY_CELLS = "UPDATE run_cells SET state = 'pending' WHERE task_id = $1 AND state = 'failed'";
+
     /// Resume: every running task of the run back to pending, fencing the old holder.
     REQUEUE_RUNNING = "UPDATE tasks \
          SET state = 'pending', lease_epoch = lease_epoch + 1, lease_owner = NULL, \

@@ -55,6 +55,17 @@ pub enum Store {
     Postgres(PgPool),
 }
 
+/// Which way [`Store::move_tasks`] moves tasks that hold no lease.
+#[derive(Debug, Clone, Copy)]
+enum Move<'a> {
+    /// pending → blocked, with the reason.
+    Block(&'a str),
+    /// blocked → pending.
+    Unblock,
+    /// failed → pending.
+    Retry,
+}
+
 /// Tasks to claim in the transaction that completes another ([`Store::complete_then_claim`]).
 #[derive(Debug, Clone, Copy)]
 pub struct NextClaims<'a> {
@@ -780,28 +791,36 @@ impl Store {
         task_ids: &[i64],
         reason: &str,
     ) -> Result<u64, StoreError> {
-        self.move_tasks(run_id, task_ids, Some(reason)).await
+        self.move_tasks(run_id, task_ids, Move::Block(reason)).await
     }
 
     /// Releases the run's blocked tasks among `task_ids` (and their cells) back to pending, in
     /// one transaction, e.g. when resume finds their upstream complete now. Returns how many it
     /// released.
     pub async fn unblock(&self, run_id: &RunId, task_ids: &[i64]) -> Result<u64, StoreError> {
-        self.move_tasks(run_id, task_ids, None).await
+        self.move_tasks(run_id, task_ids, Move::Unblock).await
     }
 
-    /// `block` (with a reason) or `unblock` (without): each task that is in the source state
-    /// moves with its cells; the others stay as they are.
+    /// Sends the run's failed tasks among `task_ids` (and their failed cells) back to pending,
+    /// in one transaction: `resume` after the cause of a failure was fixed. Their attempts stay
+    /// counted. Returns how many it moved.
+    pub async fn retry_failed(&self, run_id: &RunId, task_ids: &[i64]) -> Result<u64, StoreError> {
+        self.move_tasks(run_id, task_ids, Move::Retry).await
+    }
+
+    /// Each task among `task_ids` that is in the move's source state moves with its cells;
+    /// the others stay as they are.
     async fn move_tasks(
         &self,
         run_id: &RunId,
         task_ids: &[i64],
-        block_reason: Option<&str>,
+        kind: Move<'_>,
     ) -> Result<u64, StoreError> {
         let run_id = run_id.as_str();
-        let (task_sql, cells_sql) = match block_reason {
-            Some(_) => (sql::BLOCK_TASK, sql::BLOCK_CELLS),
-            None => (sql::UNBLOCK_TASK, sql::UNBLOCK_CELLS),
+        let (task_sql, cells_sql, block_reason) = match kind {
+            Move::Block(reason) => (sql::BLOCK_TASK, sql::BLOCK_CELLS, Some(reason)),
+            Move::Unblock => (sql::UNBLOCK_TASK, sql::UNBLOCK_CELLS, None),
+            Move::Retry => (sql::RETRY_TASK, sql::RETRY_CELLS, None),
         };
         match self {
             Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {

@@ -4,18 +4,18 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use gapless_core::plan::{Plan, Request};
 use gapless_core::render::plan_text;
 use gapless_runtime::context::Context;
-use gapless_runtime::executor::{self, ExecTask, Execution, Options, Outcome};
+use gapless_runtime::executor::{self, ExecTask};
+use gapless_runtime::lifecycle::{self, RunOptions};
 use gapless_runtime::preflight;
-use gapless_store::{NewRun, NewTask, NewTaskState, RunId, RunKind, RunState, Store, TaskState};
+use gapless_store::{RunId, RunKind, RunState, Store, TaskState};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{BackfillArgs, Global};
-use crate::commands::plan::{make_plan, request};
-use crate::commands::print_json;
+use crate::commands::plan::request;
+use crate::commands::{note, print_json};
 use crate::exit::{Exit, UsageError};
 use crate::progress::Progress;
 use crate::settings::{self, Loaded};
@@ -42,81 +42,38 @@ pub(crate) async fn run(global: &Global, args: &BackfillArgs) -> anyhow::Result<
             .collect();
         anyhow::bail!("pre-flight failed:\n{}", lines.join("\n"));
     }
-    let plan = make_plan(&context, &request).await?;
+    let plan = lifecycle::plan(&context, &request).await?;
     if !global.quiet {
-        eprint!("{}", plan_text(&plan));
+        let _ = write!(std::io::stderr(), "{}", plan_text(&plan));
     }
     if plan.tasks.len() > CONFIRM_ABOVE
         && !args.yes
         && std::io::stdin().is_terminal()
         && !confirm(plan.tasks.len())?
     {
-        eprintln!("nothing ran");
+        note(format_args!("nothing ran"));
         return Ok(Exit::Usage);
     }
-    let run_id = create_run(&store, &loaded, &request, &plan, RunKind::Backfill).await?;
+    let run_id = lifecycle::create_run(&store, &loaded.spec, &request, &plan, RunKind::Backfill)
+        .await
+        .context("cannot record the run")?;
     if !global.quiet {
-        eprintln!("run {run_id}: {} tasks", plan.tasks.len());
+        note(format_args!("run {run_id}: {} tasks", plan.tasks.len()));
     }
     let tasks = executor::load_tasks(&store, &loaded.spec, &run_id).await?;
     execute_run(&loaded, context, store, run_id, tasks, args.jobs, global).await
 }
 
 fn confirm(tasks: usize) -> anyhow::Result<bool> {
-    eprint!("run {tasks} tasks? [y/N] ");
+    write!(std::io::stderr(), "run {tasks} tasks? [y/N] ")?;
     std::io::stderr().flush()?;
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
-/// Persists the plan as a run: its tasks, and the blocked cells as blocked tasks, in one
-/// transaction.
-pub(crate) async fn create_run(
-    store: &Store,
-    loaded: &Loaded,
-    request: &Request,
-    plan: &Plan,
-    kind: RunKind,
-) -> anyhow::Result<RunId> {
-    let mut tasks: Vec<NewTask> = plan
-        .tasks
-        .iter()
-        .map(|task| NewTask {
-            phase: i64::from(task.phase.0),
-            start: task.range.start(),
-            end: task.range.end(),
-            dates: task.dates.clone(),
-            state: NewTaskState::Pending,
-            error: None,
-        })
-        .collect();
-    tasks.extend(plan.blocked.iter().map(|blocked| NewTask {
-        phase: i64::from(blocked.cell.phase.0),
-        start: blocked.cell.date,
-        end: blocked.cell.date,
-        dates: vec![blocked.cell.date],
-        state: NewTaskState::Blocked,
-        error: Some(blocked.describe()),
-    }));
-    let run = NewRun {
-        kind,
-        pipeline: loaded.spec.name.clone(),
-        request: json!({
-            "start_date": request.range.start(),
-            "end_date": request.range.end(),
-            "phases": request.phases.iter().map(|p| p.0).collect::<Vec<_>>(),
-            "force": request.force,
-        }),
-        tasks,
-    };
-    store
-        .create_run(&run)
-        .await
-        .context("cannot record the run")
-}
-
-/// Executes with progress and Ctrl-C handling, records the run's end, prints the summary.
+/// Executes with progress and Ctrl-C/SIGTERM handling, through the runtime's lifecycle (which
+/// records how the run ended), and prints the summary.
 pub(crate) async fn execute_run(
     loaded: &Loaded,
     context: Context,
@@ -127,46 +84,33 @@ pub(crate) async fn execute_run(
     global: &Global,
 ) -> anyhow::Result<Exit> {
     let cancel = CancellationToken::new();
-    let interrupt = cancel.clone();
-    let signals = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\ninterrupted: stopping running tasks (resume with `gapless resume`)");
-            interrupt.cancel();
-        }
-    });
+    let signals = tokio::spawn(crate::signals::cancel_on_signal(cancel.clone()));
     let progress = Arc::new(Progress::new(&loaded.spec, &tasks, global.quiet));
-    let started = std::time::Instant::now();
-    let cells_total: usize = tasks.iter().map(|t| t.dates.len()).sum();
-    let execution = Execution {
-        context: Arc::new(context),
-        store: store.clone(),
-        run_id: run_id.clone(),
-        options: Options {
-            jobs,
-            crash_at: loaded.crash_at.clone(),
-            ..Options::default()
-        },
-        observer: progress.clone(),
-        cancel: cancel.clone(),
+    let options = RunOptions {
+        jobs,
+        crash_at: loaded.crash_at.clone(),
+        ..RunOptions::default()
     };
-    let outcome = executor::execute(execution, tasks).await;
+    let finished = lifecycle::execute_run(
+        Arc::new(context),
+        &store,
+        &run_id,
+        tasks,
+        &options,
+        progress.clone(),
+        cancel,
+    )
+    .await;
     signals.abort();
     progress.finish();
-    let outcome: Outcome = outcome.context("the run stopped")?;
-    let state = if outcome.interrupted {
-        RunState::Interrupted
-    } else if outcome.is_success() {
-        RunState::Succeeded
-    } else {
-        RunState::Failed
-    };
-    store.finish_run(&run_id, state).await?;
+    let finished = finished?;
+    let state = finished.state;
+    let outcome = &finished.outcome;
     let exit = match state {
         RunState::Succeeded => Exit::Success,
         RunState::Interrupted => Exit::Interrupted,
         _ => Exit::Incomplete,
     };
-    let elapsed = started.elapsed();
     if global.json {
         let records = store.tasks(&run_id).await?;
         let failures: Vec<_> = records
@@ -177,15 +121,15 @@ pub(crate) async fn execute_run(
         print_json(&json!({
             "run_id": run_id,
             "state": state,
-            "exit_code": match exit { Exit::Success => 0, Exit::Incomplete => 1, Exit::Interrupted => 130, Exit::Usage => 2, Exit::Infrastructure => 3 },
-            "elapsed_seconds": elapsed.as_secs_f64(),
-            "cells": cells_total,
+            "exit_code": exit.code(),
+            "elapsed_seconds": finished.elapsed.as_secs_f64(),
+            "cells": finished.cells,
             "progress": store.run_progress(&run_id).await?,
             "outcome": outcome,
             "problems": failures,
         }))?;
     } else if !global.quiet {
-        eprintln!(
+        note(format_args!(
             "run {run_id} {}: {} tasks complete, {} failed, {} blocked{} in {:.1}s",
             state,
             outcome.tasks_complete,
@@ -196,8 +140,8 @@ pub(crate) async fn execute_run(
             } else {
                 String::new()
             },
-            elapsed.as_secs_f64()
-        );
+            finished.elapsed.as_secs_f64()
+        ));
         if state == RunState::Failed {
             let records = store.tasks(&run_id).await?;
             for task in records
@@ -205,15 +149,17 @@ pub(crate) async fn execute_run(
                 .filter(|t| t.state == TaskState::Failed)
                 .take(10)
             {
-                eprintln!(
+                note(format_args!(
                     "  failed  phase {} {}..{}: {}",
                     task.phase,
                     task.start,
                     task.end,
                     task.error.as_deref().unwrap_or("")
-                );
+                ));
             }
-            eprintln!("  `gapless runs show {run_id}` lists every failed and blocked task");
+            note(format_args!(
+                "  `gapless runs show {run_id}` lists every failed and blocked task"
+            ));
         }
     }
     Ok(exit)

@@ -13,11 +13,11 @@ use gapless_runtime::context::Context;
 use gapless_store::{RunKind, Store};
 
 use crate::cli::{DemoArgs, Global};
-use crate::commands::backfill::{create_run, execute_run};
-use crate::commands::plan::make_plan;
+use crate::commands::backfill::execute_run;
 use crate::commands::{matrix, out};
 use crate::exit::{Exit, UsageError};
 use crate::settings::{self, Loaded};
+use gapless_runtime::lifecycle::{create_run, plan as make_plan};
 
 /// The demo's "today": after the 2024-25 finals.
 const DEMO_TODAY: &str = "2025-07-01";
@@ -103,7 +103,7 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
     out(format_args!("{}", plan_text(&plan)))?;
 
     heading("gapless backfill --phases 3-6 (only the missing cells, validated)")?;
-    let run_id = create_run(&store, &loaded, &request, &plan, RunKind::Backfill).await?;
+    let run_id = create_run(&store, &loaded.spec, &request, &plan, RunKind::Backfill).await?;
     let tasks = gapless_runtime::executor::load_tasks(&store, &loaded.spec, &run_id).await?;
     let visible = Global {
         pipeline: None,
@@ -224,7 +224,7 @@ async fn quiet_backfill(
         force: false,
     };
     let plan = make_plan(context, &request).await?;
-    let run_id = create_run(store, loaded, &request, &plan, RunKind::Backfill).await?;
+    let run_id = create_run(store, &loaded.spec, &request, &plan, RunKind::Backfill).await?;
     let tasks = gapless_runtime::executor::load_tasks(store, &loaded.spec, &run_id).await?;
     let quiet = Global {
         pipeline: None,

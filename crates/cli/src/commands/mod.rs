@@ -14,10 +14,9 @@ pub(crate) mod status;
 use std::io::Write;
 
 use anyhow::Context as _;
-use gapless_core::cells::{Completeness, classify};
+use gapless_core::cells::Completeness;
 use gapless_core::dates::DateRange;
 use gapless_runtime::context::Context;
-use gapless_runtime::observe;
 use serde::Serialize;
 
 use crate::cli::{Cli, Command};
@@ -65,11 +64,13 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<Exit> {
 
 /// Probes `range` (widened back by the spec's lookback) and classifies every cell.
 pub(crate) async fn matrix(context: &Context, range: DateRange) -> anyhow::Result<Completeness> {
-    let probe_range = observe::probe_range(context, range);
-    let observations = observe::observe(context, probe_range)
-        .await
-        .context("probing the pipeline")?;
-    Ok(classify(&context.spec, &observations, context.today))
+    Ok(gapless_runtime::lifecycle::matrix(context, range).await?)
+}
+
+/// A line for the person watching, on stderr. A closed stderr (`gapless backfill 2>&1 | head`)
+/// loses the line, never the run: the run's state is recorded whatever happens to its output.
+pub(crate) fn note(args: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "{args}");
 }
 
 /// Writes to stdout; a closed pipe surfaces as an error `main` treats as success.

@@ -1,13 +1,12 @@
 //! `gapless plan`: what a backfill would do, without doing it.
 
 use gapless_core::dates::DateRange;
-use gapless_core::plan::{Plan, Request, plan};
+use gapless_core::plan::Request;
 use gapless_core::render::plan_text;
 use gapless_core::select::select;
-use gapless_runtime::context::Context;
 
 use crate::cli::{Global, PlanArgs};
-use crate::commands::{matrix, out, print_json};
+use crate::commands::{out, print_json};
 use crate::exit::{Exit, UsageError};
 use crate::settings::{self, Loaded};
 
@@ -25,17 +24,11 @@ pub(crate) fn request(loaded: &Loaded, args: &PlanArgs) -> anyhow::Result<Reques
     })
 }
 
-/// Probes and plans.
-pub(crate) async fn make_plan(context: &Context, request: &Request) -> anyhow::Result<Plan> {
-    let matrix = matrix(context, request.range).await?;
-    Ok(plan(&context.spec, &matrix, request)?)
-}
-
 pub(crate) async fn run(global: &Global, args: &PlanArgs) -> anyhow::Result<Exit> {
     let loaded = settings::load(global)?;
     let request = request(&loaded, args)?;
     let context = loaded.context().await?;
-    let plan = make_plan(&context, &request).await?;
+    let plan = gapless_runtime::lifecycle::plan(&context, &request).await?;
     if global.json {
         print_json(&plan)?;
     } else {

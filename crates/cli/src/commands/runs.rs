@@ -1,6 +1,8 @@
 //! `gapless runs` and `gapless runs show RUN_ID`.
 
-use gapless_store::{RunId, TaskState};
+use gapless_runtime::executor;
+use gapless_runtime::lifecycle::{self, ResumePreview};
+use gapless_store::{RunId, RunState, TaskState};
 use serde_json::json;
 
 use crate::cli::{Global, RunsArgs, RunsCommand};
@@ -51,12 +53,23 @@ pub(crate) async fn run(global: &Global, args: &RunsArgs) -> anyhow::Result<Exit
                 .ok_or_else(|| UsageError::new(format!("no run `{id}` in the state store")))?;
             let progress = store.run_progress(&id).await?;
             let tasks = store.tasks(&id).await?;
+            let preview = if run.state == RunState::Succeeded {
+                None
+            } else {
+                let tasks = executor::load_tasks(&store, &loaded.spec, &id).await?;
+                Some(lifecycle::resume_preview(&tasks))
+            };
             let problems: Vec<_> = tasks
                 .iter()
                 .filter(|t| matches!(t.state, TaskState::Failed | TaskState::Blocked))
                 .collect();
             if global.json {
-                print_json(&json!({"run": run, "progress": progress, "problems": problems}))?;
+                print_json(&json!({
+                    "run": run,
+                    "progress": progress,
+                    "problems": problems,
+                    "resume": preview,
+                }))?;
                 return Ok(Exit::Success);
             }
             out(format_args!(
@@ -86,6 +99,9 @@ pub(crate) async fn run(global: &Global, args: &RunsArgs) -> anyhow::Result<Exit
                     phase.blocked
                 ))?;
             }
+            if let Some(preview) = &preview {
+                out(format_args!("\n{}\n", resume_text(preview)))?;
+            }
             if !problems.is_empty() {
                 out(format_args!("\n"))?;
                 for task in problems {
@@ -102,6 +118,39 @@ pub(crate) async fn run(global: &Global, args: &RunsArgs) -> anyhow::Result<Exit
             Ok(Exit::Success)
         }
     }
+}
+
+/// `gapless resume` would: run 3 tasks (…).
+fn resume_text(preview: &ResumePreview) -> String {
+    if preview.total() == 0 {
+        return "`gapless resume` would run nothing: every task is complete".to_owned();
+    }
+    let parts: Vec<String> = [
+        (
+            preview.rerun_running,
+            "were running (fenced, then run again)",
+        ),
+        (preview.run_pending, "not started"),
+        (preview.retry_failed, "failed (re-probed, then run again)"),
+        (
+            preview.after_failures,
+            "blocked behind those (run once they complete)",
+        ),
+        (
+            preview.recheck_blocked,
+            "blocked by cells outside the run (run if those were filled since)",
+        ),
+    ]
+    .into_iter()
+    .filter(|(count, _)| *count > 0)
+    .map(|(count, what)| format!("{count} {what}"))
+    .collect();
+    format!(
+        "`gapless resume` would run {} task{}: {}",
+        preview.total(),
+        if preview.total() == 1 { "" } else { "s" },
+        parts.join(", ")
+    )
 }
 
 fn request_summary(request: &serde_json::Value) -> String {

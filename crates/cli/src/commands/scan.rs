@@ -3,13 +3,12 @@
 
 use std::time::Duration;
 
-use gapless_core::dates::{DateRange, add_days, parse_duration};
-use gapless_core::gaps::{Gap, detect};
-use gapless_store::DetectedGap;
+use gapless_core::dates::{DateRange, parse_duration};
+use gapless_core::gaps::Gap;
 use serde_json::json;
 
 use crate::cli::{Global, ScanArgs};
-use crate::commands::{matrix, out, print_json};
+use crate::commands::{out, print_json};
 use crate::exit::{Exit, UsageError};
 use crate::settings;
 
@@ -25,23 +24,9 @@ pub(crate) async fn run(global: &Global, args: &ScanArgs) -> anyhow::Result<Exit
     };
     let days = lookback_days(lookback)
         .ok_or_else(|| UsageError::new("--lookback: must be at least one day, e.g. `90d`"))?;
-    let today = loaded.today;
-    let start = add_days(today, -days).max(loaded.spec.start);
     let store = loaded.store().await?;
-    let Ok(range) = DateRange::new(start, today) else {
-        // The pipeline starts after today: nothing is expected yet.
-        return report(global, None, &[], Default::default());
-    };
     let context = loaded.context().await?;
-    let matrix = matrix(&context, range).await?;
-    let scan = detect(&loaded.spec, &matrix, range, today);
-    let found: Vec<DetectedGap> = scan.gaps.iter().map(detected).collect();
-    let satisfied: Vec<_> = scan
-        .satisfied
-        .iter()
-        .map(|&(phase, date)| (i64::from(phase.0), date))
-        .collect();
-    let recorded = store.record_scan(&found, &satisfied).await?;
+    let scan = gapless_runtime::lifecycle::scan(&context, &store, days).await?;
     let gaps: Vec<_> = scan
         .gaps
         .iter()
@@ -53,24 +38,13 @@ pub(crate) async fn run(global: &Global, args: &ScanArgs) -> anyhow::Result<Exit
             (gap, name.unwrap_or_default())
         })
         .collect();
-    report(global, Some(range), &gaps, recorded)
+    report(global, scan.range, &gaps, scan.recorded)
 }
 
 /// Whole days in `lookback`, rounded up; `None` under one day.
 fn lookback_days(lookback: Duration) -> Option<i64> {
     let days = lookback.as_secs().div_ceil(DAY);
     (lookback >= Duration::from_secs(DAY)).then(|| i64::try_from(days).unwrap_or(i64::MAX))
-}
-
-fn detected(gap: &Gap) -> DetectedGap {
-    DetectedGap {
-        phase_from: gap.phase_from.map(|phase| i64::from(phase.0)),
-        phase_to: i64::from(gap.phase_to.0),
-        date: gap.date,
-        age_days: gap.age_days,
-        found: gap.found,
-        expected: gap.expected,
-    }
 }
 
 /// Prints the scan; exit 0 when no gap is open in the range, 1 otherwise.

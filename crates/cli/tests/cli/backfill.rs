@@ -407,6 +407,18 @@ fn nix_kill(pid: u32) -> std::io::Result<std::process::ExitStatus> {
 
 #[test]
 fn ctrl_c_stops_cleanly_with_130_and_resume_finishes() {
+    stops_cleanly_on("-INT");
+}
+
+/// SIGTERM is what systemd, Docker and Kubernetes send: the same clean stop as Ctrl-C.
+#[test]
+fn sigterm_stops_cleanly_with_130_and_resume_finishes() {
+    stops_cleanly_on("-TERM");
+}
+
+/// `signal` (a `kill` option) stops a run whose runner hangs: exit 130, the runner's process
+/// group killed, the run recorded `interrupted`, and `resume` finishes it.
+fn stops_cleanly_on(signal: &str) {
     let project = Project::new();
     std::fs::create_dir_all(project.path().join("out")).unwrap();
     // The runner hangs (with a child) until the `fast` file exists.
@@ -425,18 +437,18 @@ fn ctrl_c_stops_cleanly_with_130_and_resume_finishes() {
     let pid_file = project.path().join("child-2024-03-01.pid");
     wait_for(&pid_file, "the runner never started");
     std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
+    assert_eq!(status.code(), Some(130), "stopped by {signal}");
     let pid = std::fs::read_to_string(&pid_file)
         .unwrap()
         .trim()
         .to_owned();
     assert!(
         gapless_testkit::process_gone(&pid),
-        "the runner's child survived Ctrl-C"
+        "the runner's child survived {signal}"
     );
     let runs: serde_json::Value =
         serde_json::from_str(&stdout(&project.run(&["runs", "--json"]))).unwrap();
@@ -492,4 +504,108 @@ async fn resume_runs_cells_whose_missing_upstream_was_filled_since() {
         show.contains("blocked  phase 3 2024-03-21..2024-03-21  phase 3 2024-03-21 blocked: phase 1 2024-03-21 missing"),
         "{show}"
     );
+}
+
+/// `gapless backfill 2>&1 | head -1`: whoever reads the output goes away at once. The run still
+/// finishes and is recorded as it ended, never left `running`.
+#[test]
+fn closed_output_never_leaves_a_run_running() {
+    let project = Project::new();
+    std::fs::create_dir_all(project.path().join("out")).unwrap();
+    command_pipeline(&project, "printf 'a\\nb\\nc\\n' > \"out/$1\"", "");
+    for json in [false, true] {
+        let mut command = project.command(&[
+            "backfill",
+            "--start-date",
+            "2024-03-01",
+            "--end-date",
+            "2024-03-03",
+            "--yes",
+            "--force",
+        ]);
+        if json {
+            command.arg("--json");
+        }
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        drop(child.stderr.take());
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "--json {json}");
+        let runs: serde_json::Value =
+            serde_json::from_str(&stdout(&project.run(&["runs", "--json"]))).unwrap();
+        assert_eq!(runs[0]["run"]["state"], "succeeded", "--json {json}");
+    }
+}
+
+/// "Fix the cause, then `gapless resume`": the failed tasks and everything they blocked run
+/// again, and `runs show` says beforehand what the resume will do.
+#[test]
+fn resume_after_a_fix_reruns_failed_tasks_and_what_they_blocked() {
+    let project = Project::new();
+    std::fs::create_dir_all(project.path().join("out")).unwrap();
+    command_pipeline(
+        &project,
+        "if [ -e broken ]; then echo 'source unreachable' >&2; exit 3; fi\nprintf 'a\\nb\\nc\\n' > \"out/$1\"",
+        "",
+    );
+    project.write("broken", "");
+    let output = run_two_days(&project);
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    let runs: serde_json::Value =
+        serde_json::from_str(&stdout(&project.run(&["runs", "--json"]))).unwrap();
+    let run_id = runs[0]["run"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(runs[0]["run"]["state"], "failed");
+
+    let show = project.run(&["runs", "show", &run_id]);
+    assert!(
+        stdout(&show).contains(
+            "`gapless resume` would run 4 tasks: 2 failed (re-probed, then run again), \
+             2 blocked behind those (run once they complete)"
+        ),
+        "{}",
+        stdout(&show)
+    );
+    let show: serde_json::Value =
+        serde_json::from_str(&stdout(&project.run(&["runs", "show", &run_id, "--json"]))).unwrap();
+    assert_eq!(show["resume"]["retry_failed"], 2);
+    assert_eq!(show["resume"]["after_failures"], 2);
+
+    // Resuming without a fix fails the same way again, with a fresh set of retries.
+    let log = || std::fs::read_to_string(project.path().join("runs.log")).unwrap();
+    let before = log().lines().count();
+    let output = project
+        .command(&["resume"])
+        .env("GAPLESS_TODAY", "2024-03-02")
+        .output()
+        .unwrap();
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    assert_eq!(
+        log().lines().count(),
+        before + 6,
+        "3 attempts per failed day"
+    );
+
+    std::fs::remove_file(project.path().join("broken")).unwrap();
+    let output = project
+        .command(&["resume"])
+        .env("GAPLESS_TODAY", "2024-03-02")
+        .output()
+        .unwrap();
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("2 had failed"),
+        "{}",
+        stderr(&output)
+    );
+    let runs: serde_json::Value =
+        serde_json::from_str(&stdout(&project.run(&["runs", "--json"]))).unwrap();
+    assert_eq!(runs[0]["run"]["state"], "succeeded");
+    assert!(project.path().join("down/2024-03-01").exists());
+    assert!(project.path().join("down/2024-03-02").exists());
+    let show = project.run(&["runs", "show", &run_id]);
+    assert!(!stdout(&show).contains("would run"), "{}", stdout(&show));
 }

@@ -87,6 +87,9 @@ impl Execution {
             .unwrap_or(i32::MAX)
             .saturating_add(1);
         let mut seen_epoch = task.epoch;
+        // The stored attempt count is the task's whole history (a resume after a fix retries a
+        // failed task); the phase's `retries` apply to each execution afresh.
+        let mut first_attempt = None;
         loop {
             let claim = match claimed.take() {
                 Some(claim) => Some(claim),
@@ -140,10 +143,12 @@ impl Execution {
                 }
                 Err(error) => {
                     let message = error_chain(&error);
-                    if error.is_retryable() && claim.attempt < max_attempts {
+                    let first = *first_attempt.get_or_insert(claim.attempt);
+                    let attempts_here = claim.attempt.saturating_sub(first).saturating_add(1);
+                    if error.is_retryable() && attempts_here < max_attempts {
                         let delay = options
                             .backoff
-                            .delay(u32::try_from(claim.attempt).unwrap_or(1), fastrand::f64());
+                            .delay(u32::try_from(attempts_here).unwrap_or(1), fastrand::f64());
                         if !store
                             .release_for_retry(task.id, claim.epoch, &message, delay)
                             .await?
