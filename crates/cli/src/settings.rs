@@ -28,6 +28,9 @@ pub(crate) struct Loaded {
     pub(crate) state_url: String,
     /// `$GAPLESS_CRASH_AT`, the crash-point testing hook.
     pub(crate) crash_at: Option<gapless_runtime::executor::CrashAt>,
+    /// How long a run waits out a state store that stops answering: `$GAPLESS_STATE_OUTAGE`,
+    /// else the runtime's default.
+    pub(crate) store_outage: std::time::Duration,
 }
 
 /// Reads `sql_file` references relative to the pipeline file.
@@ -135,7 +138,17 @@ pub(crate) fn load_path(path: &Path) -> anyhow::Result<Loaded> {
         today: today()?,
         state_url,
         crash_at: crash_at()?,
+        store_outage: store_outage()?,
     })
+}
+
+/// `$GAPLESS_STATE_OUTAGE` (a duration such as `2m`), else the runtime's default.
+fn store_outage() -> anyhow::Result<std::time::Duration> {
+    match std::env::var("GAPLESS_STATE_OUTAGE") {
+        Ok(value) if !value.is_empty() => dates::parse_duration(&value)
+            .map_err(|error| UsageError::new(format!("GAPLESS_STATE_OUTAGE: {error}")).into()),
+        _ => Ok(gapless_runtime::lifecycle::RunOptions::default().store_outage),
+    }
 }
 
 impl Loaded {

@@ -14,6 +14,7 @@
 mod attempt;
 mod crash;
 mod gate;
+mod patience;
 mod scheduler;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::context::Context;
 
 pub use crash::{CrashAt, CrashPoint};
+pub(crate) use patience::patiently;
 
 /// One task as the executor sees it.
 #[derive(Debug, Clone)]
@@ -122,6 +124,9 @@ pub struct Options {
     pub source: String,
     /// Testing hook (RELIABILITY.md T3): abort the process at this durable step.
     pub crash_at: Option<CrashAt>,
+    /// How long a state store that stops answering is waited for (with backoff) before the
+    /// run stops with an infrastructure error.
+    pub store_outage: Duration,
 }
 
 impl Default for Options {
@@ -133,6 +138,7 @@ impl Default for Options {
             backoff: Backoff::default(),
             source: "backfill".to_owned(),
             crash_at: None,
+            store_outage: Duration::from_secs(120),
         }
     }
 }

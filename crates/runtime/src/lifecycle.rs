@@ -108,6 +108,9 @@ pub struct RunOptions {
     pub source: String,
     /// Crash-test hook (`GAPLESS_CRASH_AT`).
     pub crash_at: Option<CrashAt>,
+    /// How long a state store that stops answering mid-run is waited for before the run stops
+    /// with an infrastructure error (`[state] outage`).
+    pub store_outage: Duration,
 }
 
 impl Default for RunOptions {
@@ -116,6 +119,7 @@ impl Default for RunOptions {
             jobs: 4,
             source: "backfill".to_owned(),
             crash_at: None,
+            store_outage: Options::default().store_outage,
         }
     }
 }
@@ -158,6 +162,7 @@ pub async fn execute_run(
             jobs: options.jobs,
             source: options.source.clone(),
             crash_at: options.crash_at.clone(),
+            store_outage: options.store_outage,
             ..Options::default()
         },
         observer,
@@ -171,7 +176,10 @@ pub async fn execute_run(
     } else {
         RunState::Failed
     };
-    store.finish_run(run_id, state).await?;
+    executor::patiently(options.store_outage, "finish run", || {
+        store.finish_run(run_id, state)
+    })
+    .await?;
     Ok(Finished {
         run_id: run_id.clone(),
         state,

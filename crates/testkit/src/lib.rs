@@ -164,3 +164,124 @@ pub fn process_gone(pid: &str) -> bool {
     }
     gone()
 }
+
+/// A TCP proxy on loopback in front of a real server (PostgreSQL), that a test can take down
+/// and bring back: while down it cuts every open connection and stops listening, so new
+/// connections are refused, as with a restarted server or a network blip. Plain threads, so it
+/// works beside any runtime.
+pub struct Proxy {
+    port: u16,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    /// Starts a proxy to `target` (`host:port`) on a free loopback port.
+    pub fn start(target: &str) -> std::io::Result<Self> {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let target = target.to_owned();
+        let (is_down, streams) = (down.clone(), open.clone());
+        std::thread::spawn(move || {
+            let pause = std::time::Duration::from_millis(5);
+            let mut listening = Some(listener);
+            loop {
+                if is_down.load(Ordering::SeqCst) {
+                    // Not listening: connections are refused.
+                    listening = None;
+                    std::thread::sleep(pause);
+                    continue;
+                }
+                let listener = match listening.take() {
+                    Some(listener) => listener,
+                    // std sets SO_REUSEADDR on listeners, so the port can be taken again.
+                    None => match std::net::TcpListener::bind(("127.0.0.1", port)) {
+                        Ok(listener) => listener,
+                        Err(_) => {
+                            std::thread::sleep(pause);
+                            continue;
+                        }
+                    },
+                };
+                if listener.set_nonblocking(true).is_err() {
+                    return;
+                }
+                let client = match listener.accept() {
+                    Ok((client, _)) => client,
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        listening = Some(listener);
+                        std::thread::sleep(pause);
+                        continue;
+                    }
+                    Err(_) => {
+                        listening = Some(listener);
+                        continue;
+                    }
+                };
+                listening = Some(listener);
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                let (Ok(client_write), Ok(server_write)) = (client.try_clone(), server.try_clone())
+                else {
+                    continue;
+                };
+                if let Ok(mut registry) = streams.lock() {
+                    registry.extend(client.try_clone());
+                    registry.extend(server.try_clone());
+                }
+                pipe(client, server_write);
+                pipe(server, client_write);
+            }
+        });
+        Ok(Self { port, down, open })
+    }
+
+    /// The port to connect to instead of the target's.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A proxy in front of the server of database URL `url`, and the URL that goes through it.
+    pub fn in_front_of(url: &str) -> anyhow::Result<(Self, String)> {
+        let mut proxied = url::Url::parse(url)?;
+        let host = proxied.host_str().unwrap_or("127.0.0.1").to_owned();
+        let port = proxied.port().unwrap_or(5432);
+        let proxy = Self::start(&format!("{host}:{port}"))?;
+        proxied
+            .set_host(Some("127.0.0.1"))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        proxied
+            .set_port(Some(proxy.port))
+            .map_err(|()| anyhow::anyhow!("`{url}` cannot take a port"))?;
+        Ok((proxy, proxied.to_string()))
+    }
+
+    /// Cuts every open connection and stops listening until [`Proxy::up`].
+    pub fn down(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut registry) = self.open.lock() {
+            for stream in registry.drain(..) {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    /// Listens and accepts connections again.
+    pub fn up(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` into `to` on a thread of its own until either side closes.
+fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(std::net::Shutdown::Both);
+        let _ = from.shutdown(std::net::Shutdown::Both);
+    });
+}

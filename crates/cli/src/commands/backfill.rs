@@ -89,6 +89,7 @@ pub(crate) async fn execute_run(
     let options = RunOptions {
         jobs,
         crash_at: loaded.crash_at.clone(),
+        store_outage: loaded.store_outage,
         ..RunOptions::default()
     };
     let finished = lifecycle::execute_run(

@@ -12,4 +12,5 @@ mod crash;
 mod demo;
 mod front;
 mod ordering;
+mod outage;
 mod util;

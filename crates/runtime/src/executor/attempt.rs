@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::crash::CrashPoint;
 use super::gate::{gate, judge, transactional_probes};
-use super::{Event, ExecTask, Execution};
+use super::{Event, ExecTask, Execution, patiently};
 use crate::observe;
 use crate::preflight::error_chain;
 
@@ -48,6 +48,11 @@ pub(super) enum AttemptError {
     Probe(#[source] observe::ObserveError),
     #[error("the phase has no runner")]
     NoRunner,
+    #[error(
+        "the state store did not answer for {}: the runner was stopped before its lease could expire",
+        gapless_core::dates::format_duration(*.0)
+    )]
+    StoreUnreachable(Duration),
 }
 
 impl AttemptError {
@@ -57,7 +62,8 @@ impl AttemptError {
             AttemptError::Sql(_)
             | AttemptError::Timeout(_)
             | AttemptError::Gate(_)
-            | AttemptError::Probe(_) => true,
+            | AttemptError::Probe(_)
+            | AttemptError::StoreUnreachable(_) => true,
             AttemptError::NoRunner => false,
         }
     }
@@ -107,7 +113,7 @@ impl Execution {
                 // The request leaves this machine and may outlive it: its claim (the fencing
                 // token it carries) must survive a power loss, or a resumed run could hand the
                 // same token to a second attempt.
-                store.flush().await?;
+                patiently(options.store_outage, "flush", || store.flush()).await?;
             }
             observer.event(Event::Started {
                 task,
@@ -119,12 +125,13 @@ impl Execution {
             // boxed in turn) is most of a task's future, which tokio copies when it spawns the
             // task and again when it hands back the result.
             let attempt = Box::pin(self.attempt(task, phase, claim, &child_cancel));
-            let result = self
+            let result = match self
                 .with_heartbeat(task.id, claim.epoch, &child_cancel, attempt)
-                .await?;
-            let result = match result {
-                None => return Ok(TaskResult::Fenced),
-                Some(result) => result,
+                .await?
+            {
+                Beat::Done(result) => result,
+                Beat::Lost => return Ok(TaskResult::Fenced),
+                Beat::Lapsed(unanswered) => Err(AttemptError::StoreUnreachable(unanswered)),
             };
             match result {
                 Ok(counts) => {
@@ -136,9 +143,10 @@ impl Execution {
                     });
                 }
                 Err(_) if cancel.is_cancelled() => {
-                    store
-                        .release_for_retry(task.id, claim.epoch, "interrupted", Duration::ZERO)
-                        .await?;
+                    patiently(options.store_outage, "release", || {
+                        store.release_for_retry(task.id, claim.epoch, "interrupted", Duration::ZERO)
+                    })
+                    .await?;
                     return Ok(TaskResult::Cancelled);
                 }
                 Err(error) => {
@@ -149,9 +157,10 @@ impl Execution {
                         let delay = options
                             .backoff
                             .delay(u32::try_from(attempts_here).unwrap_or(1), fastrand::f64());
-                        if !store
-                            .release_for_retry(task.id, claim.epoch, &message, delay)
-                            .await?
+                        if !patiently(options.store_outage, "release", || {
+                            store.release_for_retry(task.id, claim.epoch, &message, delay)
+                        })
+                        .await?
                         {
                             return Ok(TaskResult::Fenced);
                         }
@@ -175,7 +184,11 @@ impl Execution {
                             format!("{message}; rollback also failed: {rollback_error}")
                         }
                     };
-                    if !store.fail(task.id, claim.epoch, &message).await? {
+                    if !patiently(options.store_outage, "fail", || {
+                        store.fail(task.id, claim.epoch, &message)
+                    })
+                    .await?
+                    {
                         return Ok(TaskResult::Fenced);
                     }
                     observer.event(Event::Failed {
@@ -198,14 +211,16 @@ impl Execution {
             cancel,
             ..
         } = self;
+        let limit = options.store_outage;
         for _ in 0..1_000 {
-            if let Some(claim) = store
-                .claim(task_id, seen_epoch, &options.owner, options.lease_ttl)
-                .await?
+            if let Some(claim) = patiently(limit, "claim", || {
+                store.claim(task_id, seen_epoch, &options.owner, options.lease_ttl)
+            })
+            .await?
             {
                 return Ok(Some(claim));
             }
-            let Some(record) = store.task(task_id).await? else {
+            let Some(record) = patiently(limit, "read task", || store.task(task_id)).await? else {
                 return Ok(None);
             };
             if record.state != TaskState::Pending || record.lease_epoch != seen_epoch {
@@ -224,37 +239,77 @@ impl Execution {
         Ok(None)
     }
 
-    /// Runs `work` while renewing the lease every third of its length. `None` when the lease was
-    /// lost: the work is cancelled (its child killed) before anyone else can take the task over.
+    /// Runs `work` while renewing the lease every third of its length.
+    ///
+    /// While the state store does not answer, renewals are tried again every second, and the
+    /// work goes on as long as the lease it holds is safely unexpired; once it could expire
+    /// (five sixths of its length after the last renewal), the work is cancelled, its runner
+    /// killed, so that no one who takes the task over after the lease expired runs beside it
+    /// (RELIABILITY.md 2.2).
     async fn with_heartbeat<T>(
         &self,
         task_id: i64,
         epoch: i64,
         cancel: &CancellationToken,
         work: impl Future<Output = T>,
-    ) -> Result<Option<T>, StoreError> {
+    ) -> Result<Beat<T>, StoreError> {
         let ttl = self.options.lease_ttl;
         let store = &self.store;
+        let period = ttl / 3;
+        let mut renewed = tokio::time::Instant::now();
         // The first renewal is one period away. (`interval`'s immediate first tick still goes
         // through the timer wheel, which costs up to a millisecond per task.)
-        let period = ttl / 3;
-        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut next = renewed + period;
         tokio::pin!(work);
         loop {
             tokio::select! {
                 // Work first: an attempt that finishes in its first poll (inline SQL) never
                 // registers the heartbeat's timer.
                 biased;
-                result = &mut work => return Ok(Some(result)),
-                _ = interval.tick() => {
-                    if !store.heartbeat(task_id, epoch, ttl).await? {
-                        cancel.cancel();
-                        return Ok(None);
+                result = &mut work => return Ok(Beat::Done(result)),
+                () = tokio::time::sleep_until(next) => {
+                    match store.heartbeat(task_id, epoch, ttl).await {
+                        Ok(true) => {
+                            renewed = tokio::time::Instant::now();
+                            next = renewed + period;
+                        }
+                        Ok(false) => {
+                            cancel.cancel();
+                            return Ok(Beat::Lost);
+                        }
+                        Err(error) if error.is_retryable() => {
+                            let unanswered = renewed.elapsed();
+                            if unanswered >= ttl - ttl / 6 {
+                                tracing::warn!(task_id, %error, ?unanswered, "the lease could not be renewed before it expires: stopping the runner");
+                                cancel.cancel();
+                                // Let the work see the cancellation and clean up (its process
+                                // group is killed) before the attempt is recorded.
+                                let _cancelled = (&mut work).await;
+                                return Ok(Beat::Lapsed(unanswered));
+                            }
+                            tracing::warn!(task_id, %error, "cannot renew the lease; trying again");
+                            next = tokio::time::Instant::now() + RENEW_RETRY.min(period);
+                        }
+                        Err(error) => return Err(error),
                     }
                 }
             }
         }
     }
+}
+
+/// How often a renewal is tried again while the state store does not answer.
+const RENEW_RETRY: Duration = Duration::from_secs(1);
+
+/// How work under a heartbeat ended.
+enum Beat<T> {
+    /// It finished under its lease.
+    Done(T),
+    /// The lease was taken over: the work was cancelled.
+    Lost,
+    /// The state store did not answer for this long, and the lease could have expired: the
+    /// work was cancelled.
+    Lapsed(Duration),
 }
 
 fn values<'a>(task: &ExecTask, run_id: &'a RunId) -> Values<'a> {

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 
 use super::attempt::TaskResult;
 use super::crash::CrashPoint;
-use super::{Event, ExecError, ExecTask, Execution, Outcome};
+use super::{Event, ExecError, ExecTask, Execution, Outcome, patiently};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Status {
@@ -230,22 +230,17 @@ impl Scheduler {
             .iter()
             .map(|&n| (self.tasks[n].id, self.tasks[n].epoch))
             .collect();
-        let options = &self.execution.options;
-        let recorded = self
-            .execution
-            .store
-            .complete_then_claim(
-                self.tasks[i].id,
-                epoch,
-                &counts,
-                &options.source,
-                &NextClaims {
-                    tasks: &claimed,
-                    owner: &options.owner,
-                    ttl: options.lease_ttl,
-                },
-            )
-            .await?;
+        let Execution { store, options, .. } = self.execution.as_ref();
+        let next_claims = NextClaims {
+            tasks: &claimed,
+            owner: &options.owner,
+            ttl: options.lease_ttl,
+        };
+        let id = self.tasks[i].id;
+        let recorded = patiently(options.store_outage, "complete", || {
+            store.complete_then_claim(id, epoch, &counts, &options.source, &next_claims)
+        })
+        .await?;
         let Some(claims) = recorded else {
             // Fenced: someone else holds the task now, and its dependents wait.
             self.status[i] = Status::Interrupted;
@@ -281,11 +276,15 @@ impl Scheduler {
             store,
             run_id,
             observer,
+            options,
             ..
         } = self.execution.as_ref();
         let ids: Vec<i64> = newly.iter().map(|&i| self.tasks[i].id).collect();
         let reason = format!("{} did not complete", self.tasks[failed].label());
-        store.block(run_id, &ids, &reason).await?;
+        patiently(options.store_outage, "block", || {
+            store.block(run_id, &ids, &reason)
+        })
+        .await?;
         for i in newly {
             observer.event(Event::Blocked {
                 task: &self.tasks[i],
