@@ -15,7 +15,7 @@ use super::{
     redact_url,
 };
 use crate::dates::{self, Date};
-use crate::diagnostic::{Diagnostic, did_you_mean};
+use crate::diagnostic::{Diagnostic, SourceFile, did_you_mean};
 use crate::template::{self, Placeholder};
 
 /// Parses and validates a pipeline file. `files` resolves `sql_file` keys.
@@ -24,7 +24,7 @@ pub fn parse(source: &str, files: &dyn FileSource) -> Result<Spec, Vec<Diagnosti
         let span = error.span().unwrap_or(0..0);
         vec![toml_error_diagnostic(error.message(), span)]
     })?;
-    validate(raw, files)
+    check(raw, files, Some(source))
 }
 
 fn toml_error_diagnostic(message: &str, span: Range<usize>) -> Diagnostic {
@@ -41,6 +41,8 @@ fn toml_error_diagnostic(message: &str, span: Range<usize>) -> Diagnostic {
 struct Validator<'a> {
     diagnostics: Vec<Diagnostic>,
     files: &'a dyn FileSource,
+    /// The pipeline file's text, when known: lets a diagnostic point inside a string value.
+    source: Option<&'a str>,
     /// The warehouse's SQL dialect, for checking SQL texts' parameters.
     dialect: crate::sql::Dialect,
 }
@@ -124,17 +126,36 @@ impl Validator<'_> {
         Some(argv.get_ref().iter().map(|s| s.get_ref().clone()).collect())
     }
 
+    /// Reads and checks the SQL of `context` (`run`, `check`, …), inline or from its file.
+    /// `no_date` is why `:date` has no value in this context, when it has none.
     fn sql(
         &mut self,
         inline: Option<&Spanned<String>>,
         file: Option<&Spanned<String>>,
+        context: &str,
+        no_date: Option<&str>,
     ) -> Option<String> {
         if let Some(sql) = inline {
             if sql.get_ref().trim().is_empty() {
                 self.error("SQL is empty", sql.span());
                 return None;
             }
-            return self.sql_parameters(sql.get_ref(), sql.span(), None);
+            let text = self.sql_parameters(sql.get_ref(), sql.span(), None)?;
+            if let Some(why) = no_date {
+                let dates = self.date_params(&text);
+                if !dates.is_empty() {
+                    for at in dates {
+                        let span = self.inside_string(sql.span(), at);
+                        self.error_hint(
+                            format!("`:date` is not available in `{context}.sql`"),
+                            span,
+                            why,
+                        );
+                    }
+                    return None;
+                }
+            }
+            return Some(text);
         }
         let file = file?;
         match self.files.read(file.get_ref()) {
@@ -145,7 +166,31 @@ impl Validator<'_> {
                 );
                 None
             }
-            Ok(text) => self.sql_parameters(&text, file.span(), Some(file.get_ref())),
+            Ok(text) => {
+                let text = self.sql_parameters(&text, file.span(), Some(file.get_ref()))?;
+                if let Some(why) = no_date {
+                    let dates = self.date_params(&text);
+                    if !dates.is_empty() {
+                        let named = SourceFile {
+                            path: file.get_ref().clone(),
+                            text: text.clone(),
+                            named_at: file.span(),
+                        };
+                        for at in dates {
+                            self.diagnostics.push(
+                                Diagnostic::new(
+                                    format!("`:date` is not available in `{context}.sql_file`"),
+                                    at,
+                                )
+                                .with_hint(why)
+                                .in_file(named.clone()),
+                            );
+                        }
+                        return None;
+                    }
+                }
+                Some(text)
+            }
             Err(reason) => {
                 self.error_hint(
                     format!("cannot read SQL file `{}`", file.get_ref()),
@@ -179,6 +224,28 @@ impl Validator<'_> {
                 );
                 None
             }
+        }
+    }
+
+    /// Where `text` (SQL that prepares) uses `:date`.
+    fn date_params(&self, text: &str) -> Vec<Range<usize>> {
+        crate::sql::param_spans(text, self.dialect)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(param, _)| *param == crate::sql::Param::Date)
+            .map(|(_, span)| span)
+            .collect()
+    }
+
+    /// The span in the pipeline file of bytes `inner` of the string value at `value` (its span
+    /// includes the quotes), or the whole value when the file's text is not at hand.
+    fn inside_string(&self, value: Range<usize>, inner: Range<usize>) -> Range<usize> {
+        match self.source {
+            Some(source) => {
+                string_position(source, value.clone(), inner.start)
+                    ..string_position(source, value, inner.end)
+            }
+            None => value,
         }
     }
 
@@ -241,9 +308,22 @@ impl Validator<'_> {
             return Some(SourceLike::None);
         };
         match *key {
-            "sql" | "sql_file" => self
-                .sql(table.sql.as_ref(), table.sql_file.as_ref())
-                .map(SourceLike::Sql),
+            "sql" | "sql_file" => {
+                let no_date = (!placeholders.contains(&Placeholder::Date)).then(|| {
+                    if placeholders.contains(&Placeholder::Phase) {
+                        "a task of this phase covers up to `batch_days` dates: use `:start` and `:end`"
+                    } else {
+                        "this SQL counts rows over a range of dates: use `:start` and `:end`"
+                    }
+                });
+                self.sql(
+                    table.sql.as_ref(),
+                    table.sql_file.as_ref(),
+                    context,
+                    no_date,
+                )
+                .map(SourceLike::Sql)
+            }
             "command" => table
                 .command
                 .as_ref()
@@ -373,6 +453,69 @@ enum SourceLike {
     Http(HttpRunner),
 }
 
+/// The byte of `source` that byte `offset` of the decoded TOML string at `span` (quotes
+/// included) comes from: escapes and the newline after a multi-line string's opening quotes are
+/// accounted for, so a diagnostic can point inside the string.
+fn string_position(source: &str, span: Range<usize>, offset: usize) -> usize {
+    let Some(raw) = source.get(span.clone()) else {
+        return span.start;
+    };
+    let (quote, basic) = if raw.starts_with("\"\"\"") {
+        (3, true)
+    } else if raw.starts_with("'''") {
+        (3, false)
+    } else if raw.starts_with('"') {
+        (1, true)
+    } else if raw.starts_with('\'') {
+        (1, false)
+    } else {
+        return span.start;
+    };
+    let mut at = quote;
+    if quote == 3 {
+        if raw[at..].starts_with("\r\n") {
+            at += 2;
+        } else if raw[at..].starts_with('\n') {
+            at += 1;
+        }
+    }
+    let mut decoded = 0;
+    while decoded < offset {
+        let Some(rest) = raw.get(at..) else { break };
+        let Some(first) = rest.chars().next() else {
+            break;
+        };
+        if basic && first == '\\' {
+            let escape = rest[1..].chars().next().unwrap_or(' ');
+            let (raw_len, decoded_len) = match escape {
+                'u' | 'U' => {
+                    let digits = if escape == 'u' { 4 } else { 8 };
+                    let value = rest
+                        .get(2..2 + digits)
+                        .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+                        .and_then(char::from_u32)
+                        .map_or(1, char::len_utf8);
+                    (2 + digits, value)
+                }
+                ' ' | '\t' | '\r' | '\n' => {
+                    // A line-ending backslash: it and the whitespace after it decode to nothing.
+                    let skipped = rest[1..]
+                        .find(|c: char| !c.is_whitespace())
+                        .map_or(rest.len(), |n| n + 1);
+                    (skipped, 0)
+                }
+                other => (1 + other.len_utf8(), 1),
+            };
+            at = (at + raw_len).min(raw.len());
+            decoded += decoded_len;
+        } else {
+            at += first.len_utf8();
+            decoded += first.len_utf8();
+        }
+    }
+    span.start + at
+}
+
 const RANGE_PLACEHOLDERS: &[Placeholder] = &[Placeholder::Start, Placeholder::End];
 const TASK_PLACEHOLDERS: &[Placeholder] = &[
     Placeholder::Date,
@@ -402,6 +545,15 @@ fn is_phase_name(name: &str) -> bool {
 
 /// Validates a parsed file into a [`Spec`], collecting every problem.
 pub fn validate(raw: RawSpec, files: &dyn FileSource) -> Result<Spec, Vec<Diagnostic>> {
+    check(raw, files, None)
+}
+
+/// [`validate`], with the pipeline file's text when there is one.
+fn check(
+    raw: RawSpec,
+    files: &dyn FileSource,
+    source: Option<&str>,
+) -> Result<Spec, Vec<Diagnostic>> {
     let is_postgres = raw.warehouse.as_ref().is_some_and(|w| {
         let url = w.get_ref().url.get_ref();
         url.starts_with("postgres://") || url.starts_with("postgresql://")
@@ -409,6 +561,7 @@ pub fn validate(raw: RawSpec, files: &dyn FileSource) -> Result<Spec, Vec<Diagno
     let mut v = Validator {
         diagnostics: Vec::new(),
         files,
+        source,
         dialect: if is_postgres {
             crate::sql::Dialect::Postgres
         } else {
@@ -905,7 +1058,7 @@ pub fn validate(raw: RawSpec, files: &dyn FileSource) -> Result<Spec, Vec<Diagno
         spec.phases.shrink_to_fit();
         Ok(spec)
     } else {
-        v.diagnostics.sort_by_key(|d| d.span.start);
+        v.diagnostics.sort_by_key(Diagnostic::position);
         Err(v.diagnostics)
     }
 }
