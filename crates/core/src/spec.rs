@@ -26,6 +26,15 @@ pub const DEFAULT_STATE_URL: &str = "sqlite://.gapless/state.db";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3_600);
 /// Upper bound on `batch_days`.
 pub const MAX_BATCH_DAYS: u32 = 366;
+/// Upper bound on a need's `lookback_days` (ten years).
+pub const MAX_LOOKBACK_DAYS: u32 = 3_660;
+/// Upper bound on a phase's `timeout`: a week.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
+/// Upper bound on `healing.lookback` and `healing.auto_heal_max_age` (ten years, as
+/// [`MAX_LOOKBACK_DAYS`]).
+pub const MAX_HEALING_WINDOW: Duration = Duration::from_secs(3_660 * 86_400);
+/// Upper bound on `healing.realert_after`: a year.
+pub const MAX_REALERT_AFTER: Duration = Duration::from_secs(365 * 86_400);
 
 /// Reads files that the pipeline file points at (`sql_file`), relative to the pipeline file.
 /// A port: the binary reads the disk, tests hand in strings. Errors are human messages.

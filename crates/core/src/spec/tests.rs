@@ -245,6 +245,23 @@ fn bad_durations_and_bounds() {
 }
 
 #[test]
+fn durations_above_their_bounds() {
+    insta::assert_snapshot!(errors(&format!(
+        "{RAW}timeout = \"7d1s\"\nneeds = [{{ phase = 2, lookback_days = 3661 }}]\n\n[healing]\nlookback = \"3661d\"\nauto_heal_max_age = \"99999999d\"\nrealert_after = \"366d\"\n"
+    )));
+}
+
+#[test]
+fn durations_at_their_bounds() {
+    let spec = ok(&format!(
+        "{RAW}timeout = \"7d\"\nneeds = [{{ phase = 2, lookback_days = 3660 }}]\n\n[healing]\nlookback = \"3660d\"\nauto_heal_max_age = \"3660d\"\nrealert_after = \"365d\"\n"
+    ));
+    assert_eq!(spec.phases[0].timeout, MAX_TIMEOUT);
+    assert_eq!(spec.healing.lookback, MAX_HEALING_WINDOW);
+    assert_eq!(spec.healing.realert_after, MAX_REALERT_AFTER);
+}
+
+#[test]
 fn attach_on_postgres() {
     let source = format!(
         "[pipeline]\nname = \"demo\"\nstart = \"2024-01-01\"\n\n[warehouse]\nurl = \"postgres://etl:secret@db/warehouse\"\nattach = {{ raw = \"raw.db\" }}\n{RAW}"

@@ -11,8 +11,8 @@ use super::graph::topological_order;
 use super::raw::{RawHttp, RawNeed, RawPhaseRef, RawSource, RawSpec};
 use super::{
     Alerts, DEFAULT_STATE_URL, DEFAULT_TIMEOUT, Email, Expect, FileSource, Healing, HttpRunner,
-    MAX_BATCH_DAYS, Need, Phase, PhaseId, Rollback, Runner, Source, Spec, StateSync, Warehouse,
-    redact_url,
+    MAX_BATCH_DAYS, MAX_HEALING_WINDOW, MAX_LOOKBACK_DAYS, MAX_REALERT_AFTER, MAX_TIMEOUT, Need,
+    Phase, PhaseId, Rollback, Runner, Source, Spec, StateSync, Warehouse, redact_url,
 };
 use crate::dates::{self, Date};
 use crate::diagnostic::{Diagnostic, SourceFile, did_you_mean};
@@ -408,10 +408,21 @@ impl Validator<'_> {
         })
     }
 
-    fn duration(&mut self, value: &Spanned<String>, what: &str) -> Option<Duration> {
+    fn duration(&mut self, value: &Spanned<String>, what: &str, max: Duration) -> Option<Duration> {
         match dates::parse_duration(value.get_ref()) {
             Ok(duration) if duration.is_zero() => {
                 self.error(format!("`{what}` must be greater than zero"), value.span());
+                None
+            }
+            Ok(duration) if duration > max => {
+                self.error(
+                    format!(
+                        "`{what}` is {}; it must be at most {}",
+                        dates::format_duration(duration),
+                        dates::format_duration(max)
+                    ),
+                    value.span(),
+                );
                 None
             }
             Ok(duration) => Some(duration),
@@ -769,9 +780,11 @@ fn check(
                     None
                 }),
             };
-            if !(0..=3_660).contains(&lookback) {
+            if !(0..=i64::from(MAX_LOOKBACK_DAYS)).contains(&lookback) {
                 v.error(
-                    format!("`lookback_days` is {lookback}; it must be between 0 and 3660"),
+                    format!(
+                        "`lookback_days` is {lookback}; it must be between 0 and {MAX_LOOKBACK_DAYS}"
+                    ),
                     need.span(),
                 );
                 continue;
@@ -920,7 +933,7 @@ fn check(
         let timeout = p
             .timeout
             .as_ref()
-            .and_then(|t| v.duration(t, "timeout"))
+            .and_then(|t| v.duration(t, "timeout", MAX_TIMEOUT))
             .unwrap_or(DEFAULT_TIMEOUT);
         let concurrency = p
             .concurrency
@@ -961,12 +974,12 @@ fn check(
             lookback: h
                 .lookback
                 .as_ref()
-                .and_then(|d| v.duration(d, "healing.lookback"))
+                .and_then(|d| v.duration(d, "healing.lookback", MAX_HEALING_WINDOW))
                 .unwrap_or(defaults.lookback),
             auto_heal_max_age: h
                 .auto_heal_max_age
                 .as_ref()
-                .and_then(|d| v.duration(d, "healing.auto_heal_max_age"))
+                .and_then(|d| v.duration(d, "healing.auto_heal_max_age", MAX_HEALING_WINDOW))
                 .unwrap_or(defaults.auto_heal_max_age),
             max_attempts: h
                 .max_attempts
@@ -976,7 +989,7 @@ fn check(
             realert_after: h
                 .realert_after
                 .as_ref()
-                .and_then(|d| v.duration(d, "healing.realert_after"))
+                .and_then(|d| v.duration(d, "healing.realert_after", MAX_REALERT_AFTER))
                 .unwrap_or(defaults.realert_after),
         }
     });
