@@ -593,8 +593,10 @@ impl Warehouse {
         })
     }
 
-    /// Runs every statement of a script in one transaction with the warehouse timeout; see
-    /// [`Warehouse::execute_script_with_timeout`].
+    /// Runs every statement of a script in one transaction with the warehouse timeout (the one
+    /// given to [`Warehouse::connect`], which bounds probes); see
+    /// [`Warehouse::execute_script_with_timeout`]. A phase's runner or rollback has a timeout of
+    /// its own and passes it there instead.
     pub async fn execute_script(
         &self,
         sql: &str,

@@ -231,7 +231,9 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
             reason = "values are at most 12 digits, well within f64's exact range"
         )]
         let seconds = value as f64 * unit_seconds;
-        total += Duration::from_secs_f64(seconds);
+        total = total
+            .checked_add(Duration::from_secs_f64(seconds))
+            .ok_or_else(error)?;
     }
     Ok(total)
 }
@@ -295,6 +297,8 @@ mod tests {
         assert!(parse_duration("15").is_err());
         assert!(parse_duration("m").is_err());
         assert!(parse_duration("5 weeks").is_err());
+        // A sum beyond what a duration holds is an error, not an overflow.
+        assert!(parse_duration(&"999999999999d".repeat(300)).is_err());
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
     }
 }

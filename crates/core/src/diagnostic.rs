@@ -12,6 +12,19 @@ pub struct Diagnostic {
     pub span: Range<usize>,
     /// How to fix it, when we can tell.
     pub hint: Option<String>,
+    /// The file the span points into when it is not the pipeline file (an `sql_file`).
+    pub file: Option<SourceFile>,
+}
+
+/// A file the pipeline file names (an `sql_file`), for diagnostics that point into it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    /// The path as written in the pipeline file: relative to the pipeline file's directory.
+    pub path: String,
+    /// The file's text; the diagnostic's span is a byte range in it.
+    pub text: String,
+    /// Where the pipeline file names it (the `sql_file` value), to order diagnostics by.
+    pub named_at: Range<usize>,
 }
 
 impl Diagnostic {
@@ -21,7 +34,22 @@ impl Diagnostic {
             message: message.into(),
             span,
             hint: None,
+            file: None,
         }
+    }
+
+    /// Points the diagnostic into `file` instead of the pipeline file.
+    pub fn in_file(mut self, file: SourceFile) -> Self {
+        self.file = Some(file);
+        self
+    }
+
+    /// Where in the pipeline file the problem is, or where it names the file the problem is in:
+    /// the order diagnostics are reported in.
+    pub fn position(&self) -> usize {
+        self.file
+            .as_ref()
+            .map_or(self.span.start, |file| file.named_at.start)
     }
 
     /// Adds a hint.
@@ -50,7 +78,22 @@ impl Diagnostic {
     ///    |          ^^^^^^^^^^
     ///    = hint: did you mean `analytics`?
     /// ```
+    /// A diagnostic that points into an `sql_file` is rendered against that file, its path
+    /// taken relative to `path`'s directory.
     pub fn render(&self, path: &str, source: &str) -> String {
+        let joined;
+        let (path, source) = match &self.file {
+            Some(file) => {
+                joined = match path.rfind('/') {
+                    Some(slash) if !file.path.starts_with('/') => {
+                        format!("{}/{}", &path[..slash], file.path)
+                    }
+                    _ => file.path.clone(),
+                };
+                (joined.as_str(), file.text.as_str())
+            }
+            None => (path, source),
+        };
         let (line, column) = self.line_column(source);
         let line_text = source.lines().nth(line - 1).unwrap_or("");
         let gutter = line.to_string().len();

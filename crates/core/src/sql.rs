@@ -7,6 +7,7 @@
 //! and `:=` alone.
 
 use std::fmt;
+use std::ops::Range;
 
 /// The SQL dialect a script is prepared for: decides the placeholder syntax and a few lexical
 /// rules (PostgreSQL dollar quotes, `E'…'` strings and nested block comments; SQLite
@@ -104,17 +105,14 @@ pub enum SqlError {
 ///
 /// A `:name` inside `arr[lo:hi]` on PostgreSQL reads as a parameter: write `arr[lo : hi]`.
 pub fn prepare(sql: &str, dialect: Dialect) -> Result<Vec<Statement>, SqlError> {
-    Scanner {
-        sql,
-        bytes: sql.as_bytes(),
-        dialect,
-        pos: 0,
-        statements: Vec::new(),
-        text: String::new(),
-        params: Vec::new(),
-        has_content: false,
-    }
-    .run()
+    Ok(Scanner::scan(sql, dialect)?.statements)
+}
+
+/// Where the named parameters of `sql` are: each `:start`, `:end` and `:date` outside literals
+/// and comments, with its byte range in `sql` (colon included), in order of appearance. Fails
+/// as [`prepare`] does.
+pub fn param_spans(sql: &str, dialect: Dialect) -> Result<Vec<(Param, Range<usize>)>, SqlError> {
+    Ok(Scanner::scan(sql, dialect)?.found)
 }
 
 struct Scanner<'a> {
@@ -126,6 +124,8 @@ struct Scanner<'a> {
     text: String,
     params: Vec<Param>,
     has_content: bool,
+    /// Every parameter met so far, with its byte range in `sql`.
+    found: Vec<(Param, Range<usize>)>,
 }
 
 fn is_ident_start(byte: u8) -> bool {
@@ -136,8 +136,24 @@ fn is_ident_char(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'$' || byte >= 0x80
 }
 
-impl Scanner<'_> {
-    fn run(mut self) -> Result<Vec<Statement>, SqlError> {
+impl<'a> Scanner<'a> {
+    fn scan(sql: &'a str, dialect: Dialect) -> Result<Self, SqlError> {
+        let mut scanner = Scanner {
+            sql,
+            bytes: sql.as_bytes(),
+            dialect,
+            pos: 0,
+            statements: Vec::new(),
+            text: String::new(),
+            params: Vec::new(),
+            has_content: false,
+            found: Vec::new(),
+        };
+        scanner.run()?;
+        Ok(scanner)
+    }
+
+    fn run(&mut self) -> Result<(), SqlError> {
         while self.pos < self.bytes.len() {
             let byte = self.bytes[self.pos];
             let next = self.bytes.get(self.pos + 1).copied();
@@ -183,7 +199,7 @@ impl Scanner<'_> {
             }
         }
         self.finish_statement();
-        Ok(self.statements)
+        Ok(())
     }
 
     fn line_at(&self, offset: usize) -> usize {
@@ -370,6 +386,7 @@ impl Scanner<'_> {
                     name: name.to_owned(),
                     line: self.line_at(self.pos),
                 })?;
+                self.found.push((param, self.pos..end));
                 let number = match self.params.iter().position(|&p| p == param) {
                     Some(index) => index + 1,
                     None => {
@@ -407,7 +424,7 @@ impl Scanner<'_> {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::{Dialect, Param, SqlError, Statement, prepare};
+    use super::{Dialect, Param, SqlError, Statement, param_spans, prepare};
 
     fn texts(sql: &str, dialect: Dialect) -> Vec<String> {
         prepare(sql, dialect)
@@ -440,6 +457,25 @@ mod tests {
             reversed[0].params,
             vec![Param::End, Param::Date, Param::Start]
         );
+    }
+
+    #[test]
+    fn param_spans_point_at_each_use_outside_literals_and_comments() {
+        let sql = "SELECT ':date' -- :date\n, :date; SELECT :start::date, :end";
+        let spans = param_spans(sql, Dialect::Postgres).unwrap();
+        let found: Vec<(Param, &str)> = spans
+            .iter()
+            .map(|(param, span)| (*param, &sql[span.clone()]))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (Param::Date, ":date"),
+                (Param::Start, ":start"),
+                (Param::End, ":end")
+            ]
+        );
+        assert_eq!(spans[0].1.start, sql.find(", :date").unwrap() + 2);
     }
 
     #[test]

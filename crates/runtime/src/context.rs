@@ -8,6 +8,10 @@ use gapless_connect::Warehouse;
 use gapless_core::dates::Date;
 use gapless_core::spec::Spec;
 
+/// How long one probe (a check, expect or calendar query or command) may take. SQL runners and
+/// rollbacks are not bound by it: they get their phase's `timeout`.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Everything the runtime needs about one pipeline.
 #[derive(Debug, Clone)]
 pub struct Context {
@@ -15,13 +19,14 @@ pub struct Context {
     pub spec: Arc<Spec>,
     /// The pipeline file's directory: commands run here and relative paths start here.
     pub base_dir: PathBuf,
-    /// The warehouse, when the spec uses SQL.
+    /// The warehouse, when the spec uses SQL. Its own timeout is `probe_timeout`; runners and
+    /// rollbacks pass their phase's `timeout` with each call.
     pub warehouse: Option<Warehouse>,
     /// Where logs of every attempt go (`<state dir>/logs`).
     pub log_dir: PathBuf,
     /// Today (from `GAPLESS_TODAY` or the clock), for expectations.
     pub today: Date,
-    /// Timeout for probes (each query or probe command).
+    /// Timeout for probes (each query or probe command): [`PROBE_TIMEOUT`].
     pub probe_timeout: Duration,
     /// Shared HTTP client for HTTP runners; `None` when no phase has one (building a client
     /// loads the system's CA certificates, a few milliseconds every command would pay).
@@ -47,7 +52,7 @@ impl Context {
         log_dir: PathBuf,
         today: Date,
     ) -> Result<Self, ContextError> {
-        let probe_timeout = Duration::from_secs(300);
+        let probe_timeout = PROBE_TIMEOUT;
         let uses_http = spec
             .phases
             .iter()

@@ -9,6 +9,10 @@ impl FileSource for Files {
     fn read(&self, relative_path: &str) -> Result<String, String> {
         match relative_path {
             "sql/phase3.sql" => Ok("DELETE FROM t WHERE d BETWEEN :start AND :end".to_owned()),
+            "sql/by_date.sql" => Ok(
+                "-- one day at a time (:date in a comment is fine)\nSELECT d, COUNT(*)\nFROM t\nWHERE d = :date\nGROUP BY d\n"
+                    .to_owned(),
+            ),
             other => Err(format!("{other}: No such file or directory (os error 2)")),
         }
     }
@@ -168,6 +172,37 @@ fn date_placeholder_in_a_batch() {
 }
 
 #[test]
+fn date_param_in_a_batched_run_sql() {
+    insta::assert_snapshot!(errors(&format!(
+        "{RAW}batch_days = 7\nrun.sql = \"\"\"\nDELETE FROM t WHERE d BETWEEN :start AND :end;\nINSERT INTO t SELECT :date, COUNT(*) FROM raw WHERE d = :date\"\"\"\nrollback.sql = 'DELETE FROM t WHERE d = :date'\n"
+    )));
+}
+
+#[test]
+fn date_param_in_a_one_day_run_sql_is_fine() {
+    let spec = ok(&format!(
+        "{RAW}run.sql = \"INSERT INTO t SELECT :date, 1\"\nrollback.sql = \"DELETE FROM t WHERE d = :date\"\n"
+    ));
+    assert!(matches!(&spec.phases[0].run, Some(Runner::Sql(sql)) if sql.contains(":date")));
+}
+
+#[test]
+fn date_param_in_check_expect_and_calendar_sql() {
+    let source = "[pipeline]\nname = \"demo\"\nstart = \"2024-01-01\"\ncalendar.sql = \"SELECT d FROM games WHERE d = :date\"\n\n[warehouse]\nurl = \"sqlite://warehouse.db\"\n\n[[phase]]\nid = 2\nname = \"raw\"\ncheck.sql = \"SELECT d, COUNT(*) FROM raw WHERE d = :date GROUP BY d\"\nexpect.sql = \"SELECT :start, \\u0031 WHERE :date IS NOT NULL\"\n".to_owned();
+    let diagnostics = parse(&source, &Files).unwrap_err();
+    insta::assert_snapshot!(render_all(&diagnostics, "gapless.toml", &source));
+}
+
+#[test]
+fn date_param_in_sql_files() {
+    let source = format!(
+        "{HEADER}\n[[phase]]\nid = 2\nname = \"raw\"\ncheck.sql_file = \"sql/by_date.sql\"\n\n[[phase]]\nid = 3\nname = \"daily\"\nbatch_days = 2\nrun.sql_file = \"sql/by_date.sql\"\ncheck.sql = \"SELECT 1, 1\"\n"
+    );
+    let diagnostics = parse(&source, &Files).unwrap_err();
+    insta::assert_snapshot!(render_all(&diagnostics, "pipelines/gapless.toml", &source));
+}
+
+#[test]
 fn unreadable_sql_file() {
     insta::assert_snapshot!(errors(
         "\n[[phase]]\nid = 2\nname = \"raw\"\ncheck.sql_file = \"sql/missing.sql\"\n"
@@ -207,6 +242,23 @@ fn bad_durations_and_bounds() {
     insta::assert_snapshot!(errors(&format!(
         "{RAW}timeout = \"15 minutes\"\nbatch_days = 0\nconcurrency = -1\nretries = 1000\n"
     )));
+}
+
+#[test]
+fn durations_above_their_bounds() {
+    insta::assert_snapshot!(errors(&format!(
+        "{RAW}timeout = \"7d1s\"\nneeds = [{{ phase = 2, lookback_days = 3661 }}]\n\n[healing]\nlookback = \"3661d\"\nauto_heal_max_age = \"99999999d\"\nrealert_after = \"366d\"\n"
+    )));
+}
+
+#[test]
+fn durations_at_their_bounds() {
+    let spec = ok(&format!(
+        "{RAW}timeout = \"7d\"\nneeds = [{{ phase = 2, lookback_days = 3660 }}]\n\n[healing]\nlookback = \"3660d\"\nauto_heal_max_age = \"3660d\"\nrealert_after = \"365d\"\n"
+    ));
+    assert_eq!(spec.phases[0].timeout, MAX_TIMEOUT);
+    assert_eq!(spec.healing.lookback, MAX_HEALING_WINDOW);
+    assert_eq!(spec.healing.realert_after, MAX_REALERT_AFTER);
 }
 
 #[test]

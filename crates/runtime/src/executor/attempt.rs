@@ -434,7 +434,7 @@ impl Execution {
                     return verdict.map_err(AttemptError::Gate);
                 }
                 tokio::select! {
-                    result = tokio::time::timeout(phase.timeout, warehouse.execute_script(sql, &params)) => {
+                    result = tokio::time::timeout(phase.timeout, warehouse.execute_script_with_timeout(sql, &params, phase.timeout)) => {
                         result.map_err(|_| AttemptError::Timeout(phase.timeout))?.map_err(AttemptError::Sql)?;
                     }
                     () = cancel.cancelled() => return Err(AttemptError::Run(RunError::Cancelled)),
@@ -491,7 +491,7 @@ impl Execution {
                         date: Some(task.range.start()),
                     };
                     warehouse
-                        .execute_script(sql, &params)
+                        .execute_script_with_timeout(sql, &params, phase.timeout)
                         .await
                         .map(|_| ())
                         .map_err(|e| error_chain(&e))
