@@ -29,7 +29,7 @@ pub(crate) struct Loaded {
     /// `$GAPLESS_CRASH_AT`, the crash-point testing hook.
     pub(crate) crash_at: Option<gapless_runtime::executor::CrashAt>,
     /// How long a run waits out a state store that stops answering: `$GAPLESS_STATE_OUTAGE`,
-    /// else the runtime's default.
+    /// else `[state] outage`.
     pub(crate) store_outage: std::time::Duration,
 }
 
@@ -131,6 +131,7 @@ pub(crate) fn load_path(path: &Path) -> anyhow::Result<Loaded> {
         ))
     })?;
     let state_url = resolve_state_url(&spec.state_url, std::env::var("GAPLESS_STATE_URL").ok());
+    let store_outage = store_outage(spec.state_outage)?;
     Ok(Loaded {
         path: path.to_path_buf(),
         base_dir,
@@ -138,16 +139,16 @@ pub(crate) fn load_path(path: &Path) -> anyhow::Result<Loaded> {
         today: today()?,
         state_url,
         crash_at: crash_at()?,
-        store_outage: store_outage()?,
+        store_outage,
     })
 }
 
-/// `$GAPLESS_STATE_OUTAGE` (a duration such as `2m`), else the runtime's default.
-fn store_outage() -> anyhow::Result<std::time::Duration> {
+/// `$GAPLESS_STATE_OUTAGE` (a duration such as `2m`), else the file's `[state] outage`.
+fn store_outage(file: std::time::Duration) -> anyhow::Result<std::time::Duration> {
     match std::env::var("GAPLESS_STATE_OUTAGE") {
         Ok(value) if !value.is_empty() => dates::parse_duration(&value)
             .map_err(|error| UsageError::new(format!("GAPLESS_STATE_OUTAGE: {error}")).into()),
-        _ => Ok(gapless_runtime::lifecycle::RunOptions::default().store_outage),
+        _ => Ok(file),
     }
 }
 

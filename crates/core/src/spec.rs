@@ -36,6 +36,11 @@ pub const MAX_HEALING_WINDOW: Duration = Duration::from_secs(3_660 * 86_400);
 /// Upper bound on `healing.realert_after`: a year.
 pub const MAX_REALERT_AFTER: Duration = Duration::from_secs(365 * 86_400);
 
+/// The default `[state] outage`: a restart of PostgreSQL or a network blip is waited out.
+pub const DEFAULT_STATE_OUTAGE: Duration = Duration::from_secs(120);
+/// Longest `[state] outage`.
+pub const MAX_STATE_OUTAGE: Duration = Duration::from_secs(86_400);
+
 /// Reads files that the pipeline file points at (`sql_file`), relative to the pipeline file.
 /// A port: the binary reads the disk, tests hand in strings. Errors are human messages.
 pub trait FileSource {
@@ -268,6 +273,9 @@ pub struct Spec {
     pub state_url: String,
     /// `[state] sync`: when the SQLite state store fsyncs its commits.
     pub state_sync: StateSync,
+    /// `[state] outage`: how long a run waits out a state store that stops answering before
+    /// it stops (exit 3).
+    pub state_outage: Duration,
     /// `[server] listen`, if set.
     pub listen: Option<String>,
     /// Phases in dependency order (every phase after the phases it needs).

@@ -42,6 +42,7 @@ pub(super) struct RawWarehouse {
 pub(super) struct RawState {
     pub(super) url: Option<Spanned<String>>,
     pub(super) sync: Option<Spanned<String>>,
+    pub(super) outage: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -316,3 +316,15 @@ fn redacts_passwords() {
     );
     assert_eq!(redact_url("postgres://db/w"), "postgres://db/w");
 }
+
+#[test]
+fn state_outage_is_read_and_bounded() {
+    assert_eq!(ok(RAW).state_outage, super::DEFAULT_STATE_OUTAGE);
+    let spec = ok(&format!("\n[state]\noutage = \"10m\"\n{RAW}"));
+    assert_eq!(spec.state_outage, std::time::Duration::from_secs(600));
+    let message = errors(&format!("\n[state]\noutage = \"2d\"\n{RAW}"));
+    assert!(
+        message.contains("`state.outage` is 2d; it must be at most 1d"),
+        "{message}"
+    );
+}

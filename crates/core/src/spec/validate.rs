@@ -10,9 +10,10 @@ use toml::Spanned;
 use super::graph::topological_order;
 use super::raw::{RawHttp, RawNeed, RawPhaseRef, RawSource, RawSpec};
 use super::{
-    Alerts, DEFAULT_STATE_URL, DEFAULT_TIMEOUT, Email, Expect, FileSource, Healing, HttpRunner,
-    MAX_BATCH_DAYS, MAX_HEALING_WINDOW, MAX_LOOKBACK_DAYS, MAX_REALERT_AFTER, MAX_TIMEOUT, Need,
-    Phase, PhaseId, Rollback, Runner, Source, Spec, StateSync, Warehouse, redact_url,
+    Alerts, DEFAULT_STATE_OUTAGE, DEFAULT_STATE_URL, DEFAULT_TIMEOUT, Email, Expect, FileSource,
+    Healing, HttpRunner, MAX_BATCH_DAYS, MAX_HEALING_WINDOW, MAX_LOOKBACK_DAYS, MAX_REALERT_AFTER,
+    MAX_STATE_OUTAGE, MAX_TIMEOUT, Need, Phase, PhaseId, Rollback, Runner, Source, Spec, StateSync,
+    Warehouse, redact_url,
 };
 use crate::dates::{self, Date};
 use crate::diagnostic::{Diagnostic, SourceFile, did_you_mean};
@@ -683,6 +684,12 @@ fn check(
                 StateSync::Normal
             }
         });
+    let state_outage = raw
+        .state
+        .as_ref()
+        .and_then(|s| s.outage.as_ref())
+        .and_then(|outage| v.duration(outage, "state.outage", MAX_STATE_OUTAGE))
+        .unwrap_or(DEFAULT_STATE_OUTAGE);
     let listen = raw
         .server
         .as_ref()
@@ -1055,6 +1062,7 @@ fn check(
         warehouse,
         state_url,
         state_sync,
+        state_outage,
         listen,
         phases: ordered,
         healing,
