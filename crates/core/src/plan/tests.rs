@@ -509,3 +509,89 @@ proptest! {
         prop_assert_eq!(cells(&wide_plan), cells(&narrow_plan));
     }
 }
+
+#[test]
+fn a_partly_blocked_batch_runs_its_runnable_dates_split_at_the_blocked_ones() {
+    // Phase 2 (10-day batches) needs phase 1, a source missing on 01-04 and 01-05: its batch
+    // 01-01..01-10 runs 01-01..01-03 and 01-06..01-10; its 2-day-lookback dependent phase 3
+    // loses 01-04..01-07 only.
+    let spec = parse(
+        r#"
+[pipeline]
+name = "t"
+start = "2024-01-01"
+
+[[phase]]
+id = 1
+name = "source"
+check.command = ["c"]
+
+[[phase]]
+id = 2
+name = "analytics"
+needs = [1]
+run.command = ["x"]
+batch_days = 10
+check.command = ["c"]
+
+[[phase]]
+id = 3
+name = "rolling"
+needs = [{ phase = 2, lookback_days = 2 }]
+run.command = ["x"]
+batch_days = 10
+check.command = ["c"]
+"#,
+        &NoFiles,
+    )
+    .unwrap();
+    let range = DateRange::new(d("2024-01-01"), d("2024-01-10")).unwrap();
+    let source: Vec<String> = range
+        .iter()
+        .filter(|day| *day != d("2024-01-04") && *day != d("2024-01-05"))
+        .map(|day| day.to_string())
+        .collect();
+    let source: Vec<&str> = source.iter().map(String::as_str).collect();
+    let observations = observe(range, &[(1, &source)]);
+    let matrix = classify(&spec, &observations, d("2024-01-10"));
+    let plan = plan(
+        &spec,
+        &matrix,
+        &Request {
+            range,
+            phases: [PhaseId(2), PhaseId(3)].into(),
+            force: false,
+        },
+    )
+    .unwrap();
+    let tasks: Vec<(u32, String, Vec<usize>)> = plan
+        .tasks
+        .iter()
+        .map(|t| (t.phase.0, t.range.to_string(), t.deps.clone()))
+        .collect();
+    assert_eq!(
+        tasks,
+        vec![
+            (2, "2024-01-01..2024-01-03".to_owned(), vec![]),
+            (2, "2024-01-06..2024-01-10".to_owned(), vec![]),
+            (3, "2024-01-01..2024-01-03".to_owned(), vec![0]),
+            (3, "2024-01-08..2024-01-10".to_owned(), vec![1]),
+        ]
+    );
+    let blocked: Vec<String> = plan
+        .blocked
+        .iter()
+        .map(|b| format!("{} {}", b.cell.phase, b.cell.date))
+        .collect();
+    assert_eq!(
+        blocked,
+        [
+            "2 2024-01-04",
+            "2 2024-01-05",
+            "3 2024-01-04",
+            "3 2024-01-05",
+            "3 2024-01-06",
+            "3 2024-01-07"
+        ]
+    );
+}
