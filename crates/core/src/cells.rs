@@ -215,8 +215,8 @@ pub(crate) fn latest_in_window(
 
 /// Classifies every cell of `observations.range`.
 ///
-/// Dates before the range are assumed to satisfy dependencies: callers widen the range by
-/// [`Spec::max_total_lookback`] so the requested dates are judged on real observations.
+/// Dates before the range are assumed to satisfy dependencies: callers widen the range with
+/// [`crate::plan::observation_range`] so the requested dates are judged on real observations.
 pub fn classify(spec: &Spec, observations: &Observations, today: Date) -> Completeness {
     let range = observations.range;
     let days = range.len();

@@ -7,6 +7,8 @@
 //! - [`cells`]: observed counts and expectations turned into cell states
 //!   ([`cells::CellState`]), the phase × date matrix.
 //! - [`plan`]: the planner, a pure function from spec + observed states + request to tasks.
+//! - [`reblock`]: after a failure mid-run, the pending cells it blocks and how their tasks
+//!   split so the rest still runs.
 //! - [`select`]: the `--phases` list.
 //! - [`policy`]: retry backoff.
 //! - [`render`]: human renderings of status matrices and plans (strings in, strings out).
@@ -22,6 +24,7 @@ pub mod diagnostic;
 pub mod gaps;
 pub mod plan;
 pub mod policy;
+pub mod reblock;
 pub mod render;
 pub mod select;
 pub mod spec;

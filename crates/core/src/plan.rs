@@ -8,12 +8,12 @@
 //! - a batch covers at most `batch_days` consecutive dates and never spans a skipped or
 //!   blocked date.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::Serialize;
 
 use crate::cells::{CellRef, CellState, Completeness, latest_in_window};
-use crate::dates::{Date, DateRange};
+use crate::dates::{Date, DateRange, days_between};
 use crate::spec::{PhaseId, Spec};
 
 /// What the user asked for.
@@ -161,8 +161,9 @@ pub fn plan(spec: &Spec, observed: &Completeness, request: &Request) -> Result<P
             requested: request.range,
         });
     }
+    let index = phase_indices(spec);
     for id in &request.phases {
-        if spec.phase(*id).is_none() {
+        if !index.contains_key(id) {
             return Err(PlanError::UnknownPhase(*id));
         }
     }
@@ -209,7 +210,7 @@ pub fn plan(spec: &Spec, observed: &Completeness, request: &Request) -> Result<P
                 // Check needs against availability computed so far.
                 let mut missing_root = None;
                 for need in &phase.needs {
-                    let Some(q) = spec.phase_index(need.phase) else {
+                    let Some(&q) = index.get(&need.phase) else {
                         continue;
                     };
                     let upstream = if q == p {
@@ -249,7 +250,7 @@ pub fn plan(spec: &Spec, observed: &Completeness, request: &Request) -> Result<P
                     RootReason::NotInRun
                 };
                 row_roots[d] = if cell.state == CellState::Blocked {
-                    upstream_root(spec, observed, p, d, &roots, &row_roots).unwrap_or((
+                    upstream_root(spec, &index, observed, p, d, &roots, &row_roots).unwrap_or((
                         u32::try_from(p).unwrap_or(0),
                         u32::try_from(d).unwrap_or(0),
                         own_reason,
@@ -347,6 +348,7 @@ pub fn plan(spec: &Spec, observed: &Completeness, request: &Request) -> Result<P
 /// For a cell observed blocked that is not being run, the root of its first unavailable need.
 fn upstream_root(
     spec: &Spec,
+    index: &HashMap<PhaseId, usize>,
     observed: &Completeness,
     p: usize,
     d: usize,
@@ -355,7 +357,7 @@ fn upstream_root(
 ) -> Option<(u32, u32, RootReason)> {
     let phase = &spec.phases[p];
     for need in &phase.needs {
-        let q = spec.phase_index(need.phase)?;
+        let q = *index.get(&need.phase)?;
         let window = need.window(phase.id);
         let lo = (i64::try_from(d).unwrap_or(0) + window.start).max(0);
         let hi = i64::try_from(d).unwrap_or(0) + window.end - 1;
@@ -435,30 +437,47 @@ fn fold_ranges(
         .collect()
 }
 
-/// For each task, the indices of other tasks that produce cells it needs. Used by the planner
-/// and by `resume`, which rebuilds the graph from the tasks stored for a run.
+/// For each task, the indices of other tasks that produce cells it needs. Used by the planner,
+/// by [`crate::reblock`] and by `resume`, which rebuilds the graph from the tasks stored for a
+/// run.
+///
+/// The rule is per cell: task `i` depends on task `j` when some date in `i.dates` needs (same
+/// date, lookback window, self-dependency) a date in `j.dates`. Dates inside a task's range
+/// but not in its `dates` (folded not-expected dates) neither produce nor need anything, so a
+/// task never waits for a task none of its cells needs. Cost: one pass over each task's dates
+/// and windows, whatever the number of tasks.
 pub fn dependencies(spec: &Spec, tasks: &[PlannedTask]) -> Vec<Vec<usize>> {
+    let cells: Vec<(PhaseId, &[Date])> = tasks
+        .iter()
+        .map(|task| (task.phase, task.dates.as_slice()))
+        .collect();
+    dependencies_of(spec, &cells)
+}
+
+/// [`dependencies`] over `(phase, dates)` pairs.
+pub(crate) fn dependencies_of(spec: &Spec, tasks: &[(PhaseId, &[Date])]) -> Vec<Vec<usize>> {
     let (Some(min), Some(max)) = (
-        tasks.iter().map(|t| t.range.start()).min(),
-        tasks.iter().map(|t| t.range.end()).max(),
+        tasks.iter().flat_map(|(_, dates)| dates.iter()).min(),
+        tasks.iter().flat_map(|(_, dates)| dates.iter()).max(),
     ) else {
         return vec![Vec::new(); tasks.len()];
     };
-    let Ok(span) = DateRange::new(min, max) else {
+    let Ok(span) = DateRange::new(*min, *max) else {
         return vec![Vec::new(); tasks.len()];
     };
-    let days = span.len();
-    // producer[p][d] = task index producing that cell.
+    let days = i64::try_from(span.len()).unwrap_or(i64::MAX);
+    let index = phase_indices(spec);
+    // producer[p][d] = index of the task producing that cell.
     let mut producer: Vec<Vec<u32>> = vec![Vec::new(); spec.phases.len()];
-    for (i, task) in tasks.iter().enumerate() {
-        let Some(p) = spec.phase_index(task.phase) else {
+    for (i, (phase, dates)) in tasks.iter().enumerate() {
+        let Some(&p) = index.get(phase) else {
             continue;
         };
         if producer[p].is_empty() {
-            producer[p] = vec![NONE; days];
+            producer[p] = vec![NONE; span.len()];
         }
-        for date in task.range.iter() {
-            if let Some(d) = span.index_of(date) {
+        for date in *dates {
+            if let Some(d) = span.index_of(*date) {
                 producer[p][d] = u32::try_from(i).unwrap_or(NONE);
             }
         }
@@ -466,40 +485,79 @@ pub fn dependencies(spec: &Spec, tasks: &[PlannedTask]) -> Vec<Vec<usize>> {
     tasks
         .iter()
         .enumerate()
-        .map(|(i, task)| {
-            let Some(phase) = spec.phase(task.phase) else {
+        .map(|(i, (phase_id, dates))| {
+            let Some(&p) = index.get(phase_id) else {
                 return Vec::new();
             };
+            let phase = &spec.phases[p];
+            let mut offsets: Vec<i64> = dates
+                .iter()
+                .filter_map(|date| span.index_of(*date))
+                .map(|d| i64::try_from(d).unwrap_or(0))
+                .collect();
+            offsets.sort_unstable();
             let mut deps = BTreeSet::new();
-            let start = i64::try_from(span.index_of(task.range.start()).unwrap_or(0)).unwrap_or(0);
-            let end = i64::try_from(span.index_of(task.range.end()).unwrap_or(0)).unwrap_or(0);
             for need in &phase.needs {
-                let Some(q) = spec.phase_index(need.phase) else {
+                let Some(&q) = index.get(&need.phase) else {
                     continue;
                 };
                 if producer[q].is_empty() {
                     continue;
                 }
                 let window = need.window(phase.id);
-                let lo = (start + window.start).max(0);
-                let hi = (end + window.end - 1).min(i64::try_from(days).unwrap_or(0) - 1);
-                let mut offset = lo;
-                while offset <= hi {
-                    let producer_index = producer[q][usize::try_from(offset).unwrap_or(0)];
-                    if producer_index != NONE && producer_index as usize != i {
-                        deps.insert(producer_index as usize);
-                        // Skip to the end of that producer's range.
-                        let end_of = tasks[producer_index as usize].range.end();
-                        offset =
-                            i64::try_from(span.index_of(end_of).unwrap_or(0)).unwrap_or(offset) + 1;
-                    } else {
-                        offset += 1;
+                // The union of the dates' windows, scanned once: `scanned` is the last offset
+                // already looked at.
+                let mut scanned = -1_i64;
+                for &d in &offsets {
+                    let lo = (d + window.start).max(scanned + 1).max(0);
+                    let hi = (d + window.end - 1).min(days - 1);
+                    for offset in lo..=hi {
+                        let producer_index = producer[q][usize::try_from(offset).unwrap_or(0)];
+                        if producer_index != NONE && producer_index as usize != i {
+                            deps.insert(producer_index as usize);
+                        }
                     }
+                    scanned = scanned.max(hi);
                 }
             }
             deps.into_iter().collect()
         })
         .collect()
+}
+
+/// Spec index of each phase id: one lookup per need instead of a scan of the phases, so
+/// planning stays linear in cells with thousands of phases.
+pub(crate) fn phase_indices(spec: &Spec) -> HashMap<PhaseId, usize> {
+    spec.phases
+        .iter()
+        .enumerate()
+        .map(|(i, phase)| (phase.id, i))
+        .collect()
+}
+
+/// The dates to observe so that the cells of `requested` can be classified and planned
+/// exactly: `requested` extended back by the longest single lookback of any need, and never
+/// before `[pipeline] start` (every date before it expects nothing, so observing it adds
+/// nothing).
+///
+/// One window is enough, however long the chains of needs: a cell's state depends only on its
+/// own counts and on whether the cells in its direct windows satisfy dependencies, which again
+/// depends only on their own counts (`blocked` never turns a satisfied cell unsatisfied). Only
+/// cells inside `requested` are planned; the cells before it are observed, never produced. The
+/// cost of observing, classifying and planning is therefore
+/// `phases × (requested days + longest lookback)`, not `phases × chain length × lookback`.
+/// A blocked cell's root is followed back as far as this range reaches: at its first date, an
+/// unsatisfied cell is reported as it was observed (`missing` or `partial`).
+pub fn observation_range(spec: &Spec, requested: DateRange) -> DateRange {
+    let lookback = spec
+        .phases
+        .iter()
+        .flat_map(|phase| phase.needs.iter())
+        .map(|need| i64::from(need.lookback_days))
+        .max()
+        .unwrap_or(0);
+    let to_start = days_between(spec.start, requested.start()).max(0);
+    requested.extend_back(lookback.min(to_start))
 }
 
 #[cfg(test)]

@@ -205,7 +205,9 @@ fn position_or_push<'a>(
         })
 }
 
-/// The range to probe so lookback windows of `requested` can be judged.
+/// The range to probe so lookback windows of `requested` can be judged: `requested` widened
+/// back by the longest single lookback, never before `[pipeline] start`
+/// ([`gapless_core::plan::observation_range`]).
 pub fn probe_range(context: &Context, requested: DateRange) -> DateRange {
-    requested.extend_back(context.spec.max_total_lookback())
+    gapless_core::plan::observation_range(&context.spec, requested)
 }

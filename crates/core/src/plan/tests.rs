@@ -350,3 +350,248 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bounded planning.
+
+/// `phases` phases in a chain, each needing the previous one with a 30-day lookback.
+fn long_chain(phases: u32, start: &str) -> Spec {
+    let mut toml = format!("[pipeline]\nname = \"chain\"\nstart = \"{start}\"\n");
+    for id in 1..=phases {
+        toml.push_str(&format!(
+            "\n[[phase]]\nid = {id}\nname = \"p{id}\"\nrun.command = [\"x\"]\ncheck.command = [\"c\"]\n"
+        ));
+        if id > 1 {
+            toml.push_str(&format!(
+                "needs = [{{ phase = {}, lookback_days = 30 }}]\n",
+                id - 1
+            ));
+        }
+    }
+    parse(&toml, &NoFiles).unwrap()
+}
+
+#[test]
+fn one_date_of_a_thousand_phase_chain_observes_one_window() {
+    let spec = long_chain(1_000, "2000-01-01");
+    let date = d("2024-06-01");
+    let range = observation_range(&spec, DateRange::single(date));
+    // One 30-day window before the date, not 1,000 chained windows (82 years).
+    assert_eq!(range.to_string(), "2024-05-02..2024-06-01");
+    // Every phase complete before the date, missing on it.
+    let mut phases = HashMap::new();
+    for phase in &spec.phases {
+        let counts = range
+            .iter()
+            .filter(|day| *day < date)
+            .map(|day| (day, 1))
+            .collect();
+        phases.insert(
+            phase.id,
+            PhaseObservation {
+                counts,
+                expected: None,
+            },
+        );
+    }
+    let observations = Observations {
+        range,
+        calendar: None,
+        phases,
+    };
+    let matrix = classify(&spec, &observations, date);
+    let cells_examined = matrix.phases().len() * matrix.range().len();
+    assert_eq!(cells_examined, 31_000);
+    let plan = plan(
+        &spec,
+        &matrix,
+        &Request {
+            range: DateRange::single(date),
+            phases: spec.phases.iter().map(|p| p.id).collect(),
+            force: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(plan.tasks.len(), 1_000);
+    assert!(plan.blocked.is_empty());
+    for (i, task) in plan.tasks.iter().enumerate().skip(1) {
+        assert_eq!(task.deps, vec![i - 1]);
+    }
+}
+
+#[test]
+fn observation_range_stops_at_the_pipeline_start() {
+    let spec = long_chain(3, "2024-05-20");
+    let range = observation_range(&spec, DateRange::single(d("2024-06-01")));
+    assert_eq!(range.to_string(), "2024-05-20..2024-06-01");
+    // A request before the start is observed as asked.
+    let early = DateRange::new(d("2024-05-01"), d("2024-05-03")).unwrap();
+    assert_eq!(observation_range(&spec, early), early);
+    // No lookback at all: just the request.
+    let flat = parse(
+        "[pipeline]\nname = \"f\"\nstart = \"2000-01-01\"\n\n[[phase]]\nid = 1\nname = \"a\"\ncheck.command = [\"c\"]\n",
+        &NoFiles,
+    )
+    .unwrap();
+    assert_eq!(
+        observation_range(&flat, DateRange::single(d("2024-06-01"))).to_string(),
+        "2024-06-01"
+    );
+}
+
+#[test]
+fn dependencies_ignore_folded_dates_no_cell_needs() {
+    // Phase 2's task spans 01-01..01-09 but only runs 01-01 and 01-09 (the days between expect
+    // nothing of phase 2); phase 1's task producing 01-05 is not needed by any of its cells.
+    let spec = parse(
+        r#"
+[pipeline]
+name = "t"
+start = "2024-01-01"
+
+[[phase]]
+id = 1
+name = "a"
+run.command = ["x"]
+check.command = ["c"]
+
+[[phase]]
+id = 2
+name = "b"
+needs = [1]
+run.command = ["x"]
+batch_days = 10
+check.command = ["c"]
+"#,
+        &NoFiles,
+    )
+    .unwrap();
+    let task = |phase: u32, start: &str, end: &str, dates: &[&str]| PlannedTask {
+        phase: PhaseId(phase),
+        range: DateRange::new(d(start), d(end)).unwrap(),
+        dates: dates.iter().map(|s| d(s)).collect(),
+        deps: Vec::new(),
+    };
+    let tasks = vec![
+        task(1, "2024-01-01", "2024-01-01", &["2024-01-01"]),
+        task(1, "2024-01-05", "2024-01-05", &["2024-01-05"]),
+        task(2, "2024-01-01", "2024-01-09", &["2024-01-01", "2024-01-09"]),
+    ];
+    assert_eq!(dependencies(&spec, &tasks), vec![vec![], vec![], vec![0]]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Observing only [`observation_range`] classifies the requested cells and plans exactly
+    /// as observing the whole chain of lookbacks does.
+    #[test]
+    fn one_lookback_window_plans_like_the_whole_chain(case in arbitrary_case()) {
+        let wide = classify(&case.spec, &case.observations, case.today);
+        let narrow_observations = Observations {
+            range: observation_range(&case.spec, case.request.range),
+            ..case.observations.clone()
+        };
+        prop_assert!(case.observations.range.contains(narrow_observations.range.start()));
+        let narrow = classify(&case.spec, &narrow_observations, case.today);
+        for phase in &case.spec.phases {
+            for date in case.request.range.iter() {
+                prop_assert_eq!(
+                    wide.cell(phase.id, date).unwrap(),
+                    narrow.cell(phase.id, date).unwrap()
+                );
+            }
+        }
+        let wide_plan = plan(&case.spec, &wide, &case.request).unwrap();
+        let narrow_plan = plan(&case.spec, &narrow, &case.request).unwrap();
+        prop_assert_eq!(&wide_plan.tasks, &narrow_plan.tasks);
+        let cells = |plan: &Plan| plan.blocked.iter().map(|b| b.cell).collect::<Vec<_>>();
+        prop_assert_eq!(cells(&wide_plan), cells(&narrow_plan));
+    }
+}
+
+#[test]
+fn a_partly_blocked_batch_runs_its_runnable_dates_split_at_the_blocked_ones() {
+    // Phase 2 (10-day batches) needs phase 1, a source missing on 01-04 and 01-05: its batch
+    // 01-01..01-10 runs 01-01..01-03 and 01-06..01-10; its 2-day-lookback dependent phase 3
+    // loses 01-04..01-07 only.
+    let spec = parse(
+        r#"
+[pipeline]
+name = "t"
+start = "2024-01-01"
+
+[[phase]]
+id = 1
+name = "source"
+check.command = ["c"]
+
+[[phase]]
+id = 2
+name = "analytics"
+needs = [1]
+run.command = ["x"]
+batch_days = 10
+check.command = ["c"]
+
+[[phase]]
+id = 3
+name = "rolling"
+needs = [{ phase = 2, lookback_days = 2 }]
+run.command = ["x"]
+batch_days = 10
+check.command = ["c"]
+"#,
+        &NoFiles,
+    )
+    .unwrap();
+    let range = DateRange::new(d("2024-01-01"), d("2024-01-10")).unwrap();
+    let source: Vec<String> = range
+        .iter()
+        .filter(|day| *day != d("2024-01-04") && *day != d("2024-01-05"))
+        .map(|day| day.to_string())
+        .collect();
+    let source: Vec<&str> = source.iter().map(String::as_str).collect();
+    let observations = observe(range, &[(1, &source)]);
+    let matrix = classify(&spec, &observations, d("2024-01-10"));
+    let plan = plan(
+        &spec,
+        &matrix,
+        &Request {
+            range,
+            phases: [PhaseId(2), PhaseId(3)].into(),
+            force: false,
+        },
+    )
+    .unwrap();
+    let tasks: Vec<(u32, String, Vec<usize>)> = plan
+        .tasks
+        .iter()
+        .map(|t| (t.phase.0, t.range.to_string(), t.deps.clone()))
+        .collect();
+    assert_eq!(
+        tasks,
+        vec![
+            (2, "2024-01-01..2024-01-03".to_owned(), vec![]),
+            (2, "2024-01-06..2024-01-10".to_owned(), vec![]),
+            (3, "2024-01-01..2024-01-03".to_owned(), vec![0]),
+            (3, "2024-01-08..2024-01-10".to_owned(), vec![1]),
+        ]
+    );
+    let blocked: Vec<String> = plan
+        .blocked
+        .iter()
+        .map(|b| format!("{} {}", b.cell.phase, b.cell.date))
+        .collect();
+    assert_eq!(
+        blocked,
+        [
+            "2 2024-01-04",
+            "2 2024-01-05",
+            "3 2024-01-04",
+            "3 2024-01-05",
+            "3 2024-01-06",
+            "3 2024-01-07"
+        ]
+    );
+}
