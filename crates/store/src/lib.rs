@@ -25,6 +25,7 @@
 mod codec;
 mod error;
 mod model;
+mod schema;
 mod sql;
 mod sqlite;
 mod store;
@@ -35,5 +36,6 @@ pub use crate::model::{
     InvalidRunId, NewEvent, NewRun, NewTask, NewTaskState, PhaseProgress, RunId, RunKind,
     RunRecord, RunState, ScanRecorded, TaskRecord, TaskState, UnknownState,
 };
+pub use crate::schema::SCHEMA_VERSION;
 pub use crate::sqlite::{SqliteStore, SyncMode};
-pub use crate::store::{Completion, NextClaims, SCHEMA_VERSION, Store};
+pub use crate::store::{Completion, NextClaims, Store};
