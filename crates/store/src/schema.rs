@@ -8,7 +8,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 /// Highest migration embedded in this binary; [`crate::Store::ensure_current`] demands exactly
 /// this.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// One embedded migration: version, description, SQL.
 type EmbeddedMigration = (i64, &'static str, &'static str);
@@ -40,6 +40,11 @@ pub(crate) const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[
         "checks without IN lists",
         include_str!("../migrations/postgres/0004_checks_without_in_lists.sql"),
     ),
+    (
+        5,
+        "fencing and ownership",
+        include_str!("../migrations/postgres/0005_fencing_and_ownership.sql"),
+    ),
 ];
 
 pub(crate) fn migrator(embedded: &[EmbeddedMigration]) -> Migrator {
@@ -69,6 +74,10 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (
         4,
         include_str!("../migrations/sqlite/0004_checks_without_in_lists.sql"),
+    ),
+    (
+        5,
+        include_str!("../migrations/sqlite/0005_fencing_and_ownership.sql"),
     ),
 ];
 
@@ -105,6 +114,7 @@ mod tests {
                 (2, 0x0f82_3cde_88a7_b33a),
                 (3, 0xd983_ec3f_e0aa_e310),
                 (4, 0x72fa_8287_150d_feef),
+                (5, 0xf314_2873_5874_1e0a),
             ]
         );
         assert_eq!(SQLITE_MIGRATIONS.last().map(|m| m.0), Some(SCHEMA_VERSION));

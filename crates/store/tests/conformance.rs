@@ -975,12 +975,12 @@ async fn completion_claims_the_next_tasks(store: Store) -> anyhow::Result<()> {
         claims,
         vec![
             Some(Claim {
-                epoch: 1,
+                epoch: claim.epoch + 1,
                 attempt: 1
             }),
             None
         ],
-        "the second next task was offered with a wrong epoch"
+        "the second next task was offered with a wrong epoch, or its epoch is not the next one"
     );
     assert_eq!(task_record(&store, first).await?.state, TaskState::Complete);
     let claimed = task_record(&store, second).await?;
@@ -1014,7 +1014,7 @@ async fn completion_claims_the_next_tasks(store: Store) -> anyhow::Result<()> {
     assert_eq!(
         claims,
         vec![Some(Claim {
-            epoch: 1,
+            epoch: second_claim.epoch + 1,
             attempt: 1
         })]
     );

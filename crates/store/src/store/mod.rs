@@ -63,7 +63,9 @@ mod cells;
 mod connect;
 mod events;
 mod gaps;
+mod owners;
 mod runs;
+mod split;
 mod tasks;
 
 pub use self::tasks::{Completion, NextClaims};

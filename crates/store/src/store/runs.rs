@@ -1,14 +1,16 @@
 //! Runs: creation with their whole plan, reads, and run-level state changes.
 
+use std::time::Duration;
+
 use chrono::Utc;
 use rusqlite::{Connection, params};
 
 use crate::codec::{date_text, run_from_row};
 use crate::error::StoreError;
-use crate::model::{NewRun, NewTask, RunId, RunRecord, RunState};
+use crate::model::{NewRun, NewTask, RunId, RunOwner, RunRecord, RunState};
 use crate::sql;
 use crate::sqlite::{self, Commit};
-use crate::store::{Store, log_outcome};
+use crate::store::{Store, log_outcome, millis};
 
 impl Store {
     // --- runs -----------------------------------------------------------------------------
@@ -21,6 +23,25 @@ impl Store {
     /// cover the same (phase, date), and with [`StoreError::InvalidTask`] for a task whose dates
     /// are empty or outside its range.
     pub async fn create_run(&self, new: &NewRun) -> Result<RunId, StoreError> {
+        self.insert_run(new, None).await
+    }
+
+    /// [`Store::create_run`], owned by `owner` from its first commit, with a lease of `ttl`
+    /// ([`Store::acquire_run`]).
+    pub async fn create_run_owned(
+        &self,
+        new: &NewRun,
+        owner: &RunOwner<'_>,
+        ttl: Duration,
+    ) -> Result<RunId, StoreError> {
+        self.insert_run(new, Some((owner, ttl))).await
+    }
+
+    async fn insert_run(
+        &self,
+        new: &NewRun,
+        owner: Option<(&RunOwner<'_>, Duration)>,
+    ) -> Result<RunId, StoreError> {
         validate_tasks(&new.tasks)?;
         let now = Utc::now();
         let id = RunId::generate(now);
@@ -30,10 +51,29 @@ impl Store {
             source,
         })?;
         let (kind, run_id) = (new.kind.as_str(), id.as_str());
+        let (owner_id, owner_host, owner_pid, owner_expires_at) = match owner {
+            Some((owner, ttl)) => (
+                Some(owner.id),
+                Some(owner.host),
+                Some(owner.pid),
+                Some(now.saturating_add(millis(ttl))),
+            ),
+            None => (None, None, None, None),
+        };
         match self {
             Self::Sqlite(sqlite) => sqlite.transaction(Commit::Durable, |connection| {
                 let pipeline = new.pipeline.as_str();
-                let values = params![run_id, kind, pipeline, request, now];
+                let values = params![
+                    run_id,
+                    kind,
+                    pipeline,
+                    request,
+                    now,
+                    owner_id,
+                    owner_host,
+                    owner_pid,
+                    owner_expires_at
+                ];
                 sqlite::execute(connection, sql::INSERT_RUN_SQLITE, values)?;
                 insert_tasks_sqlite(connection, run_id, &new.tasks)?;
                 Ok(())
@@ -45,6 +85,10 @@ impl Store {
                     .bind(new.pipeline.as_str())
                     .bind(request.as_str())
                     .bind(now)
+                    .bind(owner_id)
+                    .bind(owner_host)
+                    .bind(owner_pid)
+                    .bind(owner_expires_at)
                     .execute(&mut *tx)
                     .await?;
                 insert_tasks_postgres(&mut tx, run_id, &new.tasks).await?;
@@ -92,7 +136,8 @@ impl Store {
     }
 
     /// Compare-and-set of the run's state on its `version`; `true` when it applied. Sets
-    /// `finished_at` for terminal states and clears it for `running` (resume). Durable on
+    /// `finished_at` for terminal states (and releases the run's owner) and clears it for
+    /// `running` (resume). Durable on
     /// SQLite whatever the [`SyncMode`].
     pub async fn set_run_state(
         &self,
@@ -125,8 +170,8 @@ impl Store {
         Ok(won)
     }
 
-    /// Moves a `running` run to the terminal `state`; `true` when it applied. A run that is no
-    /// longer running (cancelled, already finished) is left alone. Durable on SQLite whatever
+    /// Moves a `running` run to the terminal `state` and releases its owner; `true` when it
+    /// applied. A run that is no longer running (cancelled, already finished) is left alone. Durable on SQLite whatever
     /// the [`SyncMode`], and so is everything committed before it.
     pub async fn finish_run(&self, run_id: &RunId, state: RunState) -> Result<bool, StoreError> {
         if !state.is_terminal() {

@@ -6,9 +6,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, params};
 
-use crate::codec::{RowExt, task_from_row};
+use crate::codec::{RowExt, holder_from_row, runner_from_row, task_from_row};
 use crate::error::StoreError;
-use crate::model::{Claim, RunId, TaskRecord};
+use crate::model::{CellHolder, Claim, RunId, RunnerRecord, TaskRecord};
 use crate::sql;
 use crate::sqlite::{self, Commit};
 use crate::store::{Store, log_outcome, millis};
@@ -58,9 +58,14 @@ impl Store {
     }
 
     /// Claims a pending task whose lease epoch is still `seen_epoch` and whose retry backoff has
-    /// passed: pending → running, attempt + 1, lease epoch + 1, lease held by `owner` until
-    /// now + `ttl`. `None` means another claimer won, the epoch is stale, or the task is not
-    /// claimable (yet): do not run it. One statement (`UPDATE … RETURNING`).
+    /// passed: pending → running, attempt + 1, lease held by `owner` until now + `ttl`, and a
+    /// hold on each of its cells ([`Store::cell_holders`]) until the same time. `None` means
+    /// another claimer won, the epoch is stale, the task is not claimable (yet), or a live task
+    /// of another run holds one of its cells: do not run it.
+    ///
+    /// The new lease epoch (the runner's `GAPLESS_ATTEMPT_TOKEN`) is strictly greater than
+    /// every epoch any claim handed out before, for any task of any run: it comes from one
+    /// counter, bumped in the claim's transaction.
     pub async fn claim(
         &self,
         task_id: i64,
@@ -75,18 +80,15 @@ impl Store {
                 claim_sqlite(connection, task_id, seen_epoch, owner, expires_at, now)
             })?,
             Self::Postgres(pool) => pg_call!({
-                match sqlx::query(sql::CLAIM_POSTGRES.postgres)
-                    .bind(task_id)
-                    .bind(seen_epoch)
-                    .bind(owner)
-                    .bind(expires_at)
-                    .bind(now)
-                    .fetch_optional(pool)
-                    .await?
-                {
-                    Some(row) => Some(claim_from_row(&row)?),
-                    None => None,
+                let mut tx = pool.begin().await?;
+                let claim =
+                    claim_postgres(&mut tx, task_id, seen_epoch, owner, expires_at, now).await?;
+                if claim.is_some() {
+                    tx.commit().await?;
+                } else {
+                    tx.rollback().await?;
                 }
+                claim
             })?,
         };
         log_outcome("claim", claim.is_some());
@@ -94,7 +96,8 @@ impl Store {
     }
 
     /// Renews the lease of a running task held under `epoch` to now + `ttl`. `false` means the
-    /// lease was lost (rescued, requeued): the holder must stop its runner. One statement.
+    /// lease was lost (rescued, requeued): the holder must stop its runner. The task's cell
+    /// holds are renewed with it, in the same transaction.
     pub async fn heartbeat(
         &self,
         task_id: i64,
@@ -103,19 +106,32 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let expires_at = Utc::now().timestamp_millis().saturating_add(millis(ttl));
         let won = match self {
-            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+            Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
                 let values = params![task_id, epoch, expires_at];
-                Ok(sqlite::execute(connection, sql::HEARTBEAT.sqlite, values)? == 1)
+                if sqlite::execute(connection, sql::HEARTBEAT.sqlite, values)? == 0 {
+                    return Ok(false);
+                }
+                let values = params![task_id, expires_at];
+                sqlite::execute(connection, sql::RENEW_HOLDS.sqlite, values)?;
+                Ok(true)
             })?,
-            Self::Postgres(pool) => pg_call!({
-                sqlx::query(sql::HEARTBEAT.postgres)
+            Self::Postgres(pool) => pg_tx!(pool, |tx| {
+                let won = sqlx::query(sql::HEARTBEAT.postgres)
                     .bind(task_id)
                     .bind(epoch)
                     .bind(expires_at)
-                    .execute(pool)
+                    .execute(&mut *tx)
                     .await?
                     .rows_affected()
-                    == 1
+                    == 1;
+                if won {
+                    sqlx::query(sql::RENEW_HOLDS.postgres)
+                        .bind(task_id)
+                        .bind(expires_at)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                won
             })?,
         };
         log_outcome("heartbeat", won);
@@ -123,12 +139,13 @@ impl Store {
     }
 
     /// Records a running task held under `epoch` as complete, in one transaction: the task
-    /// (with `counts`, lease cleared, epoch + 1), its still-pending cells → complete, and one
-    /// `complete` event from `source` per cell that became complete. `false` means the lease was
+    /// (with `counts`, lease cleared, epoch + 1, runner forgotten), its still-pending cells →
+    /// complete, one `complete` event from `source` per cell that became complete, and its
+    /// cell holds dropped. `false` means the lease was
     /// lost: a stale completion, to be logged and dropped, not turned into a failure.
     ///
-    /// Three statements, each set-based (the task's compare-and-set, then the cells and their
-    /// events whatever their number); a lost compare-and-set stops after the first.
+    /// Four statements, each set-based (the task's compare-and-set, then the cells, their
+    /// events and holds whatever their number); a lost compare-and-set stops after the first.
     pub async fn complete(
         &self,
         task_id: i64,
@@ -179,6 +196,7 @@ impl Store {
                 )?;
                 let values = params![task_id, now, source];
                 sqlite::execute(connection, sql::INSERT_COMPLETION_EVENTS.sqlite, values)?;
+                sqlite::execute(connection, sql::DROP_HOLDS.sqlite, [task_id])?;
                 let mut claims = Vec::with_capacity(next.tasks.len());
                 for &(next_id, seen_epoch) in next.tasks {
                     let claim =
@@ -209,20 +227,26 @@ impl Store {
                         .bind(source)
                         .execute(&mut *tx)
                         .await?;
+                    drop_holds_postgres(&mut tx, task_id).await?;
                     let mut claims = Vec::with_capacity(next.tasks.len());
                     for &(next_id, seen_epoch) in next.tasks {
-                        let row = sqlx::query(sql::CLAIM_POSTGRES.postgres)
-                            .bind(next_id)
-                            .bind(seen_epoch)
-                            .bind(next.owner)
-                            .bind(expires_at)
-                            .bind(now)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                        claims.push(match row {
-                            Some(row) => Some(claim_from_row(&row)?),
-                            None => None,
-                        });
+                        // A savepoint per claim: a refused one is rolled back alone.
+                        let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
+                        let claim = claim_postgres(
+                            &mut savepoint,
+                            next_id,
+                            seen_epoch,
+                            next.owner,
+                            expires_at,
+                            now,
+                        )
+                        .await?;
+                        if claim.is_some() {
+                            savepoint.commit().await?;
+                        } else {
+                            savepoint.rollback().await?;
+                        }
+                        claims.push(claim);
                     }
                     Some(claims)
                 } else {
@@ -281,18 +305,26 @@ impl Store {
     /// becomes blocked or the run stops first. `false`: the lease was lost meanwhile.
     pub async fn release_claim(&self, task_id: i64, epoch: i64) -> Result<bool, StoreError> {
         let won = match self {
-            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+            Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
                 let values = params![task_id, epoch];
-                Ok(sqlite::execute(connection, sql::RELEASE_CLAIM.sqlite, values)? == 1)
+                if sqlite::execute(connection, sql::RELEASE_CLAIM.sqlite, values)? == 0 {
+                    return Ok(false);
+                }
+                sqlite::execute(connection, sql::DROP_HOLDS.sqlite, [task_id])?;
+                Ok(true)
             })?,
-            Self::Postgres(pool) => pg_call!({
-                sqlx::query(sql::RELEASE_CLAIM.postgres)
+            Self::Postgres(pool) => pg_tx!(pool, |tx| {
+                let won = sqlx::query(sql::RELEASE_CLAIM.postgres)
                     .bind(task_id)
                     .bind(epoch)
-                    .execute(pool)
+                    .execute(&mut *tx)
                     .await?
                     .rows_affected()
-                    == 1
+                    == 1;
+                if won {
+                    drop_holds_postgres(&mut tx, task_id).await?;
+                }
+                won
             })?,
         };
         log_outcome("release_claim", won);
@@ -300,8 +332,8 @@ impl Store {
     }
 
     /// Gives a running task held under `epoch` back for another attempt: running → pending,
-    /// `error` recorded, lease cleared, epoch + 1, not claimable before now + `not_before`.
-    /// One statement.
+    /// `error` recorded, lease cleared, epoch + 1, not claimable before now + `not_before`,
+    /// cell holds dropped.
     pub async fn release_for_retry(
         &self,
         task_id: i64,
@@ -313,20 +345,28 @@ impl Store {
             .timestamp_millis()
             .saturating_add(millis(not_before));
         let won = match self {
-            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+            Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
                 let values = params![task_id, epoch, error, not_before];
-                Ok(sqlite::execute(connection, sql::RELEASE_FOR_RETRY.sqlite, values)? == 1)
+                if sqlite::execute(connection, sql::RELEASE_FOR_RETRY.sqlite, values)? == 0 {
+                    return Ok(false);
+                }
+                sqlite::execute(connection, sql::DROP_HOLDS.sqlite, [task_id])?;
+                Ok(true)
             })?,
-            Self::Postgres(pool) => pg_call!({
-                sqlx::query(sql::RELEASE_FOR_RETRY.postgres)
+            Self::Postgres(pool) => pg_tx!(pool, |tx| {
+                let won = sqlx::query(sql::RELEASE_FOR_RETRY.postgres)
                     .bind(task_id)
                     .bind(epoch)
                     .bind(error)
                     .bind(not_before)
-                    .execute(pool)
+                    .execute(&mut *tx)
                     .await?
                     .rows_affected()
-                    == 1
+                    == 1;
+                if won {
+                    drop_holds_postgres(&mut tx, task_id).await?;
+                }
+                won
             })?,
         };
         log_outcome("release_for_retry", won);
@@ -334,8 +374,8 @@ impl Store {
     }
 
     /// Fails a running task held under `epoch` for good, in one transaction: the task → failed
-    /// with `error` (lease cleared, epoch + 1) and its pending cells → failed. Two statements;
-    /// a lost compare-and-set stops after the first.
+    /// with `error` (lease cleared, epoch + 1) and its pending cells → failed, its cell holds
+    /// dropped. A lost compare-and-set stops after the first statement.
     pub async fn fail(&self, task_id: i64, epoch: i64, error: &str) -> Result<bool, StoreError> {
         let now = Utc::now().timestamp_millis();
         let won = match self {
@@ -345,6 +385,7 @@ impl Store {
                     return Ok(false);
                 }
                 sqlite::execute(connection, sql::FAIL_CELLS.sqlite, [task_id])?;
+                sqlite::execute(connection, sql::DROP_HOLDS.sqlite, [task_id])?;
                 Ok(true)
             })?,
             Self::Postgres(pool) => pg_tx!(pool, |tx| {
@@ -362,6 +403,7 @@ impl Store {
                         .bind(task_id)
                         .execute(&mut *tx)
                         .await?;
+                    drop_holds_postgres(&mut tx, task_id).await?;
                 }
                 won
             })?,
@@ -372,27 +414,39 @@ impl Store {
 
     /// For `resume` of a run whose executor is gone: every running task of the run → pending,
     /// error `interrupted`, lease cleared, epoch + 1, so a stale holder's later writes are
-    /// rejected. Returns the requeued task ids. With several nodes, use
+    /// rejected, and their cell holds dropped. Their runners stay recorded
+    /// ([`Store::recorded_runners`]): the old holder may not have stopped them. Returns the
+    /// requeued task ids. With several nodes, use
     /// [`Store::requeue_expired`] instead: it spares tasks whose holder is alive.
     pub async fn requeue_running(&self, run_id: &RunId) -> Result<Vec<i64>, StoreError> {
         let run_id = run_id.as_str();
         match self {
-            Self::Sqlite(sqlite) => sqlite.call(|connection| {
-                sqlite::rows(connection, sql::REQUEUE_RUNNING.sqlite, [run_id], |row| {
-                    Ok(row.get(0)?)
-                })
+            Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
+                let ids: Vec<i64> =
+                    sqlite::rows(connection, sql::REQUEUE_RUNNING.sqlite, [run_id], |row| {
+                        Ok(row.get(0)?)
+                    })?;
+                for &task_id in &ids {
+                    sqlite::execute(connection, sql::DROP_HOLDS.sqlite, [task_id])?;
+                }
+                Ok(ids)
             }),
-            Self::Postgres(pool) => pg_call!({
-                sqlx::query_scalar(sql::REQUEUE_RUNNING.postgres)
+            Self::Postgres(pool) => pg_tx!(pool, |tx| {
+                let ids: Vec<i64> = sqlx::query_scalar(sql::REQUEUE_RUNNING.postgres)
                     .bind(run_id)
-                    .fetch_all(pool)
-                    .await?
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for &task_id in &ids {
+                    drop_holds_postgres(&mut tx, task_id).await?;
+                }
+                ids
             }),
         }
     }
 
     /// Rescues tasks of dead holders: every running task (of any run) whose lease expired
-    /// before `now` → pending, error `lease expired`, lease cleared, epoch + 1. Returns their ids.
+    /// before `now` → pending, error `lease expired`, lease cleared, epoch + 1, cell holds
+    /// dropped, runners kept recorded. Returns their ids.
     ///
     /// One guarded statement, not read-then-update: the guard (still `running`, lease still
     /// expired) is evaluated per row under its row lock, so a task that completed, was
@@ -402,23 +456,123 @@ impl Store {
     pub async fn requeue_expired(&self, now: DateTime<Utc>) -> Result<Vec<i64>, StoreError> {
         let now = now.timestamp_millis();
         match self {
+            Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
+                let ids: Vec<i64> =
+                    sqlite::rows(connection, sql::REQUEUE_EXPIRED.sqlite, [now], |row| {
+                        Ok(row.get(0)?)
+                    })?;
+                for &task_id in &ids {
+                    sqlite::execute(connection, sql::DROP_HOLDS.sqlite, [task_id])?;
+                }
+                Ok(ids)
+            }),
+            Self::Postgres(pool) => pg_tx!(pool, |tx| {
+                let ids: Vec<i64> = sqlx::query_scalar(sql::REQUEUE_EXPIRED.postgres)
+                    .bind(now)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for &task_id in &ids {
+                    drop_holds_postgres(&mut tx, task_id).await?;
+                }
+                ids
+            }),
+        }
+    }
+
+    /// Records the runner of the attempt held under `epoch`: its `host` and process group id
+    /// `pgid`, so that a resume can make sure it is gone ([`Store::recorded_runners`]). One
+    /// statement; `false` means the lease was lost meanwhile.
+    pub async fn record_runner(
+        &self,
+        task_id: i64,
+        epoch: i64,
+        host: &str,
+        pgid: i64,
+    ) -> Result<bool, StoreError> {
+        let won = match self {
             Self::Sqlite(sqlite) => sqlite.call(|connection| {
-                sqlite::rows(connection, sql::REQUEUE_EXPIRED.sqlite, [now], |row| {
-                    Ok(row.get(0)?)
-                })
+                let values = params![task_id, epoch, host, pgid];
+                Ok(sqlite::execute(connection, sql::RECORD_RUNNER.sqlite, values)? == 1)
+            })?,
+            Self::Postgres(pool) => pg_call!({
+                sqlx::query(sql::RECORD_RUNNER.postgres)
+                    .bind(task_id)
+                    .bind(epoch)
+                    .bind(host)
+                    .bind(pgid)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+                    == 1
+            })?,
+        };
+        log_outcome("record_runner", won);
+        Ok(won)
+    }
+
+    /// The run's recorded runners that may still be alive: those of its running tasks, and of
+    /// its tasks that [`Store::requeue_running`] or [`Store::requeue_expired`] took from a holder
+    /// that may not have stopped them. A runner is forgotten when its task completes, fails or is
+    /// released by its holder, when the task is claimed again, and by [`Store::forget_runners`].
+    pub async fn recorded_runners(&self, run_id: &RunId) -> Result<Vec<RunnerRecord>, StoreError> {
+        self.rows_by(sql::SELECT_RUNNERS, run_id.as_str(), |row| {
+            runner_from_row(row)
+        })
+        .await
+    }
+
+    /// Forgets the recorded runners of the run's tasks that are not running, once the caller
+    /// made sure they are gone (so that a later resume does not signal a process group id the
+    /// system has reused). Returns how many it forgot.
+    pub async fn forget_runners(&self, run_id: &RunId) -> Result<u64, StoreError> {
+        let run_id = run_id.as_str();
+        match self {
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                let forgot = sqlite::execute(connection, sql::FORGET_RUNNERS.sqlite, [run_id])?;
+                Ok(u64::try_from(forgot).unwrap_or(u64::MAX))
             }),
             Self::Postgres(pool) => pg_call!({
-                sqlx::query_scalar(sql::REQUEUE_EXPIRED.postgres)
+                sqlx::query(sql::FORGET_RUNNERS.postgres)
+                    .bind(run_id)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }),
+        }
+    }
+
+    /// The live holds of other tasks (of other runs) on the cells of `task_id`, by phase and
+    /// date: while there is one, [`Store::claim`] refuses the task. The executor waits for
+    /// them (and then skips the cells that became complete) or reports who holds them.
+    pub async fn cell_holders(&self, task_id: i64) -> Result<Vec<CellHolder>, StoreError> {
+        let now = Utc::now().timestamp_millis();
+        match self {
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                sqlite::rows(
+                    connection,
+                    sql::SELECT_HOLDERS.sqlite,
+                    [task_id, now],
+                    |row| holder_from_row(row),
+                )
+            }),
+            Self::Postgres(pool) => pg_call!({
+                sqlx::query(sql::SELECT_HOLDERS.postgres)
+                    .bind(task_id)
                     .bind(now)
                     .fetch_all(pool)
                     .await?
+                    .iter()
+                    .map(holder_from_row)
+                    .collect::<Result<Vec<_>, _>>()?
             }),
         }
     }
 }
 
-/// Claims a task inside the caller's SQLite transaction: the guarded update, then the new
-/// lease. `None` when the guard refused (not pending at `seen_epoch`, or backing off).
+/// Claims a task inside the caller's SQLite transaction, whose writers are serialized: the
+/// guarded update (which refuses while another task holds one of its cells), the task's cell
+/// holds, the new lease, and the epoch counter moved to it. `None` when the guard refused (not
+/// pending at `seen_epoch`, backing off, or a cell held); nothing is written then.
 fn claim_sqlite(
     connection: &Connection,
     task_id: i64,
@@ -431,10 +585,56 @@ fn claim_sqlite(
     if sqlite::execute(connection, sql::CLAIM_SQLITE.sqlite, values)? == 0 {
         return Ok(None);
     }
+    let values = params![task_id, expires_at, now];
+    sqlite::execute(connection, sql::TAKE_HOLDS.sqlite, values)?;
     let lease = sqlite::rows(connection, sql::SELECT_LEASE.sqlite, [task_id], |row| {
         claim_from_row(row)
     })?;
-    Ok(lease.into_iter().next())
+    let claim = lease.into_iter().next();
+    if let Some(claim) = claim {
+        sqlite::execute(connection, sql::SET_LEASE_COUNTER.sqlite, [claim.epoch])?;
+    }
+    Ok(claim)
+}
+
+/// Claims a task inside the caller's PostgreSQL transaction: the task's cell holds first (an
+/// `INSERT … ON CONFLICT` that waits for concurrent claimers of the same cells and sees their
+/// committed holds), then the guarded update with the new epoch. `None` when refused; the
+/// caller must then roll back what this wrote (a transaction or a savepoint of its own).
+async fn claim_postgres(
+    tx: &mut sqlx::PgConnection,
+    task_id: i64,
+    seen_epoch: i64,
+    owner: &str,
+    expires_at: i64,
+    now: i64,
+) -> Result<Option<Claim>, StoreError> {
+    let held: bool = sqlx::query_scalar(sql::TAKE_HOLDS_POSTGRES.postgres)
+        .bind(task_id)
+        .bind(expires_at)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !held {
+        return Ok(None);
+    }
+    let row = sqlx::query(sql::CLAIM_POSTGRES.postgres)
+        .bind(task_id)
+        .bind(seen_epoch)
+        .bind(owner)
+        .bind(expires_at)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+    row.map(|row| claim_from_row(&row)).transpose()
+}
+
+async fn drop_holds_postgres(tx: &mut sqlx::PgConnection, task_id: i64) -> Result<(), StoreError> {
+    sqlx::query(sql::DROP_HOLDS.postgres)
+        .bind(task_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 fn claim_from_row(row: &impl RowExt) -> Result<Claim, StoreError> {
