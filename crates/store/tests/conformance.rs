@@ -1894,3 +1894,143 @@ async fn sqlite_tasks_split_into_pieces() -> anyhow::Result<()> {
 async fn postgres_tasks_split_into_pieces() -> anyhow::Result<()> {
     on_postgres(tasks_split_into_pieces).await
 }
+
+/// Migration 5 on a version-4 file with data: the epoch counter starts above every epoch any
+/// task holds, so the first token handed out after it is greater than all before; old runs have
+/// no owner and old tasks no runner.
+#[tokio::test]
+async fn sqlite_migration_5_keeps_tokens_growing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    {
+        let connection = rusqlite::Connection::open(dir.path().join("v4.db"))?;
+        for migration in [
+            include_str!("../migrations/sqlite/0001_init.sql"),
+            include_str!("../migrations/sqlite/0002_lean_events.sql"),
+            include_str!("../migrations/sqlite/0003_gap_ledger.sql"),
+            include_str!("../migrations/sqlite/0004_checks_without_in_lists.sql"),
+        ] {
+            connection.execute_batch(migration)?;
+        }
+        connection.execute_batch(
+            "PRAGMA user_version = 4;
+             INSERT INTO runs (id, seq, kind, pipeline, request, state, created_at, updated_at)
+                 VALUES ('r4', 1, 'backfill', 'p', '{}', 'running', 1, 1);
+             INSERT INTO tasks (id, run_id, phase, start_date, end_date, state, attempt,
+                                lease_epoch, finished_at, counts)
+                 VALUES (41, 'r4', 1, '2024-01-01', '2024-01-01', 'complete', 3, 17, 5, '{}');
+             INSERT INTO tasks (id, run_id, phase, start_date, end_date, state, attempt,
+                                lease_epoch, lease_owner, lease_expires_at, started_at)
+                 VALUES (42, 'r4', 1, '2024-01-02', '2024-01-02', 'running', 1, 9, 'node',
+                         99999999999999, 1);
+             INSERT INTO run_cells (run_id, phase, date, task_id, state, completed_at)
+                 VALUES ('r4', 1, '2024-01-01', 41, 'complete', 5),
+                        ('r4', 1, '2024-01-02', 42, 'pending', NULL);",
+        )?;
+    }
+    let store = Store::connect("sqlite://v4.db", dir.path()).await?;
+    assert_eq!(store.schema_version().await?, 4);
+    store.migrate().await?;
+    assert_eq!(store.schema_version().await?, SCHEMA_VERSION);
+    store.ensure_current().await?;
+
+    let old = RunId::parse("r4")?;
+    assert_eq!(store.run(&old).await?.context("run")?.owner, None);
+    let tasks = store.tasks(&old).await?;
+    let summary: Vec<_> = tasks
+        .iter()
+        .map(|t| (t.id, t.state, t.lease_epoch, t.runner_host.clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (41, TaskState::Complete, 17, None),
+            (42, TaskState::Running, 9, None),
+        ]
+    );
+    // The task running at the upgrade holds no cell: a new run's claim of its cell is not
+    // refused by a hold (the run's owner, once the runtime checks owners, keeps it apart).
+    let new = store
+        .create_run(&run_of(RunKind::Backfill, vec![task(1, d(1), d(2))]))
+        .await?;
+    let new_task = store.tasks(&new).await?[0].id;
+    assert!(store.cell_holders(new_task).await?.is_empty());
+    let claim = store
+        .claim(new_task, 0, "node", TTL)
+        .await?
+        .context("claim")?;
+    assert_eq!(claim.epoch, 18, "above the highest epoch of version 4");
+    assert_eq!(pragma::<String>(&store, "integrity_check")?, "ok");
+    Ok(())
+}
+
+/// The same on PostgreSQL: a database at version 4 (sqlx's migrator) with data moves to 5.
+#[tokio::test]
+async fn postgres_migration_5_keeps_tokens_growing() -> anyhow::Result<()> {
+    on_postgres(|store| async move {
+        let Store::Postgres(pool) = &store else {
+            bail!("a postgres:// URL must open PostgreSQL");
+        };
+        let files = [
+            (
+                1,
+                "init",
+                include_str!("../migrations/postgres/0001_init.sql"),
+            ),
+            (
+                2,
+                "lean events",
+                include_str!("../migrations/postgres/0002_lean_events.sql"),
+            ),
+            (
+                3,
+                "gap ledger",
+                include_str!("../migrations/postgres/0003_gap_ledger.sql"),
+            ),
+            (
+                4,
+                "checks without IN lists",
+                include_str!("../migrations/postgres/0004_checks_without_in_lists.sql"),
+            ),
+        ];
+        let migrations = files
+            .iter()
+            .map(|&(version, description, text)| {
+                sqlx::migrate::Migration::new(
+                    version,
+                    description.into(),
+                    sqlx::migrate::MigrationType::Simple,
+                    sqlx::AssertSqlSafe(text).into_sql_str(),
+                    false,
+                )
+            })
+            .collect();
+        sqlx::migrate::Migrator::with_migrations(migrations)
+            .run(pool)
+            .await?;
+        assert_eq!(store.schema_version().await?, 4);
+        for statement in [
+            "INSERT INTO runs (id, kind, pipeline, request, state, created_at, updated_at) \
+             VALUES ('r4', 'backfill', 'p', '{}', 'succeeded', 1, 1)",
+            "INSERT INTO tasks (run_id, phase, start_date, end_date, state, attempt, \
+                                lease_epoch, finished_at, counts) \
+             VALUES ('r4', 1, '2024-01-01', '2024-01-01', 'complete', 2, 23, 5, '{}')",
+        ] {
+            execute(&store, statement).await?;
+        }
+        store.migrate().await?;
+        assert_eq!(store.schema_version().await?, SCHEMA_VERSION);
+        let old = RunId::parse("r4")?;
+        assert_eq!(store.run(&old).await?.context("run")?.owner, None);
+        let new = store
+            .create_run(&run_of(RunKind::Backfill, vec![task(1, d(1), d(1))]))
+            .await?;
+        let new_task = store.tasks(&new).await?[0].id;
+        let claim = store
+            .claim(new_task, 0, "node", TTL)
+            .await?
+            .context("claim")?;
+        assert_eq!(claim.epoch, 24, "above the highest epoch of version 4");
+        Ok(())
+    })
+    .await
+}
