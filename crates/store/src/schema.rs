@@ -114,7 +114,7 @@ mod tests {
                 (2, 0x0f82_3cde_88a7_b33a),
                 (3, 0xd983_ec3f_e0aa_e310),
                 (4, 0x72fa_8287_150d_feef),
-                (5, 0xf314_2873_5874_1e0a),
+                (5, 0x7449_c070_0426_13f9),
             ]
         );
         assert_eq!(SQLITE_MIGRATIONS.last().map(|m| m.0), Some(SCHEMA_VERSION));

@@ -269,10 +269,15 @@ statements! {
              (SELECT COUNT(*) FROM run_cells WHERE task_id = $1)"
     );
 
-    /// A heartbeat renews the task's holds with its lease.
-    RENEW_HOLDS = "UPDATE cell_holds SET expires_at = $2 WHERE task_id = $1";
+    /// A heartbeat renews the task's holds with its lease. Holds are found through the task's
+    /// cells: `cell_holds` has no index on `task_id` (one page less written per claim).
+    RENEW_HOLDS = "UPDATE cell_holds SET expires_at = $2 \
+         WHERE (phase, date) IN (SELECT phase, date FROM run_cells WHERE task_id = $1) \
+           AND task_id = $1";
 
-    DROP_HOLDS = "DELETE FROM cell_holds WHERE task_id = $1";
+    DROP_HOLDS = "DELETE FROM cell_holds \
+         WHERE (phase, date) IN (SELECT phase, date FROM run_cells WHERE task_id = $1) \
+           AND task_id = $1";
 
     /// Live holds of other tasks on the cells of task `$1` at `$2` (now).
     SELECT_HOLDERS = "SELECT h.phase AS phase, h.date AS date, h.run_id AS run_id, \

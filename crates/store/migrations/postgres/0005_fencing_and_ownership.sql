@@ -16,8 +16,6 @@ CREATE TABLE cell_holds (
     PRIMARY KEY (phase, date)
 );
 
-CREATE INDEX cell_holds_task ON cell_holds (task_id);
-
 ALTER TABLE runs ADD COLUMN owner_id TEXT;
 ALTER TABLE runs ADD COLUMN owner_host TEXT;
 ALTER TABLE runs ADD COLUMN owner_pid BIGINT;

@@ -18,7 +18,9 @@ INSERT INTO lease_counter (id, last) SELECT 1, COALESCE(MAX(lease_epoch), 0) FRO
 -- date of its task and is refused while another task's hold is live. The liveness is the row's
 -- own `expires_at` (the holder's lease, renewed with it by heartbeats), never a join on `tasks`.
 -- Rows are dropped when their task leaves `running`. No foreign key: a hold is checked and
--- written on every claim, and its task is never deleted while it holds.
+-- written on every claim, and its task is never deleted while it holds. No index on `task_id`
+-- either: a task's holds are found through its cells (`run_cells_task`), which saves a page
+-- written per claim and per completion.
 CREATE TABLE cell_holds (
     phase      INTEGER NOT NULL,
     date       TEXT    NOT NULL,
@@ -27,8 +29,6 @@ CREATE TABLE cell_holds (
     expires_at INTEGER NOT NULL,
     PRIMARY KEY (phase, date)
 ) STRICT, WITHOUT ROWID;
-
-CREATE INDEX cell_holds_task ON cell_holds (task_id);
 
 -- The process that executes a run: a lease renewed while it runs, released when it finishes.
 ALTER TABLE runs ADD COLUMN owner_id TEXT;
