@@ -132,12 +132,13 @@ impl Observer for Progress {
                 }
                 self.line(format!("{} failed: {error}", task.label()));
             }
-            Event::Blocked { task, because } => {
+            Event::Blocked { task, root } => {
                 if let Progress::Lines { quiet: false } = self {
                     self.line(format!(
-                        "{} blocked: {} did not complete",
+                        "{} blocked: phase {} {} did not complete",
                         task.label(),
-                        because.label()
+                        root.phase,
+                        root.date
                     ));
                 }
             }

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gapless_core::cells::CellRef;
 use gapless_core::dates::{Date, DateRange};
 use gapless_core::plan::{PlannedTask, dependencies};
 use gapless_core::policy::Backoff;
@@ -178,12 +179,12 @@ pub enum Event<'a> {
         /// Why.
         error: &'a str,
     },
-    /// The task will not run because a task it needs failed.
+    /// The task will not run: a cell it needs will not become complete.
     Blocked {
-        /// The task.
+        /// The task (or the piece of a task whose dates were only partly blocked).
         task: &'a ExecTask,
-        /// The failed task upstream.
-        because: &'a ExecTask,
+        /// The cell at the start of the chain: a cell of a failed or blocked task.
+        root: CellRef,
     },
 }
 
@@ -234,6 +235,10 @@ pub enum ExecError {
     /// A task's future panicked (a bug).
     #[error("a task panicked")]
     Panicked(#[source] tokio::task::JoinError),
+    /// The run's tasks could not be re-planned after a failure (a bug: the store holds a task
+    /// list no plan makes).
+    #[error("cannot re-plan the run after a failure")]
+    Reblock(#[source] gapless_core::reblock::ReblockError),
 }
 
 /// Everything one execution of a run shares: where it runs, what it records to, how.

@@ -9,8 +9,8 @@ use sqlx::postgres::PgRow;
 
 use crate::error::StoreError;
 use crate::model::{
-    CellRecord, CellState, EventRecord, GapRecord, GapStatus, PhaseProgress, RunId, RunKind,
-    RunRecord, RunState, TaskRecord, TaskState,
+    CellHolder, CellRecord, CellState, EventRecord, GapRecord, GapStatus, PhaseProgress, RunId,
+    RunKind, RunOwnerRecord, RunRecord, RunState, RunnerRecord, TaskRecord, TaskState,
 };
 
 // --- row decoding -----------------------------------------------------------------------------
@@ -67,6 +67,7 @@ pub(crate) fn run_from_row(row: &(impl RowExt + ?Sized)) -> Result<RunRecord, St
         updated_at: time("runs.updated_at", row.i64("updated_at")?)?,
         finished_at: opt_time("runs.finished_at", row.opt_i64("finished_at")?)?,
         version: row.i64("version")?,
+        owner: owner_from_row(row)?,
     })
 }
 
@@ -95,6 +96,53 @@ pub(crate) fn task_from_row(row: &(impl RowExt + ?Sized)) -> Result<TaskRecord, 
         finished_at: opt_time("tasks.finished_at", row.opt_i64("finished_at")?)?,
         error: row.opt_string("error")?,
         counts,
+        runner_host: row.opt_string("runner_host")?,
+        runner_pgid: row.opt_i64("runner_pgid")?,
+    })
+}
+
+/// The `owner_*` columns of a run: `None` when it has no owner.
+pub(crate) fn owner_from_row(
+    row: &(impl RowExt + ?Sized),
+) -> Result<Option<RunOwnerRecord>, StoreError> {
+    let Some(id) = row.opt_string("owner_id")? else {
+        return Ok(None);
+    };
+    let missing = |column| StoreError::Corrupt {
+        column,
+        value: "NULL".to_owned(),
+    };
+    Ok(Some(RunOwnerRecord {
+        id,
+        host: row
+            .opt_string("owner_host")?
+            .ok_or_else(|| missing("runs.owner_host"))?,
+        pid: row
+            .opt_i64("owner_pid")?
+            .ok_or_else(|| missing("runs.owner_pid"))?,
+        expires_at: time(
+            "runs.owner_expires_at",
+            row.opt_i64("owner_expires_at")?
+                .ok_or_else(|| missing("runs.owner_expires_at"))?,
+        )?,
+    }))
+}
+
+pub(crate) fn holder_from_row(row: &(impl RowExt + ?Sized)) -> Result<CellHolder, StoreError> {
+    Ok(CellHolder {
+        phase: row.i64("phase")?,
+        date: date("cell_holds.date", &row.string("date")?)?,
+        run_id: run_id(row.string("run_id")?)?,
+        task_id: row.i64("task_id")?,
+        expires_at: time("cell_holds.expires_at", row.i64("expires_at")?)?,
+    })
+}
+
+pub(crate) fn runner_from_row(row: &(impl RowExt + ?Sized)) -> Result<RunnerRecord, StoreError> {
+    Ok(RunnerRecord {
+        task_id: row.i64("id")?,
+        host: row.string("runner_host")?,
+        pgid: row.i64("runner_pgid")?,
     })
 }
 

@@ -93,6 +93,20 @@ pub enum StoreError {
         /// What is inconsistent.
         reason: &'static str,
     },
+    /// The run does not exist.
+    #[error("run `{run_id}` not found")]
+    UnknownRun {
+        /// The id asked for.
+        run_id: crate::RunId,
+    },
+    /// The pieces given to `split_task` do not replace the task exactly.
+    #[error("invalid split of task {task_id}: {reason}")]
+    InvalidSplit {
+        /// The task to split.
+        task_id: i64,
+        /// What is wrong with the pieces.
+        reason: &'static str,
+    },
     /// `finish_run` was asked to "finish" into a non-terminal state.
     #[error("run state `{state}` is not terminal")]
     NotTerminal {

@@ -25,15 +25,18 @@
 mod codec;
 mod error;
 mod model;
+mod schema;
 mod sql;
 mod sqlite;
 mod store;
 
 pub use crate::error::{BackendError, StoreError};
 pub use crate::model::{
-    CellRecord, CellState, Claim, DetectedGap, EventRecord, GapFilter, GapRecord, GapStatus,
-    InvalidRunId, NewEvent, NewRun, NewTask, NewTaskState, PhaseProgress, RunId, RunKind,
-    RunRecord, RunState, ScanRecorded, TaskRecord, TaskState, UnknownState,
+    CellHolder, CellRecord, CellState, Claim, DetectedGap, EventRecord, GapFilter, GapRecord,
+    GapStatus, InvalidRunId, NewEvent, NewRun, NewTask, NewTaskState, Ownership, PhaseProgress,
+    RunId, RunKind, RunOwner, RunOwnerRecord, RunRecord, RunState, RunnerRecord, ScanRecorded,
+    TaskRecord, TaskState, UnknownState,
 };
+pub use crate::schema::SCHEMA_VERSION;
 pub use crate::sqlite::{SqliteStore, SyncMode};
-pub use crate::store::{Completion, NextClaims, SCHEMA_VERSION, Store};
+pub use crate::store::{Completion, NextClaims, Store};

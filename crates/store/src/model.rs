@@ -255,6 +255,68 @@ pub struct RunRecord {
     pub finished_at: Option<DateTime<Utc>>,
     /// Compare-and-set version, bumped by every state change.
     pub version: i64,
+    /// The process executing it, while one holds its lease ([`crate::Store::acquire_run`]).
+    pub owner: Option<RunOwnerRecord>,
+}
+
+/// A process that executes a run: who asks for a run's ownership ([`crate::Store::acquire_run`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOwner<'a> {
+    /// Unique per process (e.g. host, pid and start time): take-over and renewal compare it.
+    pub id: &'a str,
+    /// The host the process runs on.
+    pub host: &'a str,
+    /// Its process id on that host.
+    pub pid: i64,
+}
+
+/// The recorded owner of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunOwnerRecord {
+    /// The owner's id.
+    pub id: String,
+    /// Its host.
+    pub host: String,
+    /// Its process id on that host.
+    pub pid: i64,
+    /// When its lease runs out unless renewed.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The outcome of [`crate::Store::acquire_run`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// The caller owns the run now, until its lease expires unless renewed.
+    Acquired,
+    /// Another owner's lease is live (and was not taken over): the caller must not execute it.
+    HeldBy(RunOwnerRecord),
+}
+
+/// A live hold of another task on a cell that a task needs ([`crate::Store::cell_holders`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CellHolder {
+    /// Phase id.
+    pub phase: i64,
+    /// Partition date.
+    pub date: NaiveDate,
+    /// The run of the holding task.
+    pub run_id: RunId,
+    /// The holding task.
+    pub task_id: i64,
+    /// When the hold lapses unless its holder renews its lease.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A task's recorded runner ([`crate::Store::recorded_runners`]): a process group that may still
+/// be alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunnerRecord {
+    /// The task.
+    pub task_id: i64,
+    /// The host the runner was started on.
+    pub host: String,
+    /// The runner's process group id on that host.
+    pub pgid: i64,
 }
 
 /// A task as stored.
@@ -290,6 +352,11 @@ pub struct TaskRecord {
     pub error: Option<String>,
     /// Counts reported on completion (the validation gate's numbers).
     pub counts: Option<serde_json::Value>,
+    /// Host of the latest attempt's runner ([`crate::Store::record_runner`]), until the task
+    /// completes, fails or is released; kept by a requeue, whose runner may still be alive.
+    pub runner_host: Option<String>,
+    /// That runner's process group id.
+    pub runner_pgid: Option<i64>,
 }
 
 /// A lease won by [`crate::Store::claim`].

@@ -65,14 +65,30 @@ macro_rules! statements {
 
 macro_rules! run_columns {
     () => {
-        "id, kind, pipeline, request, state, created_at, updated_at, finished_at, version"
+        "id, kind, pipeline, request, state, created_at, updated_at, finished_at, version, \
+         owner_id, owner_host, owner_pid, owner_expires_at"
     };
 }
 
 macro_rules! task_columns {
     () => {
         "id, run_id, phase, start_date, end_date, state, attempt, lease_epoch, lease_owner, \
-         lease_expires_at, not_before, started_at, finished_at, error, counts"
+         lease_expires_at, not_before, started_at, finished_at, error, counts, runner_host, \
+         runner_pgid"
+    };
+}
+
+/// Takes task `$1`'s cell holds until `$2`; `$3` is now. The `WHERE` of `SELECT` keeps SQLite
+/// from reading `ON CONFLICT` as a join constraint.
+macro_rules! take_holds {
+    () => {
+        "INSERT INTO cell_holds (phase, date, task_id, run_id, expires_at) \
+         SELECT phase, date, task_id, run_id, $2 FROM run_cells WHERE task_id = $1 \
+         ORDER BY phase, date \
+         ON CONFLICT (phase, date) DO UPDATE \
+         SET task_id = excluded.task_id, run_id = excluded.run_id, \
+             expires_at = excluded.expires_at \
+         WHERE cell_holds.task_id = excluded.task_id OR cell_holds.expires_at < $3"
     };
 }
 
@@ -83,15 +99,30 @@ macro_rules! insert_task {
     };
 }
 
-/// pending → running, in one statement: sets the lease expiry with the state (RELIABILITY 2.3)
-/// and respects the retry backoff.
+/// pending → running: sets the lease expiry with the state (RELIABILITY 2.3), respects the
+/// retry backoff, and clears the previous attempt's runner. `$epoch` is the new lease epoch,
+/// drawn from `lease_counter`.
 macro_rules! claim_update {
+    ($epoch:literal, $guard:literal) => {
+        concat!(
+            "UPDATE tasks \
+             SET state = 'running', attempt = attempt + 1, lease_epoch = ",
+            $epoch,
+            ", lease_owner = $3, lease_expires_at = $4, started_at = $5, not_before = NULL, \
+                 runner_host = NULL, runner_pgid = NULL \
+             WHERE id = $1 AND state = 'pending' AND lease_epoch = $2 \
+               AND (not_before IS NULL OR not_before <= $5)",
+            $guard
+        )
+    };
+}
+
+/// The `SET` list of every transition that takes a task out of `running` for good or back to
+/// `pending` through its holder: lease cleared, epoch + 1, runner forgotten.
+macro_rules! leave_running {
     () => {
-        "UPDATE tasks \
-         SET state = 'running', attempt = attempt + 1, lease_epoch = lease_epoch + 1, \
-             lease_owner = $3, lease_expires_at = $4, started_at = $5, not_before = NULL \
-         WHERE id = $1 AND state = 'pending' AND lease_epoch = $2 \
-           AND (not_before IS NULL OR not_before <= $5)"
+        "lease_epoch = lease_epoch + 1, lease_owner = NULL, lease_expires_at = NULL, \
+         runner_host = NULL, runner_pgid = NULL"
     };
 }
 
@@ -111,27 +142,57 @@ pub(crate) const SCHEMA_VERSION: &str =
 
 /// SQLite has no identity column besides the rowid; writers are serialized (`BEGIN IMMEDIATE`),
 /// so `MAX(seq) + 1` cannot race.
+/// `$6..$9`: the owner's id, host, pid and lease expiry, or all NULL for a run without owner.
 pub(crate) const INSERT_RUN_SQLITE: &str = "INSERT INTO runs \
-     (id, seq, kind, pipeline, request, state, created_at, updated_at, version) \
-     VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM runs), ?2, ?3, ?4, 'running', ?5, ?5, 0)";
+     (id, seq, kind, pipeline, request, state, created_at, updated_at, version, \
+      owner_id, owner_host, owner_pid, owner_expires_at) \
+     VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM runs), ?2, ?3, ?4, 'running', ?5, ?5, 0, \
+             ?6, ?7, ?8, ?9)";
 pub(crate) const INSERT_RUN_POSTGRES: &str = "INSERT INTO runs \
-     (id, kind, pipeline, request, state, created_at, updated_at, version) \
-     VALUES ($1, $2, $3, $4, 'running', $5, $5, 0)";
+     (id, kind, pipeline, request, state, created_at, updated_at, version, \
+      owner_id, owner_host, owner_pid, owner_expires_at) \
+     VALUES ($1, $2, $3, $4, 'running', $5, $5, 0, $6, $7, $8, $9)";
 
 statements! {
     SELECT_RUN = concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1");
 
     LIST_RUNS = concat!("SELECT ", run_columns!(), " FROM runs ORDER BY seq DESC LIMIT $1");
 
-    /// Compare-and-set on the run's version (cancel vs checkpoint, Dagster PR #7094).
+    /// Compare-and-set on the run's version (cancel vs checkpoint, Dagster PR #7094). A terminal
+    /// state (`$5`, `finished_at`, set) releases the run's owner.
     SET_RUN_STATE = "UPDATE runs \
-         SET state = $3, version = version + 1, updated_at = $4, finished_at = $5 \
+         SET state = $3, version = version + 1, updated_at = $4, finished_at = $5, \
+             owner_id = CASE WHEN $5 IS NULL THEN owner_id ELSE NULL END, \
+             owner_host = CASE WHEN $5 IS NULL THEN owner_host ELSE NULL END, \
+             owner_pid = CASE WHEN $5 IS NULL THEN owner_pid ELSE NULL END, \
+             owner_expires_at = CASE WHEN $5 IS NULL THEN owner_expires_at ELSE NULL END \
          WHERE id = $1 AND version = $2";
 
     /// Only a running run finishes, so a cancel is never overwritten by a late "succeeded".
+    /// Finishing releases the run's owner.
     FINISH_RUN = "UPDATE runs \
-         SET state = $2, version = version + 1, updated_at = $3, finished_at = $3 \
+         SET state = $2, version = version + 1, updated_at = $3, finished_at = $3, \
+             owner_id = NULL, owner_host = NULL, owner_pid = NULL, owner_expires_at = NULL \
          WHERE id = $1 AND state = 'running'";
+
+    /// The run's owner, read before deciding whether a caller may take it.
+    SELECT_RUN_OWNER_SQLITE = "SELECT owner_id, owner_host, owner_pid, owner_expires_at \
+         FROM runs WHERE id = $1";
+
+    /// The same, locking the run's row until the deciding transaction ends.
+    SELECT_RUN_OWNER_POSTGRES = "SELECT owner_id, owner_host, owner_pid, owner_expires_at \
+         FROM runs WHERE id = $1 FOR UPDATE";
+
+    /// Compare-and-set of the owner: applies only if the owner is still `$6` (NULL: none).
+    SET_RUN_OWNER = "UPDATE runs \
+         SET owner_id = $2, owner_host = $3, owner_pid = $4, owner_expires_at = $5 \
+         WHERE id = $1 AND ((owner_id IS NULL AND $6 IS NULL) OR owner_id = $6)";
+
+    RENEW_RUN = "UPDATE runs SET owner_expires_at = $3 WHERE id = $1 AND owner_id = $2";
+
+    RELEASE_RUN = "UPDATE runs \
+         SET owner_id = NULL, owner_host = NULL, owner_pid = NULL, owner_expires_at = NULL \
+         WHERE id = $1 AND owner_id = $2";
 }
 
 // --- tasks and cells ------------------------------------------------------------------------
@@ -166,22 +227,87 @@ statements! {
          FROM run_cells c JOIN tasks t ON t.id = c.task_id \
          WHERE c.run_id = $1 GROUP BY c.phase ORDER BY c.phase";
 
-    /// The claim, returning the new lease: one round trip.
-    CLAIM_POSTGRES = concat!(claim_update!(), " RETURNING lease_epoch, attempt");
+    /// The claim, returning the new lease: one round trip. The new epoch comes from bumping
+    /// the one-row `lease_counter` past both its last value and the task's epoch; the counter's
+    /// row lock, held to the commit, orders claims' commits as their epochs. The caller took the
+    /// task's cell holds first ([`TAKE_HOLDS_POSTGRES`]) in the same transaction, so a later
+    /// claim of the same cell draws its epoch after this one commits.
+    CLAIM_POSTGRES = concat!(
+        "WITH bump AS (UPDATE lease_counter SET last = GREATEST(last, $2) + 1 WHERE id = 1 \
+             RETURNING last) ",
+        claim_update!("(SELECT last FROM bump)", ""),
+        " RETURNING lease_epoch, attempt"
+    );
 
-    /// The claim; [`SELECT_LEASE`] then reads the new lease in the same transaction. SQLite runs
-    /// `RETURNING` through a temporary table, which took ~3 µs more per claim than the read.
-    CLAIM_SQLITE = claim_update!();
+    /// The claim on SQLite, whose writers are serialized: the new epoch is read from the
+    /// counter ([`SET_LEASE_COUNTER`] then records it), and the guard refuses the claim while
+    /// another task's hold on one of its cells is live, so [`TAKE_HOLDS`] then takes them all.
+    /// [`SELECT_LEASE`] reads the new lease: SQLite runs `RETURNING` through a temporary
+    /// table, which took ~3 µs more per claim than the read.
+    CLAIM_SQLITE = claim_update!(
+        "(SELECT MAX(last, $2) + 1 FROM lease_counter)",
+        " AND NOT EXISTS (SELECT 1 FROM run_cells c \
+             JOIN cell_holds h ON h.phase = c.phase AND h.date = c.date \
+             WHERE c.task_id = $1 AND h.task_id <> $1 AND h.expires_at >= $5)"
+    );
 
     SELECT_LEASE = "SELECT lease_epoch, attempt FROM tasks WHERE id = $1";
+
+    SET_LEASE_COUNTER = "UPDATE lease_counter SET last = $1 WHERE id = 1";
+
+    /// A hold on each cell of task `$1` until `$2`, taking over holds that are the task's own
+    /// or expired before `$3` (now). Cells in key order, so concurrent claims lock them in the
+    /// same order.
+    TAKE_HOLDS = take_holds!();
+
+    /// [`TAKE_HOLDS`], and whether it took every cell of the task: `false` means another task
+    /// holds one, and the caller rolls the claim back.
+    TAKE_HOLDS_POSTGRES = concat!(
+        "WITH held AS (",
+        take_holds!(),
+        " RETURNING 1) SELECT (SELECT COUNT(*) FROM held) = \
+             (SELECT COUNT(*) FROM run_cells WHERE task_id = $1)"
+    );
+
+    /// A heartbeat renews the task's holds with its lease. Holds are found through the task's
+    /// cells: `cell_holds` has no index on `task_id` (one page less written per claim).
+    RENEW_HOLDS = "UPDATE cell_holds SET expires_at = $2 \
+         WHERE (phase, date) IN (SELECT phase, date FROM run_cells WHERE task_id = $1) \
+           AND task_id = $1";
+
+    DROP_HOLDS = "DELETE FROM cell_holds \
+         WHERE (phase, date) IN (SELECT phase, date FROM run_cells WHERE task_id = $1) \
+           AND task_id = $1";
+
+    /// Live holds of other tasks on the cells of task `$1` at `$2` (now).
+    SELECT_HOLDERS = "SELECT h.phase AS phase, h.date AS date, h.run_id AS run_id, \
+             h.task_id AS task_id, h.expires_at AS expires_at \
+         FROM run_cells c JOIN cell_holds h ON h.phase = c.phase AND h.date = c.date \
+         WHERE c.task_id = $1 AND h.task_id <> $1 AND h.expires_at >= $2 \
+         ORDER BY h.phase, h.date";
 
     HEARTBEAT = "UPDATE tasks SET lease_expires_at = $3 \
          WHERE id = $1 AND state = 'running' AND lease_epoch = $2";
 
-    COMPLETE_TASK = "UPDATE tasks \
-         SET state = 'complete', lease_epoch = lease_epoch + 1, lease_owner = NULL, \
-             lease_expires_at = NULL, finished_at = $3, counts = $4, error = NULL \
+    RECORD_RUNNER = "UPDATE tasks SET runner_host = $3, runner_pgid = $4 \
          WHERE id = $1 AND state = 'running' AND lease_epoch = $2";
+
+    /// Runners that may still be alive: of running tasks, and of tasks a requeue took from a
+    /// holder that may not have stopped them.
+    SELECT_RUNNERS = "SELECT id, runner_host, runner_pgid FROM tasks \
+         WHERE run_id = $1 AND runner_host IS NOT NULL AND runner_pgid IS NOT NULL \
+           AND (state = 'running' OR state = 'pending') \
+         ORDER BY id";
+
+    FORGET_RUNNERS = "UPDATE tasks SET runner_host = NULL, runner_pgid = NULL \
+         WHERE run_id = $1 AND state <> 'running' AND runner_host IS NOT NULL";
+
+    COMPLETE_TASK = concat!(
+        "UPDATE tasks SET state = 'complete', ",
+        leave_running!(),
+        ", finished_at = $3, counts = $4, error = NULL \
+         WHERE id = $1 AND state = 'running' AND lease_epoch = $2"
+    );
 
     /// Only pending cells move, so a cell is recorded complete at most once.
     COMPLETE_CELLS = "UPDATE run_cells SET state = 'complete', completed_at = $2 \
@@ -199,24 +325,29 @@ statements! {
          (phase, date, status, source, run_id, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
          RETURNING id";
 
-    RELEASE_FOR_RETRY = "UPDATE tasks \
-         SET state = 'pending', lease_epoch = lease_epoch + 1, lease_owner = NULL, \
-             lease_expires_at = NULL, error = $3, not_before = $4 \
-         WHERE id = $1 AND state = 'running' AND lease_epoch = $2";
+    RELEASE_FOR_RETRY = concat!(
+        "UPDATE tasks SET state = 'pending', ",
+        leave_running!(),
+        ", error = $3, not_before = $4 \
+         WHERE id = $1 AND state = 'running' AND lease_epoch = $2"
+    );
 
     /// Gives back a claim whose runner never started (the executor claims one task ahead):
     /// running → pending with the attempt it took undone, lease cleared, epoch + 1, and the
     /// start time cleared when no attempt ran before. (`SET` reads the row as it was.)
-    RELEASE_CLAIM = "UPDATE tasks \
-         SET state = 'pending', attempt = attempt - 1, lease_epoch = lease_epoch + 1, \
-             lease_owner = NULL, lease_expires_at = NULL, \
-             started_at = CASE WHEN attempt > 1 THEN started_at ELSE NULL END \
-         WHERE id = $1 AND state = 'running' AND lease_epoch = $2";
+    RELEASE_CLAIM = concat!(
+        "UPDATE tasks SET state = 'pending', attempt = attempt - 1, ",
+        leave_running!(),
+        ", started_at = CASE WHEN attempt > 1 THEN started_at ELSE NULL END \
+         WHERE id = $1 AND state = 'running' AND lease_epoch = $2"
+    );
 
-    FAIL_TASK = "UPDATE tasks \
-         SET state = 'failed', lease_epoch = lease_epoch + 1, lease_owner = NULL, \
-             lease_expires_at = NULL, error = $3, finished_at = $4 \
-         WHERE id = $1 AND state = 'running' AND lease_epoch = $2";
+    FAIL_TASK = concat!(
+        "UPDATE tasks SET state = 'failed', ",
+        leave_running!(),
+        ", error = $3, finished_at = $4 \
+         WHERE id = $1 AND state = 'running' AND lease_epoch = $2"
+    );
 
     FAIL_CELLS = "UPDATE run_cells SET state = 'failed' WHERE task_id = $1 AND state = 'pending'";
 
@@ -239,7 +370,23 @@ statements! {
 
     RETRY_CELLS = "UPDATE run_cells SET state = 'pending' WHERE task_id = $1 AND state = 'failed'";
 
-    /// Resume: every running task of the run back to pending, fencing the old holder.
+    /// A pending or blocked task at epoch `$2` becomes the first piece of its split: new range,
+    /// state and error, a fresh attempt count, epoch + 1 (readers of the old task are fenced).
+    REWRITE_SPLIT_TASK = "UPDATE tasks \
+         SET start_date = $3, end_date = $4, state = $5, error = $6, attempt = 0, \
+             lease_epoch = lease_epoch + 1, not_before = NULL, started_at = NULL, \
+             finished_at = NULL, counts = NULL, runner_host = NULL, runner_pgid = NULL \
+         WHERE id = $1 AND lease_epoch = $2 AND (state = 'pending' OR state = 'blocked')";
+
+    /// The task's cells, in date order.
+    SELECT_TASK_DATES = "SELECT date FROM run_cells WHERE task_id = $1 ORDER BY date";
+
+    /// The cells of task `$1` within `$4..=$5` move to task `$2` in state `$3`.
+    MOVE_CELLS = "UPDATE run_cells SET task_id = $2, state = $3 \
+         WHERE task_id = $1 AND date >= $4 AND date <= $5";
+
+    /// Resume: every running task of the run back to pending, fencing the old holder. The
+    /// runner stays recorded: the old holder may not have stopped it.
     REQUEUE_RUNNING = "UPDATE tasks \
          SET state = 'pending', lease_epoch = lease_epoch + 1, lease_owner = NULL, \
              lease_expires_at = NULL, error = 'interrupted' \

@@ -20,7 +20,7 @@ use rusqlite::types::FromSql;
 use rusqlite::{Connection, OpenFlags, Params, Row};
 
 use crate::error::{BackendError, StoreError};
-use crate::store::SCHEMA_VERSION;
+use crate::schema::{SCHEMA_VERSION, SQLITE_MIGRATIONS};
 
 /// SQLite waits this long for another process's write lock before failing with `BUSY`
 /// (retryable, see [`StoreError::is_retryable`]). Calls run in the calling thread, so no
@@ -276,7 +276,10 @@ impl SqliteStore {
             if found == SCHEMA_VERSION {
                 return Ok(());
             }
-            for &(version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > found) {
+            for &(version, sql) in SQLITE_MIGRATIONS
+                .iter()
+                .filter(|(version, _)| *version > found)
+            {
                 connection
                     .execute_batch(sql)
                     .map_err(|error| StoreError::MigrationFailed {
@@ -308,19 +311,6 @@ impl SqliteStore {
 }
 
 // --- migrations ---------------------------------------------------------------------------------
-
-/// The embedded SQLite migrations: version and SQL, in order. Never edit a released one (the
-/// `migrations_are_pinned` test fails): add the next instead. Unlike sqlx's migrator this
-/// runner keeps no checksums, so that test is what catches an edited migration.
-pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../migrations/sqlite/0001_init.sql")),
-    (2, include_str!("../migrations/sqlite/0002_lean_events.sql")),
-    (3, include_str!("../migrations/sqlite/0003_gap_ledger.sql")),
-    (
-        4,
-        include_str!("../migrations/sqlite/0004_checks_without_in_lists.sql"),
-    ),
-];
 
 /// Highest applied migration: `PRAGMA user_version`, or for a database migrated by an older
 /// gapless (sqlx's migrator, which left `user_version` at 0) the highest successful version in
@@ -515,30 +505,5 @@ mod tests {
         let clone = store.clone();
         store.close();
         assert!(matches!(clone.call(|_| Ok(())), Err(StoreError::Closed)));
-    }
-
-    /// Released migrations are immutable: the databases they built exist. FNV-1a over the text;
-    /// update the pin only together with a migration that has not been released.
-    #[test]
-    fn migrations_are_pinned() {
-        fn fnv1a(text: &str) -> u64 {
-            text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-                (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-            })
-        }
-        let pins: Vec<(i64, u64)> = MIGRATIONS
-            .iter()
-            .map(|&(version, sql)| (version, fnv1a(sql)))
-            .collect();
-        assert_eq!(
-            pins,
-            [
-                (1, 0xb3ed_8844_4708_2819),
-                (2, 0x0f82_3cde_88a7_b33a),
-                (3, 0xd983_ec3f_e0aa_e310),
-                (4, 0x72fa_8287_150d_feef),
-            ]
-        );
-        assert_eq!(MIGRATIONS.last().map(|m| m.0), Some(SCHEMA_VERSION));
     }
 }

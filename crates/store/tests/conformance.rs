@@ -13,8 +13,8 @@ use anyhow::{Context as _, bail};
 use chrono::{NaiveDate, Utc};
 use gapless_store::{
     CellState, Claim, Completion, DetectedGap, GapFilter, GapStatus, NewEvent, NewRun, NewTask,
-    NewTaskState, NextClaims, PhaseProgress, RunId, RunKind, RunState, SCHEMA_VERSION,
-    ScanRecorded, Store, StoreError, SyncMode, TaskRecord, TaskState,
+    NewTaskState, NextClaims, Ownership, PhaseProgress, RunId, RunKind, RunOwner, RunState,
+    RunnerRecord, SCHEMA_VERSION, ScanRecorded, Store, StoreError, SyncMode, TaskRecord, TaskState,
 };
 use sqlx::SqlSafeStr as _;
 use tokio::task::JoinSet;
@@ -975,12 +975,12 @@ async fn completion_claims_the_next_tasks(store: Store) -> anyhow::Result<()> {
         claims,
         vec![
             Some(Claim {
-                epoch: 1,
+                epoch: claim.epoch + 1,
                 attempt: 1
             }),
             None
         ],
-        "the second next task was offered with a wrong epoch"
+        "the second next task was offered with a wrong epoch, or its epoch is not the next one"
     );
     assert_eq!(task_record(&store, first).await?.state, TaskState::Complete);
     let claimed = task_record(&store, second).await?;
@@ -1014,7 +1014,7 @@ async fn completion_claims_the_next_tasks(store: Store) -> anyhow::Result<()> {
     assert_eq!(
         claims,
         vec![Some(Claim {
-            epoch: 1,
+            epoch: second_claim.epoch + 1,
             attempt: 1
         })]
     );
@@ -1367,6 +1367,669 @@ async fn postgres_sessions_are_bounded() -> anyhow::Result<()> {
             .fetch_one(&pool)
             .await?;
         assert_eq!(timeout, "30s");
+        Ok(())
+    })
+    .await
+}
+
+// --- fencing across runs, cell holds, run owners, runners, splits ---------------------------------
+
+/// Every attempt token handed out is greater than all before it, across runs over the same cell,
+/// after a retry, a released claim, a requeue of a running run and a rescue of an expired lease.
+async fn epochs_grow_across_runs(store: Store) -> anyhow::Result<()> {
+    store.migrate().await?;
+    let counts = serde_json::json!({"rows": 1});
+    let mut tokens = Vec::new();
+
+    let first = store
+        .create_run(&run_of(RunKind::Backfill, vec![task(1, d(1), d(2))]))
+        .await?;
+    let a = store.tasks(&first).await?[0].id;
+    let claim = store.claim(a, 0, "node", TTL).await?.context("claim")?;
+    tokens.push(claim.epoch);
+    assert!(
+        store
+            .release_for_retry(a, claim.epoch, "flaky", Duration::ZERO)
+            .await?
+    );
+    let seen = task_record(&store, a).await?.lease_epoch;
+    let claim = store.claim(a, seen, "node", TTL).await?.context("retry")?;
+    tokens.push(claim.epoch);
+    assert!(store.complete(a, claim.epoch, &counts, "backfill").await?);
+
+    // A later run over the same cells: its task starts at epoch 0, its token does not.
+    let second = store
+        .create_run(&run_of(RunKind::Heal, vec![task(1, d(1), d(2))]))
+        .await?;
+    let b = store.tasks(&second).await?[0].id;
+    assert_eq!(task_record(&store, b).await?.lease_epoch, 0);
+    let claim = store.claim(b, 0, "node", TTL).await?.context("claim b")?;
+    tokens.push(claim.epoch);
+    assert!(store.release_claim(b, claim.epoch).await?);
+    let seen = task_record(&store, b).await?.lease_epoch;
+    let claim = store
+        .claim(b, seen, "node", TTL)
+        .await?
+        .context("reclaim b")?;
+    tokens.push(claim.epoch);
+    assert_eq!(store.requeue_running(&second).await?, [b]);
+    let seen = task_record(&store, b).await?.lease_epoch;
+    let claim = store
+        .claim(b, seen, "node", Duration::from_millis(1))
+        .await?
+        .context("claim after requeue")?;
+    tokens.push(claim.epoch);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(store.requeue_expired(Utc::now()).await?, [b]);
+    let seen = task_record(&store, b).await?.lease_epoch;
+    let claim = store
+        .claim(b, seen, "node", TTL)
+        .await?
+        .context("rescued")?;
+    tokens.push(claim.epoch);
+    assert!(store.complete(b, claim.epoch, &counts, "heal").await?);
+
+    assert!(
+        tokens.windows(2).all(|pair| pair[0] < pair[1]),
+        "tokens must strictly increase: {tokens:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_epochs_grow_across_runs() -> anyhow::Result<()> {
+    epochs_grow_across_runs(Store::connect("sqlite::memory:", Path::new(".")).await?).await
+}
+
+#[tokio::test]
+async fn postgres_epochs_grow_across_runs() -> anyhow::Result<()> {
+    on_postgres(epochs_grow_across_runs).await
+}
+
+/// A claim is refused while a running task of another run holds one of its cells, says who
+/// holds it, and succeeds once the holder completes, fails or gives its claim back, or once the
+/// holder's lease expired.
+async fn cells_have_one_runner_across_runs(store: Store) -> anyhow::Result<()> {
+    store.migrate().await?;
+    let counts = serde_json::json!({"rows": 1});
+    let first = store
+        .create_run(&run_of(RunKind::Backfill, vec![task(1, d(1), d(3))]))
+        .await?;
+    let a = store.tasks(&first).await?[0].id;
+    let second = store
+        .create_run(&run_of(
+            RunKind::Backfill,
+            vec![
+                task(1, d(3), d(4)),
+                task(1, d(5), d(5)),
+                task(2, d(1), d(1)),
+            ],
+        ))
+        .await?;
+    let tasks = store.tasks(&second).await?;
+    let (overlapping, apart, other_phase) = (
+        id_of(&tasks, 1, d(3))?,
+        id_of(&tasks, 1, d(5))?,
+        id_of(&tasks, 2, d(1))?,
+    );
+
+    let held = store.claim(a, 0, "node-a", TTL).await?.context("claim a")?;
+    assert!(
+        store.cell_holders(a).await?.is_empty(),
+        "its own holds do not block it"
+    );
+    assert_eq!(store.claim(overlapping, 0, "node-b", TTL).await?, None);
+    let holders = store.cell_holders(overlapping).await?;
+    let summary: Vec<_> = holders
+        .iter()
+        .map(|h| (h.phase, h.date, h.run_id.clone(), h.task_id))
+        .collect();
+    assert_eq!(summary, [(1, d(3), first.clone(), a)]);
+    assert!(holders[0].expires_at > Utc::now());
+    // The refused claim wrote nothing: the task is still pending at epoch 0.
+    let refused = task_record(&store, overlapping).await?;
+    assert_eq!(
+        (refused.state, refused.lease_epoch),
+        (TaskState::Pending, 0)
+    );
+    assert!(store.claim(other_phase, 0, "node-b", TTL).await?.is_some());
+    let claim_apart = store
+        .claim(apart, 0, "node-b", TTL)
+        .await?
+        .context("apart")?;
+
+    // Refused as a next claim too, without undoing the completion.
+    let next = NextClaims {
+        tasks: &[(overlapping, 0)],
+        owner: "node-b",
+        ttl: TTL,
+    };
+    let claims = store
+        .complete_then_claim(apart, claim_apart.epoch, &counts, "backfill", &next)
+        .await?;
+    assert_eq!(claims, Some(vec![None]));
+    assert_eq!(task_record(&store, apart).await?.state, TaskState::Complete);
+
+    // A heartbeat renews the holds with the lease; completion drops them.
+    assert!(store.heartbeat(a, held.epoch, TTL * 2).await?);
+    let renewed = store.cell_holders(overlapping).await?;
+    assert!(renewed[0].expires_at > holders[0].expires_at);
+    assert!(store.complete(a, held.epoch, &counts, "backfill").await?);
+    assert!(store.cell_holders(overlapping).await?.is_empty());
+    let claim_b = store
+        .claim(overlapping, 0, "node-b", TTL)
+        .await?
+        .context("free after completion")?;
+
+    // Failing and giving a claim back drop the holds as well.
+    let third = store
+        .create_run(&run_of(RunKind::Heal, vec![task(1, d(4), d(4))]))
+        .await?;
+    let c = store.tasks(&third).await?[0].id;
+    assert_eq!(store.claim(c, 0, "node-c", TTL).await?, None);
+    assert!(store.fail(overlapping, claim_b.epoch, "boom").await?);
+    let claim_c = store
+        .claim(c, 0, "node-c", TTL)
+        .await?
+        .context("after fail")?;
+    assert!(store.release_claim(c, claim_c.epoch).await?);
+    assert!(store.cell_holders(c).await?.is_empty());
+
+    // A hold whose lease expired is taken over, with no rescue needed first.
+    let seen = task_record(&store, c).await?.lease_epoch;
+    store
+        .claim(c, seen, "node-c", Duration::from_millis(1))
+        .await?
+        .context("short lease")?;
+    let fourth = store
+        .create_run(&run_of(RunKind::Heal, vec![task(1, d(4), d(4))]))
+        .await?;
+    let e = store.tasks(&fourth).await?[0].id;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        store.cell_holders(e).await?.is_empty(),
+        "an expired hold is not live"
+    );
+    assert!(store.claim(e, 0, "node-e", TTL).await?.is_some());
+    assert_eq!(
+        store.cell_holders(c).await?.len(),
+        1,
+        "now `e` holds the cell"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_cells_have_one_runner_across_runs() -> anyhow::Result<()> {
+    cells_have_one_runner_across_runs(Store::connect("sqlite::memory:", Path::new(".")).await?)
+        .await
+}
+
+#[tokio::test]
+async fn postgres_cells_have_one_runner_across_runs() -> anyhow::Result<()> {
+    on_postgres(cells_have_one_runner_across_runs).await
+}
+
+/// Two claimers on their own connections race for overlapping tasks of two runs: exactly one
+/// wins each round.
+async fn overlapping_claims_race(store: Store) -> anyhow::Result<()> {
+    store.migrate().await?;
+    for round in 0..20 {
+        let phase = 100 + round;
+        let mut ids = Vec::new();
+        for (start, end) in [(d(1), d(3)), (d(3), d(5))] {
+            let run = store
+                .create_run(&run_of(RunKind::Backfill, vec![task(phase, start, end)]))
+                .await?;
+            ids.push(store.tasks(&run).await?[0].id);
+        }
+        let mut claimers = JoinSet::new();
+        for (node, task_id) in ids.into_iter().enumerate() {
+            let store = store.clone();
+            claimers
+                .spawn(async move { store.claim(task_id, 0, &format!("node-{node}"), TTL).await });
+        }
+        let mut wins = 0;
+        while let Some(outcome) = claimers.join_next().await {
+            wins += usize::from(outcome??.is_some());
+        }
+        assert_eq!(
+            wins, 1,
+            "round {round}: exactly one run holds the shared cell"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_overlapping_claims_race() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    overlapping_claims_race(Store::connect("sqlite://race.db", dir.path()).await?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_overlapping_claims_race() -> anyhow::Result<()> {
+    on_postgres(overlapping_claims_race).await
+}
+
+/// One owner per run: refused while held, taken over by id or after expiry, renewal after a
+/// loss is refused, finishing releases.
+async fn runs_have_one_owner(store: Store) -> anyhow::Result<()> {
+    store.migrate().await?;
+    let a = RunOwner {
+        id: "host-a:100:1",
+        host: "host-a",
+        pid: 100,
+    };
+    let b = RunOwner {
+        id: "host-a:200:2",
+        host: "host-a",
+        pid: 200,
+    };
+    let run = store
+        .create_run_owned(
+            &run_of(RunKind::Backfill, vec![task(1, d(1), d(1))]),
+            &a,
+            TTL,
+        )
+        .await?;
+    let owner = store
+        .run(&run)
+        .await?
+        .context("run")?
+        .owner
+        .context("owned")?;
+    assert_eq!(
+        (owner.id.as_str(), owner.host.as_str(), owner.pid),
+        (a.id, a.host, a.pid)
+    );
+    assert!(owner.expires_at > Utc::now());
+
+    // Held: refused, whatever id the caller says it checked, unless it is the owner's.
+    for take_over in [None, Some("host-a:999:9")] {
+        match store.acquire_run(&run, &b, TTL, take_over).await? {
+            Ownership::HeldBy(holder) => assert_eq!(holder, owner),
+            Ownership::Acquired => bail!("acquired a run held by a live owner"),
+        }
+    }
+    assert_eq!(
+        store.acquire_run(&run, &a, TTL, None).await?,
+        Ownership::Acquired
+    );
+    assert_eq!(
+        store.acquire_run(&run, &b, TTL, Some(a.id)).await?,
+        Ownership::Acquired,
+        "taken over by id"
+    );
+    assert!(
+        !store.renew_run(&run, a.id, TTL).await?,
+        "the old owner lost it"
+    );
+    assert!(!store.release_run(&run, a.id).await?);
+    assert!(store.renew_run(&run, b.id, TTL).await?);
+
+    // Expiry: a lapsed lease is taken without a take-over id.
+    assert_eq!(
+        store
+            .acquire_run(&run, &b, Duration::from_millis(1), None)
+            .await?,
+        Ownership::Acquired
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        store.acquire_run(&run, &a, TTL, None).await?,
+        Ownership::Acquired
+    );
+    assert!(!store.renew_run(&run, b.id, TTL).await?);
+    assert!(store.release_run(&run, a.id).await?);
+    assert_eq!(store.run(&run).await?.context("run")?.owner, None);
+    assert_eq!(
+        store.acquire_run(&run, &b, TTL, None).await?,
+        Ownership::Acquired
+    );
+    assert!(store.finish_run(&run, RunState::Succeeded).await?);
+    assert_eq!(
+        store.run(&run).await?.context("run")?.owner,
+        None,
+        "finishing releases"
+    );
+
+    // A run created without an owner has none; an unknown run is an error.
+    let plain = store
+        .create_run(&run_of(RunKind::Backfill, vec![task(1, d(2), d(2))]))
+        .await?;
+    assert_eq!(store.run(&plain).await?.context("run")?.owner, None);
+    let unknown = RunId::parse("no-such-run")?;
+    match store.acquire_run(&unknown, &a, TTL, None).await {
+        Err(StoreError::UnknownRun { run_id }) => assert_eq!(run_id, unknown),
+        other => bail!("expected UnknownRun, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_runs_have_one_owner() -> anyhow::Result<()> {
+    runs_have_one_owner(Store::connect("sqlite::memory:", Path::new(".")).await?).await
+}
+
+#[tokio::test]
+async fn postgres_runs_have_one_owner() -> anyhow::Result<()> {
+    on_postgres(runs_have_one_owner).await
+}
+
+/// A task's runner is recorded under its lease, listed while it may be alive (running, or
+/// requeued from a holder that may not have stopped it), and forgotten after.
+async fn runners_are_recorded(store: Store) -> anyhow::Result<()> {
+    store.migrate().await?;
+    let run = store
+        .create_run(&run_of(RunKind::Backfill, vec![task(1, d(1), d(1))]))
+        .await?;
+    let id = store.tasks(&run).await?[0].id;
+    let claim = store.claim(id, 0, "node", TTL).await?.context("claim")?;
+    assert!(
+        !store
+            .record_runner(id, claim.epoch - 1, "host-a", 4242)
+            .await?
+    );
+    assert!(store.record_runner(id, claim.epoch, "host-a", 4242).await?);
+    let expected = vec![RunnerRecord {
+        task_id: id,
+        host: "host-a".to_owned(),
+        pgid: 4242,
+    }];
+    assert_eq!(store.recorded_runners(&run).await?, expected);
+    let record = task_record(&store, id).await?;
+    assert_eq!(
+        (record.runner_host.as_deref(), record.runner_pgid),
+        (Some("host-a"), Some(4242))
+    );
+    assert_eq!(store.requeue_running(&run).await?, [id]);
+    assert_eq!(
+        store.recorded_runners(&run).await?,
+        expected,
+        "kept by a requeue"
+    );
+    assert_eq!(store.forget_runners(&run).await?, 1);
+    assert!(store.recorded_runners(&run).await?.is_empty());
+
+    let seen = task_record(&store, id).await?.lease_epoch;
+    let claim = store.claim(id, seen, "node", TTL).await?.context("again")?;
+    assert!(store.record_runner(id, claim.epoch, "host-a", 4343).await?);
+    assert_eq!(
+        store.forget_runners(&run).await?,
+        0,
+        "a running task's runner stays"
+    );
+    let counts = serde_json::json!({"rows": 1});
+    assert!(store.complete(id, claim.epoch, &counts, "backfill").await?);
+    assert!(store.recorded_runners(&run).await?.is_empty());
+    assert_eq!(task_record(&store, id).await?.runner_pgid, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_runners_are_recorded() -> anyhow::Result<()> {
+    runners_are_recorded(Store::connect("sqlite::memory:", Path::new(".")).await?).await
+}
+
+#[tokio::test]
+async fn postgres_runners_are_recorded() -> anyhow::Result<()> {
+    on_postgres(runners_are_recorded).await
+}
+
+fn piece(phase: i64, start: NaiveDate, end: NaiveDate, state: NewTaskState) -> NewTask {
+    NewTask {
+        state,
+        error: (state == NewTaskState::Blocked).then(|| "phase 0 failed on 2024-01-03".to_owned()),
+        ..task(phase, start, end)
+    }
+}
+
+/// A task that has not run is replaced by pieces that cover exactly its dates; its cells follow
+/// the pieces, in their states.
+async fn tasks_split_into_pieces(store: Store) -> anyhow::Result<()> {
+    store.migrate().await?;
+    let run = store
+        .create_run(&run_of(RunKind::Backfill, vec![task(1, d(1), d(5))]))
+        .await?;
+    let id = store.tasks(&run).await?[0].id;
+    let pieces = vec![
+        piece(1, d(1), d(2), NewTaskState::Pending),
+        piece(1, d(3), d(3), NewTaskState::Blocked),
+        piece(1, d(4), d(5), NewTaskState::Pending),
+    ];
+
+    // Pieces that do not replace the task exactly are refused, and nothing changes.
+    let mut missing = pieces.clone();
+    missing.pop();
+    let mut overlapping = pieces.clone();
+    overlapping[1] = piece(1, d(2), d(3), NewTaskState::Blocked);
+    overlapping[1].dates = vec![d(3)];
+    let mut other_phase = pieces.clone();
+    other_phase[2].phase = 2;
+    for bad in [missing, overlapping, other_phase, Vec::new()] {
+        match store.split_task(&run, id, 0, &bad).await {
+            Err(StoreError::InvalidSplit { task_id, .. }) => assert_eq!(task_id, id),
+            other => bail!("expected InvalidSplit, got {other:?}"),
+        }
+    }
+    let other_run = store
+        .create_run(&run_of(RunKind::Backfill, vec![task(9, d(1), d(1))]))
+        .await?;
+    assert!(matches!(
+        store.split_task(&other_run, id, 0, &pieces).await,
+        Err(StoreError::InvalidSplit { .. })
+    ));
+    assert_eq!(
+        store.split_task(&run, id, 3, &pieces).await?,
+        None,
+        "stale epoch"
+    );
+    assert_eq!(store.tasks(&run).await?.len(), 1);
+
+    let ids = store
+        .split_task(&run, id, 0, &pieces)
+        .await?
+        .context("the split applied")?;
+    assert_eq!(ids.len(), 3);
+    assert_eq!(ids[0], id, "the first piece keeps the task's id");
+    let tasks = store.tasks(&run).await?;
+    let summary: Vec<_> = tasks
+        .iter()
+        .map(|t| (t.id, t.start, t.end, t.state, t.attempt))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (ids[0], d(1), d(2), TaskState::Pending, 0),
+            (ids[1], d(3), d(3), TaskState::Blocked, 0),
+            (ids[2], d(4), d(5), TaskState::Pending, 0),
+        ]
+    );
+    assert_eq!(
+        tasks[1].error.as_deref(),
+        Some("phase 0 failed on 2024-01-03")
+    );
+    assert_eq!(
+        tasks[0].lease_epoch, 1,
+        "readers of the old task are fenced"
+    );
+    let cells: Vec<_> = store
+        .cells(&run)
+        .await?
+        .iter()
+        .map(|c| (c.date, c.task_id, c.state))
+        .collect();
+    assert_eq!(
+        cells,
+        [
+            (d(1), ids[0], CellState::Pending),
+            (d(2), ids[0], CellState::Pending),
+            (d(3), ids[1], CellState::Blocked),
+            (d(4), ids[2], CellState::Pending),
+            (d(5), ids[2], CellState::Pending),
+        ]
+    );
+    assert_eq!(
+        store.split_task(&run, id, 0, &pieces).await?,
+        None,
+        "split once"
+    );
+
+    // The pieces run as tasks: the runnable ones are claimed, the blocked one is not.
+    assert!(store.claim(ids[0], 1, "node", TTL).await?.is_some());
+    assert!(store.claim(ids[2], 0, "node", TTL).await?.is_some());
+    assert_eq!(store.claim(ids[1], 0, "node", TTL).await?, None);
+    assert_eq!(store.unblock(&run, &[ids[1]]).await?, 1);
+    assert_eq!(cell_state(&store, &run, 1, d(3)).await?, CellState::Pending);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_tasks_split_into_pieces() -> anyhow::Result<()> {
+    tasks_split_into_pieces(Store::connect("sqlite::memory:", Path::new(".")).await?).await
+}
+
+#[tokio::test]
+async fn postgres_tasks_split_into_pieces() -> anyhow::Result<()> {
+    on_postgres(tasks_split_into_pieces).await
+}
+
+/// Migration 5 on a version-4 file with data: the epoch counter starts above every epoch any
+/// task holds, so the first token handed out after it is greater than all before; old runs have
+/// no owner and old tasks no runner.
+#[tokio::test]
+async fn sqlite_migration_5_keeps_tokens_growing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    {
+        let connection = rusqlite::Connection::open(dir.path().join("v4.db"))?;
+        for migration in [
+            include_str!("../migrations/sqlite/0001_init.sql"),
+            include_str!("../migrations/sqlite/0002_lean_events.sql"),
+            include_str!("../migrations/sqlite/0003_gap_ledger.sql"),
+            include_str!("../migrations/sqlite/0004_checks_without_in_lists.sql"),
+        ] {
+            connection.execute_batch(migration)?;
+        }
+        connection.execute_batch(
+            "PRAGMA user_version = 4;
+             INSERT INTO runs (id, seq, kind, pipeline, request, state, created_at, updated_at)
+                 VALUES ('r4', 1, 'backfill', 'p', '{}', 'running', 1, 1);
+             INSERT INTO tasks (id, run_id, phase, start_date, end_date, state, attempt,
+                                lease_epoch, finished_at, counts)
+                 VALUES (41, 'r4', 1, '2024-01-01', '2024-01-01', 'complete', 3, 17, 5, '{}');
+             INSERT INTO tasks (id, run_id, phase, start_date, end_date, state, attempt,
+                                lease_epoch, lease_owner, lease_expires_at, started_at)
+                 VALUES (42, 'r4', 1, '2024-01-02', '2024-01-02', 'running', 1, 9, 'node',
+                         99999999999999, 1);
+             INSERT INTO run_cells (run_id, phase, date, task_id, state, completed_at)
+                 VALUES ('r4', 1, '2024-01-01', 41, 'complete', 5),
+                        ('r4', 1, '2024-01-02', 42, 'pending', NULL);",
+        )?;
+    }
+    let store = Store::connect("sqlite://v4.db", dir.path()).await?;
+    assert_eq!(store.schema_version().await?, 4);
+    store.migrate().await?;
+    assert_eq!(store.schema_version().await?, SCHEMA_VERSION);
+    store.ensure_current().await?;
+
+    let old = RunId::parse("r4")?;
+    assert_eq!(store.run(&old).await?.context("run")?.owner, None);
+    let tasks = store.tasks(&old).await?;
+    let summary: Vec<_> = tasks
+        .iter()
+        .map(|t| (t.id, t.state, t.lease_epoch, t.runner_host.clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (41, TaskState::Complete, 17, None),
+            (42, TaskState::Running, 9, None),
+        ]
+    );
+    // The task running at the upgrade holds no cell: a new run's claim of its cell is not
+    // refused by a hold (the run's owner, once the runtime checks owners, keeps it apart).
+    let new = store
+        .create_run(&run_of(RunKind::Backfill, vec![task(1, d(1), d(2))]))
+        .await?;
+    let new_task = store.tasks(&new).await?[0].id;
+    assert!(store.cell_holders(new_task).await?.is_empty());
+    let claim = store
+        .claim(new_task, 0, "node", TTL)
+        .await?
+        .context("claim")?;
+    assert_eq!(claim.epoch, 18, "above the highest epoch of version 4");
+    assert_eq!(pragma::<String>(&store, "integrity_check")?, "ok");
+    Ok(())
+}
+
+/// The same on PostgreSQL: a database at version 4 (sqlx's migrator) with data moves to 5.
+#[tokio::test]
+async fn postgres_migration_5_keeps_tokens_growing() -> anyhow::Result<()> {
+    on_postgres(|store| async move {
+        let Store::Postgres(pool) = &store else {
+            bail!("a postgres:// URL must open PostgreSQL");
+        };
+        let files = [
+            (
+                1,
+                "init",
+                include_str!("../migrations/postgres/0001_init.sql"),
+            ),
+            (
+                2,
+                "lean events",
+                include_str!("../migrations/postgres/0002_lean_events.sql"),
+            ),
+            (
+                3,
+                "gap ledger",
+                include_str!("../migrations/postgres/0003_gap_ledger.sql"),
+            ),
+            (
+                4,
+                "checks without IN lists",
+                include_str!("../migrations/postgres/0004_checks_without_in_lists.sql"),
+            ),
+        ];
+        let migrations = files
+            .iter()
+            .map(|&(version, description, text)| {
+                sqlx::migrate::Migration::new(
+                    version,
+                    description.into(),
+                    sqlx::migrate::MigrationType::Simple,
+                    sqlx::AssertSqlSafe(text).into_sql_str(),
+                    false,
+                )
+            })
+            .collect();
+        sqlx::migrate::Migrator::with_migrations(migrations)
+            .run(pool)
+            .await?;
+        assert_eq!(store.schema_version().await?, 4);
+        for statement in [
+            "INSERT INTO runs (id, kind, pipeline, request, state, created_at, updated_at) \
+             VALUES ('r4', 'backfill', 'p', '{}', 'succeeded', 1, 1)",
+            "INSERT INTO tasks (run_id, phase, start_date, end_date, state, attempt, \
+                                lease_epoch, finished_at, counts) \
+             VALUES ('r4', 1, '2024-01-01', '2024-01-01', 'complete', 2, 23, 5, '{}')",
+        ] {
+            execute(&store, statement).await?;
+        }
+        store.migrate().await?;
+        assert_eq!(store.schema_version().await?, SCHEMA_VERSION);
+        let old = RunId::parse("r4")?;
+        assert_eq!(store.run(&old).await?.context("run")?.owner, None);
+        let new = store
+            .create_run(&run_of(RunKind::Backfill, vec![task(1, d(1), d(1))]))
+            .await?;
+        let new_task = store.tasks(&new).await?[0].id;
+        let claim = store
+            .claim(new_task, 0, "node", TTL)
+            .await?
+            .context("claim")?;
+        assert_eq!(claim.epoch, 24, "above the highest epoch of version 4");
         Ok(())
     })
     .await

@@ -8,6 +8,7 @@
 
 mod backends;
 mod backfill;
+mod blast;
 mod crash;
 mod demo;
 mod front;

@@ -7,8 +7,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use gapless_core::cells::CellRef;
+use gapless_core::reblock::{RunTask, TaskStatus, reblock};
 use gapless_core::spec::PhaseId;
-use gapless_store::{Claim, NextClaims, StoreError, TaskState};
+use gapless_store::{Claim, NewTask, NewTaskState, NextClaims, StoreError, TaskState};
 use tokio::task::JoinSet;
 
 use super::attempt::TaskResult;
@@ -79,13 +81,8 @@ impl Scheduler {
     }
 
     pub(super) async fn run(&mut self) -> Result<Outcome, ExecError> {
-        // Tasks whose upstream already failed or is blocked cannot run.
-        let initially_failed: Vec<usize> = (0..self.tasks.len())
-            .filter(|&i| matches!(self.status[i], Status::Failed | Status::Blocked))
-            .collect();
-        for i in initially_failed {
-            self.block_downstream(i).await?;
-        }
+        // Cells that need cells of tasks already failed or blocked cannot run (a resumed run).
+        self.reblock().await?;
         self.ready = (0..self.tasks.len())
             .filter(|&i| self.status[i] == Status::Waiting && self.waiting_on[i] == 0)
             .collect();
@@ -192,10 +189,8 @@ impl Scheduler {
             } => self.passed(i, epoch, counts, elapsed).await?,
             TaskResult::Failed => {
                 self.status[i] = Status::Failed;
-                self.block_downstream(i).await?;
-                let status = &self.status;
-                self.ready
-                    .retain(|&candidate| status[candidate] != Status::Blocked);
+                self.tasks[i].state = TaskState::Failed;
+                self.reblock().await?;
             }
             TaskResult::Cancelled | TaskResult::Fenced => self.status[i] = Status::Interrupted,
         }
@@ -257,40 +252,168 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Marks every task downstream of `failed` blocked, in the store and in `status`.
-    async fn block_downstream(&mut self, failed: usize) -> Result<(), StoreError> {
-        let mut stack = self.dependents[failed].clone();
-        let mut newly = Vec::new();
-        while let Some(i) = stack.pop() {
-            if self.status[i] != Status::Waiting {
-                continue;
-            }
-            self.status[i] = Status::Blocked;
-            newly.push(i);
-            stack.extend(self.dependents[i].iter().copied());
-        }
-        if newly.is_empty() {
+    /// Blocks exactly the waiting cells that need a cell of a failed or blocked task (same
+    /// date, lookback windows, self-dependency, transitively) and nothing else: a waiting task
+    /// whose dates are partly blocked is split in the store into pieces of consecutive dates,
+    /// runnable or blocked ([`gapless_core::reblock`]), and its runnable pieces still run. The
+    /// task graph is then rebuilt from the new task list.
+    async fn reblock(&mut self) -> Result<(), ExecError> {
+        let run_tasks: Vec<RunTask> = self
+            .tasks
+            .iter()
+            .zip(&self.status)
+            .map(|(task, status)| RunTask {
+                phase: task.phase,
+                range: task.range,
+                dates: task.dates.clone(),
+                status: match status {
+                    Status::Waiting => TaskStatus::Pending,
+                    // An interrupted task's cells may still become complete (resume): it
+                    // blocks nothing, like a running one.
+                    Status::Running | Status::Interrupted => TaskStatus::Running,
+                    Status::Done => TaskStatus::Complete,
+                    Status::Failed => TaskStatus::Failed,
+                    Status::Blocked => TaskStatus::Blocked,
+                },
+            })
+            .collect();
+        let replanned =
+            reblock(&self.execution.context.spec, &run_tasks, &[]).map_err(ExecError::Reblock)?;
+        if replanned.splits.is_empty() {
             return Ok(());
         }
+        let execution = Arc::clone(&self.execution);
         let Execution {
             store,
             run_id,
             observer,
             options,
             ..
-        } = self.execution.as_ref();
-        let ids: Vec<i64> = newly.iter().map(|&i| self.tasks[i].id).collect();
-        let reason = format!("{} did not complete", self.tasks[failed].label());
-        patiently(options.store_outage, "block", || {
-            store.block(run_id, &ids, &reason)
-        })
-        .await?;
-        for i in newly {
+        } = execution.as_ref();
+        let limit = options.store_outage;
+        let mut blocked: Vec<(usize, CellRef)> = Vec::new();
+        for split in &replanned.splits {
+            let old = self.tasks[split.task].clone();
+            if let [only] = split.pieces.as_slice() {
+                // Every date blocked: the task stays whole.
+                let root = only.root.unwrap_or(CellRef {
+                    phase: old.phase,
+                    date: old.range.start(),
+                });
+                let reason = blocked_reason(root);
+                let ids = [old.id];
+                patiently(limit, "block", || store.block(run_id, &ids, &reason)).await?;
+                self.status[split.task] = Status::Blocked;
+                self.tasks[split.task].state = TaskState::Blocked;
+                blocked.push((split.task, root));
+                continue;
+            }
+            let pieces: Vec<NewTask> = split
+                .pieces
+                .iter()
+                .map(|piece| NewTask {
+                    phase: i64::from(old.phase.0),
+                    start: piece.range.start(),
+                    end: piece.range.end(),
+                    dates: piece.dates.clone(),
+                    state: if piece.status == TaskStatus::Blocked {
+                        NewTaskState::Blocked
+                    } else {
+                        NewTaskState::Pending
+                    },
+                    error: piece.root.map(blocked_reason),
+                })
+                .collect();
+            let ids = patiently(limit, "split", || {
+                store.split_task(run_id, old.id, old.epoch, &pieces)
+            })
+            .await?;
+            for (k, piece) in split.pieces.iter().enumerate() {
+                let replaced = match &ids {
+                    Some(ids) => {
+                        let id = ids[k];
+                        let epoch = patiently(limit, "read task", || store.task(id))
+                            .await?
+                            .map_or(old.epoch, |record| record.lease_epoch);
+                        let blocked_piece = piece.status == TaskStatus::Blocked;
+                        if let (true, Some(root)) = (blocked_piece, piece.root) {
+                            blocked.push((piece.index, root));
+                        }
+                        (
+                            ExecTask {
+                                id,
+                                phase: old.phase,
+                                range: piece.range,
+                                dates: piece.dates.clone(),
+                                deps: Vec::new(),
+                                epoch,
+                                state: if blocked_piece {
+                                    TaskState::Blocked
+                                } else {
+                                    TaskState::Pending
+                                },
+                            },
+                            if blocked_piece {
+                                Status::Blocked
+                            } else {
+                                Status::Waiting
+                            },
+                        )
+                    }
+                    // The task changed under us (another process took the run over): leave
+                    // it, and its pieces, to whoever holds it now.
+                    None => (
+                        ExecTask {
+                            range: piece.range,
+                            dates: piece.dates.clone(),
+                            ..old.clone()
+                        },
+                        Status::Interrupted,
+                    ),
+                };
+                if piece.index < self.tasks.len() {
+                    self.tasks[piece.index] = replaced.0;
+                    self.status[piece.index] = replaced.1;
+                } else {
+                    self.tasks.push(replaced.0);
+                    self.status.push(replaced.1);
+                }
+            }
+        }
+        for (task, deps) in self.tasks.iter_mut().zip(replanned.deps) {
+            task.deps = deps;
+        }
+        self.rebuild_graph();
+        for (i, root) in blocked {
             observer.event(Event::Blocked {
                 task: &self.tasks[i],
-                because: &self.tasks[failed],
+                root,
             });
         }
         Ok(())
     }
+
+    /// Dependents, counts of needs not done and the ready set, from the tasks' `deps`.
+    fn rebuild_graph(&mut self) {
+        let n = self.tasks.len();
+        self.dependents = vec![Vec::new(); n];
+        self.waiting_on = vec![0; n];
+        for (i, task) in self.tasks.iter().enumerate() {
+            for &dep in &task.deps {
+                self.dependents[dep].push(i);
+                if self.status[dep] != Status::Done {
+                    self.waiting_on[i] += 1;
+                }
+            }
+        }
+        let (status, waiting_on) = (&self.status, &self.waiting_on);
+        self.ready = (0..n)
+            .filter(|&i| status[i] == Status::Waiting && waiting_on[i] == 0)
+            .collect();
+    }
+}
+
+/// The error recorded on a blocked task.
+fn blocked_reason(root: CellRef) -> String {
+    format!("phase {} {} did not complete", root.phase, root.date)
 }

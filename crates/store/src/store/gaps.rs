@@ -1,0 +1,117 @@
+//! The gap ledger: recording scans and listing gaps.
+
+use std::collections::HashSet;
+
+use chrono::{NaiveDate, Utc};
+use rusqlite::params;
+
+use crate::codec::{RowExt, date, date_text, gap_from_row};
+use crate::error::StoreError;
+use crate::model::{DetectedGap, GapFilter, GapRecord, ScanRecorded};
+use crate::sql;
+use crate::sqlite::{self, Commit};
+use crate::store::Store;
+
+impl Store {
+    /// Records a scan in the gap ledger, in one transaction: every gap in `found` opens a row
+    /// or updates its cell's open row (one open row per cell), and every cell in `satisfied`
+    /// (complete, or expecting nothing) closes its open row if it has one. Rows of cells the
+    /// scan did not cover, or found blocked, are left as they are.
+    pub async fn record_scan(
+        &self,
+        found: &[DetectedGap],
+        satisfied: &[(i64, NaiveDate)],
+    ) -> Result<ScanRecorded, StoreError> {
+        let now = Utc::now().timestamp_millis();
+        let satisfied: HashSet<(i64, NaiveDate)> = satisfied.iter().copied().collect();
+        let count = move |recorded: &mut ScanRecorded, detected_at: i64| {
+            if detected_at == now {
+                recorded.opened += 1;
+            } else {
+                recorded.still_open += 1;
+            }
+        };
+        match self {
+            Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
+                let mut recorded = ScanRecorded::default();
+                for gap in found {
+                    let values = params![
+                        now,
+                        gap.phase_from,
+                        gap.phase_to,
+                        date_text(gap.date),
+                        gap.age_days,
+                        gap.found,
+                        gap.expected
+                    ];
+                    let detected_at: i64 =
+                        sqlite::scalar(connection, sql::UPSERT_GAP.sqlite, values)?;
+                    count(&mut recorded, detected_at);
+                }
+                let open = sqlite::rows(connection, sql::OPEN_GAP_CELLS.sqlite, [], |row| {
+                    open_gap_cell(row)
+                })?;
+                for id in closing(&open, &satisfied) {
+                    let values = params![id, now];
+                    recorded.closed += sqlite::execute(connection, sql::CLOSE_GAP.sqlite, values)?;
+                }
+                Ok(recorded)
+            }),
+            Self::Postgres(pool) => pg_tx!(pool, |tx| {
+                let mut recorded = ScanRecorded::default();
+                for gap in found {
+                    let detected_at: i64 = sqlx::query_scalar(sql::UPSERT_GAP.postgres)
+                        .bind(now)
+                        .bind(gap.phase_from)
+                        .bind(gap.phase_to)
+                        .bind(date_text(gap.date))
+                        .bind(gap.age_days)
+                        .bind(gap.found)
+                        .bind(gap.expected)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    count(&mut recorded, detected_at);
+                }
+                let open = sqlx::query(sql::OPEN_GAP_CELLS.postgres)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(open_gap_cell)
+                    .collect::<Result<Vec<_>, _>>()?;
+                for id in closing(&open, &satisfied) {
+                    let closed = sqlx::query(sql::CLOSE_GAP.postgres)
+                        .bind(id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    recorded.closed += usize::try_from(closed).unwrap_or(usize::MAX);
+                }
+                recorded
+            }),
+        }
+    }
+
+    /// The ledger's rows that `filter` selects, by phase, date and id.
+    pub async fn gaps(&self, filter: GapFilter) -> Result<Vec<GapRecord>, StoreError> {
+        self.rows_by(sql::SELECT_GAPS, filter.as_str(), |row| gap_from_row(row))
+            .await
+    }
+}
+
+/// `(id, phase_to, partition_date)` of an open gap.
+fn open_gap_cell(row: &(impl RowExt + ?Sized)) -> Result<(i64, i64, NaiveDate), StoreError> {
+    Ok((
+        row.i64("id")?,
+        row.i64("phase_to")?,
+        date("gaps.partition_date", &row.string("partition_date")?)?,
+    ))
+}
+
+/// The open gaps whose cell is among `satisfied`.
+fn closing(open: &[(i64, i64, NaiveDate)], satisfied: &HashSet<(i64, NaiveDate)>) -> Vec<i64> {
+    open.iter()
+        .filter(|&&(_, phase, date)| satisfied.contains(&(phase, date)))
+        .map(|&(id, _, _)| id)
+        .collect()
+}
