@@ -108,6 +108,10 @@ impl Observer for Progress {
                     elapsed.as_secs_f64()
                 )),
             },
+            Event::Waiting { task, holder } => self.line(format!(
+                "{} waits: run {holder} is running some of its cells",
+                task.label()
+            )),
             Event::Retrying {
                 task,
                 attempt,

@@ -31,6 +31,8 @@ pub(crate) struct Loaded {
     /// How long a run waits out a state store that stops answering: `$GAPLESS_STATE_OUTAGE`,
     /// else `[state] outage`.
     pub(crate) store_outage: std::time::Duration,
+    /// This process, as the owner of the runs it executes.
+    pub(crate) owner: gapless_runtime::owner::Owner,
 }
 
 /// Reads `sql_file` references relative to the pipeline file.
@@ -140,6 +142,7 @@ pub(crate) fn load_path(path: &Path) -> anyhow::Result<Loaded> {
         state_url,
         crash_at: crash_at()?,
         store_outage,
+        owner: gapless_runtime::owner::Owner::this_process(),
     })
 }
 

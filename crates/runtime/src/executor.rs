@@ -161,6 +161,13 @@ pub enum Event<'a> {
         /// Time of the successful attempt.
         elapsed: Duration,
     },
+    /// The task waits: a task of another run is running some of its cells.
+    Waiting {
+        /// The task.
+        task: &'a ExecTask,
+        /// The run holding them.
+        holder: &'a RunId,
+    },
     /// An attempt failed and will be retried.
     Retrying {
         /// The task.

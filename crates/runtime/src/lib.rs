@@ -16,4 +16,5 @@ pub mod context;
 pub mod executor;
 pub mod lifecycle;
 pub mod observe;
+pub mod owner;
 pub mod preflight;

@@ -13,8 +13,8 @@ use gapless_core::gaps::{Gap, detect};
 use gapless_core::plan::{Plan, PlanError, Request};
 use gapless_core::spec::{PhaseId, Spec};
 use gapless_store::{
-    DetectedGap, NewRun, NewTask, NewTaskState, RunId, RunKind, RunRecord, RunState, ScanRecorded,
-    Store, StoreError, TaskState,
+    DetectedGap, NewRun, NewTask, NewTaskState, Ownership, RunId, RunKind, RunOwnerRecord,
+    RunRecord, RunState, ScanRecorded, Store, StoreError, TaskState,
 };
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::context::Context;
 use crate::executor::{self, CrashAt, ExecError, ExecTask, Execution, Observer, Options, Outcome};
 use crate::observe::{self, ObserveError};
+use crate::owner::{Owner, RUN_LEASE, keep_owning};
 
 /// Why a step of the lifecycle failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,24 @@ pub enum LifecycleError {
     /// Execution stopped short of an outcome.
     #[error("the run stopped")]
     Exec(#[from] ExecError),
+    /// Another live process executes the run.
+    #[error(
+        "run `{run_id}` is being executed by process {} on {} (its lease runs until {}); wait for it to finish, or stop that process and resume again",
+        .owner.pid, .owner.host, .owner.expires_at.format("%Y-%m-%d %H:%M:%S UTC")
+    )]
+    Owned {
+        /// The run.
+        run_id: RunId,
+        /// Its live owner.
+        owner: RunOwnerRecord,
+    },
+    /// This process stopped renewing the run's lease in time and another one took the run
+    /// over: it stopped executing and recorded nothing more.
+    #[error("run `{run_id}` was taken over by another process")]
+    TakenOver {
+        /// The run.
+        run_id: RunId,
+    },
 }
 
 /// Probes `range` (widened back by the spec's lookbacks, never before its start) and
@@ -56,14 +75,15 @@ pub async fn plan(context: &Context, request: &Request) -> Result<Plan, Lifecycl
     Ok(gapless_core::plan::plan(&context.spec, &matrix, request)?)
 }
 
-/// Persists `plan` as a run of `kind`: its tasks, and the blocked cells as blocked tasks, in
-/// one transaction.
+/// Persists `plan` as a run of `kind`, owned by `owner` from its first commit: its tasks, and
+/// the blocked cells as blocked tasks, in one transaction.
 pub async fn create_run(
     store: &Store,
     spec: &Spec,
     request: &Request,
     plan: &Plan,
     kind: RunKind,
+    owner: &Owner,
 ) -> Result<RunId, StoreError> {
     let mut tasks: Vec<NewTask> = plan
         .tasks
@@ -96,7 +116,9 @@ pub async fn create_run(
         }),
         tasks,
     };
-    store.create_run(&run).await
+    store
+        .create_run_owned(&run, &owner.as_store(), RUN_LEASE)
+        .await
 }
 
 /// How to execute a run.
@@ -140,19 +162,34 @@ pub struct Finished {
 }
 
 /// Executes `tasks` of run `run_id` (as [`executor::load_tasks`] or [`prepare_resume`] return
-/// them), reporting to `observer`, until they are all done or `cancel` fires; then records how
-/// the run ended. `cancel` stops running tasks (their process groups are terminated) and starts
-/// no more: the run is recorded `interrupted` and can be resumed.
+/// them) as its owner `owner`, renewing the run's lease meanwhile, reporting to `observer`,
+/// until they are all done or `cancel` fires; then records how the run ended. `cancel` stops
+/// running tasks (their process groups are terminated) and starts no more: the run is
+/// recorded `interrupted` and can be resumed.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the lifecycle's one entry to execution"
+)]
 pub async fn execute_run(
     context: Arc<Context>,
     store: &Store,
     run_id: &RunId,
+    owner: &Owner,
     tasks: Vec<ExecTask>,
     options: &RunOptions,
     observer: Arc<dyn Observer>,
     cancel: CancellationToken,
 ) -> Result<Finished, LifecycleError> {
     let started = Instant::now();
+    let cancel = cancel.child_token();
+    let stop_owning = CancellationToken::new();
+    let owning = tokio::spawn(keep_owning(
+        store.clone(),
+        run_id.clone(),
+        owner.clone(),
+        stop_owning.clone(),
+        cancel.clone(),
+    ));
     let cells: usize = tasks.iter().map(|t| t.dates.len()).sum();
     let execution = Execution {
         context,
@@ -168,7 +205,16 @@ pub async fn execute_run(
         observer,
         cancel,
     };
-    let outcome = executor::execute(execution, tasks).await?;
+    let outcome = executor::execute(execution, tasks).await;
+    stop_owning.cancel();
+    let taken_over = owning.await.unwrap_or(false);
+    if taken_over {
+        // The new owner records what happens to the run from now on.
+        return Err(LifecycleError::TakenOver {
+            run_id: run_id.clone(),
+        });
+    }
+    let outcome = outcome?;
     let state = if outcome.interrupted {
         RunState::Interrupted
     } else if outcome.is_success() {
@@ -217,7 +263,9 @@ pub async fn prepare_resume(
     context: &Context,
     store: &Store,
     run: &RunRecord,
+    owner: &Owner,
 ) -> Result<Resumption, LifecycleError> {
+    take_over(store, &run.id, owner).await?;
     let requeued = store.requeue_running(&run.id).await?.len();
     let mut tasks = executor::load_tasks(store, &context.spec, &run.id).await?;
     let forced = run
@@ -362,6 +410,36 @@ pub async fn prepare_resume(
         unblocked,
         adopted,
     })
+}
+
+/// Makes `owner` the owner of run `run_id`: at once when it has none, or its owner's lease
+/// expired, or its owner was a process of this host that is gone (kill -9, a crash); refused
+/// while another owner is alive.
+async fn take_over(store: &Store, run_id: &RunId, owner: &Owner) -> Result<(), LifecycleError> {
+    let held_by = match store
+        .acquire_run(run_id, &owner.as_store(), RUN_LEASE, None)
+        .await?
+    {
+        Ownership::Acquired => return Ok(()),
+        Ownership::HeldBy(current) => current,
+    };
+    if !owner.sees_dead(&held_by) {
+        return Err(LifecycleError::Owned {
+            run_id: run_id.clone(),
+            owner: held_by,
+        });
+    }
+    match store
+        .acquire_run(run_id, &owner.as_store(), RUN_LEASE, Some(&held_by.id))
+        .await?
+    {
+        Ownership::Acquired => Ok(()),
+        // Someone else took it over first, and is alive.
+        Ownership::HeldBy(current) => Err(LifecycleError::Owned {
+            run_id: run_id.clone(),
+            owner: current,
+        }),
+    }
 }
 
 /// What a scan found and recorded in the gap ledger.

@@ -54,9 +54,16 @@ pub(crate) async fn run(global: &Global, args: &BackfillArgs) -> anyhow::Result<
         note(format_args!("nothing ran"));
         return Ok(Exit::Usage);
     }
-    let run_id = lifecycle::create_run(&store, &loaded.spec, &request, &plan, RunKind::Backfill)
-        .await
-        .context("cannot record the run")?;
+    let run_id = lifecycle::create_run(
+        &store,
+        &loaded.spec,
+        &request,
+        &plan,
+        RunKind::Backfill,
+        &loaded.owner,
+    )
+    .await
+    .context("cannot record the run")?;
     if !global.quiet {
         note(format_args!("run {run_id}: {} tasks", plan.tasks.len()));
     }
@@ -96,6 +103,7 @@ pub(crate) async fn execute_run(
         Arc::new(context),
         &store,
         &run_id,
+        &loaded.owner,
         tasks,
         &options,
         progress.clone(),

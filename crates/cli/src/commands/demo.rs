@@ -103,7 +103,15 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
     out(format_args!("{}", plan_text(&plan)))?;
 
     heading("gapless backfill --phases 3-6 (only the missing cells, validated)")?;
-    let run_id = create_run(&store, &loaded.spec, &request, &plan, RunKind::Backfill).await?;
+    let run_id = create_run(
+        &store,
+        &loaded.spec,
+        &request,
+        &plan,
+        RunKind::Backfill,
+        &loaded.owner,
+    )
+    .await?;
     let tasks = gapless_runtime::executor::load_tasks(&store, &loaded.spec, &run_id).await?;
     let visible = Global {
         pipeline: None,
@@ -224,7 +232,15 @@ async fn quiet_backfill(
         force: false,
     };
     let plan = make_plan(context, &request).await?;
-    let run_id = create_run(store, &loaded.spec, &request, &plan, RunKind::Backfill).await?;
+    let run_id = create_run(
+        store,
+        &loaded.spec,
+        &request,
+        &plan,
+        RunKind::Backfill,
+        &loaded.owner,
+    )
+    .await?;
     let tasks = gapless_runtime::executor::load_tasks(store, &loaded.spec, &run_id).await?;
     let quiet = Global {
         pipeline: None,

@@ -41,7 +41,12 @@ pub(crate) async fn run(global: &Global, args: &ResumeArgs) -> anyhow::Result<Ex
         return Ok(Exit::Success);
     }
     let context = loaded.context().await?;
-    let resumption = lifecycle::prepare_resume(&context, &store, &run).await?;
+    let resumption = match lifecycle::prepare_resume(&context, &store, &run, &loaded.owner).await {
+        Err(error @ lifecycle::LifecycleError::Owned { .. }) => {
+            return Err(UsageError::new(error.to_string()).into());
+        }
+        other => other?,
+    };
     let tasks = resumption.tasks;
     if !global.quiet {
         note(format_args!(

@@ -14,4 +14,5 @@ mod demo;
 mod front;
 mod ordering;
 mod outage;
+mod owners;
 mod util;

@@ -98,10 +98,10 @@ impl Execution {
         let mut first_attempt = None;
         loop {
             let claim = match claimed.take() {
-                Some(claim) => Some(claim),
-                None => self.claim(task.id, seen_epoch).await?,
+                Some(claim) => Some((claim, false)),
+                None => self.claim(task, seen_epoch).await?,
             };
-            let Some(claim) = claim else {
+            let Some((claim, waited)) = claim else {
                 return Ok(if cancel.is_cancelled() {
                     TaskResult::Cancelled
                 } else {
@@ -109,6 +109,17 @@ impl Execution {
                 });
             };
             self.crash(CrashPoint::AfterClaim);
+            if waited {
+                // Another run held some of these cells: what it made complete is not run again.
+                let started = Instant::now();
+                if let Ok(counts) = gate(context, task, phase).await {
+                    return Ok(TaskResult::Passed {
+                        epoch: claim.epoch,
+                        counts,
+                        elapsed: started.elapsed(),
+                    });
+                }
+            }
             if matches!(phase.run, Some(Runner::Http(_))) {
                 // The request leaves this machine and may outlive it: its claim (the fencing
                 // token it carries) must survive a power loss, or a resumed run could hand the
@@ -203,34 +214,71 @@ impl Execution {
 
     /// Claims the task. The store refuses a claim before a retry's `not_before`; clocks and
     /// timers differ by milliseconds, so a refusal while the task is still ours to claim (pending,
-    /// same epoch) waits for `not_before` and tries again. `None`: someone else holds the task.
-    async fn claim(&self, task_id: i64, seen_epoch: i64) -> Result<Option<Claim>, StoreError> {
+    /// same epoch) waits for `not_before` and tries again. It also refuses a claim while a task
+    /// of another run runs one of its cells (SPEC.md, Semantics 9): then it waits for that
+    /// run's task to end, and says so with `true`, so that the caller re-probes the cells before
+    /// running anything. `None`: someone else holds the task.
+    async fn claim(
+        &self,
+        task: &ExecTask,
+        seen_epoch: i64,
+    ) -> Result<Option<(Claim, bool)>, StoreError> {
         let Execution {
             store,
             options,
             cancel,
+            observer,
             ..
         } = self;
         let limit = options.store_outage;
-        for _ in 0..1_000 {
+        let mut waited = false;
+        let mut unexplained = 0;
+        let mut told: Option<RunId> = None;
+        while unexplained < 1_000 {
             if let Some(claim) = patiently(limit, "claim", || {
-                store.claim(task_id, seen_epoch, &options.owner, options.lease_ttl)
+                store.claim(task.id, seen_epoch, &options.owner, options.lease_ttl)
             })
             .await?
             {
-                return Ok(Some(claim));
+                return Ok(Some((claim, waited)));
             }
-            let Some(record) = patiently(limit, "read task", || store.task(task_id)).await? else {
+            let Some(record) = patiently(limit, "read task", || store.task(task.id)).await? else {
                 return Ok(None);
             };
             if record.state != TaskState::Pending || record.lease_epoch != seen_epoch {
                 return Ok(None);
             }
-            let wait = record
+            let backoff = record
                 .not_before
                 .map(|at| (at - chrono::Utc::now()).to_std().unwrap_or_default())
-                .unwrap_or_default()
-                .max(Duration::from_millis(5));
+                .unwrap_or_default();
+            let holders = if backoff.is_zero() {
+                patiently(limit, "read holders", || store.cell_holders(task.id)).await?
+            } else {
+                Vec::new()
+            };
+            let wait = match holders.iter().min_by_key(|holder| holder.expires_at) {
+                Some(holder) => {
+                    waited = true;
+                    if told.as_ref() != Some(&holder.run_id) {
+                        observer.event(Event::Waiting {
+                            task,
+                            holder: &holder.run_id,
+                        });
+                        told = Some(holder.run_id.clone());
+                    }
+                    // Until the holder ends or its lease would run out, polled at least
+                    // every second.
+                    (holder.expires_at - chrono::Utc::now())
+                        .to_std()
+                        .unwrap_or_default()
+                        .clamp(Duration::from_millis(50), Duration::from_secs(1))
+                }
+                None => {
+                    unexplained += 1;
+                    backoff.max(Duration::from_millis(5))
+                }
+            };
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = cancel.cancelled() => return Ok(None),

@@ -1,0 +1,104 @@
+//! Who executes a run: one process at a time owns it (SPEC.md, Semantics 5), under a lease in
+//! the state store with its host and pid, renewed while it runs. A second `resume` of a run
+//! whose owner is alive is refused; a dead owner's run is taken over once its lease expires,
+//! or at once when the owner was on this host and its process is gone.
+
+use std::time::Duration;
+
+use gapless_store::{RunId, RunOwner, RunOwnerRecord, Store};
+use tokio_util::sync::CancellationToken;
+
+/// How long a run's owner lease lasts unless renewed; it is renewed every third of that.
+pub const RUN_LEASE: Duration = Duration::from_secs(60);
+
+/// This process as the owner of runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// Unique to this process: host, pid and a random part (a pid is reused after a reboot).
+    pub id: String,
+    /// This host's name.
+    pub host: String,
+    /// This process's id.
+    pub pid: u32,
+}
+
+impl Owner {
+    /// The current process.
+    pub fn this_process() -> Self {
+        let host = hostname();
+        let pid = std::process::id();
+        Self {
+            id: format!("{host}/{pid}/{:08x}", fastrand::u32(..)),
+            host,
+            pid,
+        }
+    }
+
+    /// As the state store takes it.
+    pub fn as_store(&self) -> RunOwner<'_> {
+        RunOwner {
+            id: &self.id,
+            host: &self.host,
+            pid: i64::from(self.pid),
+        }
+    }
+
+    /// Whether `other` is a process of this host that no longer exists (or is a zombie): its
+    /// run can be taken over at once, without waiting for its lease to expire.
+    pub fn sees_dead(&self, other: &RunOwnerRecord) -> bool {
+        other.host == self.host && !process_alive(other.pid)
+    }
+}
+
+/// The name of this host (`/proc/sys/kernel/hostname`), or `localhost`.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Whether process `pid` of this host is alive: listed, and not a zombie.
+fn process_alive(pid: i64) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_none_or(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Renews `owner`'s lease on run `run_id` every third of [`RUN_LEASE`] until `stop` fires.
+/// When the lease is lost (another process took the run over after this one stopped renewing
+/// it), `execution` is cancelled so the execution stops, and `true` is returned: two owners
+/// never execute one run. Errors of the state store are logged and retried at the next tick;
+/// the executor's own writes wait out an outage.
+pub async fn keep_owning(
+    store: Store,
+    run_id: RunId,
+    owner: Owner,
+    stop: CancellationToken,
+    execution: CancellationToken,
+) -> bool {
+    let period = RUN_LEASE / 3;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return false,
+            () = tokio::time::sleep(period) => {}
+        }
+        match store.renew_run(&run_id, &owner.id, RUN_LEASE).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(run = %run_id, "another process took this run over: stopping");
+                execution.cancel();
+                return true;
+            }
+            Err(error) => tracing::warn!(run = %run_id, %error, "cannot renew the run's lease"),
+        }
+    }
+}
