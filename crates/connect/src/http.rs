@@ -178,6 +178,8 @@ async fn fetch_token(
         timeout,
         cancel: None,
         log_path: None,
+        log_limit: crate::command::DEFAULT_LOG_LIMIT,
+        started: None,
         stdout_limit: Some(TOKEN_LIMIT),
     })
     .await

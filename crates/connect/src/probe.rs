@@ -147,6 +147,8 @@ pub async fn command_counts(
         timeout,
         cancel: None,
         log_path: None,
+        log_limit: crate::command::DEFAULT_LOG_LIMIT,
+        started: None,
         stdout_limit: Some(PROBE_STDOUT_LIMIT),
     })
     .await
