@@ -502,14 +502,37 @@ fn matching_dates(segment: &str, name: &str, dates: &[NaiveDate]) -> Vec<NaiveDa
             Vec::new()
         };
     }
-    let mut candidates: Vec<NaiveDate> = (0..name.len().saturating_sub(9))
-        .filter_map(|at| name.get(at..at + 10).and_then(parse_iso_date))
+    // The literal text before the first wildcard or `{date}`: a cheap filter, run on every name
+    // of a folder that may hold the files of every other day.
+    let literal_end = segment.find(['*', '?', '{']).unwrap_or(segment.len());
+    if !name.starts_with(&segment[..literal_end]) {
+        return Vec::new();
+    }
+    // `{date}` before any wildcard sits right after that literal text; otherwise anywhere.
+    let positions = if segment[literal_end..].starts_with("{date}") {
+        literal_end..literal_end + 1
+    } else {
+        0..name.len().saturating_sub(9)
+    };
+    let mut candidates: Vec<NaiveDate> = positions
+        .filter_map(|at| name.get(at..at + 10))
+        .filter(|text| looks_like_date(text.as_bytes()))
+        .filter_map(parse_iso_date)
         .filter(|date| dates.binary_search(date).is_ok())
         .collect();
     candidates.sort_unstable();
     candidates.dedup();
     candidates.retain(|date| wildcard_match(&substitute(segment, *date), name));
     candidates
+}
+
+/// `dddd-dd-dd`, before the real parse.
+fn looks_like_date(text: &[u8]) -> bool {
+    text.len() == 10
+        && text.iter().enumerate().all(|(index, byte)| match index {
+            4 | 7 => *byte == b'-',
+            _ => byte.is_ascii_digit(),
+        })
 }
 
 /// The files and directories directly in `directory`, as an object store would list them:
@@ -752,6 +775,14 @@ mod tests {
             matching_dates("*{date}*", "2024-01-02-to-2024-01-03", &all),
             [day(2), day(3)]
         );
+        // `{date}` after a literal prefix: found at its place only.
+        assert_eq!(
+            matching_dates("p1-{date}*", "p1-2024-01-07.done", &all),
+            [day(7)]
+        );
+        assert!(matching_dates("p1-{date}*", "p2-2024-01-07.done", &all).is_empty());
+        assert!(matching_dates("p1-{date}*", "p1-x2024-01-07.done", &all).is_empty());
+        assert_eq!(matching_dates("{date}", "2024-01-09", &all), [day(9)]);
         // Without `{date}`, one match decides for every date.
         assert_eq!(
             matching_dates("*.json", "x.json", &all[..2]),
