@@ -180,6 +180,7 @@ async fn fetch_token(
         log_path: None,
         log_limit: crate::command::DEFAULT_LOG_LIMIT,
         started: None,
+        die_with_parent: true,
         stdout_limit: Some(TOKEN_LIMIT),
     })
     .await

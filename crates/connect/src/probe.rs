@@ -149,6 +149,7 @@ pub async fn command_counts(
         log_path: None,
         log_limit: crate::command::DEFAULT_LOG_LIMIT,
         started: None,
+        die_with_parent: true,
         stdout_limit: Some(PROBE_STDOUT_LIMIT),
     })
     .await
