@@ -957,7 +957,36 @@ mod tests {
     use std::ffi::OsStr;
     use std::path::Path;
 
-    use super::{Capture, resolve_with_path};
+    use super::{CappedLog, Capture, resolve_with_path};
+
+    #[test]
+    fn capped_log_keeps_the_tail_whatever_the_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        // A chunk larger than half the limit, then small ones across several rotations.
+        let path = dir.path().join("a.log");
+        let mut log = CappedLog::open(path.clone(), 10).unwrap();
+        log.write(b"0123456789abcdef").unwrap();
+        for chunk in [&b"gh"[..], b"ij", b"kl", b"mn"] {
+            log.write(chunk).unwrap();
+        }
+        assert!(std::fs::metadata(dir.path().join("a.log.1")).unwrap().len() <= 5);
+        log.finish().unwrap();
+        // 24 bytes written: the big chunk's last 5 (`bcdef`) went to `.1`, were replaced by
+        // `ghij` at the second rotation; `klmn` is the current part. 8 kept, 16 dropped.
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "[gapless: 16 bytes of earlier output dropped; the last 8 bytes follow]\nghijklmn"
+        );
+        assert!(!dir.path().join("a.log.1").exists());
+
+        // Nothing dropped: the file as written, no header.
+        let path = dir.path().join("b.log");
+        let mut log = CappedLog::open(path.clone(), 100).unwrap();
+        log.write(b"one\n").unwrap();
+        log.write(b"two\n").unwrap();
+        log.finish().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo\n");
+    }
     use crate::runner::RunError;
 
     #[test]

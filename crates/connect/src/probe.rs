@@ -326,11 +326,11 @@ impl Tree {
     async fn list(&self, directories: Vec<Vec<String>>) -> Result<Vec<Listing>, ProbeError> {
         match self {
             Tree::Local(root) => {
-                let root = root.clone();
-                blocking(move || {
+                let tree = root.clone();
+                blocking(root, move || {
                     directories
                         .iter()
-                        .map(|parts| local_list(&join(&root, parts)))
+                        .map(|parts| local_list(&join(&tree, parts)))
                         .collect()
                 })
                 .await
@@ -361,11 +361,11 @@ impl Tree {
     async fn stat(&self, paths: Vec<Vec<String>>) -> Result<Vec<bool>, ProbeError> {
         match self {
             Tree::Local(root) => {
-                let root = root.clone();
-                blocking(move || {
+                let tree = root.clone();
+                blocking(root, move || {
                     paths
                         .iter()
-                        .map(|parts| local_is_file(&join(&root, parts)))
+                        .map(|parts| local_is_file(&join(&tree, parts)))
                         .collect()
                 })
                 .await
@@ -397,13 +397,16 @@ fn join(root: &Path, parts: &[String]) -> PathBuf {
     path
 }
 
+/// Runs local file system calls on the blocking pool; `root` names the tree in the error of a
+/// job that panicked.
 async fn blocking<T: Send + 'static>(
+    root: &Path,
     job: impl FnOnce() -> Result<T, ProbeError> + Send + 'static,
 ) -> Result<T, ProbeError> {
     tokio::task::spawn_blocking(job)
         .await
         .map_err(|error| ProbeError::List {
-            directory: PathBuf::new(),
+            directory: root.to_owned(),
             source: std::io::Error::other(error),
         })?
 }
