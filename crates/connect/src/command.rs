@@ -51,6 +51,46 @@ pub struct CommandSpec {
     pub cancel: CancellationToken,
 }
 
+/// Most bytes an attempt log keeps by default: the last 8 MiB of the output.
+pub const DEFAULT_LOG_LIMIT: u64 = 8 * 1024 * 1024;
+
+/// How a command runs, beyond what it runs: [`run_command`] uses the defaults.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Most bytes the log file ([`CommandSpec::log_path`]) keeps. Output beyond it drops the
+    /// oldest part: the file ends as a line saying how many bytes were dropped, then the last
+    /// part of the output (up to this many bytes). While the command runs, the log and a
+    /// `.1` file beside it hold at most this many bytes together.
+    pub log_limit: u64,
+    /// Told as soon as the runner has started, before it can do anything: its pid, which is
+    /// also its process group id. A caller records it with the task, so that a later process
+    /// can make sure the group is gone ([`end_process_group`]) when this one died.
+    pub started: Option<tokio::sync::mpsc::UnboundedSender<RunnerStarted>>,
+    /// Whether the runner is killed (SIGKILL) when this process dies, even by `kill -9`
+    /// (`PR_SET_PDEATHSIG` on Linux). On by default. It costs a `fork` where a `vfork`-style
+    /// spawn would do: ~0.3–0.5 ms per runner on a 2-core VM.
+    pub die_with_parent: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            log_limit: DEFAULT_LOG_LIMIT,
+            started: None,
+            die_with_parent: true,
+        }
+    }
+}
+
+/// A runner process that has just started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunnerStarted {
+    /// The runner's pid.
+    pub pid: u32,
+    /// Its process group id: the runner leads a group of its own, so this is its pid too.
+    pub process_group: i32,
+}
+
 /// A command that exited with status 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandOutcome {
@@ -64,7 +104,19 @@ pub struct CommandOutcome {
 
 /// Runs a command to completion, with its output captured, its time bounded and its process
 /// group killed on timeout or cancellation.
+///
+/// The log keeps the last [`DEFAULT_LOG_LIMIT`] bytes; [`run_command_with`] takes other
+/// [`RunOptions`].
 pub async fn run_command(spec: &CommandSpec) -> Result<CommandOutcome, RunError> {
+    run_command_with(spec, &RunOptions::default()).await
+}
+
+/// [`run_command`] with options: the log's size limit, and a channel told the runner's pid
+/// and process group as soon as it starts.
+pub async fn run_command_with(
+    spec: &CommandSpec,
+    options: &RunOptions,
+) -> Result<CommandOutcome, RunError> {
     let started = Instant::now();
     let output = run_process(&ProcessSpec {
         argv: &spec.argv,
@@ -73,6 +125,9 @@ pub async fn run_command(spec: &CommandSpec) -> Result<CommandOutcome, RunError>
         timeout: spec.timeout,
         cancel: Some(&spec.cancel),
         log_path: spec.log_path.as_deref(),
+        log_limit: options.log_limit,
+        started: options.started.as_ref(),
+        die_with_parent: options.die_with_parent,
         stdout_limit: None,
     })
     .await?;
@@ -169,6 +224,12 @@ pub(crate) struct ProcessSpec<'a> {
     pub(crate) timeout: Duration,
     pub(crate) cancel: Option<&'a CancellationToken>,
     pub(crate) log_path: Option<&'a Path>,
+    /// Most bytes the log keeps (its tail).
+    pub(crate) log_limit: u64,
+    /// Told the runner's pid once it has started.
+    pub(crate) started: Option<&'a tokio::sync::mpsc::UnboundedSender<RunnerStarted>>,
+    /// Set `PR_SET_PDEATHSIG` on the child.
+    pub(crate) die_with_parent: bool,
     /// `None`: keep the tail of stdout. `Some(limit)`: keep all of it up to `limit` bytes.
     pub(crate) stdout_limit: Option<usize>,
 }
@@ -278,16 +339,33 @@ struct Pump {
 /// `tokio::fs` makes for every call.
 enum Log {
     Off,
-    Pending(PathBuf),
-    Open(std::fs::File, PathBuf),
+    Pending { path: PathBuf, limit: u64 },
+    Open(CappedLog),
+}
+
+/// A log file that keeps the tail of what is written: when the file reaches half the limit it
+/// becomes `<name>.1` (replacing the previous one, whose bytes are dropped) and a new file
+/// starts. At the end, if anything was dropped, the two are joined under one line saying how
+/// much was dropped. A process killed midway leaves the two files, still within the limit.
+struct CappedLog {
+    file: std::fs::File,
+    path: PathBuf,
+    /// Bytes in the current file.
+    size: u64,
+    /// Half the limit: the most one of the two files holds.
+    half: u64,
+    /// Bytes in `<name>.1`, when there is one.
+    rotated: Option<u64>,
+    /// Bytes of output no longer kept.
+    dropped: u64,
 }
 
 impl Log {
     fn write(&mut self, chunk: &[u8]) {
-        if let Log::Pending(path) = self {
-            let path = std::mem::take(path);
-            *self = match open_log(&path) {
-                Ok(file) => Log::Open(file, path),
+        if let Log::Pending { path, limit } = self {
+            let (path, limit) = (std::mem::take(path), *limit);
+            *self = match CappedLog::open(path.clone(), limit) {
+                Ok(log) => Log::Open(log),
                 Err(error) => {
                     // Losing the log must not fail the task: the tails still tell what happened.
                     tracing::warn!(path = %path.display(), %error, "cannot open the command log; this attempt is not logged");
@@ -295,12 +373,118 @@ impl Log {
                 }
             };
         }
-        if let Log::Open(file, path) = self
-            && let Err(error) = std::io::Write::write_all(file, chunk)
+        if let Log::Open(log) = self
+            && let Err(error) = log.write(chunk)
         {
-            tracing::warn!(path = %path.display(), %error, "writing the command log failed; logging stops");
+            tracing::warn!(path = %log.path.display(), %error, "writing the command log failed; logging stops");
             *self = Log::Off;
         }
+    }
+
+    /// Joins a rotated log into one file (only when output was dropped).
+    fn finish(self) {
+        if let Log::Open(log) = self {
+            let path = log.path.clone();
+            if let Err(error) = log.finish() {
+                tracing::warn!(path = %path.display(), %error, "joining the command log's parts failed; the older part is in the `.1` file");
+            }
+        }
+    }
+}
+
+impl CappedLog {
+    fn open(path: PathBuf, limit: u64) -> io::Result<Self> {
+        let file = open_log(&path)?;
+        let size = file.metadata()?.len();
+        Ok(Self {
+            file,
+            path,
+            size,
+            // Both halves hold something: a limit below 2 bytes still keeps a byte.
+            half: (limit / 2).max(1),
+            rotated: None,
+            dropped: 0,
+        })
+    }
+
+    fn rotated_path(&self) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(".1");
+        PathBuf::from(name)
+    }
+
+    fn write(&mut self, mut chunk: &[u8]) -> io::Result<()> {
+        let half = usize::try_from(self.half).unwrap_or(usize::MAX);
+        if chunk.len() > half {
+            // More than a half at once: only its end can be kept.
+            let cut = chunk.len() - half;
+            self.dropped += cut as u64;
+            chunk = &chunk[cut..];
+        }
+        if self.size > 0 && self.size + chunk.len() as u64 > self.half {
+            self.rotate()?;
+        }
+        std::io::Write::write_all(&mut self.file, chunk)?;
+        self.size += chunk.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let rotated = self.rotated_path();
+        fs_err::rename(&self.path, &rotated)?;
+        self.dropped += self.rotated.replace(self.size).unwrap_or(0);
+        self.file = fs_err::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&self.path)?
+            .into_parts()
+            .0;
+        self.size = 0;
+        Ok(())
+    }
+
+    /// When output was dropped: `<name>` becomes the dropped-bytes line, the rest of `.1`
+    /// from its first full line, and the current part; `.1` goes.
+    fn finish(self) -> io::Result<()> {
+        if self.dropped == 0 && self.rotated.is_none() {
+            return Ok(());
+        }
+        let rotated_path = self.rotated_path();
+        let mut older = match self.rotated {
+            Some(_) => fs_err::read(&rotated_path)?,
+            None => Vec::new(),
+        };
+        let mut dropped = self.dropped;
+        // Start at a line boundary when one is near: a reader sees whole lines.
+        if let Some(newline) = older.iter().take(4096).position(|byte| *byte == b'\n') {
+            older.drain(..=newline);
+            dropped += newline as u64 + 1;
+        }
+        let newer = fs_err::read(&self.path)?;
+        let joined_path = {
+            let mut name = self.path.clone().into_os_string();
+            name.push(".joining");
+            PathBuf::from(name)
+        };
+        let mut joined = std::io::BufWriter::new(fs_err::File::create(&joined_path)?);
+        let kept = older.len() + newer.len();
+        std::io::Write::write_all(
+            &mut joined,
+            format!(
+                "[gapless: {dropped} bytes of earlier output dropped; the last {kept} bytes follow]\n"
+            )
+            .as_bytes(),
+        )?;
+        std::io::Write::write_all(&mut joined, &older)?;
+        std::io::Write::write_all(&mut joined, &newer)?;
+        std::io::Write::flush(&mut joined)?;
+        drop(joined);
+        fs_err::rename(&joined_path, &self.path)?;
+        if self.rotated.is_some() {
+            fs_err::remove_file(&rotated_path)?;
+        }
+        Ok(())
     }
 }
 
@@ -368,7 +552,8 @@ impl Pump {
     }
 
     fn finish(self) -> (Capture, Capture) {
-        // The log is written unbuffered: nothing is left to flush.
+        // The log is written unbuffered: nothing is left to flush, only parts to join.
+        self.log.finish();
         (self.stdout_capture, self.stderr_capture)
     }
 }
@@ -428,6 +613,179 @@ async fn cancelled(cancel: Option<&CancellationToken>) {
     }
 }
 
+/// Makes the runner (the leader of its process group) die with SIGKILL when gapless dies, even
+/// by `kill -9`, which leaves no chance to kill the group: `PR_SET_PDEATHSIG`, set in the child
+/// between `fork` and `exec`.
+///
+/// This is the crate's one `unsafe` block: `pre_exec` is unsafe because the closure runs in
+/// the forked child of a multi-threaded process, where only async-signal-safe calls are
+/// allowed. No safe way exists to run code there (wrapping the program in `setpriv
+/// --pdeathsig` would make gapless depend on util-linux and change argv[0] and the pid the
+/// caller records).
+///
+/// The signal is tied to the *thread* that forked, not to the process: when that thread exits,
+/// the runner is killed. Runners are spawned from the runtime's task threads: the CLI's
+/// current-thread runtime runs them on the main thread, and a multi-threaded runtime's workers
+/// live as long as the runtime. Spawning from `spawn_blocking` (threads that exit when idle)
+/// would kill runners early; nothing here does.
+///
+/// The price: with a `pre_exec` closure, the standard library forks instead of using
+/// `posix_spawn` (a `vfork`-style clone), and the fork of a multi-threaded runtime costs
+/// ~0.3–0.5 ms per runner on a 2-core VM; [`RunOptions::die_with_parent`] turns it off.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut tokio::process::Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure only makes two system calls, prctl(2) and getppid(2), both
+    // async-signal-safe; it allocates nothing, takes no lock and touches no state shared with
+    // the parent (`parent` is a copied integer).
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+            // The parent may have died before prctl: then no signal will ever come.
+            if nix::unistd::getppid() != parent {
+                return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Elsewhere no parent-death signal exists; [`end_process_group`] is what remains.
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_command: &mut tokio::process::Command) {}
+
+/// How [`end_process_group`] found and left a process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupEnding {
+    /// No live process was in the group.
+    AlreadyGone,
+    /// It ended after SIGTERM, within the grace period.
+    Terminated,
+    /// It was still there after the grace period and was killed with SIGKILL.
+    Killed,
+}
+
+/// Why [`end_process_group`] could not make sure a process group is gone.
+#[derive(Debug, thiserror::Error)]
+pub enum KillError {
+    /// Not a group a runner could have: 0 and 1 would mean the caller's own group or init, and
+    /// the caller's own group is never a runner's.
+    #[error("process group {group} is not a runner's")]
+    NotARunnerGroup {
+        /// The group id given.
+        group: i32,
+    },
+    /// Signalling the group failed (for example it belongs to another user).
+    #[error("cannot signal process group {group}")]
+    Signal {
+        /// The group id.
+        group: i32,
+        /// The error of kill(2).
+        #[source]
+        source: nix::errno::Errno,
+    },
+    /// Processes of the group were still alive after SIGKILL (stuck in the kernel).
+    #[error("process group {group} survived SIGKILL: pids {pids:?}")]
+    Survived {
+        /// The group id.
+        group: i32,
+        /// Its live processes.
+        pids: Vec<i32>,
+    },
+}
+
+/// How long [`end_process_group`] waits after SIGKILL for the processes to be gone.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// Makes sure the runner process group `group`, recorded when it started
+/// ([`RunOptions::started`]), is gone: SIGTERM to the group if any process of it is alive,
+/// `grace` for it to end, then SIGKILL. For a process taking over the work of a dead owner on
+/// this host, before it runs the same cells again.
+///
+/// Group ids are reused, so the caller must know that the recording process (the only one
+/// that could have waited for the runner) is dead and that the record is from this host's
+/// current boot. Zombies, which hold their group id until reaped, count as gone.
+pub async fn end_process_group(group: i32, grace: Duration) -> Result<GroupEnding, KillError> {
+    if group <= 1 || nix::unistd::getpgrp().as_raw() == group {
+        return Err(KillError::NotARunnerGroup { group });
+    }
+    if !group_alive(group) {
+        return Ok(GroupEnding::AlreadyGone);
+    }
+    let signal = |signal| match killpg(Pid::from_raw(group), signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(source) => Err(KillError::Signal { group, source }),
+    };
+    signal(Signal::SIGTERM)?;
+    if wait_gone(group, grace).await {
+        return Ok(GroupEnding::Terminated);
+    }
+    signal(Signal::SIGKILL)?;
+    if wait_gone(group, KILL_WAIT).await {
+        return Ok(GroupEnding::Killed);
+    }
+    Err(KillError::Survived {
+        group,
+        pids: live_members(group).unwrap_or_default(),
+    })
+}
+
+/// Whether the process group has a live (not zombie) member.
+fn group_alive(group: i32) -> bool {
+    match live_members(group) {
+        Some(pids) => !pids.is_empty(),
+        // No /proc: whether anything, zombies included, is in the group.
+        None => !matches!(
+            killpg(Pid::from_raw(group), None),
+            Err(nix::errno::Errno::ESRCH)
+        ),
+    }
+}
+
+async fn wait_gone(group: i32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if !group_alive(group) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The live processes of a group, from `/proc` (`None` where it cannot be read).
+fn live_members(group: i32) -> Option<Vec<i32>> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    let mut pids = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // A process that ended since the listing has no stat any more.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // After the parenthesised command name: state, ppid, pgrp, …
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let pgrp = fields.nth(1).and_then(|field| field.parse::<i32>().ok());
+        if pgrp == Some(group) && state != Some("Z") && state != Some("X") {
+            pids.push(pid);
+        }
+    }
+    Some(pids)
+}
+
 /// Spawns `command`, retrying briefly on `ETXTBSY`: a program written just before (a
 /// generated script) can still be open for writing in a child another thread forked at that
 /// moment, until that child execs; the kernel then refuses to execute it for a few
@@ -468,7 +826,10 @@ pub(crate) async fn run_process(spec: &ProcessSpec<'_>) -> Result<ProcessOutput,
         return Err(RunError::Cancelled);
     }
     let log = match spec.log_path {
-        Some(path) => Log::Pending(path.to_owned()),
+        Some(path) => Log::Pending {
+            path: path.to_owned(),
+            limit: spec.log_limit,
+        },
         None => Log::Off,
     };
 
@@ -483,6 +844,9 @@ pub(crate) async fn run_process(spec: &ProcessSpec<'_>) -> Result<ProcessOutput,
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if spec.die_with_parent {
+        die_with_parent(&mut command);
+    }
     let mut child = spawn(&mut command)
         .await
         .map_err(|source| RunError::Spawn {
@@ -497,6 +861,15 @@ pub(crate) async fn run_process(spec: &ProcessSpec<'_>) -> Result<ProcessOutput,
     // If this future is dropped midway (the task was aborted), the group dies with it:
     // `kill_on_drop` alone would reach only the leader.
     let mut guard = GroupGuard { group };
+    if let (Some(started), Some(pid)) = (spec.started, child.id())
+        && let Some(group) = group
+    {
+        // A caller that stopped listening only loses the record.
+        let _ = started.send(RunnerStarted {
+            pid,
+            process_group: group.as_raw(),
+        });
+    }
     let mut pump = Pump {
         stdout: child.stdout.take(),
         stderr: child.stderr.take(),
@@ -584,7 +957,36 @@ mod tests {
     use std::ffi::OsStr;
     use std::path::Path;
 
-    use super::{Capture, resolve_with_path};
+    use super::{CappedLog, Capture, resolve_with_path};
+
+    #[test]
+    fn capped_log_keeps_the_tail_whatever_the_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        // A chunk larger than half the limit, then small ones across several rotations.
+        let path = dir.path().join("a.log");
+        let mut log = CappedLog::open(path.clone(), 10).unwrap();
+        log.write(b"0123456789abcdef").unwrap();
+        for chunk in [&b"gh"[..], b"ij", b"kl", b"mn"] {
+            log.write(chunk).unwrap();
+        }
+        assert!(std::fs::metadata(dir.path().join("a.log.1")).unwrap().len() <= 5);
+        log.finish().unwrap();
+        // 24 bytes written: the big chunk's last 5 (`bcdef`) went to `.1`, were replaced by
+        // `ghij` at the second rotation; `klmn` is the current part. 8 kept, 16 dropped.
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "[gapless: 16 bytes of earlier output dropped; the last 8 bytes follow]\nghijklmn"
+        );
+        assert!(!dir.path().join("a.log.1").exists());
+
+        // Nothing dropped: the file as written, no header.
+        let path = dir.path().join("b.log");
+        let mut log = CappedLog::open(path.clone(), 100).unwrap();
+        log.write(b"one\n").unwrap();
+        log.write(b"two\n").unwrap();
+        log.finish().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo\n");
+    }
     use crate::runner::RunError;
 
     #[test]

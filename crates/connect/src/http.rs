@@ -178,6 +178,9 @@ async fn fetch_token(
         timeout,
         cancel: None,
         log_path: None,
+        log_limit: crate::command::DEFAULT_LOG_LIMIT,
+        started: None,
+        die_with_parent: true,
         stdout_limit: Some(TOKEN_LIMIT),
     })
     .await

@@ -27,7 +27,10 @@ mod probe;
 mod runner;
 mod warehouse;
 
-pub use command::{CommandOutcome, CommandSpec, resolve_program, run_command};
+pub use command::{
+    CommandOutcome, CommandSpec, DEFAULT_LOG_LIMIT, GroupEnding, KillError, RunOptions,
+    RunnerStarted, end_process_group, resolve_program, run_command, run_command_with,
+};
 /// User SQL's named parameters (`gapless_core::sql`, pure): re-exported where the warehouse uses it.
 pub use gapless_core::sql as named;
 pub use http::{HttpOutcome, HttpSpec, Method, http_client, run_http};

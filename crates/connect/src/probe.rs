@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use futures::StreamExt;
-use object_store::ObjectStore;
 use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::command::{ProcessSpec, check_status, run_process};
 use crate::parse_iso_date;
@@ -82,6 +82,15 @@ pub enum ProbeError {
         #[source]
         source: std::io::Error,
     },
+    /// Looking up a local path failed (other than its absence).
+    #[error("cannot read `{}`", .path.display())]
+    Stat {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Listing objects failed.
     #[error("cannot list objects under `{location}`")]
     Store {
@@ -98,7 +107,7 @@ impl ProbeError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Command { source, .. } => source.is_retryable(),
-            Self::Store { .. } | Self::List { .. } => true,
+            Self::Store { .. } | Self::List { .. } | Self::Stat { .. } => true,
             _ => false,
         }
     }
@@ -138,6 +147,9 @@ pub async fn command_counts(
         timeout,
         cancel: None,
         log_path: None,
+        log_limit: crate::command::DEFAULT_LOG_LIMIT,
+        started: None,
+        die_with_parent: true,
         stdout_limit: Some(PROBE_STDOUT_LIMIT),
     })
     .await
@@ -198,16 +210,35 @@ fn parse_count_lines(
 /// a segment or inside one (`day={date}`, `run-{date}-*.log`) and may repeat. A missing
 /// directory counts 0.
 ///
-/// When the first segment after the fixed prefix holds `{date}` and no wildcard, only that
-/// date's subtree is listed, per date; otherwise the fixed prefix is listed once and objects are
-/// bucketed by the date in their path. Either way there is no request per object. The caller
-/// bounds the time it may take (`tokio::time::timeout`).
+/// The cost follows the dates asked for, not what else is stored: the pattern is walked
+/// segment by segment with each date substituted. A segment without a wildcard is a name, not
+/// a listing, so a pattern without wildcards costs one stat (`HEAD` on a bucket) per date. A
+/// segment with a wildcard lists the directory it stands in, one level only, once for all the
+/// dates that reach that directory: `markers/*{date}*.done` lists `markers` once per call,
+/// `gcs/boxscores/{date}/*.json` lists one directory per date. Nothing is listed recursively
+/// and there is no request per object. The caller bounds the time it may take
+/// (`tokio::time::timeout`).
 pub async fn file_counts(
     pattern: &str,
     base_dir: &Path,
     start: NaiveDate,
     end: NaiveDate,
 ) -> Result<BTreeMap<NaiveDate, i64>, ProbeError> {
+    let (tree, segments) = parse_pattern(pattern, base_dir)?;
+    let (counts, io) = walk(&tree, &segments, start, end).await?;
+    tracing::debug!(
+        pattern,
+        %start,
+        %end,
+        listings = io.listings,
+        stats = io.stats,
+        "files probe"
+    );
+    Ok(counts)
+}
+
+/// Where a files pattern's paths live, and its segments below that root.
+fn parse_pattern(pattern: &str, base_dir: &Path) -> Result<(Tree, Vec<String>), ProbeError> {
     let bad = |reason: &str| ProbeError::BadPattern {
         pattern: pattern.to_owned(),
         reason: reason.to_owned(),
@@ -232,10 +263,11 @@ pub async fn file_counts(
             "a `file://` pattern needs an absolute path (`file:///…`)",
         ));
     }
-    let segments: Vec<&str> = path_text.split('/').filter(|s| !s.is_empty()).collect();
-    let Some(dynamic) = segments.iter().position(|segment| is_dynamic(segment)) else {
-        return Err(bad("no `{date}` in the pattern"));
-    };
+    let segments: Vec<String> = path_text
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
     if !segments.iter().any(|segment| segment.contains("{date}")) {
         return Err(bad("no `{date}` in the pattern"));
     }
@@ -245,178 +277,331 @@ pub async fn file_counts(
     {
         return Err(bad("only `{date}` may appear in braces"));
     }
-    let glob = Glob {
-        segments: segments[dynamic..]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect(),
+    let tree = match (scheme, bucket) {
+        (Some(scheme @ ("gs" | "s3")), Some(bucket)) => {
+            // Every segment must make a valid object path once substituted: checked here, with
+            // a sample date, so that a bad pattern fails before any request.
+            let sample = segments.join("/").replace("{date}", "2000-01-01");
+            StorePath::parse(&sample)
+                .map_err(|error| bad(&format!("invalid object path: {error}")))?;
+            Tree::Store {
+                store: cloud_store(scheme, bucket)?,
+                location: format!("{scheme}://{bucket}"),
+            }
+        }
+        _ if path_text.starts_with('/') => Tree::Local(PathBuf::from("/")),
+        _ => Tree::Local(base_dir.to_owned()),
     };
-    let fixed = &segments[..dynamic];
-
-    let mut counts = BTreeMap::new();
-    if start > end {
-        return Ok(counts);
-    }
-    let dates: Vec<NaiveDate> = start.iter_days().take_while(|day| *day <= end).collect();
-    let first = &glob.segments[0];
-    // `{date}` fixes the first dynamic segment: list that subtree, per date.
-    let per_date = glob.segments.len() > 1 && !first.contains(['*', '?']);
-
-    let (store, prefix, location): (Arc<dyn ObjectStore>, StorePath, String) =
-        match (scheme, bucket) {
-            (Some(scheme @ ("gs" | "s3")), Some(bucket)) => {
-                let store = cloud_store(scheme, bucket)?;
-                let prefix = StorePath::parse(fixed.join("/"))
-                    .map_err(|error| bad(&format!("invalid object path: {error}")))?;
-                (
-                    store,
-                    prefix,
-                    format!("{scheme}://{bucket}/{}", fixed.join("/")),
-                )
-            }
-            _ => {
-                let relative = PathBuf::from(fixed.join("/"));
-                let root = if path_text.starts_with('/') {
-                    Path::new("/").join(relative)
-                } else {
-                    base_dir.join(relative)
-                };
-                // Local files are listed in place, in one blocking job: `LocalFileSystem::list`
-                // would stat every file for metadata the probe never reads.
-                let segments = glob.segments.clone();
-                let found = tokio::task::spawn_blocking(move || {
-                    if per_date {
-                        let rest = &segments[1..];
-                        dates
-                            .into_iter()
-                            .map(|date| {
-                                let directory = root.join(substitute(&segments[0], date));
-                                let names = local_list(&directory, rest.len())?;
-                                let count = names
-                                    .iter()
-                                    .filter(|parts| Glob::matches_with(rest, parts, date))
-                                    .count();
-                                Ok((date, count))
-                            })
-                            .collect::<Result<Vec<_>, ProbeError>>()
-                    } else {
-                        let glob = Glob { segments };
-                        let mut found = BTreeMap::<NaiveDate, usize>::new();
-                        for parts in local_list(&root, glob.segments.len())? {
-                            if let Some(date) = glob.date_of(&parts)
-                                && date >= start
-                                && date <= end
-                            {
-                                *found.entry(date).or_default() += 1;
-                            }
-                        }
-                        Ok(found.into_iter().collect())
-                    }
-                })
-                .await
-                .map_err(|error| ProbeError::List {
-                    directory: PathBuf::from(path_text),
-                    source: std::io::Error::other(error),
-                })??;
-                for (date, count) in found {
-                    if count > 0 {
-                        counts.insert(date, i64::try_from(count).unwrap_or(i64::MAX));
-                    }
-                }
-                return Ok(counts);
-            }
-        };
-
-    if per_date {
-        let mut listings = futures::stream::iter(dates)
-            .map(|date| {
-                let store = Arc::clone(&store);
-                let directory = substitute(first, date);
-                let subtree = prefix.clone().join(directory.as_str());
-                let rest = &glob.segments[1..];
-                let location = &location;
-                async move {
-                    let names = list(&*store, &subtree, location).await?;
-                    let count = names
-                        .iter()
-                        .filter(|parts| Glob::matches_with(rest, parts, date))
-                        .count();
-                    Ok::<_, ProbeError>((date, count))
-                }
-            })
-            .buffer_unordered(LIST_CONCURRENCY);
-        while let Some(result) = listings.next().await {
-            let (date, count) = result?;
-            if count > 0 {
-                counts.insert(date, i64::try_from(count).unwrap_or(i64::MAX));
-            }
-        }
-    } else {
-        for parts in list(&*store, &prefix, &location).await? {
-            if let Some(date) = glob.date_of(&parts)
-                && date >= start
-                && date <= end
-            {
-                *counts.entry(date).or_default() += 1;
-            }
-        }
-    }
-    Ok(counts)
+    Ok((tree, segments))
 }
 
-/// The files under `directory` down to `depth` levels, as their path segments below it, as an
-/// object store would list them: symbolic links followed, names that are not UTF-8 or that
-/// look like an unfinished multipart upload (`name#123`, which `object_store` hides) left out.
-/// A missing directory is an empty listing. Only paths exactly `depth` segments deep can match
-/// the pattern, so deeper levels are never read (which also bounds symbolic-link loops).
-fn local_list(directory: &Path, depth: usize) -> Result<Vec<Vec<String>>, ProbeError> {
-    let mut files = Vec::new();
-    let mut pending: Vec<(PathBuf, Vec<String>)> = vec![(directory.to_owned(), Vec::new())];
-    while let Some((path, parts)) = pending.pop() {
-        let list_error = |source| ProbeError::List {
-            directory: path.clone(),
-            source,
-        };
-        let entries = match std::fs::read_dir(&path) {
-            Ok(entries) => entries,
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-                ) =>
-            {
-                continue;
+/// Where a files probe looks: a local directory (listed in place, in blocking jobs:
+/// `LocalFileSystem::list` would stat every file for metadata the probe never reads) or an
+/// object store.
+enum Tree {
+    Local(PathBuf),
+    Store {
+        store: Arc<dyn ObjectStore>,
+        /// `gs://bucket`, for messages.
+        location: String,
+    },
+}
+
+/// The names one level below a directory.
+#[derive(Debug, Default)]
+struct Listing {
+    files: Vec<String>,
+    directories: Vec<String>,
+}
+
+/// What a walk cost: directory listings (one level each) and single-path lookups.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Io {
+    listings: usize,
+    stats: usize,
+}
+
+impl Tree {
+    /// Lists each directory (path segments below the root) one level deep.
+    async fn list(&self, directories: Vec<Vec<String>>) -> Result<Vec<Listing>, ProbeError> {
+        match self {
+            Tree::Local(root) => {
+                let tree = root.clone();
+                blocking(root, move || {
+                    directories
+                        .iter()
+                        .map(|parts| local_list(&join(&tree, parts)))
+                        .collect()
+                })
+                .await
             }
-            Err(error) => return Err(list_error(error)),
-        };
-        for entry in entries {
-            let entry = entry.map_err(list_error)?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            let mut file_type = entry.file_type().map_err(list_error)?;
-            if file_type.is_symlink() {
-                match std::fs::metadata(entry.path()) {
-                    Ok(target) => file_type = target.file_type(),
-                    // A dangling link is not a file.
-                    Err(_) => continue,
+            Tree::Store { store, location } => {
+                let mut found: Vec<Listing> = Vec::new();
+                found.resize_with(directories.len(), Listing::default);
+                // Owned state per request: a borrowing closure makes the future not `Send`.
+                let mut listings = futures::stream::iter(directories.into_iter().enumerate())
+                    .map(|(index, parts)| {
+                        let (store, location) = (Arc::clone(store), location.clone());
+                        async move {
+                            let listing = store_list(&*store, &location, &parts).await?;
+                            Ok::<_, ProbeError>((index, listing))
+                        }
+                    })
+                    .buffer_unordered(LIST_CONCURRENCY);
+                while let Some(result) = listings.next().await {
+                    let (index, listing) = result?;
+                    found[index] = listing;
                 }
-            }
-            let mut child = parts.clone();
-            child.push(name);
-            if file_type.is_dir() {
-                if child.len() < depth {
-                    pending.push((entry.path(), child));
-                }
-            } else if file_type.is_file()
-                && child.len() == depth
-                && !child.last().is_some_and(|name| is_upload_part(name))
-            {
-                files.push(child);
+                Ok(found)
             }
         }
     }
-    Ok(files)
+
+    /// Whether each path (segments below the root) is a file.
+    async fn stat(&self, paths: Vec<Vec<String>>) -> Result<Vec<bool>, ProbeError> {
+        match self {
+            Tree::Local(root) => {
+                let tree = root.clone();
+                blocking(root, move || {
+                    paths
+                        .iter()
+                        .map(|parts| local_is_file(&join(&tree, parts)))
+                        .collect()
+                })
+                .await
+            }
+            Tree::Store { store, location } => {
+                let mut found = vec![false; paths.len()];
+                let mut heads = futures::stream::iter(paths.into_iter().enumerate())
+                    .map(|(index, parts)| {
+                        let (store, location) = (Arc::clone(store), location.clone());
+                        async move {
+                            let exists = store_is_file(&*store, &location, &parts).await?;
+                            Ok::<_, ProbeError>((index, exists))
+                        }
+                    })
+                    .buffer_unordered(LIST_CONCURRENCY);
+                while let Some(result) = heads.next().await {
+                    let (index, exists) = result?;
+                    found[index] = exists;
+                }
+                Ok(found)
+            }
+        }
+    }
+}
+
+fn join(root: &Path, parts: &[String]) -> PathBuf {
+    let mut path = root.to_owned();
+    path.extend(parts);
+    path
+}
+
+/// Runs local file system calls on the blocking pool; `root` names the tree in the error of a
+/// job that panicked.
+async fn blocking<T: Send + 'static>(
+    root: &Path,
+    job: impl FnOnce() -> Result<T, ProbeError> + Send + 'static,
+) -> Result<T, ProbeError> {
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|error| ProbeError::List {
+            directory: root.to_owned(),
+            source: std::io::Error::other(error),
+        })?
+}
+
+/// Counts, per date in `[start, end]`, the paths below `tree` that match `segments` with the
+/// date substituted, walking level by level: at each level, the directories (and at the last,
+/// the files) that some date can still match.
+async fn walk(
+    tree: &Tree,
+    segments: &[String],
+    start: NaiveDate,
+    end: NaiveDate,
+) -> Result<(BTreeMap<NaiveDate, i64>, Io), ProbeError> {
+    let mut io = Io::default();
+    let mut found = BTreeMap::<NaiveDate, usize>::new();
+    // The directories reached so far, each with the dates whose pattern led there (sorted).
+    let mut reached: BTreeMap<Vec<String>, Vec<NaiveDate>> = BTreeMap::new();
+    if start <= end {
+        reached.insert(
+            Vec::new(),
+            start.iter_days().take_while(|day| *day <= end).collect(),
+        );
+    }
+    for (index, segment) in segments.iter().enumerate() {
+        if reached.is_empty() {
+            break;
+        }
+        let last = index + 1 == segments.len();
+        let mut next = BTreeMap::<Vec<String>, Vec<NaiveDate>>::new();
+        // Dates never make a wildcard: this holds for every substitution of the segment.
+        if segment.contains(['*', '?']) {
+            let (directories, dates): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut reached).into_iter().unzip();
+            io.listings += directories.len();
+            let listings = tree.list(directories.clone()).await?;
+            for ((directory, dates), listing) in directories.iter().zip(&dates).zip(listings) {
+                let names = if last {
+                    listing.files
+                } else {
+                    listing.directories
+                };
+                for name in names {
+                    for date in matching_dates(segment, &name, dates) {
+                        if last {
+                            *found.entry(date).or_default() += 1;
+                        } else {
+                            let mut child = directory.clone();
+                            child.push(name.clone());
+                            next.entry(child).or_default().push(date);
+                        }
+                    }
+                }
+            }
+        } else {
+            for (directory, dates) in std::mem::take(&mut reached) {
+                for date in dates {
+                    let mut child = directory.clone();
+                    child.push(substitute(segment, date));
+                    next.entry(child).or_default().push(date);
+                }
+            }
+            if last {
+                let (paths, dates): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut next).into_iter().unzip();
+                io.stats += paths.len();
+                for (is_file, dates) in tree.stat(paths).await?.into_iter().zip(dates) {
+                    if is_file {
+                        for date in dates {
+                            *found.entry(date).or_default() += 1;
+                        }
+                    }
+                }
+            }
+        }
+        for dates in next.values_mut() {
+            dates.sort_unstable();
+            dates.dedup();
+        }
+        reached = next;
+    }
+    let counts = found
+        .into_iter()
+        .filter(|(_, count)| *count > 0)
+        .map(|(date, count)| (date, i64::try_from(count).unwrap_or(i64::MAX)))
+        .collect();
+    Ok((counts, io))
+}
+
+/// The dates among `dates` (sorted) for which `name` matches `segment` with `{date}`
+/// substituted. A segment with `{date}` can only match a name that holds the date's text, so
+/// the candidates come from the name, not from the (possibly long) list of dates.
+fn matching_dates(segment: &str, name: &str, dates: &[NaiveDate]) -> Vec<NaiveDate> {
+    if !segment.contains("{date}") {
+        return if wildcard_match(segment, name) {
+            dates.to_vec()
+        } else {
+            Vec::new()
+        };
+    }
+    // The literal text before the first wildcard or `{date}`: a cheap filter, run on every name
+    // of a folder that may hold the files of every other day.
+    let literal_end = segment.find(['*', '?', '{']).unwrap_or(segment.len());
+    if !name.starts_with(&segment[..literal_end]) {
+        return Vec::new();
+    }
+    // `{date}` before any wildcard sits right after that literal text; otherwise anywhere.
+    let positions = if segment[literal_end..].starts_with("{date}") {
+        literal_end..literal_end + 1
+    } else {
+        0..name.len().saturating_sub(9)
+    };
+    let mut candidates: Vec<NaiveDate> = positions
+        .filter_map(|at| name.get(at..at + 10))
+        .filter(|text| looks_like_date(text.as_bytes()))
+        .filter_map(parse_iso_date)
+        .filter(|date| dates.binary_search(date).is_ok())
+        .collect();
+    candidates.sort_unstable();
+    candidates.dedup();
+    candidates.retain(|date| wildcard_match(&substitute(segment, *date), name));
+    candidates
+}
+
+/// `dddd-dd-dd`, before the real parse.
+fn looks_like_date(text: &[u8]) -> bool {
+    text.len() == 10
+        && text.iter().enumerate().all(|(index, byte)| match index {
+            4 | 7 => *byte == b'-',
+            _ => byte.is_ascii_digit(),
+        })
+}
+
+/// The files and directories directly in `directory`, as an object store would list them:
+/// symbolic links followed, names that are not UTF-8 or that look like an unfinished multipart
+/// upload (`name#123`, which `object_store` hides) left out. A missing directory is an empty
+/// listing.
+fn local_list(directory: &Path) -> Result<Listing, ProbeError> {
+    let list_error = |source| ProbeError::List {
+        directory: directory.to_owned(),
+        source,
+    };
+    let mut listing = Listing::default();
+    let entries = match std::fs::read_dir(directory) {
+        Ok(entries) => entries,
+        Err(error) if is_absent(&error) => return Ok(listing),
+        Err(error) => return Err(list_error(error)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(list_error)?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let mut file_type = entry.file_type().map_err(list_error)?;
+        if file_type.is_symlink() {
+            match std::fs::metadata(entry.path()) {
+                Ok(target) => file_type = target.file_type(),
+                // A dangling link is not a file.
+                Err(_) => continue,
+            }
+        }
+        if file_type.is_dir() {
+            listing.directories.push(name);
+        } else if file_type.is_file() && !is_upload_part(&name) {
+            listing.files.push(name);
+        }
+    }
+    Ok(listing)
+}
+
+/// Whether `path` is a file (symbolic links followed), as [`local_list`] would list it.
+fn local_is_file(path: &Path) -> Result<bool, ProbeError> {
+    if path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .is_none_or(is_upload_part)
+    {
+        return Ok(false);
+    }
+    match std::fs::metadata(path) {
+        Ok(metadata) => Ok(metadata.is_file()),
+        Err(error) if is_absent(&error) => Ok(false),
+        Err(source) => Err(ProbeError::Stat {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Errors that mean "nothing there": a missing path, a file where a directory was expected, a
+/// dangling or looping link.
+fn is_absent(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+    ) || error.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32)
 }
 
 /// `object_store`'s local store hides `name#digits` files: parts of an unfinished upload.
@@ -424,10 +609,6 @@ fn is_upload_part(name: &str) -> bool {
     name.split_once('#').is_some_and(|(_, suffix)| {
         !suffix.is_empty() && suffix.bytes().all(|byte| byte.is_ascii_digit())
     })
-}
-
-fn is_dynamic(segment: &str) -> bool {
-    segment.contains("{date}") || segment.contains(['*', '?'])
 }
 
 fn substitute(segment: &str, date: NaiveDate) -> String {
@@ -456,59 +637,61 @@ fn cloud_store(scheme: &str, bucket: &str) -> Result<Arc<dyn ObjectStore>, Probe
     Ok(Arc::from(store))
 }
 
-/// Lists every object under `prefix`, as its path segments below `prefix`. A missing
-/// directory is an empty listing.
-async fn list(
+/// The object path of `parts` (checked in [`parse_pattern`]), and its text for messages.
+fn store_path(location: &str, parts: &[String]) -> Result<(StorePath, String), ProbeError> {
+    let text = parts.join("/");
+    let shown = format!("{location}/{text}");
+    let path = StorePath::parse(&text).map_err(|error| ProbeError::BadPattern {
+        pattern: shown.clone(),
+        reason: format!("invalid object path: {error}"),
+    })?;
+    Ok((path, shown))
+}
+
+/// The objects and "directories" (common prefixes) directly under `parts`, one level deep. A
+/// missing prefix is an empty listing.
+async fn store_list(
     store: &dyn ObjectStore,
-    prefix: &StorePath,
     location: &str,
-) -> Result<Vec<Vec<String>>, ProbeError> {
-    let mut stream = store.list(Some(prefix));
-    let mut names = Vec::new();
-    while let Some(item) = stream.next().await {
-        let meta = match item {
-            Ok(meta) => meta,
-            Err(object_store::Error::NotFound { .. }) => break,
-            Err(source) => {
-                return Err(ProbeError::Store {
-                    location: location.to_owned(),
-                    source,
-                });
-            }
-        };
-        if let Some(parts) = meta.location.prefix_match(prefix) {
-            names.push(parts.map(|part| part.as_ref().to_owned()).collect());
+    parts: &[String],
+) -> Result<Listing, ProbeError> {
+    let (prefix, shown) = store_path(location, parts)?;
+    let prefix = (!parts.is_empty()).then_some(&prefix);
+    let result = match store.list_with_delimiter(prefix).await {
+        Ok(result) => result,
+        Err(object_store::Error::NotFound { .. }) => return Ok(Listing::default()),
+        Err(source) => {
+            return Err(ProbeError::Store {
+                location: shown,
+                source,
+            });
         }
-    }
-    Ok(names)
+    };
+    let name = |path: &StorePath| path.filename().map(str::to_owned);
+    Ok(Listing {
+        files: result
+            .objects
+            .iter()
+            .filter_map(|meta| name(&meta.location))
+            .collect(),
+        directories: result.common_prefixes.iter().filter_map(name).collect(),
+    })
 }
 
-/// The dynamic part of a files pattern: one glob per path segment.
-struct Glob {
-    segments: Vec<String>,
-}
-
-impl Glob {
-    /// Whether `parts` match `segments` with `{date}` standing for `date`.
-    fn matches_with(segments: &[String], parts: &[String], date: NaiveDate) -> bool {
-        segments.len() == parts.len()
-            && segments
-                .iter()
-                .zip(parts)
-                .all(|(segment, part)| wildcard_match(&substitute(segment, date), part))
-    }
-
-    /// The date for which `parts` match the pattern, if any.
-    fn date_of(&self, parts: &[String]) -> Option<NaiveDate> {
-        if parts.len() != self.segments.len() {
-            return None;
-        }
-        // Candidate dates come from where the first `{date}` could sit in its part.
-        let index = self.segments.iter().position(|s| s.contains("{date}"))?;
-        let part = &parts[index];
-        (0..part.len().saturating_sub(9))
-            .filter_map(|at| part.get(at..at + 10).and_then(parse_iso_date))
-            .find(|date| Self::matches_with(&self.segments, parts, *date))
+/// Whether an object exists at `parts`.
+async fn store_is_file(
+    store: &dyn ObjectStore,
+    location: &str,
+    parts: &[String],
+) -> Result<bool, ProbeError> {
+    let (path, shown) = store_path(location, parts)?;
+    match store.head(&path).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(source) => Err(ProbeError::Store {
+            location: shown,
+            source,
+        }),
     }
 }
 
@@ -541,9 +724,16 @@ fn wildcard_match(pattern: &str, text: &str) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use chrono::NaiveDate;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Arc;
 
-    use super::{Glob, parse_count_lines, wildcard_match};
+    use chrono::NaiveDate;
+    use object_store::ObjectStoreExt;
+    use object_store::memory::InMemory;
+    use object_store::path::Path as StorePath;
+
+    use super::{Io, Tree, matching_dates, parse_count_lines, walk, wildcard_match};
 
     fn day(d: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(2024, 1, d).unwrap()
@@ -574,24 +764,193 @@ mod tests {
     }
 
     #[test]
-    fn dates_are_found_inside_segments() {
-        let glob = Glob {
-            segments: vec!["run-{date}-*.log".into()],
-        };
-        assert_eq!(glob.date_of(&["run-2024-01-05-a.log".into()]), Some(day(5)));
-        assert_eq!(glob.date_of(&["run-2024-01-05.log".into()]), None);
-        assert_eq!(glob.date_of(&["run-2024-13-05-a.log".into()]), None);
-        let nested = Glob {
-            segments: vec!["{date}".into(), "*.json".into()],
-        };
+    fn dates_are_found_inside_names() {
+        let all: Vec<NaiveDate> = (1..=31).map(day).collect();
         assert_eq!(
-            nested.date_of(&["2024-01-03".into(), "x.json".into()]),
-            Some(day(3))
+            matching_dates("run-{date}-*.log", "run-2024-01-05-a.log", &all),
+            [day(5)]
         );
+        assert!(matching_dates("run-{date}-*.log", "run-2024-01-05.log", &all).is_empty());
+        assert!(matching_dates("run-{date}-*.log", "run-2024-13-05-a.log", &all).is_empty());
+        // Only the dates asked for.
+        assert!(matching_dates("run-{date}-*.log", "run-2024-01-05-a.log", &[day(6)]).is_empty());
+        // A name holding two dates matches the pattern of each.
         assert_eq!(
-            nested.date_of(&["2024-01-03".into(), "sub".into(), "x.json".into()]),
-            None
+            matching_dates("*{date}*", "2024-01-02-to-2024-01-03", &all),
+            [day(2), day(3)]
         );
+        // `{date}` after a literal prefix: found at its place only.
+        assert_eq!(
+            matching_dates("p1-{date}*", "p1-2024-01-07.done", &all),
+            [day(7)]
+        );
+        assert!(matching_dates("p1-{date}*", "p2-2024-01-07.done", &all).is_empty());
+        assert!(matching_dates("p1-{date}*", "p1-x2024-01-07.done", &all).is_empty());
+        assert_eq!(matching_dates("{date}", "2024-01-09", &all), [day(9)]);
+        // Without `{date}`, one match decides for every date.
+        assert_eq!(
+            matching_dates("*.json", "x.json", &all[..2]),
+            [day(1), day(2)]
+        );
+        assert!(matching_dates("*.json", "x.txt", &all).is_empty());
+    }
+
+    fn put(root: &Path, relative: &str) {
+        let path = root.join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"{}").unwrap();
+    }
+
+    /// A history of `days` days: 3 phases' markers in one folder, and one directory per day.
+    fn history(days: u64) -> Vec<String> {
+        let first = NaiveDate::from_ymd_opt(2021, 1, 1).unwrap();
+        let mut files = Vec::new();
+        for date in first.iter_days().take(usize::try_from(days).unwrap()) {
+            for phase in 1..=3 {
+                files.push(format!("markers/p{phase}-{date}.done"));
+            }
+            files.push(format!("out/{date}/a.json"));
+            files.push(format!("out/{date}/b.json"));
+        }
+        files
+    }
+
+    /// The patterns of a gate over one date or a few, and what each may cost, whatever the
+    /// history: stats for names, one listing per directory a wildcard stands in.
+    fn expectations() -> Vec<(&'static str, u32, Io, i64)> {
+        vec![
+            (
+                "markers/p2-{date}.done",
+                1,
+                Io {
+                    listings: 0,
+                    stats: 1,
+                },
+                1,
+            ),
+            (
+                "markers/p2-{date}.done",
+                5,
+                Io {
+                    listings: 0,
+                    stats: 5,
+                },
+                1,
+            ),
+            (
+                "markers/*{date}*.done",
+                1,
+                Io {
+                    listings: 1,
+                    stats: 0,
+                },
+                3,
+            ),
+            (
+                "markers/*{date}*.done",
+                5,
+                Io {
+                    listings: 1,
+                    stats: 0,
+                },
+                3,
+            ),
+            (
+                "out/{date}/*.json",
+                5,
+                Io {
+                    listings: 5,
+                    stats: 0,
+                },
+                2,
+            ),
+            (
+                "out/{date}/a.json",
+                5,
+                Io {
+                    listings: 0,
+                    stats: 5,
+                },
+                1,
+            ),
+            // A wildcard above `{date}`: the root once, then each date's directory.
+            (
+                "o*/{date}/*.json",
+                2,
+                Io {
+                    listings: 3,
+                    stats: 0,
+                },
+                2,
+            ),
+        ]
+    }
+
+    fn history_end() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2021, 1, 1).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_gate_costs_the_same_whatever_the_history_on_disk() {
+        for days in [10, 400] {
+            let dir = tempfile::tempdir().unwrap();
+            for file in history(days) {
+                put(dir.path(), &file);
+            }
+            let tree = Tree::Local(dir.path().to_owned());
+            for (pattern, span, cost, per_date) in expectations() {
+                let segments: Vec<String> = pattern.split('/').map(str::to_owned).collect();
+                let start = history_end();
+                let end = start + chrono::Days::new(u64::from(span) - 1);
+                let (counts, io) = walk(&tree, &segments, start, end).await.unwrap();
+                assert_eq!(io, cost, "{pattern} over {span} days, history {days}");
+                let expected: BTreeMap<_, _> = start
+                    .iter_days()
+                    .take_while(|date| *date <= end)
+                    .map(|date| (date, per_date))
+                    .collect();
+                assert_eq!(counts, expected, "{pattern}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gate_on_a_bucket_lists_one_level_and_heads_names() {
+        let store = InMemory::new();
+        for file in history(30) {
+            store
+                .put(&StorePath::parse(&file).unwrap(), b"{}".to_vec().into())
+                .await
+                .unwrap();
+        }
+        let tree = Tree::Store {
+            store: Arc::new(store),
+            location: "memory://test".into(),
+        };
+        for (pattern, span, cost, per_date) in expectations() {
+            let segments: Vec<String> = pattern.split('/').map(str::to_owned).collect();
+            let start = history_end();
+            let end = start + chrono::Days::new(u64::from(span) - 1);
+            let (counts, io) = walk(&tree, &segments, start, end).await.unwrap();
+            assert_eq!(io, cost, "{pattern} over {span} days");
+            assert_eq!(counts.len(), usize::try_from(span).unwrap(), "{pattern}");
+            assert!(
+                counts.values().all(|count| *count == per_date),
+                "{pattern}: {counts:?}"
+            );
+        }
+        // Missing names and prefixes count nothing.
+        for pattern in [
+            "nowhere/{date}/*.json",
+            "markers/zz-{date}.done",
+            "out/{date}/zz.json",
+        ] {
+            let segments: Vec<String> = pattern.split('/').map(str::to_owned).collect();
+            let (counts, _) = walk(&tree, &segments, history_end(), history_end())
+                .await
+                .unwrap();
+            assert!(counts.is_empty(), "{pattern}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod command;
 mod gated;
 mod http;
+mod lifetime;
 mod probes;
 mod support;
 mod warehouse;
@@ -18,8 +19,8 @@ fn futures_are_send() {
     use std::time::Duration;
 
     use gapless_connect::{
-        CommandSpec, HttpSpec, ScriptParams, Warehouse, command_counts, file_counts, run_command,
-        run_http,
+        CommandSpec, HttpSpec, RunOptions, ScriptParams, Warehouse, command_counts,
+        end_process_group, file_counts, run_command, run_command_with, run_http,
     };
 
     fn is_send<T: Send>(_: &T) {}
@@ -53,6 +54,8 @@ fn futures_are_send() {
         ));
         is_send(&file_counts("", Path::new(""), day, day));
         is_send(&run_command(command));
+        is_send(&run_command_with(command, &RunOptions::default()));
+        is_send(&end_process_group(2, Duration::ZERO));
         is_send(&run_http(http, client));
     }
 }

@@ -326,3 +326,76 @@ async fn files_probe_refuses_bad_patterns() {
         );
     }
 }
+
+/// The access time of a directory: reading its entries updates it (relatime does when it is
+/// older than the modification time, as [`age_access_time`] makes it); looking up a name in it
+/// does not.
+fn access_time(path: &std::path::Path) -> std::time::SystemTime {
+    std::fs::metadata(path).unwrap().accessed().unwrap()
+}
+
+fn age_access_time(path: &std::path::Path) {
+    let long_ago = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    std::fs::File::open(path)
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_accessed(long_ago))
+        .unwrap();
+    assert_eq!(access_time(path), long_ago);
+}
+
+/// A gate over one date costs the same whatever history sits beside it: with 3 phases × 1,000
+/// days of markers in one folder, a pattern without wildcards looks its file up and never reads
+/// the folder, and a wildcard pattern reads the folder once, not once per date.
+#[tokio::test]
+async fn files_gate_does_not_read_the_history_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let markers = root.join("markers");
+    let first = chrono::NaiveDate::from_ymd_opt(2021, 1, 1).unwrap();
+    for date in first.iter_days().take(1000) {
+        for phase in 1..=3 {
+            touch(root, &format!("markers/p{phase}-{date}.done"));
+        }
+    }
+    let day = chrono::NaiveDate::from_ymd_opt(2023, 6, 1).unwrap();
+
+    // The detector works on this file system: reading the folder moves its access time.
+    age_access_time(&markers);
+    let aged = access_time(&markers);
+    assert_eq!(std::fs::read_dir(&markers).unwrap().count(), 3000);
+    assert_ne!(
+        access_time(&markers),
+        aged,
+        "reading a directory must update its atime here"
+    );
+
+    age_access_time(&markers);
+    let counts = file_counts("markers/p2-{date}.done", root, day, day)
+        .await
+        .unwrap();
+    assert_eq!(counts, [(day, 1)].into());
+    let later = day + chrono::Days::new(400);
+    let counts = file_counts("markers/p3-{date}.done", root, day, later)
+        .await
+        .unwrap();
+    // The history ends on 2023-09-27.
+    let last = first + chrono::Days::new(999);
+    assert_eq!(counts.len(), (last - day).num_days() as usize + 1);
+    assert_eq!(
+        access_time(&markers),
+        aged,
+        "a pattern without wildcards read the whole folder"
+    );
+
+    // With a wildcard, the folder is the listing: read, and every date answered from it.
+    let counts = file_counts(
+        "markers/*{date}*.done",
+        root,
+        day,
+        day + chrono::Days::new(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), [3, 3, 3]);
+    assert_ne!(access_time(&markers), aged);
+}
