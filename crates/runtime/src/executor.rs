@@ -117,6 +117,9 @@ pub struct Options {
     pub jobs: usize,
     /// This process's name in leases.
     pub owner: String,
+    /// This host and boot, recorded with each runner's process group: only a process of the
+    /// same host and boot may signal that group later (`owner::runner_host`).
+    pub runner_host: String,
     /// Lease length; renewed every third of it.
     pub lease_ttl: Duration,
     /// Retry backoff.
@@ -135,6 +138,7 @@ impl Default for Options {
         Self {
             jobs: 4,
             owner: format!("gapless-{}", std::process::id()),
+            runner_host: crate::owner::runner_host(),
             lease_ttl: Duration::from_secs(60),
             backoff: Backoff::default(),
             source: "backfill".to_owned(),

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::context::Context;
 use crate::executor::{self, CrashAt, ExecError, ExecTask, Execution, Observer, Options, Outcome};
 use crate::observe::{self, ObserveError};
-use crate::owner::{Owner, RUN_LEASE, keep_owning};
+use crate::owner::{OrphanError, Owner, RUN_LEASE, end_orphans, keep_owning};
 
 /// Why a step of the lifecycle failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,9 @@ pub enum LifecycleError {
     /// Execution stopped short of an outcome.
     #[error("the run stopped")]
     Exec(#[from] ExecError),
+    /// Runners left by the run's dead owner could not be stopped.
+    #[error(transparent)]
+    Orphans(#[from] OrphanError),
     /// Another live process executes the run.
     #[error(
         "run `{run_id}` is being executed by process {} on {} (its lease runs until {}); wait for it to finish, or stop that process and resume again",
@@ -266,7 +269,14 @@ pub async fn prepare_resume(
     owner: &Owner,
 ) -> Result<Resumption, LifecycleError> {
     take_over(store, &run.id, owner).await?;
+    // Runners of a dead owner may still be running these cells (this process may itself have
+    // crashed before): they are stopped before anything runs again.
+    let orphans = end_orphans(store, &run.id).await?;
+    if orphans > 0 {
+        tracing::warn!(run = %run.id, orphans, "stopped runners left by the run's last owner");
+    }
     let requeued = store.requeue_running(&run.id).await?.len();
+    store.forget_runners(&run.id).await?;
     let mut tasks = executor::load_tasks(store, &context.spec, &run.id).await?;
     let forced = run
         .request

@@ -59,6 +59,54 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
+/// This host and its current boot (`HOST/BOOT_ID`), as recorded with runners' process groups:
+/// a group id means something only on the host and boot that recorded it.
+pub fn runner_host() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|id| id.trim().to_owned())
+        .unwrap_or_default();
+    format!("{}/{boot}", hostname())
+}
+
+/// Makes sure the runners that a dead owner of run `run_id` left on this host and boot are
+/// gone (SIGTERM, a grace period, SIGKILL to each recorded process group), before their cells
+/// run again. Runners on other hosts cannot be reached from here: their leases fence them.
+/// Errs when a group survives SIGKILL.
+pub async fn end_orphans(store: &Store, run_id: &RunId) -> Result<usize, OrphanError> {
+    let here = runner_host();
+    let mut ended = 0;
+    for runner in store.recorded_runners(run_id).await? {
+        if runner.host != here {
+            tracing::warn!(task = runner.task_id, host = %runner.host, "a runner of the run's last owner may still run on another host; its lease fences it");
+            continue;
+        }
+        let Ok(group) = i32::try_from(runner.pgid) else {
+            continue;
+        };
+        match gapless_connect::end_process_group(group, ORPHAN_GRACE).await {
+            Ok(gapless_connect::GroupEnding::AlreadyGone) => {}
+            Ok(_) => ended += 1,
+            Err(gapless_connect::KillError::NotARunnerGroup { .. }) => {}
+            Err(error) => return Err(OrphanError::Survived(error)),
+        }
+    }
+    Ok(ended)
+}
+
+/// How long an orphaned runner gets between SIGTERM and SIGKILL.
+const ORPHAN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the runners of a dead owner could not be made sure to be gone.
+#[derive(Debug, thiserror::Error)]
+pub enum OrphanError {
+    /// The state store failed.
+    #[error("state store")]
+    Store(#[from] gapless_store::StoreError),
+    /// A runner's process group survived SIGKILL.
+    #[error("a runner left by the run's last owner cannot be stopped")]
+    Survived(#[source] gapless_connect::KillError),
+}
+
 /// Whether process `pid` of this host is alive: listed, and not a zombie.
 fn process_alive(pid: i64) -> bool {
     if pid <= 0 {

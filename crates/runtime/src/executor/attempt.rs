@@ -449,7 +449,33 @@ impl Execution {
                 let mut spec =
                     self.command_spec(task, phase, epoch, argv, &format!("attempt{attempt}"));
                 spec.cancel = cancel.clone();
-                gapless_connect::run_command(&spec).await?;
+                // The runner's process group is recorded with the task as soon as it starts,
+                // so that whoever resumes the run after this process died makes sure the
+                // group is gone before running these cells again.
+                let (started, mut told) = tokio::sync::mpsc::unbounded_channel();
+                let options = gapless_connect::RunOptions {
+                    started: Some(started),
+                    ..gapless_connect::RunOptions::default()
+                };
+                let record = async {
+                    if let Some(runner) = told.recv().await {
+                        let recorded = self
+                            .store
+                            .record_runner(
+                                task.id,
+                                epoch,
+                                &self.options.runner_host,
+                                i64::from(runner.process_group),
+                            )
+                            .await;
+                        if let Err(error) = recorded {
+                            tracing::warn!(task = task.id, %error, "cannot record the runner's process group");
+                        }
+                    }
+                };
+                let (ran, ()) =
+                    tokio::join!(gapless_connect::run_command_with(&spec, &options), record);
+                ran?;
             }
             Some(Runner::Sql(sql)) => {
                 let warehouse = context.warehouse.as_ref().ok_or(AttemptError::NoRunner)?;
