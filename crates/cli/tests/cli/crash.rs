@@ -1,10 +1,28 @@
 //! RELIABILITY.md T1/T5/T6 at CI size: kill -9 a backfill of 3 phases × 200 days at random
-//! points 20 times, resume each time. Every cell ends complete and recorded once; no runner
-//! executes for a cell already recorded complete; SQLite's integrity check passes every time.
+//! points 20 times, resume each time with two processes racing to resume. Every cell ends
+//! complete and recorded once; no runner executes for a cell already recorded complete; no cell
+//! runs twice at the same time (from the runners' own log); SQLite's integrity check passes
+//! every time.
 
 use std::time::Duration;
 
 use crate::util::{Project, code, stderr};
+
+/// Runs a command to its end on a thread of its own.
+trait SpawnOutput {
+    fn spawn_output(&mut self) -> std::thread::JoinHandle<std::process::Output>;
+}
+
+impl SpawnOutput for std::process::Command {
+    fn spawn_output(&mut self) -> std::thread::JoinHandle<std::process::Output> {
+        let child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::spawn(move || child.wait_with_output().unwrap())
+    }
+}
 
 const RUNNER: &str = r#"#!/usr/bin/env python3
 # Writes this cell's rows to the warehouse and one row per execution to the sink. Sleeps a
@@ -15,8 +33,8 @@ started = int(time.time() * 1000)
 time.sleep(random.uniform(0.0, 0.03))
 db = sqlite3.connect("warehouse.db", timeout=30)
 db.execute("BEGIN IMMEDIATE")
-db.execute("INSERT INTO executions (phase, start, started_ms, token) VALUES (?, ?, ?, ?)",
-           (int(phase), start, started, int(os.environ["GAPLESS_ATTEMPT_TOKEN"])))
+db.execute("INSERT INTO executions (phase, start, started_ms, ended_ms, token) VALUES (?, ?, ?, ?, ?)",
+           (int(phase), start, started, int(time.time() * 1000), int(os.environ["GAPLESS_ATTEMPT_TOKEN"])))
 db.execute("INSERT OR IGNORE INTO sink (phase, d) VALUES (?, ?)", (int(phase), start))
 db.commit()
 "#;
@@ -76,27 +94,41 @@ async fn kill_nine_twenty_times_then_resume() {
         } else {
             vec!["resume", "--jobs", "4", "-q"]
         };
-        let mut child = project
-            .command(&args)
-            .env("GAPLESS_TODAY", today)
-            .spawn()
-            .unwrap();
+        // After the first backfill, two processes race to resume: one owns the run, the
+        // other is refused (exit 2) while the owner lives.
+        let racers = if first { 1 } else { 2 };
+        let mut children: Vec<_> = (0..racers)
+            .map(|_| {
+                project
+                    .command(&args)
+                    .env("GAPLESS_TODAY", today)
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
         let wait = Duration::from_millis(fastrand::u64(150..900));
         tokio::time::sleep(wait).await;
-        match child.try_wait().unwrap() {
-            Some(status) => {
-                // Finished before the kill: nothing more to interrupt.
-                assert_eq!(status.code(), Some(0));
-                break;
+        let mut finished = false;
+        for child in &mut children {
+            match child.try_wait().unwrap() {
+                Some(status) => {
+                    // Finished before the kill (nothing more to interrupt), or refused.
+                    assert!(matches!(status.code(), Some(0 | 2)), "{status}");
+                    finished |= status.code() == Some(0);
+                }
+                None => {
+                    std::process::Command::new("kill")
+                        .args(["-9", &child.id().to_string()])
+                        .status()
+                        .unwrap();
+                    let _ = child.wait();
+                    kills += 1;
+                }
             }
-            None => {
-                std::process::Command::new("kill")
-                    .args(["-9", &child.id().to_string()])
-                    .status()
-                    .unwrap();
-                let _ = child.wait();
-                kills += 1;
-            }
+        }
+        if finished {
+            break;
         }
         if !project.path().join(".gapless/state.db").exists() {
             first = true;
@@ -120,16 +152,34 @@ async fn kill_nine_twenty_times_then_resume() {
         kills >= 5,
         "the backfill finished too fast to be killed ({kills} kills)"
     );
-    let output = project
-        .command(&["resume", "--jobs", "4"])
-        .env("GAPLESS_TODAY", today)
-        .output()
-        .unwrap();
-    assert!(matches!(code(&output), 0), "{}", stderr(&output));
+    // The last two resumes race to the end: one finishes the run, the other is refused while
+    // it runs, or finds it succeeded.
+    let racers: Vec<_> = (0..2)
+        .map(|_| {
+            project
+                .command(&["resume", "--jobs", "4"])
+                .env("GAPLESS_TODAY", today)
+                .spawn_output()
+        })
+        .collect();
+    let outputs: Vec<_> = racers
+        .into_iter()
+        .map(|racer| racer.join().unwrap())
+        .collect();
+    for output in &outputs {
+        assert!(matches!(code(output), 0 | 2), "{}", stderr(output));
+        if code(output) == 2 {
+            assert!(
+                stderr(output).contains("is being executed by process"),
+                "{}",
+                stderr(output)
+            );
+        }
+    }
+    assert!(outputs.iter().any(|output| code(output) == 0));
 
     let executions = verify_exactly_once(&project, 600).await;
-    // Re-executions happen only for cells in flight at a kill: at most kills × (jobs + 1) of
-    // them, the one more being a completion recorded apart while the next task runs.
+    // Re-executions happen only for cells in flight at a kill: at most kills × jobs of them.
     let reruns = executions - 600;
     assert!(
         reruns <= kills * 5,
@@ -139,9 +189,8 @@ async fn kill_nine_twenty_times_then_resume() {
 }
 
 /// RELIABILITY.md T3: abort at each named step between durable writes (`GAPLESS_CRASH_AT`),
-/// three times per step, resuming after each; then everything is complete exactly once. With
-/// `--jobs 1` completions are mostly recorded apart while the next task runs (a task claimed
-/// ahead), with `--jobs 2` also alongside other tasks.
+/// three times per step, resuming after each; then everything is complete exactly once, with
+/// `--jobs 1` and with `--jobs 2`.
 #[tokio::test(flavor = "multi_thread")]
 async fn crash_point_matrix() {
     let mut fired = 0;
@@ -223,7 +272,8 @@ async fn setup(project: &Project, sync: &str) {
         &warehouse,
         "PRAGMA journal_mode = WAL;
          CREATE TABLE sink (phase INTEGER, d TEXT, UNIQUE (phase, d));
-         CREATE TABLE executions (phase INTEGER, start TEXT, started_ms INTEGER, token INTEGER);",
+         CREATE TABLE executions (phase INTEGER, start TEXT, started_ms INTEGER, ended_ms INTEGER,
+                                  token INTEGER);",
     )
     .await;
     warehouse.close().await;
@@ -269,7 +319,17 @@ async fn verify_exactly_once(project: &Project, cells: i64) -> usize {
             .fetch_all(&warehouse)
             .await
             .unwrap();
+    // No cell ran twice at the same time, whoever ran it.
+    let overlapping: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM executions a JOIN executions b \
+         ON a.phase = b.phase AND a.start = b.start AND a.rowid < b.rowid \
+         AND a.started_ms < b.ended_ms AND b.started_ms < a.ended_ms",
+    )
+    .fetch_one(&warehouse)
+    .await
+    .unwrap();
     warehouse.close().await;
+    assert_eq!(overlapping, 0, "a cell ran twice at the same time");
     let completed: std::collections::HashMap<(i64, String), i64> = completions
         .into_iter()
         .map(|(p, d, epoch)| ((p, d), epoch))
