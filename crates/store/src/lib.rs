@@ -39,4 +39,4 @@ pub use crate::model::{
 };
 pub use crate::schema::SCHEMA_VERSION;
 pub use crate::sqlite::{SqliteStore, SyncMode};
-pub use crate::store::{Completion, NextClaims, Store};
+pub use crate::store::{NextClaims, Store};

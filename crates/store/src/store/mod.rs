@@ -68,7 +68,7 @@ mod runs;
 mod split;
 mod tasks;
 
-pub use self::tasks::{Completion, NextClaims};
+pub use self::tasks::NextClaims;
 
 pub(crate) async fn bounded<T>(
     call: impl Future<Output = Result<T, StoreError>>,

@@ -24,26 +24,6 @@ pub struct NextClaims<'a> {
     pub ttl: Duration,
 }
 
-/// A completion to record apart from the caller ([`Store::spawn_complete_then_claim`]): the
-/// arguments of [`Store::complete_then_claim`], owned.
-#[derive(Debug, Clone)]
-pub struct Completion {
-    /// The task completed.
-    pub task_id: i64,
-    /// The lease epoch it ran under.
-    pub epoch: i64,
-    /// The gate's counts.
-    pub counts: serde_json::Value,
-    /// The events' source (`backfill`, `heal`).
-    pub source: String,
-    /// `(task_id, seen_epoch)` of each task to claim in the same transaction.
-    pub next: Vec<(i64, i64)>,
-    /// The lease owner of those claims.
-    pub owner: String,
-    /// Their lease length.
-    pub ttl: Duration,
-}
-
 impl Store {
     /// The run's tasks, ordered by phase, then start date.
     pub async fn tasks(&self, run_id: &RunId) -> Result<Vec<TaskRecord>, StoreError> {
@@ -258,51 +238,10 @@ impl Store {
         Ok(claims)
     }
 
-    /// [`Store::complete_then_claim`], run apart from the caller, which awaits the handle
-    /// later: the executor records one task's completion while the next task runs. On SQLite,
-    /// whose calls run in the calling thread, the transaction runs on a thread of tokio's
-    /// blocking pool, so the state file's commit overlaps the caller's work on another core;
-    /// on PostgreSQL it is a task of the runtime. The caller keeps writes in order by awaiting
-    /// one handle before it starts the next write.
-    pub fn spawn_complete_then_claim(
-        &self,
-        completion: Completion,
-    ) -> tokio::task::JoinHandle<Result<Option<Vec<Option<Claim>>>, StoreError>> {
-        let store = self.clone();
-        let work = async move {
-            let Completion {
-                task_id,
-                epoch,
-                counts,
-                source,
-                next,
-                owner,
-                ttl,
-            } = completion;
-            let next = NextClaims {
-                tasks: &next,
-                owner: &owner,
-                ttl,
-            };
-            store
-                .complete_then_claim(task_id, epoch, &counts, &source, &next)
-                .await
-        };
-        match self {
-            Self::Sqlite(_) => {
-                // The SQLite arm never waits on I/O or a timer, so blocking on it needs nothing
-                // from the runtime's drivers.
-                let runtime = tokio::runtime::Handle::current();
-                tokio::task::spawn_blocking(move || runtime.block_on(work))
-            }
-            Self::Postgres(_) => tokio::spawn(work),
-        }
-    }
-
     /// Gives back the claim of a task held under `epoch` whose runner never started: running →
-    /// pending, the claim's attempt undone, lease cleared, epoch + 1 (so the claim is fenced).
-    /// The executor claims one task ahead of need, and releases that claim when the task
-    /// becomes blocked or the run stops first. `false`: the lease was lost meanwhile.
+    /// pending, the claim's attempt undone, lease cleared, its cell holds dropped, epoch + 1
+    /// (so the claim is fenced): for a process that claimed work it will not start after all.
+    /// `false`: the lease was lost meanwhile.
     pub async fn release_claim(&self, task_id: i64, epoch: i64) -> Result<bool, StoreError> {
         let won = match self {
             Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
