@@ -80,6 +80,14 @@ pub(crate) async fn run(global: &Global, args: &RunsArgs) -> anyhow::Result<Exit
                 run.created_at.format("%Y-%m-%d %H:%M:%S"),
                 request_summary(&run.request)
             ))?;
+            if let Some(owner) = &run.owner {
+                out(format_args!(
+                    "executed by process {} on {} (lease until {})\n\n",
+                    owner.pid,
+                    owner.host,
+                    owner.expires_at.format("%Y-%m-%d %H:%M:%S UTC")
+                ))?;
+            }
             for phase in &progress {
                 let name = loaded
                     .spec

@@ -115,6 +115,23 @@ async fn owned_run_is_not_resumed_twice(postgres: bool) {
         "{}",
         stderr(&refused)
     );
+    let runs: serde_json::Value = serde_json::from_str(&crate::util::stdout(
+        &state
+            .command(&project, &["runs", "--json"])
+            .output()
+            .unwrap(),
+    ))
+    .unwrap();
+    let run_id = runs[0]["run"]["id"].as_str().unwrap().to_owned();
+    let show = state
+        .command(&project, &["runs", "show", &run_id])
+        .output()
+        .unwrap();
+    assert!(
+        crate::util::stdout(&show).contains(&format!("executed by process {} on ", owner.id())),
+        "{}",
+        crate::util::stdout(&show)
+    );
     let sleeper = std::fs::read_to_string(&child_pid)
         .unwrap()
         .trim()
