@@ -332,16 +332,6 @@ statements! {
          WHERE id = $1 AND state = 'running' AND lease_epoch = $2"
     );
 
-    /// Gives back a claim whose runner never started (the executor claims one task ahead):
-    /// running → pending with the attempt it took undone, lease cleared, epoch + 1, and the
-    /// start time cleared when no attempt ran before. (`SET` reads the row as it was.)
-    RELEASE_CLAIM = concat!(
-        "UPDATE tasks SET state = 'pending', attempt = attempt - 1, ",
-        leave_running!(),
-        ", started_at = CASE WHEN attempt > 1 THEN started_at ELSE NULL END \
-         WHERE id = $1 AND state = 'running' AND lease_epoch = $2"
-    );
-
     FAIL_TASK = concat!(
         "UPDATE tasks SET state = 'failed', ",
         leave_running!(),

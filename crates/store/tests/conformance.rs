@@ -293,21 +293,20 @@ async fn story(store: Store) -> anyhow::Result<()> {
         None
     );
 
-    // --- a claim given back before its runner started --------------------------
+    // --- a claim given back: its lease is fenced ------------------------------------------------
     let ahead = store
         .claim(failing, 0, "node-a", TTL)
         .await?
-        .context("claim ahead")?;
-    assert!(!store.release_claim(failing, ahead.epoch - 1).await?);
-    assert!(store.release_claim(failing, ahead.epoch).await?);
-    assert!(!store.release_claim(failing, ahead.epoch).await?);
+        .context("claim")?;
+    let give_back = |epoch| store.release_for_retry(failing, epoch, "interrupted", Duration::ZERO);
+    assert!(!give_back(ahead.epoch - 1).await?);
+    assert!(give_back(ahead.epoch).await?);
+    assert!(!give_back(ahead.epoch).await?);
     let record = task_record(&store, failing).await?;
     assert_eq!(record.state, TaskState::Pending);
-    assert_eq!(record.attempt, 0, "the claim's attempt is undone");
     assert_eq!(record.lease_epoch, ahead.epoch + 1);
     assert_eq!(record.lease_owner, None);
     assert_eq!(record.lease_expires_at, None);
-    assert_eq!(record.started_at, None, "no attempt ever started");
     assert!(!store.heartbeat(failing, ahead.epoch, TTL).await?);
     assert!(
         !store
@@ -321,7 +320,7 @@ async fn story(store: Store) -> anyhow::Result<()> {
         .claim(failing, record.lease_epoch, "node-a", TTL)
         .await?
         .context("claim")?;
-    assert_eq!(claim.attempt, 1);
+    assert_eq!(claim.attempt, 2);
     assert!(!store.fail(failing, claim.epoch - 1, "stale").await?);
     assert!(
         store
@@ -1370,7 +1369,11 @@ async fn epochs_grow_across_runs(store: Store) -> anyhow::Result<()> {
     assert_eq!(task_record(&store, b).await?.lease_epoch, 0);
     let claim = store.claim(b, 0, "node", TTL).await?.context("claim b")?;
     tokens.push(claim.epoch);
-    assert!(store.release_claim(b, claim.epoch).await?);
+    assert!(
+        store
+            .release_for_retry(b, claim.epoch, "interrupted", Duration::ZERO)
+            .await?
+    );
     let seen = task_record(&store, b).await?.lease_epoch;
     let claim = store
         .claim(b, seen, "node", TTL)
@@ -1497,7 +1500,11 @@ async fn cells_have_one_runner_across_runs(store: Store) -> anyhow::Result<()> {
         .claim(c, 0, "node-c", TTL)
         .await?
         .context("after fail")?;
-    assert!(store.release_claim(c, claim_c.epoch).await?);
+    assert!(
+        store
+            .release_for_retry(c, claim_c.epoch, "interrupted", Duration::ZERO)
+            .await?
+    );
     assert!(store.cell_holders(c).await?.is_empty());
 
     // A hold whose lease expired is taken over, with no rescue needed first.

@@ -238,38 +238,6 @@ impl Store {
         Ok(claims)
     }
 
-    /// Gives back the claim of a task held under `epoch` whose runner never started: running →
-    /// pending, the claim's attempt undone, lease cleared, its cell holds dropped, epoch + 1
-    /// (so the claim is fenced): for a process that claimed work it will not start after all.
-    /// `false`: the lease was lost meanwhile.
-    pub async fn release_claim(&self, task_id: i64, epoch: i64) -> Result<bool, StoreError> {
-        let won = match self {
-            Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
-                let values = params![task_id, epoch];
-                if sqlite::execute(connection, sql::RELEASE_CLAIM.sqlite, values)? == 0 {
-                    return Ok(false);
-                }
-                sqlite::execute(connection, sql::DROP_HOLDS.sqlite, [task_id])?;
-                Ok(true)
-            })?,
-            Self::Postgres(pool) => pg_tx!(pool, |tx| {
-                let won = sqlx::query(sql::RELEASE_CLAIM.postgres)
-                    .bind(task_id)
-                    .bind(epoch)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                    == 1;
-                if won {
-                    drop_holds_postgres(&mut tx, task_id).await?;
-                }
-                won
-            })?,
-        };
-        log_outcome("release_claim", won);
-        Ok(won)
-    }
-
     /// Gives a running task held under `epoch` back for another attempt: running → pending,
     /// `error` recorded, lease cleared, epoch + 1, not claimable before now + `not_before`,
     /// cell holds dropped.
