@@ -82,7 +82,13 @@ impl Scheduler {
 
     pub(super) async fn run(&mut self) -> Result<Outcome, ExecError> {
         // Cells that need cells of tasks already failed or blocked cannot run (a resumed run).
-        self.reblock().await?;
+        if self
+            .status
+            .iter()
+            .any(|s| matches!(s, Status::Failed | Status::Blocked))
+        {
+            self.reblock().await?;
+        }
         self.ready = (0..self.tasks.len())
             .filter(|&i| self.status[i] == Status::Waiting && self.waiting_on[i] == 0)
             .collect();
