@@ -208,6 +208,12 @@ impl Loaded {
     }
 }
 
+/// Whether this process was started by `cargo run` (cargo sets `CARGO` for what it runs), so
+/// that hints show a command the user can paste.
+pub(crate) fn run_by_cargo() -> bool {
+    std::env::var_os("CARGO").is_some()
+}
+
 /// `$GAPLESS_CRASH_AT=point[:n]`, the crash-point testing hook (RELIABILITY.md T3).
 fn crash_at() -> anyhow::Result<Option<gapless_runtime::executor::CrashAt>> {
     match std::env::var("GAPLESS_CRASH_AT") {

@@ -87,7 +87,8 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
 
     if args.no_backfill {
         out(format_args!(
-            "\nstopped before the backfill (--no-backfill). Explore it:\n  gapless --pipeline {0}/gapless.toml plan --start-date 2021-10-19 --end-date 2025-06-22 --phases 3-6\n  gapless --pipeline {0}/gapless.toml backfill --start-date 2021-10-19 --end-date 2025-06-22 --phases 3-6\n",
+            "\nstopped before the backfill (--no-backfill). Explore it:\n  {0} --pipeline {1}/gapless.toml plan --start-date 2021-10-19 --end-date 2025-06-22 --phases 3-6\n  {0} --pipeline {1}/gapless.toml backfill --start-date 2021-10-19 --end-date 2025-06-22 --phases 3-6\n",
+            invocation(),
             dir.display()
         ))?;
         return Ok(Exit::Success);
@@ -141,7 +142,7 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
         .context("validation queries")?;
     let all_match = print_checks(&after_checks)?;
     out(format_args!(
-        "\n{} in {:.1}s · the example stays in {} (try `gapless --pipeline {}/gapless.toml report`)\n",
+        "\n{} in {:.1}s · the example stays in {} (try `{} --pipeline {}/gapless.toml report`)\n",
         if all_match && exit == Exit::Success && !report.has_gaps() {
             "every validation query matches its expectation"
         } else {
@@ -149,6 +150,7 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
         },
         started.elapsed().as_secs_f64(),
         dir.display(),
+        invocation(),
         dir.display()
     ))?;
     Ok(
@@ -318,4 +320,14 @@ async fn replay_live(loaded: &Loaded, context: &Context, store: &Store) -> anyho
         }
     }
     Ok(())
+}
+
+/// How the person who ran the demo runs gapless: through `cargo run`, or as `gapless` on their
+/// PATH (`cargo install --path crates/cli`).
+fn invocation() -> &'static str {
+    if crate::settings::run_by_cargo() {
+        "cargo run --release -p gapless-cli --"
+    } else {
+        "gapless"
+    }
 }

@@ -93,10 +93,33 @@ async fn report_shows_the_open_gaps_of_the_broken_example() {
     let output = project
         .command(&["demo", "--dir", dir.to_str().unwrap(), "--no-backfill"])
         .env("GAPLESS_TODAY", "2025-07-01")
+        .env_remove("CARGO")
         .output()
         .unwrap();
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     assert!(stdout(&output).contains("stopped before the backfill"));
+    // Its hints are commands to paste: `gapless` on the PATH, or through `cargo run` when the
+    // demo itself ran that way.
+    let hint = format!(
+        "\n  gapless --pipeline {}/gapless.toml plan ",
+        dir.display()
+    );
+    assert!(stdout(&output).contains(&hint), "{}", stdout(&output));
+    let through_cargo = project
+        .command(&["demo", "--dir", dir.to_str().unwrap(), "--no-backfill"])
+        .env("GAPLESS_TODAY", "2025-07-01")
+        .env("CARGO", "cargo")
+        .output()
+        .unwrap();
+    let hint = format!(
+        "\n  cargo run --release -p gapless-cli -- --pipeline {}/gapless.toml plan ",
+        dir.display()
+    );
+    assert!(
+        stdout(&through_cargo).contains(&hint),
+        "{}",
+        stdout(&through_cargo)
+    );
     let pipeline = dir.join("gapless.toml");
     let report = example(&project, &pipeline, &["report", "--format", "json"]);
     assert_eq!(code(&report), 0, "{}", stderr(&report));
