@@ -1,10 +1,13 @@
 //! `gapless backfill`: plan, pre-flight, persist the run, execute with gates, summarize.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use gapless_core::render::plan_text;
+use gapless_core::dates::{Date, DateRange};
+use gapless_core::render::{plan_text, thousands};
+use gapless_core::spec::PhaseId;
 use gapless_runtime::context::Context;
 use gapless_runtime::executor::{self, ExecTask};
 use gapless_runtime::lifecycle::{self, RunOptions};
@@ -99,8 +102,9 @@ pub(crate) async fn execute_run(
         store_outage: loaded.store_outage,
         ..RunOptions::default()
     };
+    let context = Arc::new(context);
     let finished = lifecycle::execute_run(
-        Arc::new(context),
+        Arc::clone(&context),
         &store,
         &run_id,
         &loaded.owner,
@@ -138,20 +142,53 @@ pub(crate) async fn execute_run(
             "problems": failures,
         }))?;
     } else if !global.quiet {
-        note(format_args!(
-            "run {run_id} {}: {} tasks complete, {} failed, {} blocked{} in {:.1}s",
-            state,
-            outcome.tasks_complete,
-            outcome.tasks_failed,
-            outcome.tasks_blocked,
-            if outcome.tasks_interrupted > 0 {
-                format!(", {} not finished", outcome.tasks_interrupted)
-            } else {
-                String::new()
-            },
+        let waits = if outcome.tasks_failed == 0 && outcome.tasks_blocked > 0 {
+            source_waits(&context, &store, &run_id).await?
+        } else {
+            None
+        };
+        let mut parts = vec![format!(
+            "{} complete",
+            counted(outcome.tasks_complete, "task")
+        )];
+        if outcome.tasks_failed > 0 {
+            parts.push(format!("{} failed", thousands(outcome.tasks_failed)));
+        }
+        match &waits {
+            Some(waits) => parts.extend(waits.iter().map(|wait| {
+                format!(
+                    "{} {} for phase {} `{}` data on {}",
+                    counted(wait.cells, "cell"),
+                    if wait.cells == 1 { "waits" } else { "wait" },
+                    wait.phase,
+                    wait.name,
+                    listed(&wait.dates)
+                )
+            })),
+            None if outcome.tasks_blocked > 0 => {
+                parts.push(format!("{} blocked", thousands(outcome.tasks_blocked)));
+            }
+            None => {}
+        }
+        if outcome.tasks_interrupted > 0 {
+            parts.push(format!(
+                "{} not finished",
+                thousands(outcome.tasks_interrupted)
+            ));
+        }
+        let word = match state {
+            RunState::Failed if waits.is_some() => "incomplete".to_owned(),
+            other => other.to_string(),
+        };
+        // The outcome is the answer, on stdout (so `gapless backfill … | tee` keeps it), while
+        // progress went to stderr. A closed stdout must not turn the run's exit code into 0.
+        let _ = writeln!(
+            std::io::stdout(),
+            "run {run_id} {word}: {} in {:.1}s",
+            parts.join(", "),
             finished.elapsed.as_secs_f64()
-        ));
-        if state == RunState::Failed {
+        );
+        if outcome.tasks_failed > 0 {
             let records = store.tasks(&run_id).await?;
             for task in records
                 .iter()
@@ -159,17 +196,113 @@ pub(crate) async fn execute_run(
                 .take(10)
             {
                 note(format_args!(
-                    "  failed  phase {} {}..{}: {}",
+                    "  failed  phase {} {}: {}",
                     task.phase,
-                    task.start,
-                    task.end,
+                    range_text(task.start, task.end),
                     task.error.as_deref().unwrap_or("")
                 ));
             }
+        }
+        if state == RunState::Failed {
             note(format_args!(
                 "  `gapless runs show {run_id}` lists every failed and blocked task"
             ));
         }
     }
     Ok(exit)
+}
+
+/// Blocked cells waiting for data of one source phase (a phase without a runner).
+struct SourceWait {
+    phase: PhaseId,
+    name: String,
+    cells: usize,
+    dates: Vec<Date>,
+}
+
+/// When every blocked cell of the run waits for a source phase's data that is not there yet
+/// (not for a failure), which data they wait for, per source phase; `None` otherwise. One probe
+/// per phase over the blocked cells' dates.
+async fn source_waits(
+    context: &Context,
+    store: &Store,
+    run_id: &RunId,
+) -> anyhow::Result<Option<Vec<SourceWait>>> {
+    let blocked: Vec<_> = store
+        .cells(run_id)
+        .await?
+        .into_iter()
+        .filter(|cell| cell.state == gapless_store::CellState::Blocked)
+        .collect();
+    let (Some(first), Some(last)) = (
+        blocked.iter().map(|c| c.date).min(),
+        blocked.iter().map(|c| c.date).max(),
+    ) else {
+        return Ok(None);
+    };
+    let Ok(range) = DateRange::new(first, last) else {
+        return Ok(None);
+    };
+    let matrix = lifecycle::matrix(context, range).await?;
+    let mut waits: BTreeMap<PhaseId, (usize, BTreeSet<Date>)> = BTreeMap::new();
+    for cell in &blocked {
+        let phase = PhaseId(u32::try_from(cell.phase).unwrap_or(0));
+        if context.spec.phase(phase).is_some_and(|p| p.run.is_none()) {
+            // The source's own missing cells: the data waited for, not cells that wait.
+            continue;
+        }
+        let Some((root, _)) = matrix.root_cause(phase, cell.date) else {
+            return Ok(None);
+        };
+        let is_source = context
+            .spec
+            .phase(root.phase)
+            .is_some_and(|phase| phase.run.is_none());
+        if !is_source {
+            return Ok(None);
+        }
+        let entry = waits.entry(root.phase).or_default();
+        entry.0 += 1;
+        entry.1.insert(root.date);
+    }
+    if waits.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        waits
+            .into_iter()
+            .map(|(phase, (cells, dates))| SourceWait {
+                phase,
+                name: context
+                    .spec
+                    .phase(phase)
+                    .map_or_else(String::new, |p| p.name.clone()),
+                cells,
+                dates: dates.into_iter().collect(),
+            })
+            .collect(),
+    ))
+}
+
+/// `1 task`, `1,234 tasks`.
+fn counted(n: usize, noun: &str) -> String {
+    format!("{} {noun}{}", thousands(n), if n == 1 { "" } else { "s" })
+}
+
+/// `2024-01-10, 2024-02-03 and 4 more`: up to five dates.
+fn listed(dates: &[Date]) -> String {
+    let shown: Vec<String> = dates.iter().take(5).map(ToString::to_string).collect();
+    match dates.len().saturating_sub(5) {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
+}
+
+/// `2024-01-10` for one date, `2024-01-10..2024-01-16` for more.
+fn range_text(start: Date, end: Date) -> String {
+    if start == end {
+        start.to_string()
+    } else {
+        format!("{start}..{end}")
+    }
 }

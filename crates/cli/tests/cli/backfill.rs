@@ -609,3 +609,63 @@ fn resume_after_a_fix_reruns_failed_tasks_and_what_they_blocked() {
     let show = project.run(&["runs", "show", &run_id]);
     assert!(!stdout(&show).contains("would run"), "{}", stdout(&show));
 }
+
+/// A backfill whose only unfinished cells wait for source data that is not there yet says so,
+/// on stdout, instead of reporting a failure; the exit code stays 1 (SPEC.md).
+#[test]
+fn cells_waiting_for_source_data_are_said_to_wait() {
+    let project = Project::new();
+    for day in ["2024-03-01", "2024-03-03"] {
+        project.write(&format!("raw/{day}"), "x\n");
+    }
+    project.script(
+        "bin/count.sh",
+        "#!/bin/sh\nfor f in $1/*; do [ -e \"$f\" ] || exit 0; echo \"$(basename \"$f\") 1\"; done\n",
+    );
+    project.script(
+        "bin/load.sh",
+        "#!/bin/sh\nmkdir -p loaded\necho x > \"loaded/$1\"\n",
+    );
+    project.write(
+        "gapless.toml",
+        r#"
+[pipeline]
+name = "waits"
+start = "2024-03-01"
+
+[[phase]]
+id = 1
+name = "raw"
+check.command = ["bin/count.sh", "raw"]
+
+[[phase]]
+id = 2
+name = "loaded"
+needs = [1]
+run.command = ["bin/load.sh", "{date}"]
+check.command = ["bin/count.sh", "loaded"]
+"#,
+    );
+    let output = project
+        .command(&[
+            "backfill",
+            "--start-date",
+            "2024-03-01",
+            "--end-date",
+            "2024-03-05",
+            "--yes",
+        ])
+        .env("GAPLESS_TODAY", "2024-03-05")
+        .output()
+        .unwrap();
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    let line = stdout(&output);
+    assert!(
+        line.contains(
+            "incomplete: 2 tasks complete, 3 cells wait for phase 1 `raw` data on \
+             2024-03-02, 2024-03-04, 2024-03-05 in "
+        ),
+        "{line}"
+    );
+    assert!(!line.contains("failed"), "{line}");
+}

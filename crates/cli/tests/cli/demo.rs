@@ -105,15 +105,16 @@ async fn report_shows_the_open_gaps_of_the_broken_example() {
         dir.display()
     );
     assert!(stdout(&output).contains(&hint), "{}", stdout(&output));
+    let again = project.path().join("nba-again");
     let through_cargo = project
-        .command(&["demo", "--dir", dir.to_str().unwrap(), "--no-backfill"])
+        .command(&["demo", "--dir", again.to_str().unwrap(), "--no-backfill"])
         .env("GAPLESS_TODAY", "2025-07-01")
         .env("CARGO", "cargo")
         .output()
         .unwrap();
     let hint = format!(
         "\n  cargo run --release -p gapless-cli -- --pipeline {}/gapless.toml plan ",
-        dir.display()
+        again.display()
     );
     assert!(
         stdout(&through_cargo).contains(&hint),

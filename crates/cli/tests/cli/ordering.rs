@@ -3,7 +3,7 @@
 //! upstream data; a task behind a failure or an interruption is never claimed; a completion
 //! that lost its compare-and-set holds its dependents back.
 
-use crate::util::{Project, code, scalar, stderr, wait_for};
+use crate::util::{Project, code, scalar, stderr, stdout, wait_for};
 
 /// Three phases, each needing the one before, with command runners. `bin/step.sh PHASE DATE`
 /// writes the cell's row and logs the execution; phase 2 fails while `fail-two` exists and
@@ -257,9 +257,9 @@ retries = 0
     let output = backfill_to(&project, "2024-03-03").output().unwrap();
     assert_eq!(code(&output), 1, "{}", stderr(&output));
     assert!(
-        stderr(&output).contains("4 tasks complete, 0 failed, 0 blocked, 2 not finished"),
+        stdout(&output).contains("failed: 4 tasks complete, 2 not finished in "),
         "{}",
-        stderr(&output)
+        stdout(&output)
     );
     let log = std::fs::read_to_string(project.path().join("runs.log")).unwrap();
     let mut ran: Vec<&str> = log.lines().collect();

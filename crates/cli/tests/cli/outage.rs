@@ -87,9 +87,9 @@ async fn a_state_store_outage_mid_run_is_waited_out() {
     let output = child.wait_with_output().unwrap();
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     assert!(
-        stderr(&output).contains("6 tasks complete"),
+        crate::util::stdout(&output).contains("succeeded: 6 tasks complete in "),
         "{}",
-        stderr(&output)
+        crate::util::stdout(&output)
     );
     let log = std::fs::read_to_string(project.path().join("runs.log")).unwrap();
     assert_eq!(log.lines().count(), 6, "a day ran twice:\n{log}");
