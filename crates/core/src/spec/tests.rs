@@ -331,7 +331,7 @@ fn state_outage_is_read_and_bounded() {
 
 #[test]
 fn due_defaults_to_a_day_and_a_phase_may_set_its_own() {
-    let spec = ok(&format!("{RAW}"));
+    let spec = ok(RAW);
     assert_eq!(spec.due, DEFAULT_DUE);
     assert_eq!(spec.phases[0].due, DEFAULT_DUE);
     // `[pipeline] due` is every phase's default; a phase's own `due` beats it; zero and the
