@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use gapless_core::dates::{self, Date};
+use gapless_core::dates::{self, Date, DateTime};
 use gapless_core::diagnostic::render_all;
 use gapless_core::spec::{self, FileSource, Spec};
 use gapless_runtime::context::Context;
@@ -22,8 +22,10 @@ pub(crate) struct Loaded {
     pub(crate) base_dir: PathBuf,
     /// The validated spec.
     pub(crate) spec: Spec,
-    /// Today, for expectations and gap ages.
+    /// Today: the date of `now`, for expectations and the default ends of ranges.
     pub(crate) today: Date,
+    /// The moment (UTC) cells are judged at: which are not due yet, and gap ages.
+    pub(crate) now: DateTime,
     /// The state store URL after overrides.
     pub(crate) state_url: String,
     /// `$GAPLESS_CRASH_AT`, the crash-point testing hook.
@@ -73,17 +75,44 @@ pub(crate) fn resolve_state_url(file: &str, env: Option<String>) -> String {
         .unwrap_or_else(|| file.to_owned())
 }
 
-/// `$GAPLESS_TODAY` (YYYY-MM-DD), else the local date.
-pub(crate) fn today() -> anyhow::Result<Date> {
-    resolve_today(
+/// The moment cells are judged at, in UTC: `$GAPLESS_NOW` (`YYYY-MM-DDTHH:MM` or
+/// `YYYY-MM-DDTHH:MM:SS`, UTC), else `$GAPLESS_TODAY` (`YYYY-MM-DD`) at 12:00 UTC, else the
+/// clock. Today is its date.
+pub(crate) fn now() -> anyhow::Result<DateTime> {
+    resolve_now(
+        std::env::var("GAPLESS_NOW").ok(),
         std::env::var("GAPLESS_TODAY").ok(),
-        chrono::Local::now().date_naive(),
+        chrono::Utc::now().naive_utc(),
     )
 }
 
-fn resolve_today(env: Option<String>, clock: Date) -> anyhow::Result<Date> {
-    match env {
+/// The moment `GAPLESS_TODAY=date` stands for: `date` at 12:00 UTC, after the date's start
+/// and before its end, so a test reads the same whatever hour it runs at.
+pub(crate) fn today_at(date: Date) -> DateTime {
+    dates::midday(date)
+}
+
+fn resolve_now(
+    now: Option<String>,
+    today: Option<String>,
+    clock: DateTime,
+) -> anyhow::Result<DateTime> {
+    if let Some(value) = now.filter(|v| !v.trim().is_empty()) {
+        let value = value.trim();
+        return ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"]
+            .iter()
+            .find_map(|format| DateTime::parse_from_str(value, format).ok())
+            .ok_or_else(|| {
+                UsageError::new(format!(
+                    "GAPLESS_NOW: `{}` is not a UTC date and time: expected YYYY-MM-DDTHH:MM[:SS]",
+                    value.chars().take(64).collect::<String>()
+                ))
+                .into()
+            });
+    }
+    match today {
         Some(value) if !value.trim().is_empty() => dates::parse_date(value.trim())
+            .map(today_at)
             .map_err(|error| UsageError::new(format!("GAPLESS_TODAY: {error}")).into()),
         _ => Ok(clock),
     }
@@ -134,11 +163,13 @@ pub(crate) fn load_path(path: &Path) -> anyhow::Result<Loaded> {
     })?;
     let state_url = resolve_state_url(&spec.state_url, std::env::var("GAPLESS_STATE_URL").ok());
     let store_outage = store_outage(spec.state_outage)?;
+    let now = now()?;
     Ok(Loaded {
         path: path.to_path_buf(),
         base_dir,
         spec,
-        today: today()?,
+        today: now.date(),
+        now,
         state_url,
         crash_at: crash_at()?,
         store_outage,
@@ -180,7 +211,7 @@ impl Loaded {
             self.spec.clone(),
             &self.base_dir,
             self.state_dir().join("logs"),
-            self.today,
+            self.now,
         )
         .await
         .context("cannot reach the warehouse")
@@ -268,14 +299,33 @@ mod tests {
             "sqlite://x.db"
         );
         assert_eq!(resolve_state_url("sqlite://x.db", None), "sqlite://x.db");
-        let clock = dates::parse_date("2026-01-01").unwrap();
+        // The clock: GAPLESS_NOW beats GAPLESS_TODAY (noon UTC) beats the clock.
+        let at = |text: &str| DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S").unwrap();
+        let clock = at("2026-01-01T08:30:00");
         assert_eq!(
-            resolve_today(Some("2025-07-01".into()), clock)
-                .unwrap()
-                .to_string(),
-            "2025-07-01"
+            resolve_now(None, Some("2025-07-01".into()), clock).unwrap(),
+            at("2025-07-01T12:00:00")
         );
-        assert_eq!(resolve_today(None, clock).unwrap(), clock);
-        assert!(resolve_today(Some("July".into()), clock).is_err());
+        assert_eq!(
+            resolve_now(
+                Some("2025-07-02T00:01".into()),
+                Some("2025-07-01".into()),
+                clock
+            )
+            .unwrap(),
+            at("2025-07-02T00:01:00")
+        );
+        assert_eq!(
+            resolve_now(Some("2025-07-02T23:59:30".into()), None, clock).unwrap(),
+            at("2025-07-02T23:59:30")
+        );
+        assert_eq!(resolve_now(None, None, clock).unwrap(), clock);
+        assert_eq!(resolve_now(Some(" ".into()), None, clock).unwrap(), clock);
+        assert!(resolve_now(None, Some("July".into()), clock).is_err());
+        let error = resolve_now(Some("2025-07-02".into()), None, clock).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "GAPLESS_NOW: `2025-07-02` is not a UTC date and time: expected YYYY-MM-DDTHH:MM[:SS]"
+        );
     }
 }

@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use gapless_core::cells::{Observations, PhaseObservation, classify};
-use gapless_core::dates::{Date, DateRange, add_days};
+use gapless_core::dates::{Date, DateRange, add_days, midday};
 use gapless_core::plan::{Request, observation_range, plan};
 use gapless_core::spec::{NoFiles, parse};
 
@@ -78,7 +78,7 @@ fn measure(phases: u32) {
             })
             .collect::<HashMap<_, _>>(),
     };
-    let matrix = classify(&spec, &observations, date);
+    let matrix = classify(&spec, &observations, midday(date));
     let request = Request {
         range: requested,
         phases: spec.phases.iter().map(|p| p.id).collect(),

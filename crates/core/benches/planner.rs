@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gapless_core::cells::{Observations, PhaseObservation, classify};
-use gapless_core::dates::{Date, DateRange, add_days};
+use gapless_core::dates::{Date, DateRange, add_days, midday};
 use gapless_core::plan::{Request, plan};
 use gapless_core::spec::{NoFiles, PhaseId, Spec, parse};
 
@@ -80,15 +80,15 @@ fn bench(c: &mut Criterion) {
         let mut group = c.benchmark_group(label);
         group.sample_size(10);
         group.bench_function("classify", |b| {
-            b.iter(|| black_box(classify(&spec, black_box(&observations), today)));
+            b.iter(|| black_box(classify(&spec, black_box(&observations), midday(today))));
         });
-        let matrix = classify(&spec, &observations, today);
+        let matrix = classify(&spec, &observations, midday(today));
         group.bench_function("plan", |b| {
             b.iter(|| black_box(plan(&spec, black_box(&matrix), &request).expect("plans")));
         });
         group.bench_function("classify+plan", |b| {
             b.iter(|| {
-                let matrix = classify(&spec, black_box(&observations), today);
+                let matrix = classify(&spec, black_box(&observations), midday(today));
                 black_box(plan(&spec, &matrix, &request).expect("plans"))
             });
         });

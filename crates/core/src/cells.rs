@@ -5,13 +5,22 @@
 //! (`not_expected`). Every other date expects `max(expect source for that date, expect.min)`,
 //! so a phase whose expectation is derived from upstream rows (players who played) still expects
 //! at least `min` while upstream is missing, and shows as blocked rather than vanishing.
+//!
+//! Due rule (same page): cells are classified at a moment `now` (UTC) that the caller passes
+//! in. A cell that is not complete counts as `missing`, `partial` or `blocked` only from its
+//! phase's due moment on (the date at 00:00 UTC plus the phase's `due`); before that it is
+//! `not_due`. A cell that is due but not complete only because cells it needs are `not_due`
+//! (and none it needs is overdue) is `not_due` too: nothing is wrong yet, and it becomes due
+//! when they do. Complete and not-expected cells are never `not_due`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
-use crate::dates::{Date, DateRange};
-use crate::spec::{Need, PhaseId, Spec};
+use std::time::Duration;
+
+use crate::dates::{Date, DateRange, DateTime};
+use crate::spec::{Need, PhaseId, Spec, due_at};
 
 /// The state of one (phase, date) cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -25,6 +34,9 @@ pub enum CellState {
     Missing,
     /// Expected 0: nothing should exist (no games that day).
     NotExpected,
+    /// Not complete, but its data is not expected yet: its due moment has not come, or a cell
+    /// it needs is itself not due.
+    NotDue,
     /// An upstream cell it needs is not complete.
     Blocked,
 }
@@ -37,6 +49,7 @@ impl CellState {
             CellState::Partial => "partial",
             CellState::Missing => "missing",
             CellState::NotExpected => "not_expected",
+            CellState::NotDue => "not_due",
             CellState::Blocked => "blocked",
         }
     }
@@ -92,8 +105,11 @@ pub struct Cell {
 pub struct Completeness {
     range: DateRange,
     phases: Vec<PhaseId>,
+    /// Each phase's `due`, in the order of `phases`.
+    dues: Vec<Duration>,
     cells: Vec<Vec<Cell>>,
-    /// For blocked cells: the first upstream cell found not satisfied (phase index, day offset).
+    /// For blocked cells: the first upstream cell found not satisfied (phase index, day
+    /// offset). For a `not_due` cell that is due itself: the not-due cell it waits for.
     blocker: Vec<Vec<Option<(u32, u32)>>>,
 }
 
@@ -142,6 +158,20 @@ impl Completeness {
             },
             cell.state,
         ))
+    }
+
+    /// For a `not_due` cell, when it becomes due: its own due moment, or, when it waits for a
+    /// not-due cell it needs, that cell's (the later of the two). `None` for other states.
+    pub fn due_at(&self, phase: PhaseId, date: Date) -> Option<DateTime> {
+        let p = self.phases.iter().position(|id| *id == phase)?;
+        let d = self.range.index_of(date)?;
+        if self.cells[p][d].state != CellState::NotDue {
+            return None;
+        }
+        let own = due_at(date, self.dues[p]);
+        let (root, _) = self.root_cause(phase, date)?;
+        let root_index = self.phases.iter().position(|id| *id == root.phase)?;
+        Some(own.max(due_at(root.date, self.dues[root_index])))
     }
 
     /// Counts of each state for the phase at `index`, restricted to `within`.
@@ -213,17 +243,21 @@ pub(crate) fn latest_in_window(
     (found >= lo).then(|| usize::try_from(found).unwrap_or(0))
 }
 
-/// Classifies every cell of `observations.range`.
+/// Classifies every cell of `observations.range` at the moment `now` (UTC): dates after
+/// `now`'s date expect nothing, and cells before their due moment are `not_due` (module docs).
 ///
 /// Dates before the range are assumed to satisfy dependencies: callers widen the range with
 /// [`crate::plan::observation_range`] so the requested dates are judged on real observations.
-pub fn classify(spec: &Spec, observations: &Observations, today: Date) -> Completeness {
+pub fn classify(spec: &Spec, observations: &Observations, now: DateTime) -> Completeness {
+    let today = now.date();
     let range = observations.range;
     let days = range.len();
     let mut cells: Vec<Vec<Cell>> = Vec::with_capacity(spec.phases.len());
     let mut blocker: Vec<Vec<Option<(u32, u32)>>> = Vec::with_capacity(spec.phases.len());
     // last_unsatisfied[p][d]: the latest day offset ≤ d whose cell does not satisfy needs.
     let mut last_unsatisfied: Vec<Vec<i64>> = Vec::with_capacity(spec.phases.len());
+    // last_overdue[p][d]: the same, among cells that are not `not_due`.
+    let mut last_overdue: Vec<Vec<i64>> = Vec::with_capacity(spec.phases.len());
     let index_of: HashMap<PhaseId, usize> = spec
         .phases
         .iter()
@@ -237,6 +271,7 @@ pub fn classify(spec: &Spec, observations: &Observations, today: Date) -> Comple
         let mut row: Vec<Cell> = Vec::with_capacity(days);
         let mut row_blocker: Vec<Option<(u32, u32)>> = vec![None; days];
         let mut row_unsatisfied: Vec<i64> = Vec::with_capacity(days);
+        let mut row_overdue: Vec<i64> = Vec::with_capacity(days);
         let mut count_iter = counts.map(|c| c.range(range.start()..=range.end()).peekable());
         for (d, date) in range.iter().enumerate() {
             let mut count = 0;
@@ -263,30 +298,33 @@ pub fn classify(spec: &Spec, observations: &Observations, today: Date) -> Comple
                 CellState::Missing
             };
             if !state.satisfies() {
-                'needs: for need in &phase.needs {
-                    let Some(&q) = index_of.get(&need.phase) else {
-                        continue;
-                    };
-                    let upstream = if q == p {
-                        &row_unsatisfied
-                    } else {
-                        &last_unsatisfied[q]
-                    };
-                    if let Some(latest) = latest_in_window(need, phase.id, d, upstream) {
-                        state = CellState::Blocked;
-                        row_blocker[d] = Some((
-                            u32::try_from(q).unwrap_or(0),
-                            u32::try_from(latest).unwrap_or(0),
-                        ));
-                        break 'needs;
-                    }
+                if now < phase.due_at(date) {
+                    state = CellState::NotDue;
+                } else if let Some((q, latest)) =
+                    unsatisfied_need(phase, p, d, &index_of, (&row_overdue, &last_overdue))
+                {
+                    state = CellState::Blocked;
+                    row_blocker[d] = Some((q, latest));
+                } else if let Some((q, latest)) = unsatisfied_need(
+                    phase,
+                    p,
+                    d,
+                    &index_of,
+                    (&row_unsatisfied, &last_unsatisfied),
+                ) {
+                    // Everything it waits for is not due yet: neither is this cell.
+                    state = CellState::NotDue;
+                    row_blocker[d] = Some((q, latest));
                 }
             }
+            let offset = i64::try_from(d).unwrap_or(0);
             let previous = row_unsatisfied.last().copied().unwrap_or(-1);
-            row_unsatisfied.push(if state.satisfies() {
+            row_unsatisfied.push(if state.satisfies() { previous } else { offset });
+            let previous = row_overdue.last().copied().unwrap_or(-1);
+            row_overdue.push(if state.satisfies() || state == CellState::NotDue {
                 previous
             } else {
-                i64::try_from(d).unwrap_or(0)
+                offset
             });
             row.push(Cell {
                 count,
@@ -297,11 +335,172 @@ pub fn classify(spec: &Spec, observations: &Observations, today: Date) -> Comple
         cells.push(row);
         blocker.push(row_blocker);
         last_unsatisfied.push(row_unsatisfied);
+        last_overdue.push(row_overdue);
     }
     Completeness {
         range,
         phases: spec.phases.iter().map(|p| p.id).collect(),
+        dues: spec.phases.iter().map(|p| p.due).collect(),
         cells,
         blocker,
+    }
+}
+
+/// The first need of `phase` (at index `p`) whose window around day `d` holds a cell marked in
+/// `latest` (`.0` for the phase's own row being built, `.1` for the phases before it): the
+/// needed phase's index and that cell's day offset.
+fn unsatisfied_need(
+    phase: &crate::spec::Phase,
+    p: usize,
+    d: usize,
+    index_of: &HashMap<PhaseId, usize>,
+    latest: (&[i64], &[Vec<i64>]),
+) -> Option<(u32, u32)> {
+    phase.needs.iter().find_map(|need| {
+        let q = *index_of.get(&need.phase)?;
+        let upstream = if q == p { latest.0 } else { &latest.1[q] };
+        let offset = latest_in_window(need, phase.id, d, upstream)?;
+        Some((
+            u32::try_from(q).unwrap_or(0),
+            u32::try_from(offset).unwrap_or(0),
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
+    use super::*;
+    use crate::dates::parse_date;
+    use crate::spec::{NoFiles, parse};
+
+    const P1: PhaseId = PhaseId(1);
+    const P2: PhaseId = PhaseId(2);
+    const P3: PhaseId = PhaseId(3);
+
+    fn day(text: &str) -> Date {
+        parse_date(text).unwrap()
+    }
+
+    fn at(text: &str) -> DateTime {
+        DateTime::parse_from_str(text, "%Y-%m-%d %H:%M").unwrap()
+    }
+
+    /// Phase 1 with the pipeline's default `due` (a day), phase 2 due 6 hours after the date
+    /// ends, phase 3 due as soon as its date begins, needing phase 1.
+    const PIPELINE: &str = r#"
+[pipeline]
+name = "t"
+start = "2024-03-01"
+
+[[phase]]
+id = 1
+name = "raw"
+check.command = ["count"]
+
+[[phase]]
+id = 2
+name = "six_hours_later"
+check.command = ["count"]
+due = "30h"
+
+[[phase]]
+id = 3
+name = "at_once"
+needs = [1]
+check.command = ["count"]
+due = "0d"
+"#;
+
+    fn observations(counts: &[(PhaseId, &[&str])]) -> Observations {
+        Observations {
+            range: DateRange::new(day("2024-03-08"), day("2024-03-10")).unwrap(),
+            calendar: None,
+            phases: counts
+                .iter()
+                .map(|&(phase, dates)| {
+                    let counts: BTreeMap<Date, i64> = dates.iter().map(|d| (day(d), 1)).collect();
+                    (
+                        phase,
+                        PhaseObservation {
+                            counts,
+                            expected: None,
+                        },
+                    )
+                })
+                .collect::<HashMap<_, _>>(),
+        }
+    }
+
+    fn states(matrix: &Completeness, phase: PhaseId) -> Vec<&'static str> {
+        matrix
+            .range()
+            .iter()
+            .map(|date| matrix.cell(phase, date).unwrap().state.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn at_one_minute_past_midnight_today_is_not_due_and_yesterday_is_missing() {
+        let spec = parse(PIPELINE, &NoFiles).unwrap();
+        let matrix = classify(&spec, &observations(&[]), at("2024-03-10 00:01"));
+        // The 8th and 9th became due at 00:00 on the 9th and 10th; the 10th is due on the 11th.
+        assert_eq!(states(&matrix, P1), ["missing", "missing", "not_due"]);
+        assert_eq!(
+            matrix.due_at(P1, day("2024-03-10")),
+            Some(at("2024-03-11 00:00"))
+        );
+        assert_eq!(matrix.due_at(P1, day("2024-03-09")), None);
+        // Phase 2's own `due`: the 9th counts from 06:00 on the 10th.
+        assert_eq!(states(&matrix, P2), ["missing", "not_due", "not_due"]);
+        assert_eq!(
+            matrix.due_at(P2, day("2024-03-09")),
+            Some(at("2024-03-10 06:00"))
+        );
+        let later = classify(&spec, &observations(&[]), at("2024-03-10 06:00"));
+        assert_eq!(states(&later, P2), ["missing", "missing", "not_due"]);
+    }
+
+    #[test]
+    fn a_cell_that_needs_a_not_due_cell_is_not_due_until_that_one_is() {
+        let spec = parse(PIPELINE, &NoFiles).unwrap();
+        let matrix = classify(&spec, &observations(&[]), at("2024-03-10 00:01"));
+        // Phase 3 is due at once, but on the 10th it waits for phase 1, which is not due yet:
+        // not blocked (nothing is wrong), not due until phase 1 is. Behind yesterday's missing
+        // phase 1 it is blocked.
+        assert_eq!(states(&matrix, P3), ["blocked", "blocked", "not_due"]);
+        assert_eq!(
+            matrix.due_at(P3, day("2024-03-10")),
+            Some(at("2024-03-11 00:00"))
+        );
+        let (root, state) = matrix.root_cause(P3, day("2024-03-10")).unwrap();
+        assert_eq!(
+            (root.phase, root.date, state),
+            (P1, day("2024-03-10"), CellState::NotDue)
+        );
+        // With phase 1 there, phase 3's own `due` applies: missing at once.
+        let matrix = classify(
+            &spec,
+            &observations(&[(P1, &["2024-03-08", "2024-03-09", "2024-03-10"])]),
+            at("2024-03-10 00:01"),
+        );
+        assert_eq!(states(&matrix, P3), ["missing", "missing", "missing"]);
+    }
+
+    #[test]
+    fn complete_cells_stay_complete_whatever_their_due() {
+        let spec = parse(PIPELINE, &NoFiles).unwrap();
+        let matrix = classify(
+            &spec,
+            &observations(&[(P1, &["2024-03-10"]), (P2, &["2024-03-09", "2024-03-10"])]),
+            at("2024-03-10 00:01"),
+        );
+        assert_eq!(states(&matrix, P1), ["missing", "missing", "complete"]);
+        assert_eq!(states(&matrix, P2), ["missing", "complete", "complete"]);
+        assert_eq!(matrix.due_at(P1, day("2024-03-10")), None);
+        // After today nothing is expected, due or not.
+        let matrix = classify(&spec, &observations(&[]), at("2024-03-09 23:59"));
+        assert_eq!(states(&matrix, P1), ["missing", "not_due", "not_expected"]);
     }
 }

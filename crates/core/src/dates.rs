@@ -4,6 +4,8 @@ use std::fmt;
 use std::time::Duration;
 
 pub use chrono::NaiveDate as Date;
+/// A moment in UTC (no time zone attached): the clock value cells are classified at.
+pub use chrono::NaiveDateTime as DateTime;
 use chrono::{Datelike, Days};
 
 /// The widest range gapless accepts in one request: 100 years of days. Wider requests are
@@ -75,6 +77,12 @@ pub fn add_days(date: Date, days: i64) -> Date {
         date.checked_sub_days(magnitude)
     };
     moved.unwrap_or(if days >= 0 { Date::MAX } else { Date::MIN })
+}
+
+/// `date` at 12:00: the moment a bare date stands for when a clock value is needed
+/// (`GAPLESS_TODAY`, tests), after the date's start and before its end.
+pub fn midday(date: Date) -> DateTime {
+    date.and_time(chrono::NaiveTime::from_hms_opt(12, 0, 0).unwrap_or(chrono::NaiveTime::MIN))
 }
 
 /// Days from `from` to `to` (negative when `to` is earlier).

@@ -7,11 +7,16 @@
 //! `phase_to` is the phase of the cell, `phase_from` the nearest phase it needs (the highest id
 //! among its needs on other phases), so "present in phase 2, missing in phase 3" reads as
 //! `2 → 3`; a phase with no needs on other phases has no `phase_from`.
+//!
+//! Cells that are `not_due` are never gaps, and do not close one either. A gap's age counts
+//! whole days from the moment its cell became due (its phase's `due` after the date began),
+//! not from the date: with the default `due = "1d"`, yesterday's missing cell is 0 days old
+//! today.
 
 use serde::Serialize;
 
 use crate::cells::{CellState, Completeness};
-use crate::dates::{Date, DateRange, days_between};
+use crate::dates::{Date, DateRange, DateTime};
 use crate::spec::{PhaseId, Spec};
 
 /// One detected gap.
@@ -23,7 +28,7 @@ pub struct Gap {
     pub phase_to: PhaseId,
     /// Its date.
     pub date: Date,
-    /// Whole days from `date` to today.
+    /// Whole days since the cell became due (its phase's `due` after `date` began).
     pub age_days: i64,
     /// `missing` or `partial`.
     pub state: CellState,
@@ -43,11 +48,13 @@ pub struct Scan {
     pub satisfied: Vec<(PhaseId, Date)>,
 }
 
-/// Finds the gaps within `range` in a classified matrix that covers `range`.
-pub fn detect(spec: &Spec, matrix: &Completeness, range: DateRange, today: Date) -> Scan {
+/// Finds the gaps within `range` in a classified matrix that covers `range`, at the moment
+/// `now` (UTC) the matrix was classified at.
+pub fn detect(spec: &Spec, matrix: &Completeness, range: DateRange, now: DateTime) -> Scan {
     let mut scan = Scan::default();
     for (index, &phase_id) in matrix.phases().iter().enumerate() {
-        let phase_from = spec.phase(phase_id).and_then(|phase| {
+        let phase = spec.phase(phase_id);
+        let phase_from = phase.and_then(|phase| {
             phase
                 .needs
                 .iter()
@@ -66,7 +73,11 @@ pub fn detect(spec: &Spec, matrix: &Completeness, range: DateRange, today: Date)
                     phase_from,
                     phase_to: phase_id,
                     date,
-                    age_days: days_between(date, today),
+                    age_days: phase.map_or(0, |phase| {
+                        now.signed_duration_since(phase.due_at(date))
+                            .num_days()
+                            .max(0)
+                    }),
                     state: cell.state,
                     found: cell.count,
                     expected: cell.expected,
@@ -85,7 +96,7 @@ mod tests {
 
     use super::*;
     use crate::cells::{Observations, PhaseObservation, classify};
-    use crate::dates::parse_date;
+    use crate::dates::{midday, parse_date};
     use crate::spec::{NoFiles, parse};
 
     const P1: PhaseId = PhaseId(1);
@@ -165,9 +176,10 @@ check.sql = "SELECT d, n FROM rolled WHERE d BETWEEN :start AND :end"
                 ),
             ]),
         };
-        let today = day("2024-01-10");
-        let matrix = classify(&spec, &observations, today);
-        let scan = detect(&spec, &matrix, range, today);
+        // Midday on the 10th: every date up to the 9th is due (the default `due` is a day).
+        let now = midday(day("2024-01-10"));
+        let matrix = classify(&spec, &observations, now);
+        let scan = detect(&spec, &matrix, range, now);
         let gaps: Vec<_> = scan
             .gaps
             .iter()
@@ -193,7 +205,8 @@ check.sql = "SELECT d, n FROM rolled WHERE d BETWEEN :start AND :end"
                     CellState::Partial,
                     2,
                     3,
-                    8
+                    // Due since the 3rd at 00:00: 7 whole days by midday on the 10th.
+                    7
                 ),
                 (
                     Some(P1),
@@ -202,7 +215,7 @@ check.sql = "SELECT d, n FROM rolled WHERE d BETWEEN :start AND :end"
                     CellState::Missing,
                     0,
                     3,
-                    7
+                    6
                 ),
                 // 01-02 of phase 3 needs 01-01 and 01-02 of phase 2: blocked, not a gap; 01-03
                 // and 01-04 likewise. Its nearest need is phase 2, not phase 1.
@@ -217,7 +230,7 @@ check.sql = "SELECT d, n FROM rolled WHERE d BETWEEN :start AND :end"
         // Only the range asked for: on the 3rd, phase 2's gap, phase 1 complete, phase 3
         // blocked.
         let narrow = DateRange::new(day("2024-01-03"), day("2024-01-03")).unwrap();
-        let scan = detect(&spec, &matrix, narrow, today);
+        let scan = detect(&spec, &matrix, narrow, now);
         assert_eq!(scan.gaps.len(), 1);
         assert_eq!(scan.gaps[0].phase_to, P2);
         assert_eq!(scan.satisfied, [(P1, day("2024-01-03"))]);
@@ -232,12 +245,43 @@ check.sql = "SELECT d, n FROM rolled WHERE d BETWEEN :start AND :end"
             calendar: None,
             phases: HashMap::new(),
         };
-        let today = day("2024-01-02");
-        let matrix = classify(&spec, &observations, today);
-        let scan = detect(&spec, &matrix, range, today);
+        let now = midday(day("2024-01-03"));
+        let matrix = classify(&spec, &observations, now);
+        let scan = detect(&spec, &matrix, range, now);
         // Phase 1's two dates; phases 2 and 3 are blocked behind them.
         assert_eq!(scan.gaps.len(), 2);
         assert!(scan.gaps.iter().all(|gap| gap.phase_from.is_none()));
         assert_eq!(scan.gaps[1].age_days, 0);
+    }
+
+    /// At one minute past midnight on the 3rd: the 3rd is not due (nothing is recorded for it,
+    /// not even as satisfied), the 2nd became due a minute ago (a gap 0 days old), the 1st a
+    /// day ago.
+    #[test]
+    fn cells_not_due_are_neither_gaps_nor_satisfied_and_ages_count_from_due() {
+        let spec = parse(PIPELINE, &NoFiles).unwrap();
+        let range = DateRange::new(day("2024-01-01"), day("2024-01-03")).unwrap();
+        let observations = Observations {
+            range,
+            calendar: None,
+            phases: HashMap::new(),
+        };
+        let now = day("2024-01-03").and_hms_opt(0, 1, 0).unwrap();
+        let matrix = classify(&spec, &observations, now);
+        let scan = detect(&spec, &matrix, range, now);
+        let gaps: Vec<_> = scan
+            .gaps
+            .iter()
+            .map(|gap| (gap.phase_to, gap.date.to_string(), gap.age_days))
+            .collect();
+        assert_eq!(
+            gaps,
+            [(P1, "2024-01-01".into(), 1), (P1, "2024-01-02".into(), 0)]
+        );
+        assert!(scan.satisfied.is_empty(), "{:?}", scan.satisfied);
+        assert_eq!(
+            matrix.cell(P1, day("2024-01-03")).unwrap().state,
+            CellState::NotDue
+        );
     }
 }

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::cells::{CellState, Completeness};
-use crate::dates::{Date, DateRange};
+use crate::dates::{Date, DateRange, DateTime};
 use crate::plan::Plan;
 use crate::spec::{PhaseId, Spec};
 
@@ -45,10 +45,28 @@ pub struct PhaseStatus {
     pub missing: usize,
     /// Blocked cells.
     pub blocked: usize,
+    /// Cells not due yet.
+    pub not_due: usize,
     /// Not-expected cells.
     pub not_expected: usize,
     /// The runs of equal state.
     pub runs: Vec<StateRun>,
+    /// Every cell not due yet, with the moment it becomes due, in date order.
+    pub not_due_cells: Vec<NotDueCell>,
+}
+
+/// A cell that is not due yet, and when it becomes due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct NotDueCell {
+    /// Its date.
+    pub date: Date,
+    /// When it starts to count (UTC), as `YYYY-MM-DDTHH:MM:SSZ`.
+    #[serde(serialize_with = "utc")]
+    pub due_at: DateTime,
+}
+
+fn utc<S: serde::Serializer>(moment: &DateTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&moment.format("%Y-%m-%dT%H:%M:%SZ"))
 }
 
 /// The `status` document.
@@ -88,8 +106,10 @@ impl StatusReport {
                     partial: get(CellState::Partial),
                     missing: get(CellState::Missing),
                     blocked: get(CellState::Blocked),
+                    not_due: get(CellState::NotDue),
                     not_expected: get(CellState::NotExpected),
                     runs: runs(matrix, index, range),
+                    not_due_cells: not_due_cells(matrix, index, range),
                 }
             })
             .collect();
@@ -120,13 +140,14 @@ impl StatusReport {
         let name_width = self.phases.iter().map(|p| p.name.len()).max().unwrap_or(0);
         for phase in &self.phases {
             out.push_str(&format!(
-                "\nphase {:<3} {:<name_width$}  complete {} · partial {} · missing {} · blocked {} · not expected {}\n",
+                "\nphase {:<3} {:<name_width$}  complete {} · partial {} · missing {} · blocked {} · not due {} · not expected {}\n",
                 phase.phase,
                 phase.name,
                 thousands(phase.complete),
                 thousands(phase.partial),
                 thousands(phase.missing),
                 thousands(phase.blocked),
+                thousands(phase.not_due),
                 thousands(phase.not_expected),
             ));
             for run in phase.runs.iter().take(MAX_RUNS_SHOWN) {
@@ -143,6 +164,19 @@ impl StatusReport {
                         thousands_i(run.count),
                         thousands_i(run.expected)
                     ),
+                    CellState::NotDue => {
+                        let first = phase
+                            .not_due_cells
+                            .iter()
+                            .find(|cell| cell.date >= run.start)
+                            .map(|cell| cell.due_at.format("%Y-%m-%d %H:%M UTC").to_string())
+                            .unwrap_or_default();
+                        if run.cells == 1 {
+                            format!("1 cell, due {first}")
+                        } else {
+                            format!("{} cells, the first due {first}", run.cells)
+                        }
+                    }
                     _ => format!("{} cell{}", run.cells, plural(run.cells)),
                 };
                 out.push_str(&format!(
@@ -164,6 +198,26 @@ impl StatusReport {
 
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
+}
+
+/// The not-due cells of the phase at `index` over `range`, with when each becomes due.
+pub fn not_due_cells(matrix: &Completeness, index: usize, range: DateRange) -> Vec<NotDueCell> {
+    let Some(range) = matrix.range().intersect(&range) else {
+        return Vec::new();
+    };
+    let phase = matrix.phases()[index];
+    let first = matrix.range().index_of(range.start()).unwrap_or(0);
+    let row = &matrix.row(index)[first..first + range.len()];
+    range
+        .iter()
+        .zip(row)
+        .filter(|(_, cell)| cell.state == CellState::NotDue)
+        .filter_map(|(date, _)| {
+            matrix
+                .due_at(phase, date)
+                .map(|due_at| NotDueCell { date, due_at })
+        })
+        .collect()
 }
 
 /// Runs of equal state for the phase at `index` over `range`.

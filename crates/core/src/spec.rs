@@ -18,7 +18,7 @@ use std::fmt;
 use std::ops::Range;
 use std::time::Duration;
 
-use crate::dates::Date;
+use crate::dates::{Date, DateTime};
 
 /// Default state store when `[state]` is absent.
 pub const DEFAULT_STATE_URL: &str = "sqlite://.gapless/state.db";
@@ -35,6 +35,11 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
 pub const MAX_HEALING_WINDOW: Duration = Duration::from_secs(3_660 * 86_400);
 /// Upper bound on `healing.realert_after`: a year.
 pub const MAX_REALERT_AFTER: Duration = Duration::from_secs(365 * 86_400);
+
+/// The default `due`: a date's cells count from the start of the next day.
+pub const DEFAULT_DUE: Duration = Duration::from_secs(86_400);
+/// Upper bound on `due`: a year and a day.
+pub const MAX_DUE: Duration = Duration::from_secs(366 * 86_400);
 
 /// The default `[state] outage`: a restart of PostgreSQL or a network blip is waited out.
 pub const DEFAULT_STATE_OUTAGE: Duration = Duration::from_secs(120);
@@ -196,6 +201,25 @@ pub struct Phase {
     pub timeout: Duration,
     /// Tasks of this phase at once.
     pub concurrency: u32,
+    /// How long after the start of a date (00:00 UTC) its cell starts to count: the phase's
+    /// own `due`, else `[pipeline] due`. Before then a cell that is not complete is `not_due`.
+    pub due: Duration,
+}
+
+impl Phase {
+    /// When this phase's cell for `date` becomes due: `date` 00:00 UTC plus [`Phase::due`].
+    pub fn due_at(&self, date: Date) -> DateTime {
+        due_at(date, self.due)
+    }
+}
+
+/// `date` 00:00 plus `due`, saturating at chrono's limits.
+pub fn due_at(date: Date, due: Duration) -> DateTime {
+    let start = date.and_time(chrono::NaiveTime::MIN);
+    chrono::TimeDelta::from_std(due)
+        .ok()
+        .and_then(|delta| start.checked_add_signed(delta))
+        .unwrap_or(DateTime::MAX)
 }
 
 /// The warehouse where SQL probes and runners execute.
@@ -267,6 +291,8 @@ pub struct Spec {
     pub start: Date,
     /// Dates on which data is expected; `None` means every day.
     pub calendar: Option<Source>,
+    /// `[pipeline] due` ([`DEFAULT_DUE`] when absent): the default of every phase's `due`.
+    pub due: Duration,
     /// Where SQL runs.
     pub warehouse: Option<Warehouse>,
     /// State store URL.

@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use gapless_core::cells::{Observations, classify};
-use gapless_core::dates::{DateRange, add_days};
+use gapless_core::dates::{DateRange, add_days, midday};
 use gapless_core::diagnostic::render_all;
 use gapless_core::plan::{Request, plan};
 use gapless_core::spec::{FileSource, parse};
@@ -48,7 +48,7 @@ fn check_and_plan(source: &str, files: &AnyFile) {
         calendar: None,
         phases: HashMap::new(),
     };
-    let matrix = classify(&spec, &observations, end);
+    let matrix = classify(&spec, &observations, midday(end));
     let request = Request {
         range,
         phases: spec.phases.iter().map(|p| p.id).collect::<BTreeSet<_>>(),

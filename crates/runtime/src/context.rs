@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gapless_connect::Warehouse;
-use gapless_core::dates::Date;
+use gapless_core::dates::{Date, DateTime};
 use gapless_core::spec::Spec;
 
 /// How long one probe (a check, expect or calendar query or command) may take. SQL runners and
@@ -24,8 +24,10 @@ pub struct Context {
     pub warehouse: Option<Warehouse>,
     /// Where logs of every attempt go (`<state dir>/logs`).
     pub log_dir: PathBuf,
-    /// Today (from `GAPLESS_TODAY` or the clock), for expectations.
+    /// Today: the date of [`Context::now`], for expectations and the default ends of ranges.
     pub today: Date,
+    /// The moment (UTC) cells are classified at: decides which are `not_due`, and gap ages.
+    pub now: DateTime,
     /// Timeout for probes (each query or probe command): [`PROBE_TIMEOUT`].
     pub probe_timeout: Duration,
     /// Shared HTTP client for HTTP runners; `None` when no phase has one (building a client
@@ -50,7 +52,7 @@ impl Context {
         spec: Spec,
         base_dir: &Path,
         log_dir: PathBuf,
-        today: Date,
+        now: DateTime,
     ) -> Result<Self, ContextError> {
         let probe_timeout = PROBE_TIMEOUT;
         let uses_http = spec
@@ -77,7 +79,8 @@ impl Context {
             base_dir: base_dir.to_path_buf(),
             warehouse,
             log_dir,
-            today,
+            today: now.date(),
+            now,
             probe_timeout,
             http: if uses_http {
                 Some(gapless_connect::http_client().map_err(ContextError::Http)?)

@@ -69,7 +69,7 @@ pub async fn matrix(context: &Context, range: DateRange) -> Result<Completeness,
     let observations = observe::observe(context, probe_range)
         .await
         .map_err(LifecycleError::Observe)?;
-    Ok(classify(&context.spec, &observations, context.today))
+    Ok(classify(&context.spec, &observations, context.now))
 }
 
 /// Probes and plans `request`: what a backfill would run, skip and find blocked.
@@ -476,7 +476,7 @@ pub async fn scan(context: &Context, store: &Store, days: i64) -> Result<Scan, L
         });
     };
     let matrix = matrix(context, range).await?;
-    let scan = detect(&context.spec, &matrix, range, today);
+    let scan = detect(&context.spec, &matrix, range, context.now);
     let found: Vec<DetectedGap> = scan
         .gaps
         .iter()

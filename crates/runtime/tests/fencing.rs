@@ -39,9 +39,14 @@ check.command = ["true"]
     )
     .unwrap();
     let today = parse_date("2024-01-01").unwrap();
-    let context = Context::connect(spec, dir.path(), dir.path().join("logs"), today)
-        .await
-        .unwrap();
+    let context = Context::connect(
+        spec,
+        dir.path(),
+        dir.path().join("logs"),
+        today.and_time(chrono::NaiveTime::MIN),
+    )
+    .await
+    .unwrap();
     let store = Store::connect("sqlite://state.db", dir.path())
         .await
         .unwrap();

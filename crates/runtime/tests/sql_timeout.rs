@@ -71,9 +71,14 @@ async fn rows(dir: &Path, table: &str) -> i64 {
 async fn execute_one(dir: &Path, pipeline: &str, probe_timeout: Duration) -> (Outcome, TaskRecord) {
     let spec = parse(pipeline, &NoFiles).unwrap();
     let today = parse_date("2024-01-01").unwrap();
-    let mut context = Context::connect(spec, dir, dir.join("logs"), today)
-        .await
-        .unwrap();
+    let mut context = Context::connect(
+        spec,
+        dir,
+        dir.join("logs"),
+        today.and_time(chrono::NaiveTime::MIN),
+    )
+    .await
+    .unwrap();
     context.warehouse = Some(warehouse(dir, probe_timeout).await);
     context.probe_timeout = probe_timeout;
     let store = Store::connect("sqlite://state.db", dir).await.unwrap();

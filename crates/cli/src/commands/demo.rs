@@ -54,6 +54,7 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
 
     let mut loaded = settings::load_path(&dir.join("gapless.toml"))?;
     loaded.today = parse_date(DEMO_TODAY).map_err(|e| UsageError::new(e.to_string()))?;
+    loaded.now = settings::today_at(loaded.today);
     let store = loaded.store().await?;
     let context = loaded.context().await?;
 

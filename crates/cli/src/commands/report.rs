@@ -58,7 +58,10 @@ pub(crate) async fn run(global: &Global, args: &ReportArgs) -> anyhow::Result<Ex
         let mut seasons: BTreeMap<i32, Row> = BTreeMap::new();
         for (offset, cell) in matrix.row(index).iter().enumerate() {
             let date = matrix.range().date_at(offset);
-            if !range.contains(date) || cell.state == CellState::NotExpected {
+            // Cells not due yet are not counted against anything, as cells not expected.
+            if !range.contains(date)
+                || matches!(cell.state, CellState::NotExpected | CellState::NotDue)
+            {
                 continue;
             }
             let season = season_of(date);
@@ -76,7 +79,7 @@ pub(crate) async fn run(global: &Global, args: &ReportArgs) -> anyhow::Result<Ex
                 CellState::Partial => row.partial += 1,
                 CellState::Missing => row.missing += 1,
                 CellState::Blocked => row.blocked += 1,
-                CellState::NotExpected => {}
+                CellState::NotExpected | CellState::NotDue => {}
             }
         }
         rows.extend(seasons.into_values());

@@ -313,7 +313,9 @@ async fn scan_records_gaps_in_the_ledger_and_closes_them_when_filled() {
             &serde_json::json!(1),
             &serde_json::json!(0),
             &serde_json::json!(3),
-            &serde_json::json!(20)
+            // Due since the 12th at 00:00 (a day after the 11th began): 19 whole days by
+            // noon on the 31st.
+            &serde_json::json!(19)
         )
     );
     assert_eq!(

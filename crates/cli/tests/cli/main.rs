@@ -11,6 +11,7 @@ mod backfill;
 mod blast;
 mod crash;
 mod demo;
+mod due;
 mod front;
 mod ordering;
 mod outage;

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::cells::{Observations, PhaseObservation, classify};
-use crate::dates::{add_days, parse_date};
+use crate::dates::{add_days, midday, parse_date};
 use crate::spec::{NoFiles, parse};
 
 fn d(s: &str) -> Date {
@@ -77,7 +77,7 @@ fn plans_missing_cells_downstream_in_order() {
         "2024-01-06",
     ];
     let observations = observe(range, &[(2, &all), (3, &all[..3]), (4, &all[..2])]);
-    let matrix = classify(&spec, &observations, d("2024-01-06"));
+    let matrix = classify(&spec, &observations, midday(d("2024-01-06")));
     let plan = plan(
         &spec,
         &matrix,
@@ -119,7 +119,7 @@ fn blocked_cells_name_their_root() {
         range,
         &[(2, &all), (3, &["2024-01-01", "2024-01-03", "2024-01-04"])],
     );
-    let matrix = classify(&spec, &observations, d("2024-01-04"));
+    let matrix = classify(&spec, &observations, midday(d("2024-01-04")));
     let plan = plan(
         &spec,
         &matrix,
@@ -149,7 +149,8 @@ fn source_gaps_block_everything_downstream() {
     let spec = nba_like();
     let range = DateRange::new(d("2024-01-01"), d("2024-01-02")).unwrap();
     let observations = observe(range, &[(2, &["2024-01-01"])]);
-    let matrix = classify(&spec, &observations, d("2024-01-02"));
+    // On the 3rd, when both dates are due.
+    let matrix = classify(&spec, &observations, midday(d("2024-01-03")));
     let plan = plan(
         &spec,
         &matrix,
@@ -285,7 +286,7 @@ proptest! {
 
     #[test]
     fn plans_keep_their_invariants(case in arbitrary_case()) {
-        let matrix = classify(&case.spec, &case.observations, case.today);
+        let matrix = classify(&case.spec, &case.observations, midday(case.today));
         let plan = plan(&case.spec, &matrix, &case.request).unwrap();
         let mut producer: HashMap<(PhaseId, Date), usize> = HashMap::new();
         for (i, task) in plan.tasks.iter().enumerate() {
@@ -399,7 +400,7 @@ fn one_date_of_a_thousand_phase_chain_observes_one_window() {
         calendar: None,
         phases,
     };
-    let matrix = classify(&spec, &observations, date);
+    let matrix = classify(&spec, &observations, midday(date));
     let cells_examined = matrix.phases().len() * matrix.range().len();
     assert_eq!(cells_examined, 31_000);
     let plan = plan(
@@ -487,13 +488,13 @@ proptest! {
     /// as observing the whole chain of lookbacks does.
     #[test]
     fn one_lookback_window_plans_like_the_whole_chain(case in arbitrary_case()) {
-        let wide = classify(&case.spec, &case.observations, case.today);
+        let wide = classify(&case.spec, &case.observations, midday(case.today));
         let narrow_observations = Observations {
             range: observation_range(&case.spec, case.request.range),
             ..case.observations.clone()
         };
         prop_assert!(case.observations.range.contains(narrow_observations.range.start()));
-        let narrow = classify(&case.spec, &narrow_observations, case.today);
+        let narrow = classify(&case.spec, &narrow_observations, midday(case.today));
         for phase in &case.spec.phases {
             for date in case.request.range.iter() {
                 prop_assert_eq!(
@@ -553,7 +554,7 @@ check.command = ["c"]
         .collect();
     let source: Vec<&str> = source.iter().map(String::as_str).collect();
     let observations = observe(range, &[(1, &source)]);
-    let matrix = classify(&spec, &observations, d("2024-01-10"));
+    let matrix = classify(&spec, &observations, midday(d("2024-01-10")));
     let plan = plan(
         &spec,
         &matrix,

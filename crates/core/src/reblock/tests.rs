@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::cells::{CellState, Completeness, Observations, PhaseObservation, classify};
-use crate::dates::{add_days, parse_date};
+use crate::dates::{add_days, midday, parse_date};
 use crate::plan::{Plan, Request, plan};
 use crate::spec::{NoFiles, parse};
 
@@ -101,7 +101,7 @@ check.command = ["c"]
         calendar: Some(range.iter().filter(|day| *day != d("2024-01-12")).collect()),
         phases: HashMap::new(),
     };
-    let matrix = classify(&spec, &observations, d("2024-01-31"));
+    let matrix = classify(&spec, &observations, midday(d("2024-01-31")));
     let planned = plan(
         &spec,
         &matrix,
@@ -456,7 +456,7 @@ proptest! {
     #[test]
     fn exactly_the_cells_whose_needs_completed_run(case in arbitrary_case()) {
         let today = d("2024-01-30");
-        let matrix = classify(&case.spec, &case.observations, today);
+        let matrix = classify(&case.spec, &case.observations, midday(today));
         let planned = plan(&case.spec, &matrix, &case.request).unwrap();
         let simulated = simulate(&case, &matrix, &planned);
         prop_assert!(simulated.is_ok(), "{}", simulated.err().unwrap_or_default());

@@ -27,6 +27,7 @@ pub(super) struct RawPipeline {
     pub(super) start: Spanned<String>,
     pub(super) calendar: Option<Spanned<RawSource>>,
     pub(super) description: Option<String>,
+    pub(super) due: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,6 +92,7 @@ pub(super) struct RawPhase {
     pub(super) retries: Option<Spanned<i64>>,
     pub(super) timeout: Option<Spanned<String>>,
     pub(super) concurrency: Option<Spanned<i64>>,
+    pub(super) due: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

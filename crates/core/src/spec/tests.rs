@@ -328,3 +328,44 @@ fn state_outage_is_read_and_bounded() {
         "{message}"
     );
 }
+
+#[test]
+fn due_defaults_to_a_day_and_a_phase_may_set_its_own() {
+    let spec = ok(RAW);
+    assert_eq!(spec.due, DEFAULT_DUE);
+    assert_eq!(spec.phases[0].due, DEFAULT_DUE);
+    // `[pipeline] due` is every phase's default; a phase's own `due` beats it; zero and the
+    // bound are allowed.
+    let source = format!(
+        "[pipeline]\nname = \"demo\"\nstart = \"2024-01-01\"\ndue = \"30h\"\n\n[warehouse]\nurl = \"sqlite://warehouse.db\"\n{RAW}\n[[phase]]\nid = 3\nname = \"late\"\nneeds = [2]\ncheck.sql = \"SELECT 1\"\ndue = \"2d6h\"\n\n[[phase]]\nid = 4\nname = \"early\"\ncheck.sql = \"SELECT 1\"\ndue = \"0h\"\n\n[[phase]]\nid = 5\nname = \"slow\"\ncheck.sql = \"SELECT 1\"\ndue = \"366d\"\n"
+    );
+    let spec = parse(&source, &Files).unwrap();
+    let mut dues: Vec<_> = spec
+        .phases
+        .iter()
+        .map(|p| (p.id.0, p.due.as_secs()))
+        .collect();
+    dues.sort_unstable();
+    assert_eq!(
+        dues,
+        [
+            (2, 30 * 3_600),
+            (3, 54 * 3_600),
+            (4, 0),
+            (5, MAX_DUE.as_secs())
+        ]
+    );
+    let date = crate::dates::parse_date("2024-03-01").unwrap();
+    let due_at = |id: u32| spec.phase(PhaseId(id)).unwrap().due_at(date).to_string();
+    assert_eq!(due_at(3), "2024-03-03 06:00:00");
+    assert_eq!(due_at(4), "2024-03-01 00:00:00");
+}
+
+#[test]
+fn bad_due() {
+    let source = format!(
+        "[pipeline]\nname = \"demo\"\nstart = \"2024-01-01\"\ndue = \"tomorrow\"\n\n[warehouse]\nurl = \"sqlite://warehouse.db\"\n{RAW}due = \"367d\"\n"
+    );
+    let diagnostics = parse(&source, &Files).unwrap_err();
+    insta::assert_snapshot!(render_all(&diagnostics, "gapless.toml", &source));
+}

@@ -10,10 +10,10 @@ use toml::Spanned;
 use super::graph::topological_order;
 use super::raw::{RawHttp, RawNeed, RawPhaseRef, RawSource, RawSpec};
 use super::{
-    Alerts, DEFAULT_STATE_OUTAGE, DEFAULT_STATE_URL, DEFAULT_TIMEOUT, Email, Expect, FileSource,
-    Healing, HttpRunner, MAX_BATCH_DAYS, MAX_HEALING_WINDOW, MAX_LOOKBACK_DAYS, MAX_REALERT_AFTER,
-    MAX_STATE_OUTAGE, MAX_TIMEOUT, Need, Phase, PhaseId, Rollback, Runner, Source, Spec, StateSync,
-    Warehouse, redact_url,
+    Alerts, DEFAULT_DUE, DEFAULT_STATE_OUTAGE, DEFAULT_STATE_URL, DEFAULT_TIMEOUT, Email, Expect,
+    FileSource, Healing, HttpRunner, MAX_BATCH_DAYS, MAX_DUE, MAX_HEALING_WINDOW,
+    MAX_LOOKBACK_DAYS, MAX_REALERT_AFTER, MAX_STATE_OUTAGE, MAX_TIMEOUT, Need, Phase, PhaseId,
+    Rollback, Runner, Source, Spec, StateSync, Warehouse, redact_url,
 };
 use crate::dates::{self, Date};
 use crate::diagnostic::{Diagnostic, SourceFile, did_you_mean};
@@ -434,6 +434,29 @@ impl Validator<'_> {
         }
     }
 
+    /// A `due` value: a duration from zero (due as soon as the date begins) to [`MAX_DUE`].
+    fn due(&mut self, value: &Spanned<String>, what: &str) -> Option<Duration> {
+        match dates::parse_duration(value.get_ref()) {
+            Ok(duration) if duration > MAX_DUE => {
+                self.error_hint(
+                    format!(
+                        "`{what}` is {}; it must be at most {}",
+                        dates::format_duration(duration),
+                        dates::format_duration(MAX_DUE)
+                    ),
+                    value.span(),
+                    "`due` is measured from the start of the date: \"1d\" means from the next day on",
+                );
+                None
+            }
+            Ok(duration) => Some(duration),
+            Err(error) => {
+                self.error(format!("`{what}`: {error}"), value.span());
+                None
+            }
+        }
+    }
+
     fn bounded(
         &mut self,
         value: &Spanned<i64>,
@@ -690,6 +713,11 @@ fn check(
         .and_then(|s| s.outage.as_ref())
         .and_then(|outage| v.duration(outage, "state.outage", MAX_STATE_OUTAGE))
         .unwrap_or(DEFAULT_STATE_OUTAGE);
+    let pipeline_due = pipeline
+        .due
+        .as_ref()
+        .and_then(|d| v.due(d, "pipeline.due"))
+        .unwrap_or(DEFAULT_DUE);
     let listen = raw
         .server
         .as_ref()
@@ -947,6 +975,11 @@ fn check(
             .as_ref()
             .and_then(|c| v.bounded(c, "concurrency", 1..=1_024))
             .unwrap_or(1);
+        let due = p
+            .due
+            .as_ref()
+            .and_then(|d| v.due(d, "due"))
+            .unwrap_or(pipeline_due);
         if let (Some(check), Some(expect)) = (check, expect) {
             phases.push(Phase {
                 id: PhaseId(id),
@@ -961,6 +994,7 @@ fn check(
                 retries,
                 timeout,
                 concurrency,
+                due,
             });
         }
     }
@@ -1059,6 +1093,7 @@ fn check(
         description: pipeline.description.clone(),
         start: start.unwrap_or(Date::MIN),
         calendar,
+        due: pipeline_due,
         warehouse,
         state_url,
         state_sync,
