@@ -74,6 +74,17 @@ pub enum DatabaseError {
 }
 
 impl DatabaseError {
+    /// The database's own words, without the driver's wrapping: SQLite's message (no error
+    /// code, no echo of the statement), PostgreSQL's message.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Sqlite(rusqlite::Error::SqliteFailure(_, Some(message))) => message.clone(),
+            Self::Sqlite(rusqlite::Error::SqlInputError { msg, .. }) => msg.clone(),
+            Self::Postgres(sqlx::Error::Database(db)) => db.message().to_owned(),
+            other => other.to_string(),
+        }
+    }
+
     /// Whether the error is one a later attempt may not meet: lock contention, a lost or
     /// refused connection, a server that cancelled the statement.
     fn is_transient(&self) -> bool {

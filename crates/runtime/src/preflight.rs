@@ -23,6 +23,9 @@ pub struct Report {
     pub ok: Vec<String>,
     /// Things that did not.
     pub problems: Vec<Problem>,
+    /// SQL statements that could not be prepared only because they use a table or column the
+    /// pipeline's own SQL creates: running probes now would fail on them too.
+    pub deferred: usize,
 }
 
 /// Checks the warehouse, every program and every SQL text of the pipeline.
@@ -132,6 +135,7 @@ async fn prepare_all(warehouse: &Warehouse, texts: &[(String, &str)], report: &m
             }),
         }
     }
+    report.deferred += deferred;
     if prepared > 0 {
         let mut line = format!(
             "{prepared} SQL text{} prepared",
@@ -158,9 +162,7 @@ fn prepare_message(error: &WarehouseError) -> String {
             statement,
             source,
         } => {
-            // The database's message alone: rusqlite's source adds only "Error code 1: SQL
-            // logic error".
-            let cause = source.to_string();
+            let cause = source.message();
             if *total == 1 {
                 cause
             } else {
