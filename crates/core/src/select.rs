@@ -63,11 +63,7 @@ pub fn select(spec: &Spec, list: Option<&str>) -> Result<BTreeSet<PhaseId>, Sele
             Err(SelectError::Unknown {
                 item: word.to_owned(),
                 suggestion: did_you_mean(word, names).map(str::to_owned),
-                phases: spec
-                    .phases
-                    .iter()
-                    .map(|p| (p.id, p.name.clone()))
-                    .collect(),
+                phases: spec.phases.iter().map(|p| (p.id, p.name.clone())).collect(),
             })
         };
         match item.split_once('-') {

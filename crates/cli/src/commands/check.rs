@@ -26,9 +26,9 @@ pub(crate) async fn run(global: &Global) -> anyhow::Result<Exit> {
     let start = gapless_core::dates::add_days(end, -6).max(loaded.spec.start);
     let clean = report.problems.is_empty();
     if clean && report.deferred > 0 {
-        report.ok.push(
-            "probes not run: some read tables the pipeline has not created yet".to_owned(),
-        );
+        report
+            .ok
+            .push("probes not run: some read tables the pipeline has not created yet".to_owned());
     } else if clean && let Ok(range) = gapless_core::dates::DateRange::new(start, end) {
         match gapless_runtime::observe::observe(&context, range).await {
             Ok(_) => report.ok.push(format!("every probe answered for {range}")),

@@ -62,10 +62,7 @@ async fn sqlite_project(edit: impl Fn(&str) -> String) -> Project {
 }
 
 fn typo(pipeline: &str) -> String {
-    pipeline.replace(
-        "COUNT(*) FROM summary WHERE",
-        "COUNT(*) FROM sumary WHERE",
-    )
+    pipeline.replace("COUNT(*) FROM summary WHERE", "COUNT(*) FROM sumary WHERE")
 }
 
 #[tokio::test]
@@ -103,10 +100,7 @@ async fn check_names_the_phase_and_key_of_a_missing_table() {
 #[tokio::test]
 async fn a_syntax_error_in_a_runner_stops_the_backfill_before_anything_runs() {
     let project = sqlite_project(|pipeline| {
-        pipeline.replace(
-            "INSERT INTO summary SELECT",
-            "INSERT INTO summary SELEC",
-        )
+        pipeline.replace("INSERT INTO summary SELECT", "INSERT INTO summary SELEC")
     })
     .await;
     let output = project.run(&["check"]);
@@ -192,7 +186,9 @@ async fn a_missing_attached_file_is_an_error_naming_it() {
 #[tokio::test]
 async fn a_phase_list_naming_no_phase_lists_the_phases() {
     let project = sqlite_project(str::to_owned).await;
-    for args in [&["status", "--phases", "7"][..], &[
+    for args in [
+        &["status", "--phases", "7"][..],
+        &[
             "plan",
             "--start-date",
             "2024-03-01",
@@ -200,7 +196,8 @@ async fn a_phase_list_naming_no_phase_lists_the_phases() {
             "2024-03-02",
             "--phases",
             "2,7",
-        ]] {
+        ],
+    ] {
         let output = project.run(args);
         assert_eq!(
             stderr(&output),

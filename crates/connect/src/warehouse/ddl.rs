@@ -50,27 +50,30 @@ impl SchemaChanges {
 
     fn has_table(&self, name: &str) -> bool {
         let name = name.to_lowercase();
-        let last = name.rsplit_once('.').map_or(name.as_str(), |(_, last)| last);
-        self.tables.contains(&name) || self.tables.contains(last)
+        self.tables.contains(&name) || self.tables.contains(last_part(&name))
     }
 
     fn has_column(&self, name: &str) -> bool {
-        let name = name.to_lowercase();
-        let last = name.rsplit_once('.').map_or(name.as_str(), |(_, last)| last);
-        self.columns.contains(last)
+        self.columns.contains(last_part(&name.to_lowercase()))
     }
 
     /// Whether `error`, from preparing statement `index` of `statements`, only says that
     /// something the pipeline creates does not exist yet (see the module comment).
-    pub(super) fn explains(&self, error: &DatabaseError, statements: &[&str], index: usize) -> bool {
+    pub(super) fn explains(
+        &self,
+        error: &DatabaseError,
+        statements: &[&str],
+        index: usize,
+    ) -> bool {
         match Missing::of(error) {
             Some(Missing::Table(name)) => self.has_table(&name),
             Some(Missing::Column(name)) => self.has_column(&name),
             Some(Missing::Exists(name)) => {
-                let name = name.to_lowercase();
-                statements[..index]
-                    .iter()
-                    .any(|earlier| matches!(Ddl::of(earlier), Some(Ddl::Drop(dropped)) if dropped == name))
+                // SQLite names the table without its schema.
+                let name = last_part(&name.to_lowercase()).to_owned();
+                statements[..index].iter().any(|earlier| {
+                    matches!(Ddl::of(earlier), Some(Ddl::Drop(dropped)) if last_part(&dropped) == name)
+                })
             }
             None => false,
         }
@@ -91,7 +94,10 @@ enum Ddl {
 impl Ddl {
     fn of(statement: &str) -> Option<Self> {
         let words = words(statement);
-        let mut at = Cursor { words: &words, at: 0 };
+        let mut at = Cursor {
+            words: &words,
+            at: 0,
+        };
         if at.keyword("create") {
             at.keyword("or");
             at.keyword("replace");
@@ -145,7 +151,10 @@ enum Missing {
 impl Missing {
     fn of(error: &DatabaseError) -> Option<Self> {
         match error {
-            DatabaseError::Sqlite(rusqlite::Error::SqliteFailure(_, Some(message))) => {
+            DatabaseError::Sqlite(
+                rusqlite::Error::SqliteFailure(_, Some(message))
+                | rusqlite::Error::SqlInputError { msg: message, .. },
+            ) => {
                 let after = |prefix: &str| message.strip_prefix(prefix).map(str::trim);
                 if let Some(name) = after("no such table:").or_else(|| after("no such view:")) {
                     return Some(Self::Table(name.to_owned()));
@@ -180,6 +189,11 @@ impl Missing {
     }
 }
 
+/// `b` of `a.b`.
+fn last_part(name: &str) -> &str {
+    name.rsplit_once('.').map_or(name, |(_, last)| last)
+}
+
 fn unquote(name: &str) -> String {
     name.trim_matches(|c| matches!(c, '"' | '`' | '[' | ']' | '\''))
         .to_owned()
@@ -201,7 +215,12 @@ fn words(statement: &str) -> Vec<String> {
             {
                 index += 1;
             }
-            words.push(chars[start..index].iter().collect::<String>().to_lowercase());
+            words.push(
+                chars[start..index]
+                    .iter()
+                    .collect::<String>()
+                    .to_lowercase(),
+            );
         } else if matches!(c, '"' | '`' | '[') {
             let close = if c == '[' { ']' } else { c };
             let start = index + 1;
@@ -209,7 +228,12 @@ fn words(statement: &str) -> Vec<String> {
             while index < chars.len() && chars[index] != close {
                 index += 1;
             }
-            words.push(chars[start..index].iter().collect::<String>().to_lowercase());
+            words.push(
+                chars[start..index]
+                    .iter()
+                    .collect::<String>()
+                    .to_lowercase(),
+            );
             index += 1;
         } else if c == '\'' {
             index += 1;
@@ -295,7 +319,10 @@ mod tests {
     #[test]
     fn statements_that_change_the_schema() {
         let cases = [
-            ("CREATE TABLE t (d TEXT)", Some(Ddl::CreateTable("t".into()))),
+            (
+                "CREATE TABLE t (d TEXT)",
+                Some(Ddl::CreateTable("t".into())),
+            ),
             (
                 "create temp table if not exists \"Raw\".Events AS SELECT 1",
                 Some(Ddl::CreateTable("raw.events".into())),
@@ -323,7 +350,10 @@ mod tests {
                 Some(Ddl::AddColumn("b".into())),
             ),
             ("CREATE INDEX i ON t (d)", None),
-            ("-- CREATE TABLE x\nINSERT INTO t VALUES ('CREATE TABLE y')", None),
+            (
+                "-- CREATE TABLE x\nINSERT INTO t VALUES ('CREATE TABLE y')",
+                None,
+            ),
             ("SELECT 1", None),
         ];
         for (statement, expected) in cases {

@@ -18,8 +18,8 @@ use sqlx::{
 use tokio::time::Instant;
 
 use super::{
-    BoundStatement, Cell, DatabaseError, Finish, GatedScript, Query, Script, WarehouseError, redact, snippet,
-    statement_timeout_ms,
+    BoundStatement, Cell, DatabaseError, Finish, GatedScript, Query, Script, WarehouseError,
+    redact, snippet, statement_timeout_ms,
 };
 
 /// Connects to `url` once (to report a refused connection or a bad password as it is), then

@@ -52,8 +52,8 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
 use super::{
-    BoundStatement, Cell, DatabaseError, Finish, GatedScript, Query, Script, SqliteTarget, WarehouseError, iso,
-    snippet,
+    BoundStatement, Cell, DatabaseError, Finish, GatedScript, Query, Script, SqliteTarget,
+    WarehouseError, iso, snippet,
 };
 
 /// How long SQLite waits for another writer's lock before failing with "database is locked".

@@ -31,7 +31,8 @@ pub fn parse(source: &str, files: &dyn FileSource) -> Result<Spec, Vec<Diagnosti
 fn toml_error_diagnostic(message: &str, span: Range<usize>) -> Diagnostic {
     let message = message.trim().trim_end_matches('.').to_owned();
     let hint = message.contains("unknown field").then(|| {
-        const REFERENCE: &str = "the pipeline file reference lists every key: docs/pipeline-file.md";
+        const REFERENCE: &str =
+            "the pipeline file reference lists every key: docs/pipeline-file.md";
         match unknown_key_suggestion(&message) {
             Some(key) => format!("did you mean `{key}`? ({REFERENCE})"),
             None => REFERENCE.to_owned(),
