@@ -38,7 +38,9 @@ pub use named::{Dialect, Param, SqlError, Statement};
 pub use probe::{ProbeError, command_counts, file_counts};
 pub use runner::RunError;
 pub use tokio_util::sync::CancellationToken;
-pub use warehouse::{DatabaseError, ScriptParams, Warehouse, WarehouseError};
+pub use warehouse::{
+    DatabaseError, Prepared, SchemaChanges, ScriptParams, Warehouse, WarehouseError,
+};
 
 use chrono::NaiveDate;
 

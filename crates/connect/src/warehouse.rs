@@ -10,8 +10,11 @@
 //! User SQL only ever gets values as bound parameters: [`crate::named::prepare`] rewrites
 //! `:start`, `:end` and `:date` into placeholders, and only that text reaches the database.
 
+mod ddl;
 mod postgres;
 mod sqlite;
+
+pub use ddl::SchemaChanges;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -71,6 +74,17 @@ pub enum DatabaseError {
 }
 
 impl DatabaseError {
+    /// The database's own words, without the driver's wrapping: SQLite's message (no error
+    /// code, no echo of the statement), PostgreSQL's message.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Sqlite(rusqlite::Error::SqliteFailure(_, Some(message))) => message.clone(),
+            Self::Sqlite(rusqlite::Error::SqlInputError { msg, .. }) => msg.clone(),
+            Self::Postgres(sqlx::Error::Database(db)) => db.message().to_owned(),
+            other => other.to_string(),
+        }
+    }
+
     /// Whether the error is one a later attempt may not meet: lock contention, a lost or
     /// refused connection, a server that cancelled the statement.
     fn is_transient(&self) -> bool {
@@ -120,6 +134,13 @@ pub enum WarehouseError {
     AttachmentMissing {
         /// The schema name it is attached as.
         name: String,
+        /// The resolved file path.
+        path: PathBuf,
+    },
+    /// The SQLite database file of the warehouse URL does not exist. [`Warehouse::open`] never
+    /// creates one: SQLite would, and every probe would then count zero.
+    #[error("the SQLite warehouse `{}` does not exist (check `[warehouse] url`)", .path.display())]
+    DatabaseMissing {
         /// The resolved file path.
         path: PathBuf,
     },
@@ -176,6 +197,19 @@ pub enum WarehouseError {
     Query {
         /// The start of the query.
         query: String,
+        /// The database error.
+        #[source]
+        source: DatabaseError,
+    },
+    /// A statement does not prepare (a syntax error, a missing table or column); nothing ran.
+    #[error("statement {index} of {total} does not prepare: `{statement}`")]
+    Prepare {
+        /// 1-based position of the statement in the text.
+        index: usize,
+        /// Number of statements in the text.
+        total: usize,
+        /// The start of the statement.
+        statement: String,
         /// The database error.
         #[source]
         source: DatabaseError,
@@ -315,7 +349,11 @@ enum SqliteTarget {
     File(PathBuf),
 }
 
-fn sqlite_target(url: &str, base_dir: &Path) -> Result<SqliteTarget, WarehouseError> {
+fn sqlite_target(
+    url: &str,
+    base_dir: &Path,
+    create: Create,
+) -> Result<SqliteTarget, WarehouseError> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
@@ -333,7 +371,28 @@ fn sqlite_target(url: &str, base_dir: &Path) -> Result<SqliteTarget, WarehouseEr
     if rest.contains('?') {
         return Err(invalid("query parameters are not supported"));
     }
-    Ok(SqliteTarget::File(resolve_path(base_dir, Path::new(rest))))
+    let path = resolve_path(base_dir, Path::new(rest));
+    if create == Create::Never && !path.is_file() {
+        return Err(WarehouseError::DatabaseMissing { path });
+    }
+    Ok(SqliteTarget::File(path))
+}
+
+/// Whether connecting may create a missing SQLite database file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Create {
+    IfMissing,
+    Never,
+}
+
+/// What preparing a SQL text found: every statement prepared, or was left to the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prepared {
+    /// Statements in the text.
+    pub statements: usize,
+    /// Statements that could not be prepared only because they use a table or column the
+    /// pipeline creates (see [`SchemaChanges`]): the run will tell.
+    pub deferred: usize,
 }
 
 fn resolve_path(base_dir: &Path, path: &Path) -> PathBuf {
@@ -455,9 +514,22 @@ enum Finish<T> {
 }
 
 impl Warehouse {
+    /// Connects like [`Warehouse::connect`], except that a SQLite database file that does not
+    /// exist is an error ([`WarehouseError::DatabaseMissing`]) instead of a new empty database.
+    /// This is how a pipeline's warehouse is opened: a typo in its URL must not read as a
+    /// warehouse where nothing has been loaded.
+    pub async fn open(
+        url: &str,
+        attach: &[(String, PathBuf)],
+        base_dir: &Path,
+        timeout: Duration,
+    ) -> Result<Self, WarehouseError> {
+        Self::connect_with(url, attach, base_dir, timeout, Create::Never).await
+    }
+
     /// Connects to `url`: `sqlite://relative/path.db` (relative to `base_dir`, the pipeline
-    /// file's directory; created if missing), `sqlite:///absolute/path.db`, `sqlite::memory:`,
-    /// or `postgres://…`.
+    /// file's directory; created if missing, see [`Warehouse::open`] for a warehouse that must
+    /// exist), `sqlite:///absolute/path.db`, `sqlite::memory:`, or `postgres://…`.
     ///
     /// On SQLite every pooled connection (up to 4; one for `:memory:`, where each connection
     /// would be a database of its own) attaches each `(name, path)` of `attach` (paths relative
@@ -471,8 +543,18 @@ impl Warehouse {
         base_dir: &Path,
         timeout: Duration,
     ) -> Result<Self, WarehouseError> {
+        Self::connect_with(url, attach, base_dir, timeout, Create::IfMissing).await
+    }
+
+    async fn connect_with(
+        url: &str,
+        attach: &[(String, PathBuf)],
+        base_dir: &Path,
+        timeout: Duration,
+        create: Create,
+    ) -> Result<Self, WarehouseError> {
         let pool = if url.starts_with("sqlite:") {
-            let target = sqlite_target(url, base_dir)?;
+            let target = sqlite_target(url, base_dir, create)?;
             let attachments = sqlite_attachments(url, attach, base_dir)?;
             Pool::Sqlite(sqlite::SqlitePool::connect(url, target, attachments, timeout).await?)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -517,6 +599,65 @@ impl Warehouse {
             Pool::Sqlite(pool) => pool.ping(deadline, self.timeout).await,
             Pool::Postgres(pool) => Box::pin(postgres::ping(pool, deadline, self.timeout)).await,
         }
+    }
+
+    /// Prepares every statement of `sql` without running it, so that a syntax error, a missing
+    /// table or a missing column is found before anything runs: on SQLite each statement is
+    /// prepared and never stepped; on PostgreSQL each is parsed and described (its parameters
+    /// typed as `DATE`, as they are bound when it runs). Nothing is written and no lock is
+    /// taken beyond what reading the schema needs.
+    ///
+    /// A statement that fails only because it uses a table or column that `changes` holds
+    /// (one the pipeline's own SQL creates, perhaps an earlier statement of this text) is
+    /// counted in [`Prepared::deferred`], and so is a `CREATE` of a name an earlier statement
+    /// of this text drops. The first other failure is the error,
+    /// [`WarehouseError::Prepare`] (or [`WarehouseError::Sql`] for a text that does not split).
+    pub async fn prepare_script(
+        &self,
+        sql: &str,
+        changes: &SchemaChanges,
+    ) -> Result<Prepared, WarehouseError> {
+        let statements = self.prepare(sql)?;
+        let prepared: Vec<(String, usize)> = statements
+            .iter()
+            .map(|statement| (statement.text.clone(), statement.params.len()))
+            .collect();
+        let deadline = self.deadline(self.timeout);
+        let outcomes = match &self.pool {
+            Pool::Sqlite(pool) => {
+                pool.prepare_each(deadline, self.timeout, sql, prepared)
+                    .await?
+            }
+            Pool::Postgres(pool) => {
+                Box::pin(postgres::prepare_each(
+                    pool,
+                    deadline,
+                    self.timeout,
+                    sql,
+                    &prepared,
+                ))
+                .await?
+            }
+        };
+        let texts: Vec<&str> = statements.iter().map(|s| s.text.as_str()).collect();
+        let mut deferred = 0;
+        for (index, outcome) in outcomes.into_iter().enumerate() {
+            let Err(source) = outcome else { continue };
+            if changes.explains(&source, &texts, index) {
+                deferred += 1;
+                continue;
+            }
+            return Err(WarehouseError::Prepare {
+                index: index + 1,
+                total: texts.len(),
+                statement: snippet(texts[index]),
+                source,
+            });
+        }
+        Ok(Prepared {
+            statements: texts.len(),
+            deferred,
+        })
     }
 
     /// Runs a probe query once for the whole range and returns the count per date.

@@ -9,12 +9,18 @@ use crate::spec::{PhaseId, Spec};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectError {
     /// An element names no phase.
-    #[error("`{item}` is not a phase{}", suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default())]
+    #[error(
+        "`{item}` is not a phase{}; the phases are {}",
+        suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default(),
+        list_phases(phases)
+    )]
     Unknown {
         /// The element.
         item: String,
         /// A close phase name or id.
         suggestion: Option<String>,
+        /// Every phase of the pipeline, by id and name.
+        phases: Vec<(PhaseId, String)>,
     },
     /// A range whose end is before its start.
     #[error("phase range `{item}` is reversed")]
@@ -25,6 +31,15 @@ pub enum SelectError {
     /// Nothing selected.
     #[error("the phase list is empty")]
     Empty,
+}
+
+/// `1 `raw`, 2 `load``: the phases as `--phases` takes them.
+fn list_phases(phases: &[(PhaseId, String)]) -> String {
+    phases
+        .iter()
+        .map(|(id, name)| format!("{id} `{name}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Parses a phase list against `spec`. `None` selects every phase.
@@ -48,6 +63,7 @@ pub fn select(spec: &Spec, list: Option<&str>) -> Result<BTreeSet<PhaseId>, Sele
             Err(SelectError::Unknown {
                 item: word.to_owned(),
                 suggestion: did_you_mean(word, names).map(str::to_owned),
+                phases: spec.phases.iter().map(|p| (p.id, p.name.clone())).collect(),
             })
         };
         match item.split_once('-') {

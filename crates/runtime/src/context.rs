@@ -47,7 +47,9 @@ pub enum ContextError {
 }
 
 impl Context {
-    /// Connects to the warehouse (when the spec has one) and prepares the rest.
+    /// Connects to the warehouse (when the spec has one) and prepares the rest. A SQLite
+    /// warehouse file or `attach` file that does not exist is an error naming its path: it is
+    /// never created empty ([`Warehouse::open`]).
     pub async fn connect(
         spec: Spec,
         base_dir: &Path,
@@ -67,7 +69,7 @@ impl Context {
                     .map(|(name, path)| (name.clone(), PathBuf::from(path)))
                     .collect();
                 Some(
-                    Warehouse::connect(&w.url, &attach, base_dir, probe_timeout)
+                    Warehouse::open(&w.url, &attach, base_dir, probe_timeout)
                         .await
                         .map_err(ContextError::Warehouse)?,
                 )

@@ -19,10 +19,17 @@ pub(crate) async fn run(global: &Global) -> anyhow::Result<Exit> {
             message: format!("{error:#}"),
         }),
     }
-    // Probe a recent week, so every probe's query and program runs once for real.
+    // Probe a recent week, so every probe's query and program runs once for real; not when
+    // something already failed, which the probes would only report again, nor when some SQL
+    // waits for tables the pipeline creates, which a probe reading one would fail on.
     let end = loaded.today;
     let start = gapless_core::dates::add_days(end, -6).max(loaded.spec.start);
-    if let Ok(range) = gapless_core::dates::DateRange::new(start, end) {
+    let clean = report.problems.is_empty();
+    if clean && report.deferred > 0 {
+        report
+            .ok
+            .push("probes not run: some read tables the pipeline has not created yet".to_owned());
+    } else if clean && let Ok(range) = gapless_core::dates::DateRange::new(start, end) {
         match gapless_runtime::observe::observe(&context, range).await {
             Ok(_) => report.ok.push(format!("every probe answered for {range}")),
             Err(error) => report.problems.push(preflight::Problem {

@@ -9,6 +9,7 @@
 mod backends;
 mod backfill;
 mod blast;
+mod checks;
 mod crash;
 mod demo;
 mod due;

@@ -11,12 +11,15 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow, Postgres};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection as _, Row, Transaction, TypeInfo, ValueRef};
+use sqlx::{
+    AssertSqlSafe, ConnectOptions, Connection as _, Executor as _, Row, SqlSafeStr as _,
+    Transaction, TypeInfo, ValueRef,
+};
 use tokio::time::Instant;
 
 use super::{
-    BoundStatement, Cell, Finish, GatedScript, Query, Script, WarehouseError, redact, snippet,
-    statement_timeout_ms,
+    BoundStatement, Cell, DatabaseError, Finish, GatedScript, Query, Script, WarehouseError,
+    redact, snippet, statement_timeout_ms,
 };
 
 /// Connects to `url` once (to report a refused connection or a bad password as it is), then
@@ -160,6 +163,40 @@ pub(super) async fn transact<R>(
     })
     .await;
     settle(connection, outcome, timeout, &script.sql)
+}
+
+/// Parses and describes each of `statements` (text, parameter count) without running it, its
+/// parameters typed `DATE` as [`bind`] sends them; the outcome of each, in order.
+pub(super) async fn prepare_each(
+    pool: &PgPool,
+    deadline: Instant,
+    timeout: Duration,
+    sql: &str,
+    statements: &[(String, usize)],
+) -> Result<Vec<Result<(), DatabaseError>>, WarehouseError> {
+    let mut connection = acquire(pool, deadline, timeout, sql).await?;
+    let outcome = tokio::time::timeout_at(deadline, async {
+        let mut outcomes = Vec::with_capacity(statements.len());
+        for (text, params) in statements {
+            let types = vec![<NaiveDate as sqlx::Type<Postgres>>::type_info(); *params];
+            let prepared = (&mut *connection)
+                .prepare_with(AssertSqlSafe(text.clone()).into_sql_str(), &types)
+                .await;
+            match prepared {
+                Ok(_) => outcomes.push(Ok(())),
+                Err(source) => {
+                    let source = DatabaseError::from(source);
+                    if source.is_transient() {
+                        return Err(WarehouseError::query(text, source));
+                    }
+                    outcomes.push(Err(source));
+                }
+            }
+        }
+        Ok(outcomes)
+    })
+    .await;
+    settle(connection, outcome, timeout, sql)
 }
 
 async fn acquire(

@@ -52,8 +52,8 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
 use super::{
-    BoundStatement, Cell, Finish, GatedScript, Query, Script, SqliteTarget, WarehouseError, iso,
-    snippet,
+    BoundStatement, Cell, DatabaseError, Finish, GatedScript, Query, Script, SqliteTarget,
+    WarehouseError, iso, snippet,
 };
 
 /// How long SQLite waits for another writer's lock before failing with "database is locked".
@@ -207,6 +207,36 @@ impl SqlitePool {
                 });
             }
             row.get_ref(0).map(sqlite_cell).map(Some).map_err(error)
+        })
+        .await
+    }
+
+    /// Prepares each of `statements` (text, parameter count) without stepping it; the outcome
+    /// of each, in order. A statement that met another connection's lock is not an outcome:
+    /// the call fails with that (retryable) error, and the inline attempt, which does not
+    /// wait for locks, gives way to one that does.
+    pub(super) async fn prepare_each(
+        self: &Arc<Self>,
+        deadline: Instant,
+        timeout: Duration,
+        sql: &str,
+        statements: Vec<(String, usize)>,
+    ) -> Result<Vec<Result<(), DatabaseError>>, WarehouseError> {
+        self.run(deadline, timeout, sql, move |connection, _| {
+            let mut outcomes = Vec::with_capacity(statements.len());
+            for (text, _) in &statements {
+                match connection.prepare(text) {
+                    Ok(_) => outcomes.push(Ok(())),
+                    Err(source) => {
+                        let source = DatabaseError::from(source);
+                        if source.is_transient() {
+                            return Err(WarehouseError::query(text, source));
+                        }
+                        outcomes.push(Err(source));
+                    }
+                }
+            }
+            Ok(outcomes)
         })
         .await
     }

@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gapless_connect::{DatabaseError, Dialect, Param, ScriptParams, Warehouse, WarehouseError};
+use gapless_connect::{
+    DatabaseError, Dialect, Param, Prepared, SchemaChanges, ScriptParams, Warehouse, WarehouseError,
+};
 
 use crate::support::{jan, pg_url, unique_name};
 
@@ -455,5 +457,204 @@ async fn sqlite_memory_and_connect_errors() -> anyhow::Result<()> {
         "{:?}",
         started.elapsed()
     );
+    Ok(())
+}
+
+/// Prepares `sql` against `changes` from `pipeline` (the SQL texts the pipeline holds).
+async fn prepare(
+    warehouse: &Warehouse,
+    pipeline: &[&str],
+    sql: &str,
+) -> Result<Prepared, WarehouseError> {
+    let mut changes = SchemaChanges::default();
+    for text in pipeline {
+        changes.scan(text, warehouse.dialect());
+    }
+    warehouse.prepare_script(sql, &changes).await
+}
+
+/// What `prepare_script` must find on every backend, in schema `s` holding table `s.t`.
+async fn prepare_scenario(warehouse: &Warehouse, s: &str) -> anyhow::Result<()> {
+    let sql = |text: &str| text.replace("{s}", s);
+    let ok = prepare(
+        warehouse,
+        &[],
+        &sql("SELECT game_date, COUNT(*) FROM {s}.t WHERE game_date BETWEEN :start AND :end GROUP BY 1;
+              INSERT INTO {s}.t VALUES (:date, 1)"),
+    )
+    .await?;
+    assert_eq!(
+        ok,
+        Prepared {
+            statements: 2,
+            deferred: 0
+        }
+    );
+    // Preparing ran nothing.
+    assert_eq!(
+        warehouse.scalar(&sql("SELECT COUNT(*) FROM {s}.t")).await?,
+        0
+    );
+
+    let missing = prepare(
+        warehouse,
+        &[],
+        &sql("DELETE FROM {s}.t; INSERT INTO {s}.tt SELECT * FROM {s}.t"),
+    )
+    .await
+    .unwrap_err();
+    let WarehouseError::Prepare {
+        index,
+        total,
+        source,
+        ..
+    } = &missing
+    else {
+        panic!("{missing:?}");
+    };
+    assert_eq!((*index, *total), (2, 2));
+    assert!(source.message().contains("tt"), "{}", source.message());
+    assert!(!missing.is_retryable());
+
+    let syntax = prepare(warehouse, &[], &sql("SELEC game_date FROM {s}.t"))
+        .await
+        .unwrap_err();
+    let WarehouseError::Prepare { source, .. } = &syntax else {
+        panic!("{syntax:?}");
+    };
+    assert!(source.message().contains("SELEC"), "{}", source.message());
+
+    // A table the same script creates first, or another text of the pipeline creates, and a
+    // column the pipeline adds: left to the run, not reported.
+    let created = sql("CREATE TABLE {s}.made (game_date DATE);
+         INSERT INTO {s}.made SELECT game_date FROM {s}.t");
+    assert_eq!(
+        prepare(warehouse, &[&created], &created).await?,
+        Prepared {
+            statements: 2,
+            deferred: 1
+        }
+    );
+    let altered = sql("ALTER TABLE {s}.t ADD COLUMN extra INTEGER");
+    assert_eq!(
+        prepare(
+            warehouse,
+            &[&created, &altered],
+            &sql("SELECT m.game_date, COUNT(t.extra) FROM {s}.made m, {s}.t t GROUP BY 1"),
+        )
+        .await?,
+        Prepared {
+            statements: 1,
+            deferred: 1
+        }
+    );
+    // Dropped and created again in one script: the CREATE is not "already exists" (SQLite
+    // checks it when preparing and the statement is left to the run; PostgreSQL only when
+    // running).
+    let recreated = prepare(
+        warehouse,
+        &[],
+        &sql("DROP TABLE {s}.t; CREATE TABLE {s}.t (game_date DATE)"),
+    )
+    .await?;
+    assert_eq!(recreated.statements, 2);
+    assert_eq!(
+        recreated.deferred,
+        usize::from(warehouse.dialect() == Dialect::Sqlite)
+    );
+    // Without the DROP, SQLite's "already exists" is an error.
+    if warehouse.dialect() == Dialect::Sqlite {
+        let error = prepare(warehouse, &[], &sql("CREATE TABLE {s}.t (game_date DATE)"))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, WarehouseError::Prepare { .. }), "{error:?}");
+    }
+    // The same missing table, when nothing in the pipeline creates it, is an error.
+    let error = prepare(warehouse, &[], &created).await.unwrap_err();
+    assert!(
+        matches!(error, WarehouseError::Prepare { index: 2, .. }),
+        "{error:?}"
+    );
+    // Bad parameters are refused before the database sees the text.
+    let error = prepare(warehouse, &[], "SELECT :nope").await.unwrap_err();
+    assert!(matches!(error, WarehouseError::Sql { .. }), "{error:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_prepare_finds_errors_without_running() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("raw.db"), b"")?;
+    let setup = Warehouse::connect(
+        "sqlite://main.db",
+        &[("raw".to_owned(), PathBuf::from("raw.db"))],
+        dir.path(),
+        TIMEOUT,
+    )
+    .await?;
+    setup
+        .execute_script(
+            "CREATE TABLE raw.t (game_date DATE NOT NULL, game_id INTEGER NOT NULL)",
+            &params(1, 1),
+        )
+        .await?;
+    setup.close().await;
+    let warehouse = Warehouse::open(
+        "sqlite://main.db",
+        &[("raw".to_owned(), PathBuf::from("raw.db"))],
+        dir.path(),
+        TIMEOUT,
+    )
+    .await?;
+    prepare_scenario(&warehouse, "raw").await?;
+    warehouse.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn postgres_prepare_finds_errors_without_running() -> anyhow::Result<()> {
+    let Some(url) = pg_url() else { return Ok(()) };
+    let warehouse = Warehouse::open(&url, &[], std::path::Path::new("."), TIMEOUT).await?;
+    let schema = unique_name("gapless_prepare_test");
+    warehouse
+        .execute_script(
+            &format!(
+                "CREATE SCHEMA {schema};
+                 CREATE TABLE {schema}.t (game_date DATE NOT NULL, game_id INTEGER NOT NULL)"
+            ),
+            &params(1, 1),
+        )
+        .await?;
+    let result = prepare_scenario(&warehouse, &schema).await;
+    warehouse
+        .execute_script(&format!("DROP SCHEMA {schema} CASCADE"), &params(1, 1))
+        .await?;
+    warehouse.close().await;
+    result
+}
+
+#[tokio::test]
+async fn open_refuses_a_missing_sqlite_file() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let error = Warehouse::open("sqlite://warehuose.db", &[], dir.path(), TIMEOUT)
+        .await
+        .unwrap_err();
+    let WarehouseError::DatabaseMissing { path } = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(path, &dir.path().join("warehuose.db"));
+    assert!(!path.exists());
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "the SQLite warehouse `{}` does not exist (check `[warehouse] url`)",
+            path.display()
+        )
+    );
+    // `:memory:` has no file to miss.
+    Warehouse::open("sqlite::memory:", &[], dir.path(), TIMEOUT)
+        .await?
+        .close()
+        .await;
     Ok(())
 }

@@ -30,13 +30,27 @@ pub fn parse(source: &str, files: &dyn FileSource) -> Result<Spec, Vec<Diagnosti
 
 fn toml_error_diagnostic(message: &str, span: Range<usize>) -> Diagnostic {
     let message = message.trim().trim_end_matches('.').to_owned();
-    let hint = message
-        .contains("unknown field")
-        .then(|| "the pipeline file reference lists every key: docs/pipeline-file.md".to_owned());
+    let hint = message.contains("unknown field").then(|| {
+        const REFERENCE: &str =
+            "the pipeline file reference lists every key: docs/pipeline-file.md";
+        match unknown_key_suggestion(&message) {
+            Some(key) => format!("did you mean `{key}`? ({REFERENCE})"),
+            None => REFERENCE.to_owned(),
+        }
+    });
     let first_line = message.lines().next().unwrap_or_default().to_owned();
     let mut diagnostic = Diagnostic::new(first_line, span);
     diagnostic.hint = hint;
     diagnostic
+}
+
+/// The known key closest to the unknown one in serde's "unknown field `x`, expected one of `a`,
+/// `b`" (or "expected `a`").
+fn unknown_key_suggestion(message: &str) -> Option<String> {
+    let (head, expected) = message.split_once("expected")?;
+    let unknown = head.split('`').nth(1)?;
+    let keys = expected.split('`').skip(1).step_by(2);
+    did_you_mean(unknown, keys).map(str::to_owned)
 }
 
 struct Validator<'a> {
