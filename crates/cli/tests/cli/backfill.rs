@@ -655,7 +655,8 @@ check.command = ["bin/count.sh", "loaded"]
             "2024-03-05",
             "--yes",
         ])
-        .env("GAPLESS_TODAY", "2024-03-05")
+        // Every date is due: the day after it (`due` defaults to a day).
+        .env("GAPLESS_TODAY", "2024-03-06")
         .output()
         .unwrap();
     assert_eq!(code(&output), 1, "{}", stderr(&output));
