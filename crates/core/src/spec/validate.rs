@@ -503,7 +503,7 @@ fn report_settings(v: &mut Validator<'_>, raw: &Spanned<RawReport>) -> ReportSet
         if parsed.is_none() {
             v.error_hint(
                 format!(
-                    "`report.season_start` is not a month and day: `{}`",
+                    "`report.season_start` is not a month and day that every year has: `{}`",
                     start.get_ref()
                 ),
                 start.span(),
