@@ -449,7 +449,10 @@ mod tests {
             (3, d("2024-01-06")),
         ];
         let runs = date_runs(&items, |item| item.0, |item| item.1);
-        let shown: Vec<_> = runs.iter().map(|run| (run.dates(), run.items.len())).collect();
+        let shown: Vec<_> = runs
+            .iter()
+            .map(|run| (run.dates(), run.items.len()))
+            .collect();
         assert_eq!(
             shown,
             [

@@ -40,11 +40,7 @@ pub(crate) async fn run(global: &Global, args: &GapsArgs) -> anyhow::Result<Exit
 /// What a run of ledger rows shares besides its phase: where it stands, what it follows from,
 /// and (for closed gaps) the minute it closed.
 fn run_key(gap: &GapRecord) -> (&'static str, Option<i64>, Option<String>) {
-    (
-        gap.healing_status.as_str(),
-        gap.phase_from,
-        closed(gap),
-    )
+    (gap.healing_status.as_str(), gap.phase_from, closed(gap))
 }
 
 /// How a gap closed: `cell complete 2024-03-10 12:00`; `None` while it is open.

@@ -386,9 +386,7 @@ fn report_period_defaults_to_month_and_takes_a_season() {
 
 #[test]
 fn bad_report_period() {
-    insta::assert_snapshot!(errors(&format!(
-        "{RAW}\n[report]\nperiod = \"week\"\n"
-    )));
+    insta::assert_snapshot!(errors(&format!("{RAW}\n[report]\nperiod = \"week\"\n")));
 }
 
 #[test]
@@ -400,13 +398,9 @@ fn bad_report_season_start() {
 
 #[test]
 fn report_season_without_a_start_and_a_start_without_a_season() {
-    insta::assert_snapshot!(errors(&format!(
-        "{RAW}\n[report]\nperiod = \"season\"\n"
-    )));
+    insta::assert_snapshot!(errors(&format!("{RAW}\n[report]\nperiod = \"season\"\n")));
     insta::assert_snapshot!(errors(&format!(
         "{RAW}\n[report]\nperiod = \"month\"\nseason_start = \"07-01\"\n"
     )));
-    insta::assert_snapshot!(errors(&format!(
-        "{RAW}\n[report]\nperiods = \"season\"\n"
-    )));
+    insta::assert_snapshot!(errors(&format!("{RAW}\n[report]\nperiods = \"season\"\n")));
 }
