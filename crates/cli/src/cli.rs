@@ -50,7 +50,7 @@ pub(crate) enum Command {
     Scan(ScanArgs),
     /// List the gap ledger.
     Gaps(GapsArgs),
-    /// The completeness report per phase and season.
+    /// The completeness report per phase and period (month, year or season).
     Report(ReportArgs),
     /// The NBA example end to end on embedded SQLite.
     Demo(DemoArgs),

@@ -6,7 +6,7 @@ use std::time::Duration;
 pub use chrono::NaiveDate as Date;
 /// A moment in UTC (no time zone attached): the clock value cells are classified at.
 pub use chrono::NaiveDateTime as DateTime;
-use chrono::{Datelike, Days};
+use chrono::Days;
 
 /// The widest range gapless accepts in one request: 100 years of days. Wider requests are
 /// almost always a typo (`2204` for `2024`) and would allocate a huge matrix.
@@ -184,16 +184,6 @@ impl fmt::Display for DateRange {
         } else {
             write!(f, "{}..{}", self.start, self.end)
         }
-    }
-}
-
-/// The NBA-style season a date belongs to: seasons start in the autumn, so a date from July on
-/// belongs to the season starting that year. Returned as the starting year (2024 for 2024-25).
-pub fn season_of(date: Date) -> i32 {
-    if date.month() >= 7 {
-        date.year()
-    } else {
-        date.year() - 1
     }
 }
 

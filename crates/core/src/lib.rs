@@ -12,6 +12,7 @@
 //! - [`select`]: the `--phases` list.
 //! - [`policy`]: retry backoff.
 //! - [`render`]: human renderings of status matrices and plans (strings in, strings out).
+//! - [`report`]: the completeness report per phase and period (`[report] period`).
 //! - [`sql`]: user SQL split into statements, with `:start`/`:end`/`:date` turned into bound
 //!   positional parameters (checked when the pipeline file is validated).
 //!
@@ -26,6 +27,7 @@ pub mod plan;
 pub mod policy;
 pub mod reblock;
 pub mod render;
+pub mod report;
 pub mod select;
 pub mod spec;
 pub mod sql;

@@ -309,6 +309,88 @@ pub fn plan_text(plan: &Plan) -> String {
     out
 }
 
+/// A count and its noun, pluralized with an `s` and with thousands separators: `1 gap`,
+/// `2 gaps`, `1,234 cells`.
+pub fn counted(n: usize, noun: &str) -> String {
+    format!("{} {noun}{}", thousands(n), plural(n))
+}
+
+/// Items grouped into runs of consecutive dates sharing a key (a phase and a state, say): the
+/// grouping `status` shows for a matrix row, for lists of cells such as detected gaps or ledger
+/// rows. Items must come ordered by key, then date; a date gap or a new key starts a new run.
+pub fn date_runs<'a, T, K: PartialEq>(
+    items: &'a [T],
+    key: impl Fn(&T) -> K,
+    date: impl Fn(&T) -> Date,
+) -> Vec<DateRun<'a, T>> {
+    let mut out: Vec<DateRun<'a, T>> = Vec::new();
+    let mut last_key: Option<K> = None;
+    for item in items {
+        let (item_key, item_date) = (key(item), date(item));
+        let extends = last_key.as_ref() == Some(&item_key)
+            && out
+                .last()
+                .is_some_and(|run| run.end.succ_opt() == Some(item_date));
+        match out.last_mut() {
+            Some(run) if extends => {
+                run.end = item_date;
+                run.items.push(item);
+            }
+            _ => out.push(DateRun {
+                start: item_date,
+                end: item_date,
+                items: vec![item],
+            }),
+        }
+        last_key = Some(item_key);
+    }
+    out
+}
+
+/// A text table: a header line naming the columns, then the rows, columns left-aligned and two
+/// spaces apart, no trailing spaces.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (cell, width) in cells.zip(&widths) {
+            text.push_str(cell);
+            let pad = width.saturating_sub(cell.chars().count()) + 2;
+            text.extend(std::iter::repeat_n(' ', pad));
+        }
+        format!("{}\n", text.trim_end())
+    };
+    let mut out = line(&mut header.iter().copied());
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    out
+}
+
+/// A run of items on consecutive dates, from [`date_runs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DateRun<'a, T> {
+    /// First date.
+    pub start: Date,
+    /// Last date.
+    pub end: Date,
+    /// The items, in date order.
+    pub items: Vec<&'a T>,
+}
+
+impl<T> DateRun<'_, T> {
+    /// `2024-01-03..2024-01-05`, or the one date when the run is one day long.
+    pub fn dates(&self) -> String {
+        DateRange::new(self.start, self.end)
+            .map_or_else(|_| self.start.to_string(), |range| range.to_string())
+    }
+}
+
 /// `1234567` → `1,234,567`.
 pub fn thousands(n: usize) -> String {
     let digits = n.to_string();
@@ -329,5 +411,56 @@ pub fn thousands_i(n: i64) -> String {
         format!("-{formatted}")
     } else {
         formatted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counted_pluralizes_and_separates_thousands() {
+        assert_eq!(counted(1, "gap"), "1 gap");
+        assert_eq!(counted(2, "gap"), "2 gaps");
+        assert_eq!(counted(1_234, "cell"), "1,234 cells");
+        assert_eq!(counted(0, "range"), "0 ranges");
+    }
+
+    #[test]
+    fn table_aligns_columns_under_a_header() {
+        let rows = vec![
+            vec!["1 raw".to_owned(), "2024-01-01".to_owned(), "3".to_owned()],
+            vec!["12 load".to_owned(), "-".to_owned(), String::new()],
+        ];
+        assert_eq!(
+            table(&["phase", "dates", "cells"], &rows),
+            "phase    dates       cells\n1 raw    2024-01-01  3\n12 load  -\n"
+        );
+    }
+
+    #[test]
+    fn date_runs_split_on_a_new_key_or_a_missing_date() {
+        let d = |text: &str| -> Date { text.parse().unwrap() };
+        let items = [
+            (1, d("2024-01-01")),
+            (1, d("2024-01-02")),
+            (1, d("2024-01-04")),
+            (2, d("2024-01-05")),
+            (3, d("2024-01-06")),
+        ];
+        let runs = date_runs(&items, |item| item.0, |item| item.1);
+        let shown: Vec<_> = runs
+            .iter()
+            .map(|run| (run.dates(), run.items.len()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("2024-01-01..2024-01-02".to_owned(), 2),
+                ("2024-01-04".to_owned(), 1),
+                ("2024-01-05".to_owned(), 1),
+                ("2024-01-06".to_owned(), 1),
+            ]
+        );
     }
 }

@@ -310,6 +310,33 @@ pub struct Spec {
     pub healing: Healing,
     /// Alert destinations.
     pub alerts: Alerts,
+    /// `[report]`: how `gapless report` groups dates.
+    pub report: ReportSettings,
+}
+
+/// `[report]`: how `gapless report` groups dates into rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReportSettings {
+    /// The period of a row.
+    pub period: ReportPeriod,
+}
+
+/// The period a report row covers (`[report] period`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReportPeriod {
+    /// A calendar month, labelled `2024-01` (the default).
+    #[default]
+    Month,
+    /// A calendar year, labelled `2024`.
+    Year,
+    /// A year starting on `season_start` (`MM-DD`), labelled by its starting year and the next
+    /// one's last two digits: `2024-25` for a season from 2024-07-01 to 2025-06-30.
+    Season {
+        /// Month the season starts in, 1 to 12.
+        month: u32,
+        /// Day of that month, 1 to 28, 30 or 31.
+        day: u32,
+    },
 }
 
 /// When the SQLite state store makes a commit durable (`[state] sync`). PostgreSQL ignores it:

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use gapless_core::dates::{DateRange, parse_duration};
 use gapless_core::gaps::Gap;
+use gapless_core::render::{DateRun, counted, date_runs, table, thousands, thousands_i};
+use gapless_core::spec::{PhaseId, Spec};
 use serde_json::json;
 
 use crate::cli::{Global, ScanArgs};
@@ -38,7 +40,91 @@ pub(crate) async fn run(global: &Global, args: &ScanArgs) -> anyhow::Result<Exit
             (gap, name.unwrap_or_default())
         })
         .collect();
-    report(global, scan.range, &gaps, scan.recorded)
+    report(
+        global,
+        scan.range,
+        &gaps,
+        &PhaseNames(&loaded.spec),
+        scan.recorded,
+    )
+}
+
+/// The gaps in runs of consecutive dates of one phase and state.
+fn gap_runs<'a>(gaps: &'a [(&'a Gap, String)]) -> Vec<DateRun<'a, (&'a Gap, String)>> {
+    date_runs(
+        gaps,
+        |(gap, _)| (gap.phase_to, gap.state),
+        |(gap, _)| gap.date,
+    )
+}
+
+/// ` in 3 ranges` when the gaps make fewer ranges than gaps, else nothing.
+pub(crate) fn in_ranges(ranges: usize, gaps: usize) -> String {
+    if ranges < gaps {
+        format!(" in {}", counted(ranges, "range"))
+    } else {
+        String::new()
+    }
+}
+
+/// One line per run of gaps, under a header naming the columns.
+fn gap_table(gaps: &[(&Gap, String)], names: &PhaseNames<'_>) -> String {
+    let rows: Vec<Vec<String>> = gap_runs(gaps)
+        .iter()
+        .map(|run| {
+            let (first, name) = run.items[0];
+            let found: i64 = run.items.iter().map(|(gap, _)| gap.found).sum();
+            let expected: i64 = run.items.iter().map(|(gap, _)| gap.expected).sum();
+            let ages = run.items.iter().map(|(gap, _)| gap.age_days);
+            vec![
+                format!("{} {name}", first.phase_to),
+                run.dates(),
+                first.state.as_str().to_owned(),
+                thousands(run.items.len()),
+                format!("{} of {}", thousands_i(found), thousands_i(expected)),
+                span(ages.clone().min().unwrap_or(0), ages.max().unwrap_or(0)),
+                names.upstream(first.phase_from),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "phase",
+            "dates",
+            "state",
+            "cells",
+            "rows",
+            "age (days)",
+            "upstream",
+        ],
+        &rows,
+    )
+}
+
+/// `3`, or `1-3` when the values differ.
+pub(crate) fn span(low: i64, high: i64) -> String {
+    if low == high {
+        low.to_string()
+    } else {
+        format!("{low}-{high}")
+    }
+}
+
+/// Phase names for messages, from the pipeline file.
+pub(crate) struct PhaseNames<'a>(pub(crate) &'a Spec);
+
+impl PhaseNames<'_> {
+    /// `3 analytics`, or the bare id of a phase the pipeline file no longer has.
+    pub(crate) fn phase(&self, id: PhaseId) -> String {
+        self.0
+            .phase(id)
+            .map_or_else(|| id.to_string(), |phase| format!("{id} {}", phase.name))
+    }
+
+    /// The phase a gap's cell needs (`2 load`), or `source` for a phase that needs none.
+    pub(crate) fn upstream(&self, from: Option<PhaseId>) -> String {
+        from.map_or_else(|| "source".to_owned(), |id| self.phase(id))
+    }
 }
 
 /// Whole days in `lookback`, rounded up; `None` under one day.
@@ -52,6 +138,7 @@ fn report(
     global: &Global,
     range: Option<DateRange>,
     gaps: &[(&Gap, String)],
+    names: &PhaseNames<'_>,
     recorded: gapless_store::ScanRecorded,
 ) -> anyhow::Result<Exit> {
     if global.json {
@@ -79,31 +166,19 @@ fn report(
     } else {
         match range {
             Some(range) => out(format_args!(
-                "scanned {}..{}: {} gap(s); ledger: {} new, {} still open, {} closed\n",
-                range.start(),
-                range.end(),
-                gaps.len(),
-                recorded.opened,
-                recorded.still_open,
-                recorded.closed
+                "scanned {range}: {}{}; ledger: {} new, {} still open, {} closed\n",
+                counted(gaps.len(), "gap"),
+                in_ranges(gap_runs(gaps).len(), gaps.len()),
+                thousands(recorded.opened),
+                thousands(recorded.still_open),
+                thousands(recorded.closed)
             ))?,
             None => out(format_args!(
                 "nothing to scan: the pipeline starts after today\n"
             ))?,
         }
-        for (gap, name) in gaps {
-            let from = gap
-                .phase_from
-                .map_or_else(|| "-".to_owned(), |phase| phase.to_string());
-            out(format_args!(
-                "  phase {} {name:<14} {}  {:<7} {} of {}  from phase {from}  {} day(s) old\n",
-                gap.phase_to,
-                gap.date,
-                gap.state.as_str(),
-                gap.found,
-                gap.expected,
-                gap.age_days,
-            ))?;
+        if !gaps.is_empty() {
+            out(format_args!("{}", gap_table(gaps, names)))?;
         }
     }
     Ok(if gaps.is_empty() {

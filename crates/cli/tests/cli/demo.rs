@@ -150,6 +150,18 @@ async fn report_shows_the_open_gaps_of_the_broken_example() {
             .any(|g| g["phase"] == 3 && g["start"] == "2022-04-16" && g["state"] == "missing"),
         "{gaps:?}"
     );
+    // The example's `[report] period = "season"` (July to June) names the rows; blocked cells
+    // are listed apart from the gaps.
+    assert_eq!(report["period"], "season");
+    assert_eq!(row(3, "2021-22")["period"], "2021-22");
+    assert!(gaps.iter().all(|g| g["state"] != "blocked"), "{gaps:?}");
+    let blocked = report["blocked"].as_array().unwrap();
+    assert!(
+        blocked
+            .iter()
+            .any(|b| b["phase"] == 4 && b["state"] == "blocked"),
+        "{blocked:?}"
+    );
     let html = example(&project, &pipeline, &["report", "--format", "html"]);
     let html = stdout(&html);
     assert!(html.starts_with("<!doctype html>"));

@@ -90,7 +90,7 @@ phase 2   rollup  complete 1 · partial 0 · missing 0 · blocked 0 · not due 2
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     assert_eq!(
         stdout(&output),
-        "scanned 2024-03-28..2024-03-30: 0 gap(s); ledger: 0 new, 0 still open, 0 closed\n"
+        "scanned 2024-03-28..2024-03-30: 0 gaps; ledger: 0 new, 0 still open, 0 closed\n"
     );
     let output = run_at(&project, now, &["gaps", "--status", "all", "--json"]);
     assert_eq!(code(&output), 0, "{}", stderr(&output));
@@ -101,8 +101,9 @@ phase 2   rollup  complete 1 · partial 0 · missing 0 · blocked 0 · not due 2
     assert_eq!(code(&output), 1, "{}", stderr(&output));
     assert_eq!(
         stdout(&output),
-        "scanned 2024-03-28..2024-03-30: 1 gap(s); ledger: 1 new, 0 still open, 0 closed
-  phase 2 rollup         2024-03-29  missing 0 of 1  from phase 1  0 day(s) old
+        "scanned 2024-03-28..2024-03-30: 1 gap; ledger: 1 new, 0 still open, 0 closed
+phase     dates       state    cells  rows    age (days)  upstream
+2 rollup  2024-03-29  missing  1      0 of 1  0           1 events
 "
     );
 

@@ -371,13 +371,21 @@ async fn scan_records_gaps_in_the_ledger_and_closes_them_when_filled() {
 
     // The text forms, and a bad status.
     let text = stdout(&project.run(&["gaps"]));
-    assert!(text.contains("2024-03-14  pending"), "{text}");
+    assert!(
+        text.contains(
+            "\n2 load     2024-03-14..2024-03-16  pending  3      0 of 9   14-16       1 source"
+        ),
+        "{text}"
+    );
     let text = stdout(&project.run(&["scan", "--lookback", "30d"]));
     assert!(
         text.starts_with("scanned 2024-03-01..2024-03-31:"),
         "{text}"
     );
-    assert!(text.contains("phase 2 load"), "{text}");
+    assert!(
+        text.contains("\n2 load     2024-03-14..2024-03-16  missing  3"),
+        "{text}"
+    );
     let output = project.run(&["gaps", "--status", "closed"]);
     assert_eq!(code(&output), 2);
     assert!(

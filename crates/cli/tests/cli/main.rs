@@ -17,4 +17,5 @@ mod front;
 mod ordering;
 mod outage;
 mod owners;
+mod ranges;
 mod util;

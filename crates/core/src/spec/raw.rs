@@ -18,6 +18,14 @@ pub struct RawSpec {
     pub(super) phase: Vec<Spanned<RawPhase>>,
     pub(super) healing: Option<RawHealing>,
     pub(super) alerts: Option<RawAlerts>,
+    pub(super) report: Option<Spanned<RawReport>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReport {
+    pub(super) period: Option<Spanned<String>>,
+    pub(super) season_start: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

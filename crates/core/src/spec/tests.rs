@@ -369,3 +369,38 @@ fn bad_due() {
     let diagnostics = parse(&source, &Files).unwrap_err();
     insta::assert_snapshot!(render_all(&diagnostics, "gapless.toml", &source));
 }
+
+#[test]
+fn report_period_defaults_to_month_and_takes_a_season() {
+    assert_eq!(ok(RAW).report.period, ReportPeriod::Month);
+    let year = ok(&format!("{RAW}\n[report]\nperiod = \"year\"\n"));
+    assert_eq!(year.report.period, ReportPeriod::Year);
+    let season = ok(&format!(
+        "{RAW}\n[report]\nperiod = \"season\"\nseason_start = \"07-01\"\n"
+    ));
+    assert_eq!(
+        season.report.period,
+        ReportPeriod::Season { month: 7, day: 1 }
+    );
+}
+
+#[test]
+fn bad_report_period() {
+    insta::assert_snapshot!(errors(&format!("{RAW}\n[report]\nperiod = \"week\"\n")));
+}
+
+#[test]
+fn bad_report_season_start() {
+    insta::assert_snapshot!(errors(&format!(
+        "{RAW}\n[report]\nperiod = \"season\"\nseason_start = \"02-29\"\n"
+    )));
+}
+
+#[test]
+fn report_season_without_a_start_and_a_start_without_a_season() {
+    insta::assert_snapshot!(errors(&format!("{RAW}\n[report]\nperiod = \"season\"\n")));
+    insta::assert_snapshot!(errors(&format!(
+        "{RAW}\n[report]\nperiod = \"month\"\nseason_start = \"07-01\"\n"
+    )));
+    insta::assert_snapshot!(errors(&format!("{RAW}\n[report]\nperiods = \"season\"\n")));
+}

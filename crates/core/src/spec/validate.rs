@@ -8,12 +8,12 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::graph::topological_order;
-use super::raw::{RawHttp, RawNeed, RawPhaseRef, RawSource, RawSpec};
+use super::raw::{RawHttp, RawNeed, RawPhaseRef, RawReport, RawSource, RawSpec};
 use super::{
     Alerts, DEFAULT_DUE, DEFAULT_STATE_OUTAGE, DEFAULT_STATE_URL, DEFAULT_TIMEOUT, Email, Expect,
     FileSource, Healing, HttpRunner, MAX_BATCH_DAYS, MAX_DUE, MAX_HEALING_WINDOW,
     MAX_LOOKBACK_DAYS, MAX_REALERT_AFTER, MAX_STATE_OUTAGE, MAX_TIMEOUT, Need, Phase, PhaseId,
-    Rollback, Runner, Source, Spec, StateSync, Warehouse, redact_url,
+    ReportPeriod, ReportSettings, Rollback, Runner, Source, Spec, StateSync, Warehouse, redact_url,
 };
 use crate::dates::{self, Date};
 use crate::diagnostic::{Diagnostic, SourceFile, did_you_mean};
@@ -492,6 +492,82 @@ impl Validator<'_> {
             None
         }
     }
+}
+
+/// `[report]`: `period` is `month` (the default), `year` or `season`; `season_start` (`MM-DD`)
+/// goes with `season` and only with it.
+fn report_settings(v: &mut Validator<'_>, raw: &Spanned<RawReport>) -> ReportSettings {
+    let report = raw.get_ref();
+    let season_start = report.season_start.as_ref().and_then(|start| {
+        let parsed = parse_month_day(start.get_ref());
+        if parsed.is_none() {
+            v.error_hint(
+                format!(
+                    "`report.season_start` is not a month and day that every year has: `{}`",
+                    start.get_ref()
+                ),
+                start.span(),
+                "write it as MM-DD, like \"07-01\" for a season from July 1 to June 30",
+            );
+        }
+        parsed
+    });
+    let period = match report.period.as_ref() {
+        None => "month",
+        Some(period) => period.get_ref().as_str(),
+    };
+    let period_span = report.period.as_ref().map_or(raw.span(), Spanned::span);
+    match period {
+        "month" | "year" => {
+            if let Some(start) = &report.season_start {
+                v.error_hint(
+                    format!("`report.season_start` is set but the period is `{period}`"),
+                    start.span(),
+                    "set period = \"season\" to report by season, or remove season_start",
+                );
+            }
+            ReportSettings {
+                period: if period == "month" {
+                    ReportPeriod::Month
+                } else {
+                    ReportPeriod::Year
+                },
+            }
+        }
+        "season" => match (season_start, &report.season_start) {
+            (Some((month, day)), _) => ReportSettings {
+                period: ReportPeriod::Season { month, day },
+            },
+            (None, Some(_)) => ReportSettings::default(),
+            (None, None) => {
+                v.error_hint(
+                    "`report.period = \"season\"` needs `season_start`",
+                    period_span,
+                    "add season_start = \"MM-DD\", like \"07-01\" for a season from July 1 to June 30",
+                );
+                ReportSettings::default()
+            }
+        },
+        other => {
+            v.error_hint(
+                format!("unknown `report.period` value `{other}`"),
+                period_span,
+                "use \"month\" (the default), \"year\" or \"season\" (with season_start = \"MM-DD\")",
+            );
+            ReportSettings::default()
+        }
+    }
+}
+
+/// `07-01` → `(7, 1)`; a day that exists in every year (February 29 does not).
+fn parse_month_day(text: &str) -> Option<(u32, u32)> {
+    let (month, day) = text.split_once('-')?;
+    if month.len() != 2 || day.len() != 2 {
+        return None;
+    }
+    let month: u32 = month.parse().ok()?;
+    let day: u32 = day.parse().ok()?;
+    Date::from_ymd_opt(2023, month, day).map(|_| (month, day))
 }
 
 enum SourceLike {
@@ -1073,6 +1149,11 @@ fn check(
             }),
         });
 
+    let report = raw
+        .report
+        .as_ref()
+        .map_or_else(ReportSettings::default, |r| report_settings(&mut v, r));
+
     // Cycles across phases (self-dependencies with a lookback are fine and excluded).
     let ordered = match topological_order(&phases) {
         Ok(order) => order,
@@ -1116,6 +1197,7 @@ fn check(
         phases: ordered,
         healing,
         alerts,
+        report,
     };
     if spec.uses_sql() && spec.warehouse.is_none() {
         v.error_hint(
