@@ -3,10 +3,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use chrono::Days;
 pub use chrono::NaiveDate as Date;
 /// A moment in UTC (no time zone attached): the clock value cells are classified at.
 pub use chrono::NaiveDateTime as DateTime;
-use chrono::Days;
 
 /// The widest range gapless accepts in one request: 100 years of days. Wider requests are
 /// almost always a typo (`2204` for `2024`) and would allocate a huge matrix.
