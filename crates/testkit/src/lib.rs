@@ -34,7 +34,17 @@ pub fn external(var: &str) -> Option<String> {
         _ if std::env::var(REQUIRE_EXTERNAL_VAR).is_ok_and(|v| v == "1") => panic!(
             "this test requires `{var}` to be set ({REQUIRE_EXTERNAL_VAR}=1 forbids skipping it)"
         ),
-        _ => None,
+        _ => {
+            // Straight to the process's stderr, past the test harness's capture of `eprintln!`,
+            // so that a skip is seen in the test run's output, not only when a test fails.
+            use std::io::Write as _;
+            let test = std::thread::current().name().unwrap_or("a test").to_owned();
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: {test} needs `{var}` (for example postgres://postgres@127.0.0.1:5432/test)"
+            );
+            None
+        }
     }
 }
 
