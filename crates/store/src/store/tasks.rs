@@ -11,7 +11,7 @@ use crate::error::StoreError;
 use crate::model::{CellHolder, Claim, RunId, RunnerRecord, TaskRecord};
 use crate::sql;
 use crate::sqlite::{self, Commit};
-use crate::store::{Store, log_outcome, millis};
+use crate::store::{Key, Store, log_outcome, millis};
 
 /// Tasks to claim in the transaction that completes another ([`Store::complete_then_claim`]).
 #[derive(Debug, Clone, Copy)]
@@ -326,29 +326,7 @@ impl Store {
     /// requeued task ids. With several nodes, use
     /// [`Store::requeue_expired`] instead: it spares tasks whose holder is alive.
     pub async fn requeue_running(&self, run_id: &RunId) -> Result<Vec<i64>, StoreError> {
-        let run_id = run_id.as_str();
-        match self {
-            Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
-                let ids: Vec<i64> =
-                    sqlite::rows(connection, sql::REQUEUE_RUNNING.sqlite, [run_id], |row| {
-                        Ok(row.get(0)?)
-                    })?;
-                for &task_id in &ids {
-                    sqlite::execute(connection, sql::DROP_HOLDS.sqlite, [task_id])?;
-                }
-                Ok(ids)
-            }),
-            Self::Postgres(pool) => pg_tx!(pool, |tx| {
-                let ids: Vec<i64> = sqlx::query_scalar(sql::REQUEUE_RUNNING.postgres)
-                    .bind(run_id)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                for &task_id in &ids {
-                    drop_holds_postgres(&mut tx, task_id).await?;
-                }
-                ids
-            }),
-        }
+        self.requeue(sql::REQUEUE_RUNNING, run_id.as_str()).await
     }
 
     /// Rescues tasks of dead holders: every running task (of any run) whose lease expired
@@ -361,21 +339,25 @@ impl Store {
     /// separate read would have compared is implied: any epoch change also changes the state
     /// or refreshes the lease.
     pub async fn requeue_expired(&self, now: DateTime<Utc>) -> Result<Vec<i64>, StoreError> {
-        let now = now.timestamp_millis();
+        self.requeue(sql::REQUEUE_EXPIRED, now.timestamp_millis())
+            .await
+    }
+
+    /// Runs a requeue statement (running → pending, `RETURNING id`) for `key` and drops the
+    /// requeued tasks' cell holds, in one transaction.
+    async fn requeue<K: Key>(&self, statement: sql::Sql, key: K) -> Result<Vec<i64>, StoreError> {
         match self {
             Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
                 let ids: Vec<i64> =
-                    sqlite::rows(connection, sql::REQUEUE_EXPIRED.sqlite, [now], |row| {
-                        Ok(row.get(0)?)
-                    })?;
+                    sqlite::rows(connection, statement.sqlite, [key], |row| Ok(row.get(0)?))?;
                 for &task_id in &ids {
                     sqlite::execute(connection, sql::DROP_HOLDS.sqlite, [task_id])?;
                 }
                 Ok(ids)
             }),
             Self::Postgres(pool) => pg_tx!(pool, |tx| {
-                let ids: Vec<i64> = sqlx::query_scalar(sql::REQUEUE_EXPIRED.postgres)
-                    .bind(now)
+                let ids: Vec<i64> = sqlx::query_scalar(statement.postgres)
+                    .bind(key)
                     .fetch_all(&mut *tx)
                     .await?;
                 for &task_id in &ids {
