@@ -113,6 +113,25 @@ fn unknown_state_sync() {
 }
 
 #[test]
+fn every_unknown_key_and_every_other_error_at_once() {
+    let message = errors(&format!(
+        "{RAW}batch_day = 3\n\n[[phase]]\nid = 3\nname = \"analytics\"\nneeds = [\"rwa\"]\n\
+         retires = 2\ncheck.sql = \"SELECT 1, 1\"\n"
+    ));
+    for expected in [
+        "unknown field `batch_day`",
+        "unknown field `retires`",
+        "did you mean `retries`?",
+        "`rwa`",
+    ] {
+        assert!(
+            message.contains(expected),
+            "{expected} missing from:\n{message}"
+        );
+    }
+}
+
+#[test]
 fn unknown_key() {
     insta::assert_snapshot!(errors(&format!("{RAW}batch_day = 3\n")));
 }

@@ -21,12 +21,48 @@ use crate::template::{self, Placeholder};
 
 /// Parses and validates a pipeline file. `files` resolves `sql_file` keys.
 pub fn parse(source: &str, files: &dyn FileSource) -> Result<Spec, Vec<Diagnostic>> {
-    let raw: RawSpec = toml::from_str(source).map_err(|error| {
-        let span = error.span().unwrap_or(0..0);
-        vec![toml_error_diagnostic(error.message(), span)]
-    })?;
-    check(raw, files, Some(source))
+    // serde stops at the first unknown key. To report them all at once, each unknown
+    // `key = value` line is blanked (with spaces, so every offset stays the same) in a working
+    // copy and the parse tried again; then the rest of the file is validated as usual. A key
+    // whose value does not end on its line (an inline table, a multi-line string) cannot be
+    // blanked that way: the errors found so far are reported.
+    let mut text = source.to_owned();
+    let mut unknown: Vec<Diagnostic> = Vec::new();
+    let raw: RawSpec = loop {
+        match toml::from_str(&text) {
+            Ok(raw) => break raw,
+            Err(error) => {
+                let span = error.span().unwrap_or(0..0);
+                let is_unknown = error.message().contains("unknown field");
+                if !is_unknown && !unknown.is_empty() {
+                    // Most likely an effect of the blanking: report the unknown keys.
+                    return Err(unknown);
+                }
+                unknown.push(toml_error_diagnostic(error.message(), span.clone()));
+                if !is_unknown || unknown.len() >= MAX_UNKNOWN_KEYS {
+                    return Err(unknown);
+                }
+                let Some(rest) = text.get(span.start..) else {
+                    return Err(unknown);
+                };
+                let line_end = rest.find('\n').map_or(text.len(), |at| span.start + at);
+                text.replace_range(span.start..line_end, &" ".repeat(line_end - span.start));
+            }
+        }
+    };
+    match check(raw, files, Some(source)) {
+        Ok(spec) if unknown.is_empty() => Ok(spec),
+        Ok(_) => Err(unknown),
+        Err(mut diagnostics) => {
+            diagnostics.extend(unknown);
+            diagnostics.sort_by_key(Diagnostic::position);
+            Err(diagnostics)
+        }
+    }
 }
+
+/// The most unknown keys one parse reports.
+const MAX_UNKNOWN_KEYS: usize = 50;
 
 fn toml_error_diagnostic(message: &str, span: Range<usize>) -> Diagnostic {
     let message = message.trim().trim_end_matches('.').to_owned();
