@@ -116,6 +116,20 @@ pub async fn create_run(
             "end_date": request.range.end(),
             "phases": request.phases.iter().map(|p| p.0).collect::<Vec<_>>(),
             "force": request.force,
+            // What the request covered besides the cells the run holds, so that `runs` can
+            // count every cell the request covers.
+            "already_complete": plan
+                .phases
+                .iter()
+                .filter(|phase| phase.requested)
+                .map(|phase| phase.skipped_complete)
+                .sum::<usize>(),
+            "not_expected": plan
+                .phases
+                .iter()
+                .filter(|phase| phase.requested)
+                .map(|phase| phase.not_expected)
+                .sum::<usize>(),
         }),
         tasks,
     };

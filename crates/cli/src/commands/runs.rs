@@ -1,5 +1,6 @@
 //! `gapless runs` and `gapless runs show RUN_ID`.
 
+use gapless_core::render::thousands_i;
 use gapless_runtime::executor;
 use gapless_runtime::lifecycle::{self, ResumePreview};
 use gapless_store::{RunId, RunState, TaskState};
@@ -35,12 +36,13 @@ pub(crate) async fn run(global: &Global, args: &RunsArgs) -> anyhow::Result<Exit
                 let failed: i64 = progress.iter().map(|p| p.failed).sum();
                 let blocked: i64 = progress.iter().map(|p| p.blocked).sum();
                 out(format_args!(
-                    "{}  {:<8} {:<11} {}  cells {complete}/{total} complete, {failed} failed, {blocked} blocked  {}\n",
+                    "{}  {:<8} {:<11} {}  {}  {}\n",
                     run.id,
                     run.kind.as_str(),
                     run.state.as_str(),
                     run.created_at.format("%Y-%m-%d %H:%M:%S"),
                     request_summary(&run.request),
+                    cells_summary(&run.request, total, complete, failed, blocked),
                 ))?;
             }
             Ok(Exit::Success)
@@ -161,6 +163,49 @@ fn resume_text(preview: &ResumePreview) -> String {
     )
 }
 
+/// `92 cells: 5 run and complete, 85 already complete, 2 expect nothing`: every cell the
+/// request covers, the run's own and those it found complete or expecting nothing.
+fn cells_summary(
+    request: &serde_json::Value,
+    total: i64,
+    complete: i64,
+    failed: i64,
+    blocked: i64,
+) -> String {
+    let count = |key: &str| {
+        request
+            .get(key)
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0)
+    };
+    let (already, not_expected) = (count("already_complete"), count("not_expected"));
+    let covered = total + already + not_expected;
+    let mut parts = vec![format!("{} run and complete", thousands_i(complete))];
+    if already > 0 {
+        parts.push(format!("{} already complete", thousands_i(already)));
+    }
+    if not_expected > 0 {
+        parts.push(format!("{} expect nothing", thousands_i(not_expected)));
+    }
+    if failed > 0 {
+        parts.push(format!("{} failed", thousands_i(failed)));
+    }
+    if blocked > 0 {
+        parts.push(format!("{} blocked", thousands_i(blocked)));
+    }
+    let pending = total - complete - failed - blocked;
+    if pending > 0 {
+        parts.push(format!("{} not run yet", thousands_i(pending)));
+    }
+    format!(
+        "{} cell{}: {}",
+        thousands_i(covered),
+        if covered == 1 { "" } else { "s" },
+        parts.join(", ")
+    )
+}
+
+/// `2024-01-01..2024-03-31 phases [2,3]`, or one date alone.
 fn request_summary(request: &serde_json::Value) -> String {
     let get = |key: &str| {
         request
@@ -168,10 +213,11 @@ fn request_summary(request: &serde_json::Value) -> String {
             .map(|v| v.to_string().trim_matches('"').to_owned())
             .unwrap_or_default()
     };
-    format!(
-        "{}..{} phases {}",
-        get("start_date"),
-        get("end_date"),
-        get("phases")
-    )
+    let (start, end) = (get("start_date"), get("end_date"));
+    let dates = if start == end {
+        start
+    } else {
+        format!("{start}..{end}")
+    };
+    format!("{dates} phases {}", get("phases"))
 }

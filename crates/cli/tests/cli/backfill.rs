@@ -670,3 +670,33 @@ check.command = ["bin/count.sh", "loaded"]
     );
     assert!(!line.contains("failed"), "{line}");
 }
+
+/// `runs` counts every cell the request covers: the run's own, and those it skipped as
+/// complete.
+#[test]
+fn runs_count_every_cell_the_request_covers() {
+    let project = Project::new();
+    std::fs::create_dir_all(project.path().join("out")).unwrap();
+    command_pipeline(&project, "printf 'a\\nb\\nc\\n' > \"out/$1\"", "");
+    project.write("out/2024-03-01", "a\nb\nc\n");
+    let output = project
+        .command(&[
+            "backfill",
+            "--start-date",
+            "2024-03-01",
+            "--end-date",
+            "2024-03-03",
+            "--yes",
+        ])
+        .env("GAPLESS_TODAY", "2024-03-04")
+        .output()
+        .unwrap();
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let runs = stdout(&project.run(&["runs"]));
+    assert!(
+        runs.contains(
+            "2024-03-01..2024-03-03 phases [1,2]  6 cells: 5 run and complete, 1 already complete"
+        ),
+        "{runs}"
+    );
+}
