@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use gapless_core::dates::{Date, DateRange};
-use gapless_core::render::{plan_text, thousands};
+use gapless_core::render::{counted, plan_text, thousands};
 use gapless_core::spec::PhaseId;
 use gapless_runtime::context::Context;
 use gapless_runtime::executor::{self, ExecTask};
@@ -68,7 +68,10 @@ pub(crate) async fn run(global: &Global, args: &BackfillArgs) -> anyhow::Result<
     .await
     .context("cannot record the run")?;
     if !global.quiet {
-        note(format_args!("run {run_id}: {} tasks", plan.tasks.len()));
+        note(format_args!(
+            "run {run_id}: {}",
+            counted(plan.tasks.len(), "task")
+        ));
     }
     let tasks = executor::load_tasks(&store, &loaded.spec, &run_id).await?;
     execute_run(&loaded, context, store, run_id, tasks, args.jobs, global).await
@@ -282,11 +285,6 @@ async fn source_waits(
             })
             .collect(),
     ))
-}
-
-/// `1 task`, `1,234 tasks`.
-fn counted(n: usize, noun: &str) -> String {
-    format!("{} {noun}{}", thousands(n), if n == 1 { "" } else { "s" })
 }
 
 /// `2024-01-10, 2024-02-03 and 4 more`: up to five dates.

@@ -3,6 +3,7 @@
 //! running are fenced (their lease epoch bumped) and run again; pending tasks whose cells
 //! already probe complete are recorded complete without running.
 
+use gapless_core::render::{counted, thousands};
 use gapless_runtime::lifecycle;
 use gapless_store::{RunId, RunState, TaskState};
 
@@ -49,21 +50,23 @@ pub(crate) async fn run(global: &Global, args: &ResumeArgs) -> anyhow::Result<Ex
     };
     let tasks = resumption.tasks;
     if !global.quiet {
+        let complete = tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Complete)
+            .count();
+        let to_run = tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Pending)
+            .count();
         note(format_args!(
-            "resuming run {}: {} tasks complete, {} to run ({} were running, {} had failed, {} unblocked, {} found complete on re-probe)",
+            "resuming run {}: {} complete, {} to run ({} running, {} failed before, {} unblocked, {} found complete on re-probe)",
             run.id,
-            tasks
-                .iter()
-                .filter(|t| t.state == TaskState::Complete)
-                .count(),
-            tasks
-                .iter()
-                .filter(|t| t.state == TaskState::Pending)
-                .count(),
-            resumption.requeued,
-            resumption.retried,
-            resumption.unblocked,
-            resumption.adopted
+            counted(complete, "task"),
+            thousands(to_run),
+            thousands(resumption.requeued),
+            thousands(usize::try_from(resumption.retried).unwrap_or(usize::MAX)),
+            thousands(usize::try_from(resumption.unblocked).unwrap_or(usize::MAX)),
+            thousands(resumption.adopted)
         ));
     }
     store

@@ -597,7 +597,7 @@ fn resume_after_a_fix_reruns_failed_tasks_and_what_they_blocked() {
         .unwrap();
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     assert!(
-        stderr(&output).contains("2 had failed"),
+        stderr(&output).contains("2 failed before"),
         "{}",
         stderr(&output)
     );
