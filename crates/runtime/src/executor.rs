@@ -143,7 +143,7 @@ impl Default for Options {
             backoff: Backoff::default(),
             source: "backfill".to_owned(),
             crash_at: None,
-            store_outage: Duration::from_secs(120),
+            store_outage: gapless_core::spec::DEFAULT_STATE_OUTAGE,
         }
     }
 }

@@ -158,7 +158,7 @@ impl Default for RunOptions {
             jobs: 4,
             source: "backfill".to_owned(),
             crash_at: None,
-            store_outage: Options::default().store_outage,
+            store_outage: gapless_core::spec::DEFAULT_STATE_OUTAGE,
         }
     }
 }
@@ -217,6 +217,8 @@ pub async fn execute_run(
             source: options.source.clone(),
             crash_at: options.crash_at.clone(),
             store_outage: options.store_outage,
+            // Task leases name the same process as the run's own lease.
+            owner: owner.id.clone(),
             ..Options::default()
         },
         observer,
@@ -414,8 +416,8 @@ pub async fn prepare_resume(
             .claim(
                 task.id,
                 task.epoch,
-                "gapless-resume",
-                Duration::from_secs(60),
+                &owner.id,
+                RUN_LEASE,
             )
             .await?
             && store

@@ -62,10 +62,14 @@ fn hostname() -> String {
 /// This host and its current boot (`HOST/BOOT_ID`), as recorded with runners' process groups:
 /// a group id means something only on the host and boot that recorded it.
 pub fn runner_host() -> String {
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|id| id.trim().to_owned())
-        .unwrap_or_default();
-    format!("{}/{boot}", hostname())
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|id| id.trim().to_owned())
+            .unwrap_or_default();
+        format!("{}/{boot}", hostname())
+    })
+    .clone()
 }
 
 /// Makes sure the runners that a dead owner of run `run_id` left on this host and boot are

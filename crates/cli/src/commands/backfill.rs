@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use gapless_core::dates::{Date, DateRange};
+use gapless_core::plan::{Plan, Request};
 use gapless_core::render::{counted, plan_text, thousands};
 use gapless_core::spec::PhaseId;
 use gapless_runtime::context::Context;
@@ -57,11 +58,26 @@ pub(crate) async fn run(global: &Global, args: &BackfillArgs) -> anyhow::Result<
         note(format_args!("nothing ran"));
         return Ok(Exit::Usage);
     }
+    let (_, exit) = run_plan(&loaded, context, store, &request, &plan, args.jobs, global).await?;
+    Ok(exit)
+}
+
+/// Records `plan` as a backfill run owned by this process, then executes it
+/// ([`execute_run`]): what `backfill` and the demo do after planning.
+pub(crate) async fn run_plan(
+    loaded: &Loaded,
+    context: Context,
+    store: Store,
+    request: &Request,
+    plan: &Plan,
+    jobs: usize,
+    global: &Global,
+) -> anyhow::Result<(RunId, Exit)> {
     let run_id = lifecycle::create_run(
         &store,
         &loaded.spec,
-        &request,
-        &plan,
+        request,
+        plan,
         RunKind::Backfill,
         &loaded.owner,
     )
@@ -74,7 +90,8 @@ pub(crate) async fn run(global: &Global, args: &BackfillArgs) -> anyhow::Result<
         ));
     }
     let tasks = executor::load_tasks(&store, &loaded.spec, &run_id).await?;
-    execute_run(&loaded, context, store, run_id, tasks, args.jobs, global).await
+    let exit = execute_run(loaded, context, store, run_id.clone(), tasks, jobs, global).await?;
+    Ok((run_id, exit))
 }
 
 fn confirm(tasks: usize) -> anyhow::Result<bool> {

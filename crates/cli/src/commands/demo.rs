@@ -10,14 +10,14 @@ use gapless_core::plan::Request;
 use gapless_core::render::{StatusReport, plan_text};
 use gapless_core::spec::PhaseId;
 use gapless_runtime::context::Context;
-use gapless_store::{RunKind, Store};
+use gapless_store::Store;
 
 use crate::cli::{DemoArgs, Global};
-use crate::commands::backfill::execute_run;
+use crate::commands::backfill::run_plan;
 use crate::commands::{matrix, out};
 use crate::exit::{Exit, UsageError};
 use crate::settings::{self, Loaded};
-use gapless_runtime::lifecycle::{create_run, plan as make_plan};
+use gapless_runtime::lifecycle::plan as make_plan;
 
 /// The demo's "today": after the 2024-25 finals.
 const DEMO_TODAY: &str = "2025-07-01";
@@ -105,28 +105,18 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
     out(format_args!("{}", plan_text(&plan)))?;
 
     heading("gapless backfill --phases 3-6 (only the missing cells, validated)")?;
-    let run_id = create_run(
-        &store,
-        &loaded.spec,
-        &request,
-        &plan,
-        RunKind::Backfill,
-        &loaded.owner,
-    )
-    .await?;
-    let tasks = gapless_runtime::executor::load_tasks(&store, &loaded.spec, &run_id).await?;
     let visible = Global {
         pipeline: None,
         json: false,
         verbose: global.verbose,
         quiet: global.quiet,
     };
-    let exit = execute_run(
+    let (_, exit) = run_plan(
         &loaded,
         context.clone(),
         store.clone(),
-        run_id,
-        tasks,
+        &request,
+        &plan,
         args.jobs.max(1),
         &visible,
     )
@@ -235,28 +225,18 @@ async fn quiet_backfill(
         force: false,
     };
     let plan = make_plan(context, &request).await?;
-    let run_id = create_run(
-        store,
-        &loaded.spec,
-        &request,
-        &plan,
-        RunKind::Backfill,
-        &loaded.owner,
-    )
-    .await?;
-    let tasks = gapless_runtime::executor::load_tasks(store, &loaded.spec, &run_id).await?;
     let quiet = Global {
         pipeline: None,
         json: false,
         verbose: 0,
         quiet: true,
     };
-    let exit = execute_run(
+    let (run_id, exit) = run_plan(
         loaded,
         context.clone(),
         store.clone(),
-        run_id.clone(),
-        tasks,
+        &request,
+        &plan,
         2,
         &quiet,
     )
