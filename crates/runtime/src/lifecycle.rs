@@ -413,12 +413,7 @@ pub async fn prepare_resume(
                 .collect::<serde_json::Map<_, _>>()
         );
         if let Some(claim) = store
-            .claim(
-                task.id,
-                task.epoch,
-                &owner.id,
-                RUN_LEASE,
-            )
+            .claim(task.id, task.epoch, &owner.id, RUN_LEASE)
             .await?
             && store
                 .complete(task.id, claim.epoch, &counts, "resume")

@@ -618,10 +618,7 @@ fn cells_waiting_for_source_data_are_said_to_wait() {
     for day in ["2024-03-01", "2024-03-03"] {
         project.write(&format!("raw/{day}"), "x\n");
     }
-    project.script(
-        "bin/count.sh",
-        "#!/bin/sh\nfor f in $1/*; do [ -e \"$f\" ] || exit 0; echo \"$(basename \"$f\") 1\"; done\n",
-    );
+    project.count_script();
     project.script(
         "bin/load.sh",
         "#!/bin/sh\nmkdir -p loaded\necho x > \"loaded/$1\"\n",

@@ -13,15 +13,12 @@ fn pipeline(project: &Project) {
          if [ \"$1\" = 1 ] && [ \"$2\" \\< 2024-03-04 ] && [ \"$3\" \\> 2024-03-02 ]; then echo 'bad day' >&2; exit 4; fi\n\
          d=$2\nwhile :; do mkdir -p \"out/$1\"; echo x > \"out/$1/$d\"; [ \"$d\" = \"$3\" ] && break; d=$(date -d \"$d + 1 day\" +%F); done\n",
     );
-    project.script(
-        "bin/count.sh",
-        "#!/bin/sh\nfor f in out/$1/*; do [ -e \"$f\" ] || exit 0; echo \"$(basename \"$f\") 1\"; done\n",
-    );
+    project.count_script();
     let phase = |id: u32, batch: u32, needs: &str| {
         format!(
             "[[phase]]\nid = {id}\nname = \"p{id}\"\n{needs}\nbatch_days = {batch}\n\
              run.command = [\"bin/run.sh\", \"{id}\", \"{{start}}\", \"{{end}}\"]\n\
-             check.command = [\"bin/count.sh\", \"{id}\"]\nretries = 0\n"
+             check.command = [\"bin/count.sh\", \"out/{id}\"]\nretries = 0\n"
         )
     };
     project.write(

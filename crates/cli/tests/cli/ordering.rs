@@ -9,7 +9,7 @@ use crate::util::{Project, code, scalar, stderr, stdout, wait_for};
 /// writes the cell's row and logs the execution; phase 2 fails while `fail-two` exists and
 /// hangs (with a child) while `hang-two` exists.
 fn three_phases(project: &Project) {
-    count_script(project);
+    project.count_script();
     project.script(
         "bin/step.sh",
         "#!/bin/sh\nset -e\n\
@@ -21,7 +21,7 @@ fn three_phases(project: &Project) {
         format!(
             "[[phase]]\nid = {id}\nname = \"p{id}\"\n{needs}\n\
              run.command = [\"bin/step.sh\", \"{id}\", \"{{date}}\"]\n\
-             check.command = [\"bin/count.sh\", \"{id}\"]\nretries = 0\ntimeout = \"5m\"\n"
+             check.command = [\"bin/count.sh\", \"out/{id}\"]\nretries = 0\ntimeout = \"5m\"\n"
         )
     };
     project.write(
@@ -32,14 +32,6 @@ fn three_phases(project: &Project) {
             phase(2, "needs = [1]"),
             phase(3, "needs = [2]"),
         ),
-    );
-}
-
-/// Prints `DATE 1` for each file under `out/PHASE/`: the check of every phase here.
-fn count_script(project: &Project) {
-    project.script(
-        "bin/count.sh",
-        "#!/bin/sh\nfor f in out/$1/*; do [ -e \"$f\" ] || exit 0; echo \"$(basename \"$f\") 1\"; done\n",
     );
 }
 
@@ -168,7 +160,7 @@ db.execute("ROLLBACK")
         "bin/free.sh",
         "#!/bin/sh\nmkdir -p out/2\necho x > \"out/2/$1\"\n",
     );
-    count_script(&project);
+    project.count_script();
     project.write(
         "gapless.toml",
         r#"
@@ -181,14 +173,14 @@ id = 1
 name = "chain"
 needs = [{ phase = 1, lookback_days = 1 }]
 run.command = ["bin/chain.sh", "{date}"]
-check.command = ["bin/count.sh", "1"]
+check.command = ["bin/count.sh", "out/1"]
 retries = 0
 
 [[phase]]
 id = 2
 name = "free"
 run.command = ["bin/free.sh", "{date}"]
-check.command = ["bin/count.sh", "2"]
+check.command = ["bin/count.sh", "out/2"]
 retries = 0
 "#,
     );
@@ -230,7 +222,7 @@ db.commit()
         "bin/two.sh",
         "#!/bin/sh\nset -e\nmkdir -p out/2\necho x > \"out/2/$1\"\necho \"2 $1\" >> runs.log\n",
     );
-    count_script(&project);
+    project.count_script();
     project.write(
         "gapless.toml",
         r#"
@@ -242,7 +234,7 @@ start = "2024-03-01"
 id = 1
 name = "one"
 run.command = ["bin/one.sh", "{date}"]
-check.command = ["bin/count.sh", "1"]
+check.command = ["bin/count.sh", "out/1"]
 retries = 0
 
 [[phase]]
@@ -250,7 +242,7 @@ id = 2
 name = "two"
 needs = [1]
 run.command = ["bin/two.sh", "{date}"]
-check.command = ["bin/count.sh", "2"]
+check.command = ["bin/count.sh", "out/2"]
 retries = 0
 "#,
     );

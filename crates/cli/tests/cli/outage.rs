@@ -15,10 +15,7 @@ fn slow_phase(project: &Project) {
         "bin/work.sh",
         "#!/bin/sh\nset -e\necho \"$1\" >> runs.log\nsleep 0.3\nmkdir -p out\necho x > \"out/$1\"\n",
     );
-    project.script(
-        "bin/count.sh",
-        "#!/bin/sh\nfor f in out/*; do [ -e \"$f\" ] || exit 0; echo \"$(basename \"$f\") 1\"; done\n",
-    );
+    project.count_script();
     project.write(
         "gapless.toml",
         r#"

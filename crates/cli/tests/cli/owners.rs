@@ -57,10 +57,7 @@ fn logged_phase(project: &Project) {
          if [ -e hang ]; then sleep 300 & echo $! > \"child-$1.pid\"; echo $$ > \"runner-$1.pid\"; wait; fi\n\
          sleep 0.2\nmkdir -p out\necho x > \"out/$1\"\necho \"end $1 $(date +%s.%N)\" >> runs.log\n",
     );
-    project.script(
-        "bin/count.sh",
-        "#!/bin/sh\nfor f in out/*; do [ -e \"$f\" ] || exit 0; echo \"$(basename \"$f\") 1\"; done\n",
-    );
+    project.count_script();
     project.write(
         "gapless.toml",
         r#"
@@ -273,10 +270,7 @@ os.makedirs("out", exist_ok=True)
 open(os.path.join("out", os.environ["GAPLESS_DATE"]), "w").write("x")
 "#,
     );
-    project.script(
-        "bin/count.sh",
-        "#!/bin/sh\nfor f in out/*; do [ -e \"$f\" ] || exit 0; echo \"$(basename \"$f\") 1\"; done\n",
-    );
+    project.count_script();
     project.write(
         "gapless.toml",
         r#"

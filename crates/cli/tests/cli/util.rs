@@ -51,6 +51,15 @@ impl Project {
         command
     }
 
+    /// `bin/count.sh [FOLDER]`: prints `NAME 1` for each file in FOLDER (default `out`), so
+    /// that a check counts one row per date whose file exists.
+    pub(crate) fn count_script(&self) {
+        self.script(
+            "bin/count.sh",
+            "#!/bin/sh\nfor f in \"${1:-out}\"/*; do [ -e \"$f\" ] || exit 0; echo \"$(basename \"$f\") 1\"; done\n",
+        );
+    }
+
     pub(crate) fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
     }
