@@ -6,11 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gapless_core::dates::{DateRange, parse_date};
-use gapless_core::spec::{NoFiles, PhaseId, parse};
+mod common;
+
+use gapless_core::dates::parse_date;
+use gapless_core::spec::{NoFiles, parse};
 use gapless_runtime::context::Context;
-use gapless_runtime::executor::{ExecTask, Execution, Options, Quiet, execute};
-use gapless_store::{NewRun, NewTask, NewTaskState, RunKind, Store, TaskState};
+use gapless_runtime::executor::{Execution, Options, Quiet, execute};
+use gapless_store::TaskState;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -47,36 +49,9 @@ check.command = ["true"]
     )
     .await
     .unwrap();
-    let store = Store::connect("sqlite://state.db", dir.path())
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    let run_id = store
-        .create_run(&NewRun {
-            kind: RunKind::Backfill,
-            pipeline: "fence".to_owned(),
-            request: serde_json::json!({}),
-            tasks: vec![NewTask {
-                phase: 1,
-                start: today,
-                end: today,
-                dates: vec![today],
-                state: NewTaskState::Pending,
-                error: None,
-            }],
-        })
-        .await
-        .unwrap();
-    let record = store.tasks(&run_id).await.unwrap().remove(0);
-    let tasks = vec![ExecTask {
-        id: record.id,
-        phase: PhaseId(1),
-        range: DateRange::single(today),
-        dates: vec![today],
-        deps: Vec::new(),
-        epoch: record.lease_epoch,
-        state: record.state,
-    }];
+    let (store, run_id, task) = common::one_task_run(dir.path(), &context.spec, today).await;
+    let (task_id, first_epoch) = (task.id, task.epoch);
+    let tasks = vec![task];
     let execution = Execution {
         context: Arc::new(context),
         store: store.clone(),
@@ -102,7 +77,7 @@ check.command = ["true"]
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let fenced = store.requeue_running(&run_id).await.unwrap();
-    assert_eq!(fenced, vec![record.id]);
+    assert_eq!(fenced, vec![task_id]);
 
     let outcome = tokio::time::timeout(Duration::from_secs(20), running)
         .await
@@ -123,8 +98,8 @@ check.command = ["true"]
     assert!(!dir.path().join("finished").exists());
     // The stale holder recorded nothing: the task is pending for the new holder, no cell
     // complete, no event.
-    let task = store.task(record.id).await.unwrap().unwrap();
+    let task = store.task(task_id).await.unwrap().unwrap();
     assert_eq!(task.state, TaskState::Pending);
-    assert!(task.lease_epoch > record.lease_epoch + 1);
+    assert!(task.lease_epoch > first_epoch + 1);
     assert_eq!(store.count_events(1, today).await.unwrap(), 0);
 }

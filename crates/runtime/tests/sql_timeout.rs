@@ -9,11 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gapless_connect::{ScriptParams, Warehouse, WarehouseError};
-use gapless_core::dates::{DateRange, parse_date};
-use gapless_core::spec::{NoFiles, PhaseId, parse};
+mod common;
+
+use gapless_core::dates::parse_date;
+use gapless_core::spec::{NoFiles, parse};
 use gapless_runtime::context::{Context, PROBE_TIMEOUT};
-use gapless_runtime::executor::{ExecTask, Execution, Options, Outcome, Quiet, execute};
-use gapless_store::{NewRun, NewTask, NewTaskState, RunKind, Store, TaskRecord};
+use gapless_runtime::executor::{Execution, Options, Outcome, Quiet, execute};
+use gapless_store::TaskRecord;
 use tokio_util::sync::CancellationToken;
 
 /// A statement SQLite needs a while for (counting to three million, one row at a time).
@@ -81,34 +83,9 @@ async fn execute_one(dir: &Path, pipeline: &str, probe_timeout: Duration) -> (Ou
     .unwrap();
     context.warehouse = Some(warehouse(dir, probe_timeout).await);
     context.probe_timeout = probe_timeout;
-    let store = Store::connect("sqlite://state.db", dir).await.unwrap();
-    store.migrate().await.unwrap();
-    let run_id = store
-        .create_run(&NewRun {
-            kind: RunKind::Backfill,
-            pipeline: "limits".to_owned(),
-            request: serde_json::json!({}),
-            tasks: vec![NewTask {
-                phase: 1,
-                start: today,
-                end: today,
-                dates: vec![today],
-                state: NewTaskState::Pending,
-                error: None,
-            }],
-        })
-        .await
-        .unwrap();
-    let record = store.tasks(&run_id).await.unwrap().remove(0);
-    let tasks = vec![ExecTask {
-        id: record.id,
-        phase: PhaseId(1),
-        range: DateRange::single(today),
-        dates: vec![today],
-        deps: Vec::new(),
-        epoch: record.lease_epoch,
-        state: record.state,
-    }];
+    let (store, run_id, task) = common::one_task_run(dir, &context.spec, today).await;
+    let task_id = task.id;
+    let tasks = vec![task];
     let execution = Execution {
         context: Arc::new(context),
         store: store.clone(),
@@ -121,7 +98,7 @@ async fn execute_one(dir: &Path, pipeline: &str, probe_timeout: Duration) -> (Ou
         cancel: CancellationToken::new(),
     };
     let outcome = execute(execution, tasks).await.unwrap();
-    let task = store.task(record.id).await.unwrap().unwrap();
+    let task = store.task(task_id).await.unwrap().unwrap();
     (outcome, task)
 }
 
