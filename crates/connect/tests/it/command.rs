@@ -39,14 +39,21 @@ echo "to stderr" >&2"#,
     let outcome = run_command(&spec).await.unwrap();
     let logged = std::fs::read_to_string(&log).unwrap();
     let cwd = dir.path().canonicalize().unwrap();
-    // Arguments reach the program as-is, with no shell in between.
+    // Arguments reach the program as-is, with no shell in between. (stdout and stderr are two
+    // pipes read as their data comes: the log keeps each stream's order, not their interleaving,
+    // so the line is looked for, not expected first.)
+    let first = format!(
+        "date=2024-01-15 arg=2024-01-15; rm -rf / cwd={}",
+        cwd.display()
+    );
     assert!(
-        logged.starts_with(&format!(
-            "date=2024-01-15 arg=2024-01-15; rm -rf / cwd={}\n",
-            cwd.display()
-        )),
+        logged.lines().any(|line| line == first),
         "{}",
         &logged[..200.min(logged.len())]
+    );
+    assert!(
+        logged.find(&first) < logged.find("line 0\n"),
+        "stdout's order is kept in the log"
     );
     assert!(logged.contains("line 1999\n") && logged.contains("to stderr\n"));
     // The tail is the end of stdout, cut to about 4 KiB.
