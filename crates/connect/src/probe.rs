@@ -11,12 +11,14 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use futures::StreamExt;
+use object_store::ObjectStore;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::command::{ProcessSpec, check_status, run_process};
 use crate::parse_iso_date;
 use crate::runner::RunError;
+
+mod cloud;
 
 /// Most bytes a probe command may print: a decade of dates is ~60 KiB.
 const PROBE_STDOUT_LIMIT: usize = 16 * 1024 * 1024;
@@ -63,15 +65,14 @@ pub enum ProbeError {
         /// What is wrong with it.
         reason: String,
     },
-    /// A bucket pattern whose object store is not compiled into this build.
-    #[error(
-        "`{scheme}://` patterns are not supported by this build; enable the `{feature}` feature"
-    )]
-    NotCompiled {
-        /// `gs` or `s3`.
-        scheme: &'static str,
-        /// The cargo feature of `gapless-connect` that adds it.
-        feature: &'static str,
+    /// A bucket's client could not be set up: unreadable or malformed credentials, a bad
+    /// endpoint.
+    #[error("cannot set up `{location}`: {reason}")]
+    Bucket {
+        /// `gs://bucket` or `s3://bucket`.
+        location: String,
+        /// What was wrong, naming the variable or file it came from.
+        reason: String,
     },
     /// Listing a local directory failed.
     #[error("cannot list `{}`", .directory.display())]
@@ -91,8 +92,8 @@ pub enum ProbeError {
         #[source]
         source: std::io::Error,
     },
-    /// Listing objects failed.
-    #[error("cannot list objects under `{location}`")]
+    /// Listing objects or looking one up failed.
+    #[error("cannot read objects under `{location}`")]
     Store {
         /// The directory or bucket prefix.
         location: String,
@@ -204,8 +205,8 @@ fn parse_count_lines(
 /// `{date}` replaced by the date.
 ///
 /// `pattern` is a path relative to `base_dir` (`gcs/boxscores/{date}/*.json`), an absolute path,
-/// `file:///abs/…`, `gs://bucket/…` or `s3://bucket/…` (the last two need the `gcp`/`aws`
-/// features; credentials come from the usual `GOOGLE_*`/`AWS_*` variables). Path segments may
+/// `file:///abs/…`, `gs://bucket/…` or `s3://bucket/…` (credentials the usual way: see
+/// [`cloud`]). Path segments may
 /// hold `*` (any run of characters but `/`) and `?` (one character); `{date}` may stand alone as
 /// a segment or inside one (`day={date}`, `run-{date}-*.log`) and may repeat. A missing
 /// directory counts 0.
@@ -285,7 +286,7 @@ fn parse_pattern(pattern: &str, base_dir: &Path) -> Result<(Tree, Vec<String>), 
             StorePath::parse(&sample)
                 .map_err(|error| bad(&format!("invalid object path: {error}")))?;
             Tree::Store {
-                store: cloud_store(scheme, bucket)?,
+                store: cloud::store(scheme, bucket)?,
                 location: format!("{scheme}://{bucket}"),
             }
         }
@@ -343,7 +344,7 @@ impl Tree {
                     .map(|(index, parts)| {
                         let (store, location) = (Arc::clone(store), location.clone());
                         async move {
-                            let listing = store_list(&*store, &location, &parts).await?;
+                            let listing = cloud::list(&*store, &location, &parts).await?;
                             Ok::<_, ProbeError>((index, listing))
                         }
                     })
@@ -376,7 +377,7 @@ impl Tree {
                     .map(|(index, parts)| {
                         let (store, location) = (Arc::clone(store), location.clone());
                         async move {
-                            let exists = store_is_file(&*store, &location, &parts).await?;
+                            let exists = cloud::is_file(&*store, &location, &parts).await?;
                             Ok::<_, ProbeError>((index, exists))
                         }
                     })
@@ -613,86 +614,6 @@ fn is_upload_part(name: &str) -> bool {
 
 fn substitute(segment: &str, date: NaiveDate) -> String {
     segment.replace("{date}", &date.to_string())
-}
-
-fn cloud_store(scheme: &str, bucket: &str) -> Result<Arc<dyn ObjectStore>, ProbeError> {
-    let (scheme, feature, compiled) = match scheme {
-        "gs" => ("gs", "gcp", cfg!(feature = "gcp")),
-        _ => ("s3", "aws", cfg!(feature = "aws")),
-    };
-    if !compiled {
-        return Err(ProbeError::NotCompiled { scheme, feature });
-    }
-    let location = format!("{scheme}://{bucket}");
-    let url = url::Url::parse(&location).map_err(|error| ProbeError::BadPattern {
-        pattern: location.clone(),
-        reason: error.to_string(),
-    })?;
-    // The builders read credentials from these, as their `from_env` constructors would.
-    let options = std::env::vars()
-        .filter(|(key, _)| key.starts_with("GOOGLE_") || key.starts_with("AWS_"))
-        .map(|(key, value)| (key.to_ascii_lowercase(), value));
-    let (store, _) = object_store::parse_url_opts(&url, options)
-        .map_err(|source| ProbeError::Store { location, source })?;
-    Ok(Arc::from(store))
-}
-
-/// The object path of `parts` (checked in [`parse_pattern`]), and its text for messages.
-fn store_path(location: &str, parts: &[String]) -> Result<(StorePath, String), ProbeError> {
-    let text = parts.join("/");
-    let shown = format!("{location}/{text}");
-    let path = StorePath::parse(&text).map_err(|error| ProbeError::BadPattern {
-        pattern: shown.clone(),
-        reason: format!("invalid object path: {error}"),
-    })?;
-    Ok((path, shown))
-}
-
-/// The objects and "directories" (common prefixes) directly under `parts`, one level deep. A
-/// missing prefix is an empty listing.
-async fn store_list(
-    store: &dyn ObjectStore,
-    location: &str,
-    parts: &[String],
-) -> Result<Listing, ProbeError> {
-    let (prefix, shown) = store_path(location, parts)?;
-    let prefix = (!parts.is_empty()).then_some(&prefix);
-    let result = match store.list_with_delimiter(prefix).await {
-        Ok(result) => result,
-        Err(object_store::Error::NotFound { .. }) => return Ok(Listing::default()),
-        Err(source) => {
-            return Err(ProbeError::Store {
-                location: shown,
-                source,
-            });
-        }
-    };
-    let name = |path: &StorePath| path.filename().map(str::to_owned);
-    Ok(Listing {
-        files: result
-            .objects
-            .iter()
-            .filter_map(|meta| name(&meta.location))
-            .collect(),
-        directories: result.common_prefixes.iter().filter_map(name).collect(),
-    })
-}
-
-/// Whether an object exists at `parts`.
-async fn store_is_file(
-    store: &dyn ObjectStore,
-    location: &str,
-    parts: &[String],
-) -> Result<bool, ProbeError> {
-    let (path, shown) = store_path(location, parts)?;
-    match store.head(&path).await {
-        Ok(_) => Ok(true),
-        Err(object_store::Error::NotFound { .. }) => Ok(false),
-        Err(source) => Err(ProbeError::Store {
-            location: shown,
-            source,
-        }),
-    }
 }
 
 /// Matches `text` against `pattern` with `*` (any run of characters) and `?` (one character).

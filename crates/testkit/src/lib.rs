@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+pub mod buckets;
+
 use anyhow::Context as _;
 use sqlx::{Connection as _, PgConnection};
 
@@ -35,17 +37,26 @@ pub fn external(var: &str) -> Option<String> {
             "this test requires `{var}` to be set ({REQUIRE_EXTERNAL_VAR}=1 forbids skipping it)"
         ),
         _ => {
-            // Straight to the process's stderr, past the test harness's capture of `eprintln!`,
-            // so that a skip is seen in the test run's output, not only when a test fails.
-            use std::io::Write as _;
-            let test = std::thread::current().name().unwrap_or("a test").to_owned();
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipped: {test} needs `{var}` (for example postgres://postgres@127.0.0.1:5432/test)"
-            );
+            skip(&format!(
+                "`{var}` (for example postgres://postgres@127.0.0.1:5432/test)"
+            ));
             None
         }
     }
+}
+
+/// Reports that the current test is skipped because it needs `what`, or panics when
+/// `GAPLESS_REQUIRE_EXTERNAL=1`.
+///
+/// The line goes straight to the process's stderr, past the test harness's capture of
+/// `eprintln!`, so that a skip is seen in the test run's output, not only when a test fails.
+pub fn skip(what: &str) {
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    if std::env::var(REQUIRE_EXTERNAL_VAR).is_ok_and(|v| v == "1") {
+        panic!("{test} needs {what} ({REQUIRE_EXTERNAL_VAR}=1 forbids skipping it)");
+    }
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "skipped: {test} needs {what}");
 }
 
 /// PostgreSQL URL for integration tests (`GAPLESS_TEST_PG_URL`, e.g.

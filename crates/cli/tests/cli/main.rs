@@ -9,6 +9,7 @@
 mod backends;
 mod backfill;
 mod blast;
+mod buckets;
 mod checks;
 mod crash;
 mod demo;
