@@ -132,6 +132,30 @@ fn every_unknown_key_and_every_other_error_at_once() {
 }
 
 #[test]
+fn every_value_of_the_wrong_type_at_once() {
+    let message = errors(&format!(
+        "{RAW}retries = \"3\"\n\n[[phase]]\nid = \"three\"\nname = \"analytics\"\nneeds = [1]\n\
+         timeout = 90\nbogus = 1\ncheck.sql = \"SELECT 1, 1\"\n"
+    ));
+    for expected in [
+        "invalid type: string \"3\", expected",
+        "invalid type: integer `90`",
+        "unknown field `bogus`",
+    ] {
+        assert!(
+            message.contains(expected),
+            "{expected} missing from:\n{message}"
+        );
+    }
+    // `id` was blanked to read on: its absence is not a fourth error, but its wrong type is one.
+    assert!(!message.contains("missing field `id`"), "{message}");
+    assert!(
+        message.contains("invalid type: string \"three\""),
+        "{message}"
+    );
+}
+
+#[test]
 fn unknown_key() {
     insta::assert_snapshot!(errors(&format!("{RAW}batch_day = 3\n")));
 }

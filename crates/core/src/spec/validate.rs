@@ -21,51 +21,117 @@ use crate::template::{self, Placeholder};
 
 /// Parses and validates a pipeline file. `files` resolves `sql_file` keys.
 pub fn parse(source: &str, files: &dyn FileSource) -> Result<Spec, Vec<Diagnostic>> {
-    // serde stops at the first unknown key. To report them all at once, each unknown
-    // `key = value` line is blanked (with spaces, so every offset stays the same) in a working
-    // copy and the parse tried again; then the rest of the file is validated as usual. A key
-    // whose value does not end on its line (an inline table, a multi-line string) cannot be
-    // blanked that way: the errors found so far are reported.
+    // serde stops at the first unknown key or value of the wrong type. To report them all at
+    // once, each such `key = value` line is blanked (with spaces, so every offset stays the
+    // same) in a working copy and the parse tried again; then the rest of the file is validated
+    // as usual. A key whose value does not end on its line (an inline table, a multi-line
+    // string) cannot be blanked that way: the errors found so far are reported.
     let mut text = source.to_owned();
-    let mut unknown: Vec<Diagnostic> = Vec::new();
+    let mut found: Vec<Diagnostic> = Vec::new();
+    // The keys blanked so far: a "missing field" for one of them is an effect of the blanking.
+    let mut blanked: Vec<String> = Vec::new();
     let raw: RawSpec = loop {
         match toml::from_str(&text) {
             Ok(raw) => break raw,
             Err(error) => {
                 let span = error.span().unwrap_or(0..0);
-                let is_unknown = error.message().contains("unknown field");
-                if !is_unknown && !unknown.is_empty() {
-                    // Most likely an effect of the blanking: report the unknown keys.
-                    return Err(unknown);
+                let message = error.message();
+                let missing_blanked = missing_field(message)
+                    .is_some_and(|field| blanked.iter().any(|key| key == field));
+                let per_key = message.contains("unknown field")
+                    || message.contains("invalid type")
+                    || message.contains("invalid value")
+                    || message.contains("invalid length")
+                    || missing_field(message).is_some();
+                if missing_blanked || (!per_key && !found.is_empty()) {
+                    // An effect of the blanking: report what was found before it.
+                    return Err(sorted(found));
                 }
-                unknown.push(toml_error_diagnostic(error.message(), span.clone()));
-                if !is_unknown || unknown.len() >= MAX_UNKNOWN_KEYS {
-                    return Err(unknown);
+                found.push(toml_error_diagnostic(message, span.clone()));
+                if !per_key || found.len() >= MAX_KEY_ERRORS {
+                    return Err(sorted(found));
                 }
-                let Some(rest) = text.get(span.start..) else {
-                    return Err(unknown);
+                let Some(key) = blank_key_line(&mut text, span.start) else {
+                    return Err(sorted(found));
                 };
-                let line_end = rest.find('\n').map_or(text.len(), |at| span.start + at);
-                text.replace_range(span.start..line_end, &" ".repeat(line_end - span.start));
+                blanked.push(key);
             }
         }
     };
     match check(raw, files, Some(source)) {
-        Ok(spec) if unknown.is_empty() => Ok(spec),
-        Ok(_) => Err(unknown),
+        Ok(spec) if found.is_empty() => Ok(spec),
+        Ok(_) => Err(sorted(found)),
         Err(mut diagnostics) => {
-            diagnostics.extend(unknown);
-            diagnostics.sort_by_key(Diagnostic::position);
-            Err(diagnostics)
+            diagnostics.extend(found);
+            Err(sorted(diagnostics))
         }
     }
 }
 
-/// The most unknown keys one parse reports.
-const MAX_UNKNOWN_KEYS: usize = 50;
+fn sorted(mut diagnostics: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    diagnostics.sort_by_key(Diagnostic::position);
+    diagnostics
+}
+
+/// The field of serde's "missing field `x`".
+fn missing_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+}
+
+/// Blanks the `key = value` line holding byte `at`, and returns its key (the last dotted part:
+/// `sql` for `check.sql`); `None`, leaving `text` as it was, when that line is not a whole
+/// `key = value` (a table header, a value that goes on past the line).
+fn blank_key_line(text: &mut String, at: usize) -> Option<String> {
+    let start = text.get(..at)?.rfind('\n').map_or(0, |newline| newline + 1);
+    let end = text
+        .get(at..)?
+        .find('\n')
+        .map_or(text.len(), |offset| at + offset);
+    let line = &text[start..end];
+    let (key, value) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    let well_formed = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    let value = value.trim();
+    // A value that opens on this line must close on it too.
+    let closed = ["[", "{", "\"\"\"", "\'\'\'"]
+        .iter()
+        .all(|open| !value.starts_with(open))
+        || value.len() > 1
+            && matches!(
+                (value.chars().next(), value.chars().last()),
+                (Some('['), Some(']')) | (Some('{'), Some('}'))
+            );
+    if !well_formed || !closed {
+        return None;
+    }
+    let key = key.rsplit('.').next().unwrap_or(key).to_owned();
+    text.replace_range(start..end, &" ".repeat(end - start));
+    Some(key)
+}
+
+/// The most unknown keys and values of the wrong type one parse reports.
+const MAX_KEY_ERRORS: usize = 50;
 
 fn toml_error_diagnostic(message: &str, span: Range<usize>) -> Diagnostic {
-    let message = message.trim().trim_end_matches('.').to_owned();
+    let mut message = message.trim().trim_end_matches('.').to_owned();
+    // serde names Rust's types; a pipeline file has TOML's.
+    for (rust, toml) in [
+        ("expected i64", "expected an integer"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected usize", "expected a whole number"),
+        ("expected a sequence", "expected an array"),
+        ("expected a map", "expected a table"),
+        ("expected struct ", "expected a table "),
+    ] {
+        message = message.replace(rust, toml);
+    }
     let hint = message.contains("unknown field").then(|| {
         const REFERENCE: &str =
             "the pipeline file reference lists every key: docs/pipeline-file.md";
