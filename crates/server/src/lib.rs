@@ -1,0 +1,1 @@
+//! `gapless serve`: the HTTP API, the event consumers and the trigger in one process.
