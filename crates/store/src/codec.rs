@@ -9,8 +9,9 @@ use sqlx::postgres::PgRow;
 
 use crate::error::StoreError;
 use crate::model::{
-    CellHolder, CellRecord, CellState, EventRecord, GapRecord, GapStatus, PhaseProgress, RunId,
-    RunKind, RunOwnerRecord, RunRecord, RunState, RunnerRecord, TaskRecord, TaskState,
+    CellHolder, CellRecord, CellState, EventRecord, GapRecord, GapStatus, PhaseProgress,
+    QuarantineRecord, RunId, RunKind, RunOwnerRecord, RunRecord, RunState, RunnerRecord,
+    TaskRecord, TaskState,
 };
 
 // --- row decoding -----------------------------------------------------------------------------
@@ -178,6 +179,19 @@ pub(crate) fn event_from_row(row: &(impl RowExt + ?Sized)) -> Result<EventRecord
         source: row.string("source")?,
         run_id: row.opt_string("run_id")?.map(run_id).transpose()?,
         created_at: time("events.created_at", row.i64("created_at")?)?,
+    })
+}
+
+pub(crate) fn quarantine_from_row(
+    row: &(impl RowExt + ?Sized),
+) -> Result<QuarantineRecord, StoreError> {
+    Ok(QuarantineRecord {
+        id: row.i64("id")?,
+        received_at: time("quarantine.received_at", row.i64("received_at")?)?,
+        source: row.string("source")?,
+        dedup_key: row.opt_string("dedup_key")?,
+        payload: row.string("payload")?,
+        reason: row.string("reason")?,
     })
 }
 

@@ -33,9 +33,9 @@ mod store;
 pub use crate::error::{BackendError, StoreError};
 pub use crate::model::{
     CellHolder, CellRecord, CellState, Claim, DetectedGap, EventRecord, GapFilter, GapRecord,
-    GapStatus, InvalidRunId, NewEvent, NewRun, NewTask, NewTaskState, Ownership, PhaseProgress,
-    RunId, RunKind, RunOwner, RunOwnerRecord, RunRecord, RunState, RunnerRecord, ScanRecorded,
-    TaskRecord, TaskState, UnknownState,
+    GapStatus, IncomingEvent, Ingested, InvalidRunId, NewEvent, NewRun, NewTask, NewTaskState,
+    Ownership, PhaseProgress, QuarantineRecord, RunId, RunKind, RunOwner, RunOwnerRecord,
+    RunRecord, RunState, RunnerRecord, ScanRecorded, TaskRecord, TaskState, UnknownState,
 };
 pub use crate::schema::SCHEMA_VERSION;
 pub use crate::sqlite::{SqliteStore, SyncMode};

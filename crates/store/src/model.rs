@@ -136,6 +136,8 @@ text_enum! {
         Backfill = "backfill",
         /// Healing of detected gaps (`gapless heal`, the scheduler).
         Heal = "heal",
+        /// Downstream cells an event made runnable (`gapless serve`'s trigger).
+        Trigger = "trigger",
     }
 }
 
@@ -418,6 +420,48 @@ pub struct NewEvent {
     pub source: String,
     /// The run that produced it, if any.
     pub run_id: Option<RunId>,
+}
+
+/// An event received from outside (HTTP, Pub/Sub push, NATS), to store once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingEvent {
+    /// Phase id.
+    pub phase: i64,
+    /// Partition date.
+    pub date: NaiveDate,
+    /// The cell's new status, e.g. `complete`.
+    pub status: String,
+    /// `http`, `pubsub` or `nats`.
+    pub source: String,
+    /// A key that is the same on every delivery of this event (the sender's event id, Pub/Sub's
+    /// `messageId`, NATS's `Nats-Msg-Id`): a second event with the same key is not stored.
+    pub dedup_key: Option<String>,
+}
+
+/// What storing an [`IncomingEvent`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// Stored under this id.
+    Stored(i64),
+    /// An event with the same key was stored before: nothing changed.
+    Duplicate,
+}
+
+/// An event received but not acted on (malformed, unknown phase), kept with why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QuarantineRecord {
+    /// Increasing id.
+    pub id: i64,
+    /// When it was received.
+    pub received_at: DateTime<Utc>,
+    /// `http`, `pubsub` or `nats`.
+    pub source: String,
+    /// Its delivery key, if it had one.
+    pub dedup_key: Option<String>,
+    /// The bytes received (as text; invalid UTF-8 replaced).
+    pub payload: String,
+    /// Why it was not acted on.
+    pub reason: String,
 }
 
 /// An event as stored.

@@ -8,7 +8,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 /// Highest migration embedded in this binary; [`crate::Store::ensure_current`] demands exactly
 /// this.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// One embedded migration: version, description, SQL.
 type EmbeddedMigration = (i64, &'static str, &'static str);
@@ -45,6 +45,11 @@ pub(crate) const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[
         "fencing and ownership",
         include_str!("../migrations/postgres/0005_fencing_and_ownership.sql"),
     ),
+    (
+        6,
+        "inbox and consumers",
+        include_str!("../migrations/postgres/0006_inbox_and_consumers.sql"),
+    ),
 ];
 
 pub(crate) fn migrator(embedded: &[EmbeddedMigration]) -> Migrator {
@@ -78,6 +83,10 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (
         5,
         include_str!("../migrations/sqlite/0005_fencing_and_ownership.sql"),
+    ),
+    (
+        6,
+        include_str!("../migrations/sqlite/0006_inbox_and_consumers.sql"),
     ),
 ];
 
@@ -115,6 +124,7 @@ mod tests {
                 (3, 0xd983_ec3f_e0aa_e310),
                 (4, 0x72fa_8287_150d_feef),
                 (5, 0x7449_c070_0426_13f9),
+                (6, 0x364a_f22d_8c28_2cee),
             ]
         );
         assert_eq!(SQLITE_MIGRATIONS.last().map(|m| m.0), Some(SCHEMA_VERSION));

@@ -398,7 +398,42 @@ statements! {
          FROM events WHERE id > $1 ORDER BY id LIMIT $2";
 
     COUNT_EVENTS = "SELECT COUNT(*) FROM events WHERE phase = $1 AND date = $2";
+
+    /// An event from outside, stored unless one with the same key was: no row comes back then.
+    INGEST_EVENT = "INSERT INTO events \
+         (phase, date, status, source, run_id, created_at, dedup_key) \
+         VALUES ($1, $2, $3, $4, NULL, $5, $6) \
+         ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING \
+         RETURNING id";
+
+    QUARANTINE = "INSERT INTO quarantine (received_at, source, dedup_key, payload, reason) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING \
+         RETURNING id";
+
+    /// Newest first.
+    SELECT_QUARANTINE = "SELECT id, received_at, source, dedup_key, payload, reason \
+         FROM quarantine ORDER BY id DESC LIMIT $1";
+
+    SELECT_CONSUMER = "SELECT event_id FROM consumers WHERE name = $1";
+
+    SAVE_CONSUMER = "INSERT INTO consumers (name, event_id, updated_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO UPDATE SET event_id = excluded.event_id, \
+             updated_at = excluded.updated_at";
+
+    /// The cells of phase `$2` within `$3..=$4` that a run still means to run, while its owner
+    /// holds it (`$1` is now): a run nobody owns (interrupted) plans nothing.
+    ACTIVE_CELLS = "SELECT c.date FROM runs r \
+         JOIN run_cells c ON c.run_id = r.id \
+         WHERE r.owner_expires_at > $1 AND c.phase = $2 AND c.date >= $3 AND c.date <= $4 \
+             AND c.state = 'pending' \
+         ORDER BY c.date";
 }
+
+/// Taken by every PostgreSQL transaction that inserts events, before its first insert, and held
+/// to its commit: identity values are drawn at insert, so without it an event could become
+/// visible after a later id was read, and a consumer keeping the last id read would skip it.
+pub(crate) const LOCK_EVENT_LOG_POSTGRES: &str = "SELECT pg_advisory_xact_lock(7306231840418816)";
 
 // --- gap ledger -----------------------------------------------------------------------------
 

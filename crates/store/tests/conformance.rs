@@ -12,9 +12,10 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use chrono::{NaiveDate, Utc};
 use gapless_store::{
-    CellState, Claim, DetectedGap, GapFilter, GapStatus, NewEvent, NewRun, NewTask, NewTaskState,
-    NextClaims, Ownership, PhaseProgress, RunId, RunKind, RunOwner, RunState, RunnerRecord,
-    SCHEMA_VERSION, ScanRecorded, Store, StoreError, SyncMode, TaskRecord, TaskState,
+    CellState, Claim, DetectedGap, GapFilter, GapStatus, IncomingEvent, Ingested, NewEvent, NewRun,
+    NewTask, NewTaskState, NextClaims, Ownership, PhaseProgress, RunId, RunKind, RunOwner,
+    RunState, RunnerRecord, SCHEMA_VERSION, ScanRecorded, Store, StoreError, SyncMode, TaskRecord,
+    TaskState,
 };
 use sqlx::SqlSafeStr as _;
 use tokio::task::JoinSet;
@@ -2002,6 +2003,150 @@ async fn postgres_migration_5_keeps_tokens_growing() -> anyhow::Result<()> {
             .await?
             .context("claim")?;
         assert_eq!(claim.epoch, 24, "above the highest epoch of version 4");
+        Ok(())
+    })
+    .await
+}
+
+fn incoming(phase: i64, date: NaiveDate, key: Option<&str>) -> IncomingEvent {
+    IncomingEvent {
+        phase,
+        date,
+        status: "complete".to_owned(),
+        source: "http".to_owned(),
+        dedup_key: key.map(str::to_owned),
+    }
+}
+
+/// Events from outside are stored once per key, quarantined ones too; consumers read the log
+/// from their saved position; the cells of runs whose owner is alive are active.
+async fn inbox(store: Store) -> anyhow::Result<()> {
+    store.migrate().await?;
+    let ingested = store
+        .ingest_events(&[
+            incoming(2, d(1), Some("m-1")),
+            incoming(2, d(2), None),
+            incoming(2, d(1), Some("m-1")),
+        ])
+        .await?;
+    assert!(matches!(ingested[0], Ingested::Stored(_)), "{ingested:?}");
+    assert!(matches!(ingested[1], Ingested::Stored(_)), "{ingested:?}");
+    assert_eq!(
+        ingested[2],
+        Ingested::Duplicate,
+        "the same key in one batch"
+    );
+    // A redelivery later: still once. Without a key, every delivery is stored.
+    let again = store
+        .ingest_events(&[incoming(2, d(1), Some("m-1")), incoming(2, d(2), None)])
+        .await?;
+    assert_eq!(again[0], Ingested::Duplicate);
+    assert!(matches!(again[1], Ingested::Stored(_)));
+
+    assert!(
+        store
+            .quarantine("pubsub", Some("q-1"), "{", "not JSON")
+            .await?
+    );
+    assert!(
+        !store
+            .quarantine("pubsub", Some("q-1"), "{", "not JSON")
+            .await?
+    );
+    assert!(store.quarantine("http", None, "[]", "empty").await?);
+    let kept = store.quarantined(10).await?;
+    assert_eq!(kept.len(), 2);
+    assert_eq!(
+        (kept[0].source.as_str(), kept[0].reason.as_str()),
+        ("http", "empty")
+    );
+    assert_eq!(kept[1].dedup_key.as_deref(), Some("q-1"));
+
+    // The log, read two at a time from the start, then from a saved position.
+    assert_eq!(store.consumer_position("trigger").await?, 0);
+    let first = store.events(0, 2).await?;
+    assert_eq!(first.len(), 2);
+    store.save_consumer_position("trigger", first[1].id).await?;
+    let position = store.consumer_position("trigger").await?;
+    assert_eq!(position, first[1].id);
+    let rest = store.events(position, 10).await?;
+    assert_eq!(rest.len(), 1, "three events were stored");
+    assert_eq!((rest[0].phase, rest[0].date), (2, d(2)));
+
+    // Active cells: pending cells of a run whose owner holds it.
+    let owner = RunOwner {
+        id: "node-a",
+        host: "host",
+        pid: 1,
+    };
+    let run = store
+        .create_run_owned(
+            &run_of(RunKind::Trigger, vec![task(3, d(1), d(3))]),
+            &owner,
+            TTL,
+        )
+        .await?;
+    assert_eq!(store.active_cells(3, d(2), d(9)).await?, vec![d(2), d(3)]);
+    assert!(store.active_cells(4, d(1), d(9)).await?.is_empty());
+    store.finish_run(&run, RunState::Interrupted).await?;
+    store.release_run(&run, owner.id).await?;
+    assert!(
+        store.active_cells(3, d(1), d(9)).await?.is_empty(),
+        "a run nobody owns plans nothing"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_inbox() -> anyhow::Result<()> {
+    inbox(Store::connect("sqlite::memory:", Path::new(".")).await?).await
+}
+
+#[tokio::test]
+async fn postgres_inbox() -> anyhow::Result<()> {
+    on_postgres(inbox).await
+}
+
+/// PostgreSQL hands out ids when rows are inserted, not when they commit: an event whose
+/// transaction is still open holds back every later one, so a consumer that keeps the last id
+/// it read never skips it.
+#[tokio::test]
+async fn postgres_readers_never_skip_an_event_committed_late() -> anyhow::Result<()> {
+    on_postgres(|store| async move {
+        store.migrate().await?;
+        let Store::Postgres(pool) = &store else {
+            bail!("not PostgreSQL");
+        };
+        let mut slow = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(7306231840418816)")
+            .execute(&mut *slow)
+            .await?;
+        sqlx::query(
+            "INSERT INTO events (phase, date, status, source, created_at) \
+             VALUES (2, '2024-01-01', 'complete', 'slow', 1)",
+        )
+        .execute(&mut *slow)
+        .await?;
+        let fast = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .ingest_events(&[incoming(2, d(2), Some("fast"))])
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !fast.is_finished(),
+            "the second insert waits for the first commit"
+        );
+        assert!(store.events(0, 10).await?.is_empty());
+        slow.commit().await?;
+        fast.await??;
+        let seen = store.events(0, 10).await?;
+        let sources: Vec<&str> = seen.iter().map(|event| event.source.as_str()).collect();
+        assert_eq!(sources, ["slow", "http"]);
+        assert!(seen[0].id < seen[1].id);
         Ok(())
     })
     .await

@@ -201,6 +201,9 @@ impl Store {
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
+                    sqlx::query(sql::LOCK_EVENT_LOG_POSTGRES)
+                        .execute(&mut *tx)
+                        .await?;
                     sqlx::query(sql::INSERT_COMPLETION_EVENTS.postgres)
                         .bind(task_id)
                         .bind(now)
