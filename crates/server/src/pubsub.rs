@@ -434,7 +434,7 @@ impl OidcVerifier {
 
     fn check_claims(&self, claims: &GoogleClaims, now: i64) -> Result<(), AuthError> {
         let config = &self.inner.config;
-        if !config.issuers.iter().any(|issuer| *issuer == claims.iss) {
+        if !config.issuers.contains(&claims.iss) {
             return Err(AuthError::Invalid(format!(
                 "issuer `{}` is not one of {:?}",
                 shown(&claims.iss),

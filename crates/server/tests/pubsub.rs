@@ -703,7 +703,9 @@ fn either_id_spelling_and_optional_fields() {
 
 #[test]
 fn each_missing_field_is_named() {
-    let cases: [(&str, fn(&mut Value)); 5] = [
+    /// Takes a field out of a good envelope.
+    type Removal = fn(&mut Value);
+    let cases: [(&str, Removal); 5] = [
         ("message", |v| {
             v.as_object_mut().unwrap().remove("message");
         }),
