@@ -1,1 +1,2 @@
 //! `gapless serve`: the HTTP API, the event consumers and the trigger in one process.
+pub mod pubsub;
