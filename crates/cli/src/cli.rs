@@ -52,6 +52,8 @@ pub(crate) enum Command {
     Gaps(GapsArgs),
     /// The completeness report per phase and period (month, year or season).
     Report(ReportArgs),
+    /// The HTTP API, the event consumers and the trigger: every completed cell runs what it makes runnable downstream.
+    Serve(ServeArgs),
     /// The NBA example end to end on embedded SQLite.
     Demo(DemoArgs),
     /// Load NBA box-score files into nba_raw (the example's phase-2 runner).
@@ -77,6 +79,17 @@ pub(crate) struct ScanArgs {
     /// How far back from today to look, e.g. `90d` (default: `[healing] lookback`, 90 days).
     #[arg(long, value_name = "DURATION")]
     pub(crate) lookback: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Where to listen (default: `[server] listen`, else 127.0.0.1:8080). An address other than
+    /// loopback needs GAPLESS_API_TOKEN.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) listen: Option<String>,
+    /// Tasks at once per run, and runs the trigger executes at once.
+    #[arg(long, short = 'j', default_value_t = 4, value_name = "N")]
+    pub(crate) jobs: usize,
 }
 
 #[derive(Debug, Args)]

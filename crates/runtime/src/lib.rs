@@ -14,6 +14,7 @@
 
 pub mod context;
 pub mod executor;
+pub mod heal;
 pub mod lifecycle;
 pub mod observe;
 pub mod owner;

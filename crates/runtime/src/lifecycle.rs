@@ -88,6 +88,20 @@ pub async fn create_run(
     kind: RunKind,
     owner: &Owner,
 ) -> Result<RunId, StoreError> {
+    create_run_with(store, spec, request, plan, kind, owner, None).await
+}
+
+/// [`create_run`], with one more `(key, value)` in the run's recorded request (`serve` marks
+/// the runs it started with `"via": "api"`, to resume them on its next start).
+pub async fn create_run_with(
+    store: &Store,
+    spec: &Spec,
+    request: &Request,
+    plan: &Plan,
+    kind: RunKind,
+    owner: &Owner,
+    extra: Option<(&str, &str)>,
+) -> Result<RunId, StoreError> {
     let mut tasks: Vec<NewTask> = plan
         .tasks
         .iter()
@@ -108,29 +122,33 @@ pub async fn create_run(
         state: NewTaskState::Blocked,
         error: Some(blocked.describe()),
     }));
+    let mut recorded = json!({
+        "start_date": request.range.start(),
+        "end_date": request.range.end(),
+        "phases": request.phases.iter().map(|p| p.0).collect::<Vec<_>>(),
+        "force": request.force,
+        // What the request covered besides the cells the run holds, so that `runs` can
+        // count every cell the request covers.
+        "already_complete": plan
+            .phases
+            .iter()
+            .filter(|phase| phase.requested)
+            .map(|phase| phase.skipped_complete)
+            .sum::<usize>(),
+        "not_expected": plan
+            .phases
+            .iter()
+            .filter(|phase| phase.requested)
+            .map(|phase| phase.not_expected)
+            .sum::<usize>(),
+    });
+    if let Some((key, value)) = extra {
+        recorded[key] = serde_json::Value::String(value.to_owned());
+    }
     let run = NewRun {
         kind,
         pipeline: spec.name.clone(),
-        request: json!({
-            "start_date": request.range.start(),
-            "end_date": request.range.end(),
-            "phases": request.phases.iter().map(|p| p.0).collect::<Vec<_>>(),
-            "force": request.force,
-            // What the request covered besides the cells the run holds, so that `runs` can
-            // count every cell the request covers.
-            "already_complete": plan
-                .phases
-                .iter()
-                .filter(|phase| phase.requested)
-                .map(|phase| phase.skipped_complete)
-                .sum::<usize>(),
-            "not_expected": plan
-                .phases
-                .iter()
-                .filter(|phase| phase.requested)
-                .map(|phase| phase.not_expected)
-                .sum::<usize>(),
-        }),
+        request: recorded,
         tasks,
     };
     store

@@ -399,6 +399,10 @@ statements! {
 
     COUNT_EVENTS = "SELECT COUNT(*) FROM events WHERE phase = $1 AND date = $2";
 
+    /// Newest first.
+    RECENT_EVENTS = "SELECT id, phase, date, status, source, run_id, created_at \
+         FROM events ORDER BY id DESC LIMIT $1";
+
     /// An event from outside, stored unless one with the same key was: no row comes back then.
     INGEST_EVENT = "INSERT INTO events \
          (phase, date, status, source, run_id, created_at, dedup_key) \
@@ -457,6 +461,25 @@ statements! {
     /// A cell found complete closes its open gap.
     CLOSE_GAP = "UPDATE gaps SET healing_status = 'complete', healed_at = $2 \
          WHERE id = $1 AND healing_status <> 'complete'";
+
+    /// A heal run `$2` was started for open gap `$1`.
+    TRIGGER_GAP = "UPDATE gaps SET healing_status = 'triggered', run_id = $2, \
+             attempts = attempts + 1, last_error = NULL \
+         WHERE id = $1 AND healing_status <> 'complete'";
+
+    /// After heal run `$1`: the gaps it was started for whose cell it completed are closed.
+    HEALED_GAPS = "UPDATE gaps SET healing_status = 'complete', healed_at = $2 \
+         WHERE run_id = $1 AND healing_status = 'triggered' AND EXISTS ( \
+             SELECT 1 FROM run_cells c WHERE c.run_id = $1 AND c.phase = gaps.phase_to \
+                 AND c.date = gaps.partition_date AND c.state = 'complete')";
+
+    /// After heal run `$1`: the others failed, with their task's error.
+    UNHEALED_GAPS = "UPDATE gaps SET healing_status = 'failed', last_error = COALESCE( \
+             (SELECT t.error FROM run_cells c JOIN tasks t ON t.id = c.task_id \
+              WHERE c.run_id = $1 AND c.phase = gaps.phase_to \
+                  AND c.date = gaps.partition_date), \
+             'the heal run ended without completing it') \
+         WHERE run_id = $1 AND healing_status = 'triggered'";
 
     /// `$1` is `open`, `all` or a status.
     SELECT_GAPS = "SELECT id, detected_at, last_seen_at, phase_from, phase_to, partition_date, \

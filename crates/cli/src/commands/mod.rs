@@ -9,6 +9,7 @@ pub(crate) mod report;
 pub(crate) mod resume;
 pub(crate) mod runs;
 pub(crate) mod scan;
+pub(crate) mod serve;
 pub(crate) mod status;
 
 use std::io::Write;
@@ -46,6 +47,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Scan(args) => scan::run(global, args).await,
         Command::Gaps(args) => gaps::run(global, args).await,
         Command::Report(args) => report::run(global, args).await,
+        Command::Serve(args) => serve::run(global, args).await,
         Command::Demo(args) => demo::run(global, args).await,
         Command::NbaLoad(args) => {
             let start = crate::settings::date_arg("start-date", &args.start_date)?;

@@ -65,6 +65,12 @@ impl Store {
         }
     }
 
+    /// The newest `limit` events, newest first.
+    pub async fn recent_events(&self, limit: i64) -> Result<Vec<EventRecord>, StoreError> {
+        self.rows_by(sql::RECENT_EVENTS, limit.max(0), |row| event_from_row(row))
+            .await
+    }
+
     /// How many events were stored for the cell (phase, date). A scan of the events table (no
     /// index serves it: one would cost a page on every completion); meant for checks and tests.
     pub async fn count_events(&self, phase: i64, date: NaiveDate) -> Result<i64, StoreError> {

@@ -7,7 +7,7 @@ use rusqlite::params;
 
 use crate::codec::{RowExt, date, date_text, gap_from_row};
 use crate::error::StoreError;
-use crate::model::{DetectedGap, GapFilter, GapRecord, ScanRecorded};
+use crate::model::{DetectedGap, GapFilter, GapRecord, RunId, ScanRecorded};
 use crate::sql;
 use crate::sqlite::{self, Commit};
 use crate::store::Store;
@@ -96,6 +96,62 @@ impl Store {
     pub async fn gaps(&self, filter: GapFilter) -> Result<Vec<GapRecord>, StoreError> {
         self.rows_by(sql::SELECT_GAPS, filter.as_str(), |row| gap_from_row(row))
             .await
+    }
+
+    /// Records that heal run `run_id` was started for the open gaps `ids`: each goes
+    /// `triggered`, names the run and counts one more attempt. Returns how many moved.
+    pub async fn trigger_gaps(&self, ids: &[i64], run_id: &RunId) -> Result<usize, StoreError> {
+        let run = run_id.as_str();
+        match self {
+            Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
+                let mut moved = 0;
+                for id in ids {
+                    moved += sqlite::execute(connection, sql::TRIGGER_GAP.sqlite, params![id, run])?;
+                }
+                Ok(moved)
+            }),
+            Self::Postgres(pool) => pg_tx!(pool, |tx| {
+                let mut moved = 0;
+                for id in ids {
+                    moved += sqlx::query(sql::TRIGGER_GAP.postgres)
+                        .bind(id)
+                        .bind(run)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected() as usize;
+                }
+                moved
+            }),
+        }
+    }
+
+    /// Records how heal run `run_id` ended for the gaps it was started for: `complete` (with
+    /// `healed_at`) where it completed the cell, else `failed` with the task's error. Returns
+    /// (healed, failed).
+    pub async fn finish_heal(&self, run_id: &RunId) -> Result<(usize, usize), StoreError> {
+        let now = Utc::now().timestamp_millis();
+        let run = run_id.as_str();
+        match self {
+            Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
+                let healed = sqlite::execute(connection, sql::HEALED_GAPS.sqlite, params![run, now])?;
+                let failed = sqlite::execute(connection, sql::UNHEALED_GAPS.sqlite, params![run])?;
+                Ok((healed, failed))
+            }),
+            Self::Postgres(pool) => pg_tx!(pool, |tx| {
+                let healed = sqlx::query(sql::HEALED_GAPS.postgres)
+                    .bind(run)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected() as usize;
+                let failed = sqlx::query(sql::UNHEALED_GAPS.postgres)
+                    .bind(run)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected() as usize;
+                (healed, failed)
+            }),
+        }
     }
 }
 

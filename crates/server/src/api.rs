@@ -1,0 +1,567 @@
+//! The HTTP API (SPEC.md, "HTTP API"): JSON in and out, a JSON error naming the field for any
+//! bad input, never a 500 for the caller's mistake, and never a panic.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use gapless_core::dates::{DateRange, parse_duration};
+use gapless_core::plan::Request;
+use gapless_store::{GapFilter, GapStatus, Ingested, RunId, RunKind};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::app::{App, error_chain};
+use crate::event::{self, FieldError};
+use crate::pubsub::{self, OidcVerifier};
+
+/// Largest request body accepted.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// Who may call the API.
+#[derive(Clone, Default)]
+pub struct Auth {
+    /// `GAPLESS_API_TOKEN`: every route. `None` (loopback only) leaves the API open.
+    pub admin: Option<String>,
+    /// `GAPLESS_API_READ_TOKEN`: the GET routes.
+    pub read: Option<String>,
+    /// Google's OIDC tokens on `POST /events/pubsub`, when configured.
+    pub pubsub: Option<OidcVerifier>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    app: Arc<App>,
+    auth: Arc<Auth>,
+}
+
+/// The router of every route of this API.
+pub fn router(app: Arc<App>, auth: Auth) -> Router {
+    let shared = Shared {
+        app,
+        auth: Arc::new(auth),
+    };
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/events", post(post_events).get(get_events))
+        .route("/events/pubsub", post(post_pubsub))
+        .route("/scan-gaps", post(post_scan))
+        .route("/backfills", post(post_backfill))
+        .route("/backfills/{id}", get(get_backfill))
+        .route("/runs", get(get_runs))
+        .route("/gaps", get(get_gaps))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(shared.clone(), authorize))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(shared)
+}
+
+/// An API error: a status and `{"error": …, "field": …}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    fn bad(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            field: Some(field.to_owned()),
+        }
+    }
+
+    /// A failure on gapless's side (the state store, the warehouse): 503, as it may pass.
+    fn unavailable(error: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::warn!(error = %error_chain(error), "request failed");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, error_chain(error))
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(error: FieldError) -> Self {
+        Self::bad(&error.field, error.to_string())
+    }
+}
+
+impl From<gapless_store::StoreError> for ApiError {
+    fn from(error: gapless_store::StoreError) -> Self {
+        Self::unavailable(&error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.message });
+        if let Some(field) = self.field {
+            body["field"] = Value::String(field);
+        }
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn ok(status: StatusCode, body: Value) -> ApiResult {
+    Ok((status, axum::Json(body)).into_response())
+}
+
+/// The body as JSON: 413 over [`BODY_LIMIT`], 400 naming the position of a syntax error.
+fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(status, format!("the body is over {BODY_LIMIT} bytes"))
+        } else {
+            ApiError::new(status, rejection.body_text())
+        }
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|error| ApiError::bad("body", format!("the body is not valid JSON: {error}")))
+}
+
+async fn authorize(State(shared): State<Shared>, request: axum::extract::Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if path == "/healthz" {
+        return next.run(request).await;
+    }
+    let auth = &shared.auth;
+    let Some(admin) = &auth.admin else {
+        return next.run(request).await;
+    };
+    let presented = bearer(request.headers());
+    let is_admin = presented.is_some_and(|token| constant_time_eq(token, admin));
+    let is_reader = request.method() == Method::GET
+        && presented.is_some_and(|token| {
+            auth.read
+                .as_deref()
+                .is_some_and(|read| constant_time_eq(token, read))
+        });
+    // Pub/Sub's push may bring Google's OIDC token instead: its handler checks it.
+    let pubsub_oidc = path == "/events/pubsub" && auth.pubsub.is_some();
+    if is_admin || is_reader || pubsub_oidc {
+        return next.run(request).await;
+    }
+    let (status, message) = if presented.is_some() {
+        (StatusCode::FORBIDDEN, "this token may not use this route")
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            "missing `Authorization: Bearer <token>`",
+        )
+    };
+    let mut response = ApiError::new(status, message).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    response
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Compares without stopping at the first difference, so the time taken does not tell how much
+/// of a guessed token was right.
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn healthz() -> ApiResult {
+    ok(StatusCode::OK, json!({ "status": "ok" }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such route")
+}
+
+/// `POST /events`: one event or an array; all stored (once per `id`) or none.
+async fn post_events(State(shared): State<Shared>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let value = json_body(body)?;
+    let items: Vec<&Value> = match &value {
+        Value::Array(items) if items.is_empty() => {
+            return Err(ApiError::bad("body", "an empty array: no events"));
+        }
+        Value::Array(items) => items.iter().collect(),
+        single => vec![single],
+    };
+    let spec = &shared.app.spec;
+    let events = items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            event::parse(spec, item, "http", None).map_err(|error| {
+                if value.is_array() {
+                    error.at(index)
+                } else {
+                    error
+                }
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let outcome = shared.app.store.ingest_events(&events).await?;
+    let ids: Vec<Value> = outcome
+        .iter()
+        .map(|ingested| match ingested {
+            Ingested::Stored(id) => json!(id),
+            Ingested::Duplicate => Value::Null,
+        })
+        .collect();
+    let stored = outcome
+        .iter()
+        .filter(|i| matches!(i, Ingested::Stored(_)))
+        .count();
+    let duplicates = outcome.len() - stored;
+    shared.app.stored(stored as u64, duplicates as u64);
+    ok(
+        StatusCode::ACCEPTED,
+        json!({ "stored": stored, "duplicates": duplicates, "ids": ids }),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /events?status=quarantined`: events kept but not acted on, newest first; without
+/// `status`, the newest events stored.
+async fn get_events(
+    State(shared): State<Shared>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(query) = query.map_err(|rejection| ApiError::bad("query", rejection.body_text()))?;
+    let limit = limit(query.limit)?;
+    match query.status.as_deref() {
+        Some("quarantined") => {
+            let events = shared.app.store.quarantined(limit).await?;
+            ok(StatusCode::OK, json!({ "events": events }))
+        }
+        None | Some("stored") => {
+            let events = shared.app.store.recent_events(limit).await?;
+            ok(StatusCode::OK, json!({ "events": events }))
+        }
+        Some(other) => Err(ApiError::bad(
+            "status",
+            format!("`{other}`: expected `stored` or `quarantined`"),
+        )),
+    }
+}
+
+fn limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(100),
+        Some(n) if (1..=10_000).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad("limit", format!("{n}: expected 1 to 10000"))),
+    }
+}
+
+/// `POST /events/pubsub`: Google Pub/Sub's push. Authenticated by the API token or Google's
+/// OIDC token; an authenticated message that cannot be acted on is quarantined and
+/// acknowledged (2xx), so that Pub/Sub stops redelivering it.
+async fn post_pubsub(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let auth = &shared.auth;
+    let by_token = match (&auth.admin, bearer(&headers)) {
+        (Some(admin), Some(token)) => constant_time_eq(token, admin),
+        (None, _) => auth.pubsub.is_none(),
+        _ => false,
+    };
+    if !by_token {
+        let Some(verifier) = &auth.pubsub else {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong token"));
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        if let Err(error) = verifier.verify(presented).await {
+            let status =
+                StatusCode::from_u16(error.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+            return Err(ApiError::new(status, error.to_string()));
+        }
+    }
+    let bytes = body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+    let app = &shared.app;
+    let message = match pubsub::parse_push(&bytes) {
+        Ok(message) => message,
+        Err(error) => return quarantine(app, None, &bytes, &error.to_string()).await,
+    };
+    let key = pubsub::dedup_key(&message);
+    let parsed = serde_json::from_slice::<Value>(&message.data)
+        .map_err(|error| FieldError::new("message.data", format!("not JSON: {error}")))
+        .and_then(|value| event::parse(&app.spec, &value, "pubsub", Some(key.clone())));
+    match parsed {
+        Ok(event) => {
+            let outcome = app.store.ingest_events(std::slice::from_ref(&event)).await?;
+            let stored = matches!(outcome[0], Ingested::Stored(_));
+            app.stored(u64::from(stored), u64::from(!stored));
+            ok(StatusCode::OK, json!({ "stored": stored, "duplicate": !stored }))
+        }
+        Err(error) => quarantine(app, Some(&key), &message.data, &error.to_string()).await,
+    }
+}
+
+async fn quarantine(app: &App, key: Option<&str>, payload: &[u8], reason: &str) -> ApiResult {
+    let text = String::from_utf8_lossy(payload);
+    let new = app.store.quarantine("pubsub", key, &text, reason).await?;
+    if new {
+        app.counters
+            .events_quarantined
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    tracing::warn!(reason, "Pub/Sub message quarantined");
+    ok(
+        StatusCode::OK,
+        json!({ "stored": false, "quarantined": reason }),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScanBody {
+    lookback: Option<String>,
+    #[serde(default)]
+    heal: bool,
+}
+
+/// `POST /scan-gaps`: scan now, and with `heal`, heal the healable gaps.
+async fn post_scan(State(shared): State<Shared>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let app = &shared.app;
+    let value = match body {
+        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => json!({}),
+        other => json_body(other)?,
+    };
+    let request: ScanBody = serde_json::from_value(value)
+        .map_err(|error| ApiError::bad(&field_of(&error.to_string()), error.to_string()))?;
+    let lookback = match &request.lookback {
+        Some(text) => parse_duration(text).map_err(|error| ApiError::bad("lookback", error.to_string()))?,
+        None => app.spec.healing.lookback,
+    };
+    let days = i64::try_from(lookback.as_secs() / 86_400).unwrap_or(i64::MAX);
+    if days < 1 {
+        return Err(ApiError::bad("lookback", "must be at least one day, e.g. `90d`"));
+    }
+    let context = app.context();
+    let scan = gapless_runtime::lifecycle::scan(&context, &app.store, days)
+        .await
+        .map_err(|error| ApiError::unavailable(&error))?;
+    let healed = if request.heal {
+        crate::heal::heal(app, &scan).await.map_err(|error| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{error:#}"))
+        })?
+    } else {
+        None
+    };
+    let gaps: Vec<Value> = scan
+        .gaps
+        .iter()
+        .map(|gap| {
+            json!({
+                "phase_from": gap.phase_from.map(|p| p.0),
+                "phase_to": gap.phase_to.0,
+                "date": gap.date,
+                "age_days": gap.age_days,
+                "state": gap.state,
+                "found": gap.found,
+                "expected": gap.expected,
+            })
+        })
+        .collect();
+    ok(
+        StatusCode::OK,
+        json!({
+            "range": scan.range.map(|r| json!({"start": r.start(), "end": r.end()})),
+            "found": gaps.len(),
+            "gaps": gaps,
+            "opened": scan.recorded.opened,
+            "still_open": scan.recorded.still_open,
+            "closed": scan.recorded.closed,
+            "healed": healed,
+            "alerted": [],
+        }),
+    )
+}
+
+/// The field serde's error names (`unknown field `x``, `missing field `y``), else `body`.
+fn field_of(message: &str) -> String {
+    message
+        .split('`')
+        .nth(1)
+        .filter(|_| message.contains("field"))
+        .unwrap_or("body")
+        .to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackfillBody {
+    start_date: String,
+    end_date: String,
+    phases: Option<Value>,
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /backfills`: plan and start a backfill; 202 with its run id.
+async fn post_backfill(
+    State(shared): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let app = &shared.app;
+    let body: BackfillBody = serde_json::from_value(json_body(body)?)
+        .map_err(|error| ApiError::bad(&field_of(&error.to_string()), error.to_string()))?;
+    let date = |field: &str, text: &str| {
+        (text.len() == 10)
+            .then(|| gapless_core::dates::Date::parse_from_str(text, "%Y-%m-%d").ok())
+            .flatten()
+            .ok_or_else(|| ApiError::bad(field, format!("`{text}` is not a date (YYYY-MM-DD)")))
+    };
+    let start = date("start_date", &body.start_date)?;
+    let end = date("end_date", &body.end_date)?;
+    let context = app.context();
+    if start < app.spec.start {
+        return Err(ApiError::bad(
+            "start_date",
+            format!("{start} is before the pipeline's start, {}", app.spec.start),
+        ));
+    }
+    if end > context.today {
+        return Err(ApiError::bad(
+            "end_date",
+            format!("{end} is after today, {}", context.today),
+        ));
+    }
+    let range = DateRange::new(start, end)
+        .map_err(|_| ApiError::bad("end_date", format!("{end} is before start_date {start}")))?;
+    let list = match &body.phases {
+        None | Some(Value::Null) => None,
+        Some(Value::String(list)) => Some(list.clone()),
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .map(|item| match item {
+                    Value::String(text) => Ok(text.clone()),
+                    Value::Number(number) => Ok(number.to_string()),
+                    other => Err(ApiError::bad(
+                        "phases",
+                        format!("expected phase ids or names, found {other}"),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+                .join(","),
+        ),
+        Some(other) => {
+            return Err(ApiError::bad(
+                "phases",
+                format!("expected a list like [3, 4] or \"3-6\", found {other}"),
+            ));
+        }
+    };
+    let phases: BTreeSet<_> = gapless_core::select::select(&app.spec, list.as_deref())
+        .map_err(|error| ApiError::bad("phases", error.to_string()))?;
+    let request = Request {
+        range,
+        phases,
+        force: body.force,
+    };
+    let plan = gapless_runtime::lifecycle::plan(&context, &request)
+        .await
+        .map_err(|error| ApiError::unavailable(&error))?;
+    let run_id = crate::heal::create_api_run(app, &request, &plan, RunKind::Backfill)
+        .await
+        .map_err(|error| ApiError::unavailable(&error))?;
+    app.execute(run_id.clone(), RunKind::Backfill, None);
+    ok(
+        StatusCode::ACCEPTED,
+        json!({
+            "run_id": run_id,
+            "tasks": plan.tasks.len(),
+            "cells": plan.cell_count(),
+            "blocked": plan.blocked.len(),
+        }),
+    )
+}
+
+/// `GET /backfills/{id}`: the run and its progress per phase.
+async fn get_backfill(State(shared): State<Shared>, Path(id): Path<String>) -> ApiResult {
+    let run_id = RunId::parse(&id).map_err(|error| ApiError::bad("id", error.to_string()))?;
+    let store = &shared.app.store;
+    let Some(run) = store.run(&run_id).await? else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no run `{id}`")));
+    };
+    let progress = store.run_progress(&run_id).await?;
+    ok(StatusCode::OK, json!({ "run": run, "phases": progress }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsQuery {
+    limit: Option<i64>,
+}
+
+/// `GET /runs`: the newest runs.
+async fn get_runs(
+    State(shared): State<Shared>,
+    query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(query) = query.map_err(|rejection| ApiError::bad("query", rejection.body_text()))?;
+    let runs = shared.app.store.list_runs(limit(query.limit)?).await?;
+    ok(StatusCode::OK, json!({ "runs": runs }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GapsQuery {
+    status: Option<String>,
+}
+
+/// `GET /gaps?status=open`: the gap ledger.
+async fn get_gaps(
+    State(shared): State<Shared>,
+    query: Result<Query<GapsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(query) = query.map_err(|rejection| ApiError::bad("query", rejection.body_text()))?;
+    let filter = match query.status.as_deref().unwrap_or("open") {
+        "open" => GapFilter::Open,
+        "all" => GapFilter::All,
+        other => GapFilter::Status(other.parse::<GapStatus>().map_err(|_| {
+            ApiError::bad(
+                "status",
+                format!("`{other}`: expected open, pending, triggered, complete, failed, alerted or all"),
+            )
+        })?),
+    };
+    let gaps = shared.app.store.gaps(filter).await?;
+    ok(StatusCode::OK, json!({ "gaps": gaps }))
+}

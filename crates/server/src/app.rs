@@ -1,0 +1,272 @@
+//! What every part of `serve` shares: the pipeline, the state store, the clock, and the runs it
+//! executes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use gapless_core::dates::DateTime;
+use gapless_core::spec::Spec;
+use gapless_runtime::context::Context;
+use gapless_runtime::executor::{self, Quiet};
+use gapless_runtime::lifecycle::{self, LifecycleError, RunOptions};
+use gapless_runtime::owner::Owner;
+use gapless_store::{RunId, RunKind, RunRecord, RunState, Store};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The moment cells are classified at (`GAPLESS_NOW` in tests, else the wall clock).
+pub type Clock = Arc<dyn Fn() -> DateTime + Send + Sync>;
+
+/// How `serve` executes runs.
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    /// Tasks at once per run, and runs the trigger executes at once.
+    pub jobs: usize,
+    /// `[state] outage`.
+    pub store_outage: Duration,
+    /// How long the trigger waits after an event for more to arrive, so that a burst for
+    /// neighbouring dates becomes one batch.
+    pub coalesce: Duration,
+    /// How often the trigger looks at the event log when nothing woke it: events written by
+    /// other processes (a `gapless backfill` on the same state store) are seen this late.
+    pub poll: Duration,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            jobs: 4,
+            store_outage: gapless_core::spec::DEFAULT_STATE_OUTAGE,
+            coalesce: Duration::from_millis(50),
+            poll: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Counters the API and the tests read.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Events stored, from every source.
+    pub events_stored: AtomicU64,
+    /// Deliveries of an event already stored.
+    pub events_duplicate: AtomicU64,
+    /// Events quarantined.
+    pub events_quarantined: AtomicU64,
+    /// Runs the trigger created.
+    pub trigger_runs: AtomicU64,
+    /// Tasks the trigger created.
+    pub trigger_tasks: AtomicU64,
+}
+
+/// The state of one `serve` process.
+pub struct App {
+    /// The validated pipeline.
+    pub spec: Arc<Spec>,
+    base: Context,
+    /// The state store.
+    pub store: Store,
+    /// This process, as the owner of the runs it executes.
+    pub owner: Owner,
+    clock: Clock,
+    /// Execution settings.
+    pub options: AppOptions,
+    /// Woken when events are stored, so the trigger reads them at once.
+    pub events_stored: Notify,
+    /// Counters.
+    pub counters: Counters,
+    runs: TaskTracker,
+    run_slots: Arc<Semaphore>,
+    shutdown: CancellationToken,
+}
+
+impl App {
+    /// `base` is a context built for the pipeline; its `now` and `today` are refreshed from
+    /// `clock` for each use.
+    pub fn new(
+        base: Context,
+        store: Store,
+        owner: Owner,
+        clock: Clock,
+        options: AppOptions,
+    ) -> Arc<Self> {
+        let slots = options.jobs.max(1);
+        Arc::new(Self {
+            spec: Arc::clone(&base.spec),
+            base,
+            store,
+            owner,
+            clock,
+            options,
+            events_stored: Notify::new(),
+            counters: Counters::default(),
+            runs: TaskTracker::new(),
+            run_slots: Arc::new(Semaphore::new(slots)),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The context as of now.
+    pub fn context(&self) -> Context {
+        let now = (self.clock)();
+        Context {
+            now,
+            today: now.date(),
+            ..self.base.clone()
+        }
+    }
+
+    /// Fires when `serve` is stopping.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits for a slot to execute one more run: the trigger holds it from creating a run to
+    /// its end, so that runs it cannot execute yet are not created (their cells stay free).
+    pub async fn run_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::select! {
+            permit = Arc::clone(&self.run_slots).acquire_owned() => permit.ok(),
+            () = self.shutdown.cancelled() => None,
+        }
+    }
+
+    /// Executes run `run_id` (already created, owned by this process) in the background.
+    /// `permit`, when given, is held until it ends.
+    pub fn execute(
+        self: &Arc<Self>,
+        run_id: RunId,
+        kind: RunKind,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
+        let app = Arc::clone(self);
+        self.runs.spawn(async move {
+            let _permit = permit;
+            match app.execute_now(&run_id, source_of(kind)).await {
+                Ok(()) if kind == RunKind::Heal => {
+                    match gapless_runtime::heal::finish_heal(&app.store, &run_id).await {
+                        Ok((healed, failed)) => {
+                            tracing::info!(run = %run_id, healed, failed, "heal run recorded");
+                        }
+                        Err(error) => {
+                            tracing::error!(run = %run_id, error = %error_chain(&error), "cannot record the heal");
+                        }
+                    }
+                }
+                Ok(()) => {}
+                Err(error) => {
+                    tracing::error!(run = %run_id, error = %error_chain(&error), "run failed to execute");
+                }
+            }
+            // Its completions are in the event log.
+            app.events_stored.notify_one();
+        });
+    }
+
+    async fn execute_now(&self, run_id: &RunId, source: &str) -> Result<(), LifecycleError> {
+        let context = Arc::new(self.context());
+        let tasks = executor::load_tasks(&self.store, &self.spec, run_id).await?;
+        let options = RunOptions {
+            jobs: self.options.jobs,
+            source: source.to_owned(),
+            store_outage: self.options.store_outage,
+            ..RunOptions::default()
+        };
+        let finished = lifecycle::execute_run(
+            context,
+            &self.store,
+            run_id,
+            &self.owner,
+            tasks,
+            &options,
+            Arc::new(Quiet),
+            self.shutdown.child_token(),
+        )
+        .await?;
+        tracing::info!(
+            run = %run_id,
+            state = %finished.state.as_str(),
+            cells = finished.cells,
+            elapsed_ms = finished.elapsed.as_millis() as u64,
+            "run ended"
+        );
+        Ok(())
+    }
+
+    /// Resumes the runs `serve` is responsible for that a previous `serve` left unfinished
+    /// (stopped by SIGTERM, or killed): trigger and heal runs, and backfills started through
+    /// the API. Returns how many it resumed. A run whose owner is alive is left to it.
+    pub async fn resume_unfinished(self: &Arc<Self>) -> anyhow::Result<usize> {
+        let mut resumed = 0;
+        for run in self.store.list_runs(1_000).await? {
+            if !self.is_ours_to_resume(&run) {
+                continue;
+            }
+            let context = self.context();
+            match lifecycle::prepare_resume(&context, &self.store, &run, &self.owner).await {
+                Ok(_) => {
+                    tracing::info!(run = %run.id, kind = %run.kind.as_str(), "resuming");
+                    self.execute(run.id.clone(), run.kind, None);
+                    resumed += 1;
+                }
+                Err(LifecycleError::Owned { .. }) => {}
+                Err(error) => {
+                    tracing::warn!(run = %run.id, error = %error_chain(&error), "cannot resume");
+                }
+            }
+        }
+        Ok(resumed)
+    }
+
+    fn is_ours_to_resume(&self, run: &RunRecord) -> bool {
+        let unfinished = matches!(run.state, RunState::Running | RunState::Interrupted);
+        let ours = match run.kind {
+            RunKind::Trigger | RunKind::Heal => true,
+            RunKind::Backfill => run.request.get("via").and_then(|via| via.as_str()) == Some("api"),
+        };
+        unfinished && ours && run.pipeline == self.spec.name
+    }
+
+    /// Stops every run (their tasks are recorded interrupted, to be resumed on the next start)
+    /// and waits for them to record it.
+    pub async fn stop_runs(&self) {
+        self.shutdown.cancel();
+        self.runs.close();
+        self.runs.wait().await;
+    }
+
+    /// Records that `stored` events were stored and `duplicate` deliveries were ignored, and
+    /// wakes the trigger.
+    pub fn stored(&self, stored: u64, duplicate: u64) {
+        self.counters
+            .events_stored
+            .fetch_add(stored, Ordering::Relaxed);
+        self.counters
+            .events_duplicate
+            .fetch_add(duplicate, Ordering::Relaxed);
+        if stored > 0 {
+            self.events_stored.notify_one();
+        }
+    }
+}
+
+/// The event source recorded with a run's completions.
+pub(crate) fn source_of(kind: RunKind) -> &'static str {
+    match kind {
+        RunKind::Backfill => "backfill",
+        RunKind::Heal => "heal",
+        RunKind::Trigger => "trigger",
+    }
+}
+
+/// An error and its causes on one line.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
