@@ -1,2 +1,3 @@
 //! `gapless serve`: the HTTP API, the event consumers and the trigger in one process.
+pub mod nats;
 pub mod pubsub;
