@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream;
@@ -313,20 +313,30 @@ async fn completions_do_not_reach_the_events_consumer() {
         // Both are stored: the completion is in the stream, for whoever reads that subject.
         assert_eq!(stored_messages(&js, &config.stream).await, 2);
 
-        let seen = Mutex::new(Vec::new());
+        // As `serve` runs it: on a task of its own, with shared state behind an `Arc`.
+        let seen = Arc::new(Mutex::new(Vec::new()));
         let cancel = CancellationToken::new();
-        let handler = |delivery: Delivery| {
-            let (seen, cancel) = (&seen, &cancel);
-            async move {
-                seen.lock().unwrap().push(delivery.dedup_key);
-                // The completion has the lower stream sequence: had the filter let it through, it
-                // would have come before the event.
-                cancel.cancel();
-                Ok(())
-            }
-        };
-        consume_until_cancelled(&bus, handler, cancel.clone()).await;
-        assert_eq!(seen.into_inner().unwrap(), vec!["evt-1".to_owned()]);
+        let consumer = tokio::spawn({
+            let (bus, seen, stop) = (bus.clone(), Arc::clone(&seen), cancel.clone());
+            let handler = move |delivery: Delivery| {
+                let (seen, cancel) = (Arc::clone(&seen), stop.clone());
+                async move {
+                    seen.lock().unwrap().push(delivery.dedup_key);
+                    // The completion has the lower stream sequence: had the filter let it
+                    // through, it would have come before the event.
+                    cancel.cancel();
+                    Ok(())
+                }
+            };
+            let cancel = cancel.clone();
+            async move { bus.consume(handler, cancel).await }
+        });
+        tokio::time::timeout(DEADLINE, consumer)
+            .await
+            .expect("the consumer did not see the event in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec!["evt-1".to_owned()]);
         let info = consumer_info(&js, &config).await;
         assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
     })
