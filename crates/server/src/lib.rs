@@ -3,6 +3,7 @@
 //! - [`api`]: the routes (SPEC.md, "HTTP API"), with [`pubsub`] for Google Pub/Sub's push.
 //! - [`trigger`]: every completed cell, from any source, runs the downstream cells it makes
 //!   runnable.
+//! - [`nats`]: NATS JetStream, events in and completions out.
 //! - [`app`]: what they share, and the runs `serve` executes.
 
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ pub mod api;
 pub mod app;
 pub mod event;
 mod heal;
+pub mod nats;
 pub mod pubsub;
 pub mod trigger;
 

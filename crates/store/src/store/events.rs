@@ -115,7 +115,7 @@ impl Store {
                 for (phase, date, status, source, key) in &rows {
                     let values = params![phase, date, status, source, now, key];
                     let id = sqlite::rows(connection, sql::INGEST_EVENT.sqlite, values, |row| {
-                        Ok(row.i64("id")?)
+                        row.i64("id")
                     })?;
                     out.push(outcome(id.first().copied()));
                 }
@@ -157,7 +157,7 @@ impl Store {
             Self::Sqlite(sqlite) => sqlite.call(|connection| {
                 let values = params![now, source, dedup_key, payload, reason];
                 let ids = sqlite::rows(connection, sql::QUARANTINE.sqlite, values, |row| {
-                    Ok(row.i64("id")?)
+                    row.i64("id")
                 })?;
                 Ok(!ids.is_empty())
             }),
@@ -202,7 +202,7 @@ impl Store {
         let found: Vec<i64> = match self {
             Self::Sqlite(sqlite) => sqlite.call(|connection| {
                 sqlite::rows(connection, sql::SELECT_CONSUMER.sqlite, [name], |row| {
-                    Ok(row.i64("event_id")?)
+                    row.i64("event_id")
                 })
             })?,
             Self::Postgres(pool) => pg_call!({
@@ -252,7 +252,7 @@ impl Store {
             Self::Sqlite(sqlite) => sqlite.call(|connection| {
                 let values = params![now, phase, start, end];
                 sqlite::rows(connection, sql::ACTIVE_CELLS.sqlite, values, |row| {
-                    Ok(row.string("date")?)
+                    row.string("date")
                 })
             })?,
             Self::Postgres(pool) => pg_call!({
@@ -264,7 +264,7 @@ impl Store {
                     .fetch_all(pool)
                     .await?
                     .iter()
-                    .map(|row| Ok(row.string("date")?))
+                    .map(|row| row.string("date"))
                     .collect::<Result<Vec<_>, StoreError>>()?
             })?,
         };
