@@ -86,7 +86,7 @@ pub async fn plan_heal(
         }
     }
     phases.retain(|id| context.spec.phase(*id).is_some_and(|p| p.run.is_some()));
-    let reach = i64::from(context.spec.max_total_lookback());
+    let reach = context.spec.max_total_lookback();
     let end = last
         .checked_add_signed(chrono::Duration::days(reach))
         .map_or(context.today, |end| end.min(context.today));

@@ -137,7 +137,11 @@ fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
         .map_err(|error| ApiError::bad("body", format!("the body is not valid JSON: {error}")))
 }
 
-async fn authorize(State(shared): State<Shared>, request: axum::extract::Request, next: Next) -> Response {
+async fn authorize(
+    State(shared): State<Shared>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
     let path = request.uri().path();
     if path == "/healthz" {
         return next.run(request).await;
@@ -202,7 +206,10 @@ async fn not_found() -> ApiError {
 }
 
 /// `POST /events`: one event or an array; all stored (once per `id`) or none.
-async fn post_events(State(shared): State<Shared>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+async fn post_events(
+    State(shared): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
     let value = json_body(body)?;
     let items: Vec<&Value> = match &value {
         Value::Array(items) if items.is_empty() => {
@@ -300,18 +307,21 @@ async fn post_pubsub(
     };
     if !by_token {
         let Some(verifier) = &auth.pubsub else {
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong token"));
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong token",
+            ));
         };
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok());
         if let Err(error) = verifier.verify(presented).await {
-            let status =
-                StatusCode::from_u16(error.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+            let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::UNAUTHORIZED);
             return Err(ApiError::new(status, error.to_string()));
         }
     }
-    let bytes = body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+    let bytes =
+        body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
     let app = &shared.app;
     let message = match pubsub::parse_push(&bytes) {
         Ok(message) => message,
@@ -323,10 +333,16 @@ async fn post_pubsub(
         .and_then(|value| event::parse(&app.spec, &value, "pubsub", Some(key.clone())));
     match parsed {
         Ok(event) => {
-            let outcome = app.store.ingest_events(std::slice::from_ref(&event)).await?;
+            let outcome = app
+                .store
+                .ingest_events(std::slice::from_ref(&event))
+                .await?;
             let stored = matches!(outcome[0], Ingested::Stored(_));
             app.stored(u64::from(stored), u64::from(!stored));
-            ok(StatusCode::OK, json!({ "stored": stored, "duplicate": !stored }))
+            ok(
+                StatusCode::OK,
+                json!({ "stored": stored, "duplicate": !stored }),
+            )
         }
         Err(error) => quarantine(app, Some(&key), &message.data, &error.to_string()).await,
     }
@@ -365,21 +381,26 @@ async fn post_scan(State(shared): State<Shared>, body: Result<Bytes, BytesReject
     let request: ScanBody = serde_json::from_value(value)
         .map_err(|error| ApiError::bad(&field_of(&error.to_string()), error.to_string()))?;
     let lookback = match &request.lookback {
-        Some(text) => parse_duration(text).map_err(|error| ApiError::bad("lookback", error.to_string()))?,
+        Some(text) => {
+            parse_duration(text).map_err(|error| ApiError::bad("lookback", error.to_string()))?
+        }
         None => app.spec.healing.lookback,
     };
     let days = i64::try_from(lookback.as_secs() / 86_400).unwrap_or(i64::MAX);
     if days < 1 {
-        return Err(ApiError::bad("lookback", "must be at least one day, e.g. `90d`"));
+        return Err(ApiError::bad(
+            "lookback",
+            "must be at least one day, e.g. `90d`",
+        ));
     }
     let context = app.context();
     let scan = gapless_runtime::lifecycle::scan(&context, &app.store, days)
         .await
         .map_err(|error| ApiError::unavailable(&error))?;
     let healed = if request.heal {
-        crate::heal::heal(app, &scan).await.map_err(|error| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{error:#}"))
-        })?
+        crate::heal::heal(app, &scan)
+            .await
+            .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{error:#}")))?
     } else {
         None
     };
@@ -518,7 +539,10 @@ async fn get_backfill(State(shared): State<Shared>, Path(id): Path<String>) -> A
     let run_id = RunId::parse(&id).map_err(|error| ApiError::bad("id", error.to_string()))?;
     let store = &shared.app.store;
     let Some(run) = store.run(&run_id).await? else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no run `{id}`")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no run `{id}`"),
+        ));
     };
     let progress = store.run_progress(&run_id).await?;
     ok(StatusCode::OK, json!({ "run": run, "phases": progress }))
@@ -558,7 +582,9 @@ async fn get_gaps(
         other => GapFilter::Status(other.parse::<GapStatus>().map_err(|_| {
             ApiError::bad(
                 "status",
-                format!("`{other}`: expected open, pending, triggered, complete, failed, alerted or all"),
+                format!(
+                    "`{other}`: expected open, pending, triggered, complete, failed, alerted or all"
+                ),
             )
         })?),
     };

@@ -48,7 +48,10 @@ pub fn parse(
     let Some(object) = value.as_object() else {
         return Err(FieldError::new(
             "event",
-            format!("expected an object like {{\"phase\": 3, \"date\": \"2024-01-15\", \"status\": \"complete\"}}, found {}", kind(value)),
+            format!(
+                "expected an object like {{\"phase\": 3, \"date\": \"2024-01-15\", \"status\": \"complete\"}}, found {}",
+                kind(value)
+            ),
         ));
     };
     for key in object.keys() {
@@ -83,8 +86,9 @@ pub fn parse(
     };
     let date = match object.get("date") {
         None => return Err(FieldError::new("date", "missing")),
-        Some(Value::String(text)) => parse_date(text)
-            .ok_or_else(|| FieldError::new("date", format!("`{text}` is not a date (YYYY-MM-DD)")))?,
+        Some(Value::String(text)) => parse_date(text).ok_or_else(|| {
+            FieldError::new("date", format!("`{text}` is not a date (YYYY-MM-DD)"))
+        })?,
         Some(other) => {
             return Err(FieldError::new(
                 "date",

@@ -40,7 +40,14 @@ pub(crate) async fn heal(app: &Arc<App>, scan: &Scan) -> anyhow::Result<Option<V
     if heal.plan.tasks.is_empty() && heal.plan.blocked.is_empty() {
         return Ok(None);
     }
-    let run_id = start_heal(&context, &app.store, &heal, &app.owner, Some(("via", "api"))).await?;
+    let run_id = start_heal(
+        &context,
+        &app.store,
+        &heal,
+        &app.owner,
+        Some(("via", "api")),
+    )
+    .await?;
     app.execute(run_id.clone(), RunKind::Heal, None);
     Ok(Some(json!({
         "run_id": run_id,

@@ -87,7 +87,11 @@ pub async fn step(app: &Arc<App>) -> anyhow::Result<bool> {
             let task_count = run.tasks.len() as u64;
             let run_id = app
                 .store
-                .create_run_owned(&run, &app.owner.as_store(), gapless_runtime::owner::RUN_LEASE)
+                .create_run_owned(
+                    &run,
+                    &app.owner.as_store(),
+                    gapless_runtime::owner::RUN_LEASE,
+                )
                 .await?;
             tracing::info!(run = %run_id, tasks = task_count, cells, "trigger run");
             app.counters.trigger_runs.fetch_add(1, Ordering::Relaxed);
@@ -118,7 +122,9 @@ pub fn candidates(
             for need in phase.needs.iter().filter(|need| need.phase == upstream) {
                 let first = if phase.id == upstream { 1 } else { 0 };
                 for offset in first..=i64::from(need.lookback_days) {
-                    let Some(date) = event.date.checked_add_signed(chrono::Duration::days(offset))
+                    let Some(date) = event
+                        .date
+                        .checked_add_signed(chrono::Duration::days(offset))
                     else {
                         break;
                     };
@@ -181,16 +187,18 @@ async fn runnable(
                 kept.insert(date);
             }
         }
-        tasks.extend(batches(&kept, phase.batch_days).into_iter().map(|dates| {
-            NewTask {
-                phase: i64::from(phase_id.0),
-                start: dates[0],
-                end: dates[dates.len() - 1],
-                dates,
-                state: NewTaskState::Pending,
-                error: None,
-            }
-        }));
+        tasks.extend(
+            batches(&kept, phase.batch_days)
+                .into_iter()
+                .map(|dates| NewTask {
+                    phase: i64::from(phase_id.0),
+                    start: dates[0],
+                    end: dates[dates.len() - 1],
+                    dates,
+                    state: NewTaskState::Pending,
+                    error: None,
+                }),
+        );
     }
     Ok(tasks)
 }

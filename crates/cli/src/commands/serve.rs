@@ -32,12 +32,12 @@ pub(crate) async fn run(global: &Global, args: &ServeArgs) -> anyhow::Result<Exi
         return Err(UsageError::new("--jobs: must be at least 1").into());
     }
     let auth = auth_from_env()?;
-    gapless_server::check_listen(listen, &auth).map_err(|error| UsageError::new(error.to_string()))?;
+    gapless_server::check_listen(listen, &auth)
+        .map_err(|error| UsageError::new(error.to_string()))?;
     let store = loaded.store().await?;
     let context = loaded.context().await?;
-    let clock: gapless_server::Clock = Arc::new(|| {
-        settings::now().unwrap_or_else(|_| chrono::Utc::now().naive_utc())
-    });
+    let clock: gapless_server::Clock =
+        Arc::new(|| settings::now().unwrap_or_else(|_| chrono::Utc::now().naive_utc()));
     let options = AppOptions {
         jobs: args.jobs,
         store_outage: loaded.store_outage,

@@ -19,4 +19,5 @@ mod ordering;
 mod outage;
 mod owners;
 mod ranges;
+mod serve;
 mod util;

@@ -106,7 +106,8 @@ impl Store {
             Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
                 let mut moved = 0;
                 for id in ids {
-                    moved += sqlite::execute(connection, sql::TRIGGER_GAP.sqlite, params![id, run])?;
+                    moved +=
+                        sqlite::execute(connection, sql::TRIGGER_GAP.sqlite, params![id, run])?;
                 }
                 Ok(moved)
             }),
@@ -133,7 +134,8 @@ impl Store {
         let run = run_id.as_str();
         match self {
             Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
-                let healed = sqlite::execute(connection, sql::HEALED_GAPS.sqlite, params![run, now])?;
+                let healed =
+                    sqlite::execute(connection, sql::HEALED_GAPS.sqlite, params![run, now])?;
                 let failed = sqlite::execute(connection, sql::UNHEALED_GAPS.sqlite, params![run])?;
                 Ok((healed, failed))
             }),

@@ -1,0 +1,531 @@
+//! `gapless serve` as a user runs it: a real process on loopback, the state store shared with
+//! `gapless backfill` run beside it, and the HTTP API spoken over TCP.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::util::{Project, exec, scalar};
+
+/// Raw rows land (phase 1, a source); a loader copies them (2); a daily roll-up (3, batches of
+/// up to 7 days); a rolling 3-day window over the roll-up (4).
+const CASCADE: &str = r#"
+[pipeline]
+name = "cascade"
+start = "2024-03-01"
+
+[warehouse]
+url = "sqlite://warehouse.db"
+
+[[phase]]
+id = 1
+name = "raw"
+check.sql = "SELECT d, COUNT(*) FROM raw WHERE d BETWEEN :start AND :end GROUP BY d"
+
+[[phase]]
+id = 2
+name = "load"
+needs = [1]
+run.sql = "DELETE FROM loaded WHERE d BETWEEN :start AND :end; INSERT INTO loaded SELECT d, v FROM raw WHERE d BETWEEN :start AND :end"
+check.sql = "SELECT d, COUNT(*) FROM loaded WHERE d BETWEEN :start AND :end GROUP BY d"
+
+[[phase]]
+id = 3
+name = "daily"
+needs = [2]
+batch_days = 7
+run.sql = "DELETE FROM daily WHERE d BETWEEN :start AND :end; INSERT INTO daily SELECT d, SUM(v) FROM loaded WHERE d BETWEEN :start AND :end GROUP BY d"
+check.sql = "SELECT d, COUNT(*) FROM daily WHERE d BETWEEN :start AND :end GROUP BY d"
+
+[[phase]]
+id = 4
+name = "rolling"
+needs = [{ phase = 3, lookback_days = 2 }]
+batch_days = 7
+run.sql = "DELETE FROM rolling WHERE d BETWEEN :start AND :end; INSERT INTO rolling SELECT a.d, (SELECT SUM(b.total) FROM daily b WHERE b.d BETWEEN date(a.d, '-2 days') AND a.d) FROM daily a WHERE a.d BETWEEN :start AND :end"
+check.sql = "SELECT d, COUNT(*) FROM rolling WHERE d BETWEEN :start AND :end GROUP BY d"
+"#;
+
+/// Raw rows for every day of March 2024 up to the 30th (today is the 31st).
+async fn cascade() -> Project {
+    let project = Project::new();
+    project.write("gapless.toml", CASCADE);
+    let warehouse = project.sqlite("warehouse.db").await;
+    exec(
+        &warehouse,
+        "CREATE TABLE raw (d TEXT, v INTEGER);
+         CREATE TABLE loaded (d TEXT, v INTEGER);
+         CREATE TABLE daily (d TEXT, total INTEGER);
+         CREATE TABLE rolling (d TEXT, total INTEGER);
+         WITH RECURSIVE days(d) AS (SELECT '2024-03-01' UNION ALL
+             SELECT date(d, '+1 day') FROM days WHERE d < '2024-03-30')
+         INSERT INTO raw SELECT d, 1 FROM days UNION ALL SELECT d, 2 FROM days;",
+    )
+    .await;
+    warehouse.close().await;
+    project
+}
+
+/// A running `gapless serve`, stopped with SIGTERM when dropped.
+struct Serve {
+    child: Child,
+    base: String,
+}
+
+impl Serve {
+    fn start(project: &Project, env: &[(&str, &str)]) -> Self {
+        let mut command = project.command(&["serve", "--listen", "127.0.0.1:0"]);
+        command.stderr(Stdio::piped()).stdout(Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let first = lines.next().unwrap().unwrap();
+        let base = first
+            .split_whitespace()
+            .find(|word| word.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in `{first}`"))
+            .to_owned();
+        // Keep draining stderr so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, base }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> i32 {
+        terminate(&self.child);
+        let status = self.child.wait().unwrap();
+        status.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            terminate(&self.child);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn terminate(child: &Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+}
+
+fn client() -> reqwest::Client {
+    gapless_connect::http_client().unwrap()
+}
+
+/// Waits until `done` holds, for up to a minute.
+async fn eventually<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn backfilling_phase_2_alone_is_enough_downstream_follows() {
+    let project = cascade().await;
+    let serve = Serve::start(&project, &[]);
+    let output = project.run(&[
+        "backfill",
+        "--start-date",
+        "2024-03-01",
+        "--end-date",
+        "2024-03-30",
+        "--phases",
+        "2",
+        "--yes",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+
+    let warehouse = project.sqlite("warehouse.db").await;
+    eventually("phases 3 and 4 to fill March 1 to 30", || async {
+        scalar(&warehouse, "SELECT COUNT(DISTINCT d) FROM rolling").await == 30
+            && scalar(&warehouse, "SELECT COUNT(DISTINCT d) FROM daily").await == 30
+    })
+    .await;
+    // The rolling window of the 30th holds its two days before.
+    assert_eq!(
+        scalar(
+            &warehouse,
+            "SELECT total FROM rolling WHERE d = '2024-03-30'"
+        )
+        .await,
+        9
+    );
+    let state = project.sqlite(".gapless/state.db").await;
+    // Thirty phase-2 completions made phase 3 run in batches, never once per date.
+    let daily_tasks = scalar(&state, "SELECT COUNT(*) FROM tasks WHERE phase = 3").await;
+    assert!(
+        (5..30).contains(&daily_tasks),
+        "{daily_tasks} phase-3 tasks for 30 dates"
+    );
+    // Every cell ran once: no cell was planned by two triggers.
+    assert_eq!(
+        scalar(
+            &state,
+            "SELECT COUNT(*) FROM (SELECT phase, date FROM run_cells WHERE phase IN (3, 4) \
+             GROUP BY phase, date HAVING COUNT(*) > 1)"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar(
+            &state,
+            "SELECT COUNT(*) FROM runs WHERE kind = 'trigger' AND state <> 'succeeded'"
+        )
+        .await,
+        0
+    );
+
+    // The status agrees: nothing missing in March up to the 30th.
+    let status = project.run(&["status", "--end-date", "2024-03-30", "--json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    for phase in status["phases"].as_array().unwrap() {
+        assert_eq!(phase["complete"], 30, "{phase}");
+    }
+    assert_eq!(serve.stop(), 0);
+}
+
+#[tokio::test]
+async fn an_event_from_the_live_pipeline_runs_what_it_makes_runnable() {
+    let project = cascade().await;
+    // Phase 2 done by hand for the 10th, as the live loader would, then reported.
+    let warehouse = project.sqlite("warehouse.db").await;
+    exec(
+        &warehouse,
+        "INSERT INTO loaded SELECT d, v FROM raw WHERE d BETWEEN '2024-03-08' AND '2024-03-10'",
+    )
+    .await;
+    let serve = Serve::start(&project, &[]);
+    let http = client();
+    let answer = http
+        .post(serve.url("/events"))
+        .json(&json!([
+            {"phase": 2, "date": "2024-03-08", "id": "load-8"},
+            {"phase": "load", "date": "2024-03-09", "status": "complete", "id": "load-9"},
+            {"phase": 2, "date": "2024-03-10", "id": "load-10"},
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["stored"], 3, "{body}");
+    // The same events again: stored once.
+    let again: Value = http
+        .post(serve.url("/events"))
+        .json(&json!({"phase": 2, "date": "2024-03-10", "id": "load-10"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again, json!({"stored": 0, "duplicates": 1, "ids": [null]}));
+
+    eventually("phase 4 for the 10th", || async {
+        scalar(
+            &warehouse,
+            "SELECT COUNT(*) FROM rolling WHERE d = '2024-03-10'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    // Phase 3 ran for the three dates; phase 4 only where its window is whole (the 10th:
+    // the 8th to the 10th), not the 8th or 9th, whose windows reach before the 8th.
+    assert_eq!(scalar(&warehouse, "SELECT COUNT(*) FROM daily").await, 3);
+    assert_eq!(
+        scalar(&warehouse, "SELECT COUNT(*) FROM rolling").await,
+        1,
+        "the 8th and 9th wait for the 6th and 7th"
+    );
+    let runs: Value = http
+        .get(serve.url("/runs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| run["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.iter().all(|kind| *kind == "trigger"), "{kinds:?}");
+    assert!(!kinds.is_empty());
+    assert_eq!(serve.stop(), 0);
+}
+
+#[tokio::test]
+async fn bad_requests_get_a_json_error_naming_the_field() {
+    let project = cascade().await;
+    let serve = Serve::start(&project, &[]);
+    let http = client();
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"{".to_vec(), 400, "body"),
+        (b"[]".to_vec(), 400, "body"),
+        (br#"{"phase": 2}"#.to_vec(), 400, "date"),
+        (
+            br#"{"phase": 2, "date": "2024-02-30"}"#.to_vec(),
+            400,
+            "date",
+        ),
+        (br#"{"phase": 2, "date": "2024-3-1"}"#.to_vec(), 400, "date"),
+        (
+            br#"{"phase": 9, "date": "2024-03-01"}"#.to_vec(),
+            400,
+            "phase",
+        ),
+        (
+            br#"{"phase": "lod", "date": "2024-03-01"}"#.to_vec(),
+            400,
+            "phase",
+        ),
+        (
+            br#"{"phase": 2, "date": "2024-03-01", "status": "done"}"#.to_vec(),
+            400,
+            "status",
+        ),
+        (
+            br#"{"phase": 2, "date": "2024-03-01", "colour": 1}"#.to_vec(),
+            400,
+            "colour",
+        ),
+        (
+            br#"[{"phase": 2, "date": "2024-03-01"}, {"phase": 2}]"#.to_vec(),
+            400,
+            "[1].date",
+        ),
+        (vec![b' '; 1024 * 1024 + 1], 413, ""),
+    ];
+    for (body, status, field) in cases {
+        let answer = http
+            .post(serve.url("/events"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let shown = String::from_utf8_lossy(&body[..body.len().min(60)]).into_owned();
+        assert_eq!(answer.status().as_u16(), status, "{shown}");
+        let error: Value = answer.json().await.unwrap();
+        assert!(error["error"].is_string(), "{shown}: {error}");
+        if !field.is_empty() {
+            assert_eq!(error["field"], field, "{shown}: {error}");
+        }
+    }
+    for (path, body, field) in [
+        (
+            "/backfills",
+            json!({"start_date": "2024-03-05"}),
+            "end_date",
+        ),
+        (
+            "/backfills",
+            json!({"start_date": "2024-13-01", "end_date": "2024-03-05"}),
+            "start_date",
+        ),
+        (
+            "/backfills",
+            json!({"start_date": "2024-03-05", "end_date": "2024-03-01"}),
+            "end_date",
+        ),
+        (
+            "/backfills",
+            json!({"start_date": "2024-03-01", "end_date": "2024-03-02", "phases": [7]}),
+            "phases",
+        ),
+        ("/scan-gaps", json!({"lookback": "soon"}), "lookback"),
+        ("/scan-gaps", json!({"heal": "yes"}), "body"),
+    ] {
+        let answer = http.post(serve.url(path)).json(&body).send().await.unwrap();
+        assert_eq!(answer.status(), 400, "{path} {body}");
+        let error: Value = answer.json().await.unwrap();
+        assert_eq!(error["field"], field, "{path} {body}: {error}");
+    }
+    let answer = http
+        .get(serve.url("/gaps?status=closed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    let answer = http
+        .get(serve.url("/backfills/no-such-run"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 404);
+    let answer = http.get(serve.url("/nowhere")).send().await.unwrap();
+    assert_eq!(answer.status(), 404);
+    // Nothing was stored by any of it.
+    let state = project.sqlite(".gapless/state.db").await;
+    assert_eq!(scalar(&state, "SELECT COUNT(*) FROM events").await, 0);
+    assert_eq!(scalar(&state, "SELECT COUNT(*) FROM runs").await, 0);
+    assert_eq!(serve.stop(), 0);
+}
+
+#[tokio::test]
+async fn tokens_guard_every_route_but_healthz() {
+    let project = cascade().await;
+    let serve = Serve::start(
+        &project,
+        &[
+            ("GAPLESS_API_TOKEN", "admin-secret"),
+            ("GAPLESS_API_READ_TOKEN", "read-secret"),
+        ],
+    );
+    let http = client();
+    let event = json!({"phase": 2, "date": "2024-03-01"});
+    assert_eq!(
+        http.get(serve.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(serve.url("/runs")).send().await.unwrap().status(),
+        401
+    );
+    let post = |token: &'static str| {
+        http.post(serve.url("/events"))
+            .bearer_auth(token)
+            .json(&event)
+            .send()
+    };
+    assert_eq!(post("wrong").await.unwrap().status(), 403);
+    assert_eq!(
+        post("read-secret").await.unwrap().status(),
+        403,
+        "the read token only reads"
+    );
+    let get = http
+        .get(serve.url("/gaps"))
+        .bearer_auth("read-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+    assert_eq!(post("admin-secret").await.unwrap().status(), 202);
+    assert_eq!(serve.stop(), 0);
+
+    // Listening beyond loopback without a token is refused before anything starts.
+    let output = project
+        .command(&["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("without GAPLESS_API_TOKEN"),
+        "{output:?}"
+    );
+}
+
+#[tokio::test]
+async fn pubsub_pushes_act_once_and_malformed_ones_are_quarantined() {
+    use base64::Engine as _;
+    let project = cascade().await;
+    let serve = Serve::start(&project, &[("GAPLESS_API_TOKEN", "admin-secret")]);
+    let http = client();
+    let push = |data: &[u8], id: &str| {
+        json!({
+            "message": {
+                "data": base64::engine::general_purpose::STANDARD.encode(data),
+                "attributes": {"origin": "loader"},
+                "messageId": id,
+                "publishTime": "2024-03-31T10:00:00Z",
+            },
+            "subscription": "projects/p/subscriptions/gapless",
+        })
+    };
+    let send = |body: Value| {
+        http.post(serve.url("/events/pubsub"))
+            .bearer_auth("admin-secret")
+            .json(&body)
+            .send()
+    };
+    let event = br#"{"phase": 2, "date": "2024-03-05", "status": "complete"}"#;
+    for _ in 0..100 {
+        let answer = send(push(event, "m-1")).await.unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    let quarantined = send(push(b"{\"phase\": 2", "m-2")).await.unwrap();
+    assert_eq!(
+        quarantined.status(),
+        200,
+        "acknowledged, so Pub/Sub stops redelivering"
+    );
+    let unknown = send(push(br#"{"phase": 8, "date": "2024-03-05"}"#, "m-3"))
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 200);
+    let no_envelope = send(json!({"subscription": "s"})).await.unwrap();
+    assert_eq!(no_envelope.status(), 200);
+    let refused = http
+        .post(serve.url("/events/pubsub"))
+        .json(&push(event, "m-4"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let state = project.sqlite(".gapless/state.db").await;
+    assert_eq!(
+        scalar(
+            &state,
+            "SELECT COUNT(*) FROM events WHERE source = 'pubsub'"
+        )
+        .await,
+        1,
+        "100 deliveries of one messageId act once"
+    );
+    let kept: Value = http
+        .get(serve.url("/events?status=quarantined"))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reasons: Vec<&str> = kept["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 3, "{kept}");
+    assert!(
+        reasons.iter().any(|r| r.contains("no phase has id 8")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("message.data")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r.contains("message")), "{reasons:?}");
+    assert_eq!(serve.stop(), 0);
+}
