@@ -8,11 +8,11 @@ use std::time::Duration;
 use gapless_core::dates::DateTime;
 use gapless_core::spec::Spec;
 use gapless_runtime::context::Context;
-use gapless_runtime::executor::{self, Quiet};
+use gapless_runtime::executor::{self, Event, Observer};
 use gapless_runtime::lifecycle::{self, LifecycleError, RunOptions};
 use gapless_runtime::owner::Owner;
 use gapless_store::{RunId, RunKind, RunRecord, RunState, Store};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -72,8 +72,10 @@ pub struct App {
     clock: Clock,
     /// Execution settings.
     pub options: AppOptions,
-    /// Woken when events are stored, so the trigger reads them at once.
-    pub events_stored: Notify,
+    /// Bumped whenever events are stored here (received, or completions of the runs this
+    /// process executes), so the event log's readers (the trigger, the deliveries out) read
+    /// them at once instead of at their next poll.
+    wake: watch::Sender<u64>,
     /// Counters.
     pub counters: Counters,
     runs: TaskTracker,
@@ -99,7 +101,7 @@ impl App {
             owner,
             clock,
             options,
-            events_stored: Notify::new(),
+            wake: watch::Sender::new(0),
             counters: Counters::default(),
             runs: TaskTracker::new(),
             run_slots: Arc::new(Semaphore::new(slots)),
@@ -158,8 +160,7 @@ impl App {
                     tracing::error!(run = %run_id, error = %error_chain(&error), "run failed to execute");
                 }
             }
-            // Its completions are in the event log.
-            app.events_stored.notify_one();
+            app.wake();
         });
     }
 
@@ -179,7 +180,7 @@ impl App {
             &self.owner,
             tasks,
             &options,
-            Arc::new(Quiet),
+            Arc::new(WakeOnCompletion(self.wake.clone())),
             self.shutdown.child_token(),
         )
         .await?;
@@ -235,6 +236,17 @@ impl App {
         self.runs.wait().await;
     }
 
+    /// Tells the event log's readers that there is more to read.
+    pub fn wake(&self) {
+        self.wake
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// A receiver that sees every [`App::wake`] after its creation.
+    pub fn woken(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+
     /// Records that `stored` events were stored and `duplicate` deliveries were ignored, and
     /// wakes the trigger.
     pub fn stored(&self, stored: u64, duplicate: u64) {
@@ -245,7 +257,19 @@ impl App {
             .events_duplicate
             .fetch_add(duplicate, Ordering::Relaxed);
         if stored > 0 {
-            self.events_stored.notify_one();
+            self.wake();
+        }
+    }
+}
+
+/// Wakes the event log's readers whenever a task of a run this process executes completes:
+/// its cells' completion events are committed by then.
+struct WakeOnCompletion(watch::Sender<u64>);
+
+impl Observer for WakeOnCompletion {
+    fn event(&self, event: Event<'_>) {
+        if matches!(event, Event::Completed { .. }) {
+            self.0.send_modify(|count| *count = count.wrapping_add(1));
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod app;
 pub mod event;
 mod heal;
 pub mod nats;
+pub mod outbox;
 pub mod pubsub;
 pub mod trigger;
 
@@ -42,27 +43,100 @@ pub fn check_listen(listen: SocketAddr, auth: &Auth) -> Result<(), ListenError> 
     }
 }
 
+/// Event transports beyond HTTP.
+#[derive(Default)]
+pub struct Transports {
+    /// NATS JetStream: events in from its events subject, every event out to its completions
+    /// subject.
+    pub nats: Option<nats::NatsBus>,
+    /// Every event out, POSTed to this URL.
+    pub webhook: Option<String>,
+}
+
 /// Serves `app` on `listener` until `shutdown` fires: resumes the runs a previous `serve` left
-/// unfinished, runs the trigger, answers the API; then stops taking requests, interrupts the
-/// runs in flight (recorded `interrupted`, resumed on the next start) and returns when they
-/// have recorded it.
+/// unfinished, runs the trigger, the event consumers and deliveries, answers the API; then
+/// stops taking requests, interrupts the runs in flight (recorded `interrupted`, resumed on the
+/// next start) and returns when they have recorded it.
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
     auth: Auth,
+    transports: Transports,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let resumed = app.resume_unfinished().await?;
     if resumed > 0 {
         tracing::info!(resumed, "resumed runs a previous serve left unfinished");
     }
-    let trigger = tokio::spawn(trigger::run(Arc::clone(&app)));
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(trigger::run(Arc::clone(&app)));
+    if let Some(bus) = &transports.nats {
+        background.spawn(outbox::run(
+            Arc::clone(&app),
+            outbox::Sink::Nats(Box::new(bus.clone())),
+        ));
+        let (app, bus) = (Arc::clone(&app), bus.clone());
+        background.spawn(async move { consume_nats(app, bus).await });
+    }
+    if let Some(url) = transports.webhook {
+        let client = gapless_connect::http_client()?;
+        background.spawn(outbox::run(
+            Arc::clone(&app),
+            outbox::Sink::Webhook { client, url },
+        ));
+    }
     let router = api::router(Arc::clone(&app), auth);
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
     app.stop_runs().await;
-    let _ = trigger.await;
+    while background.join_next().await.is_some() {}
     served?;
     Ok(())
+}
+
+/// Stores each event from NATS once (by its `Nats-Msg-Id`, else its stream sequence), and
+/// quarantines the malformed ones; both are acknowledged. A state store that does not answer
+/// leaves the message unacknowledged, to be redelivered.
+async fn consume_nats(app: Arc<App>, bus: nats::NatsBus) {
+    let handler = |delivery: nats::Delivery| {
+        let app = Arc::clone(&app);
+        async move {
+            let parsed = serde_json::from_slice::<serde_json::Value>(&delivery.payload)
+                .map_err(|error| event::FieldError::new("event", format!("not JSON: {error}")))
+                .and_then(|value| {
+                    event::parse(&app.spec, &value, "nats", Some(delivery.dedup_key.clone()))
+                });
+            match parsed {
+                Ok(event) => {
+                    let outcome = app
+                        .store
+                        .ingest_events(std::slice::from_ref(&event))
+                        .await
+                        .map_err(|error| error.to_string())?;
+                    let stored = matches!(outcome[0], gapless_store::Ingested::Stored(_));
+                    app.stored(u64::from(stored), u64::from(!stored));
+                }
+                Err(error) => {
+                    let payload = String::from_utf8_lossy(&delivery.payload);
+                    app.store
+                        .quarantine(
+                            "nats",
+                            Some(&delivery.dedup_key),
+                            &payload,
+                            &error.to_string(),
+                        )
+                        .await
+                        .map_err(|error| error.to_string())?;
+                    app.counters
+                        .events_quarantined
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            Ok(())
+        }
+    };
+    if let Err(error) = bus.consume(handler, app.shutdown_token()).await {
+        tracing::error!(error = %app::error_chain(&error), "NATS consumer stopped");
+    }
 }

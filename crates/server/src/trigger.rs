@@ -30,6 +30,7 @@ const BATCH: i64 = 5_000;
 /// Runs the trigger until `serve` stops.
 pub async fn run(app: Arc<App>) {
     let shutdown = app.shutdown_token();
+    let mut woken = app.woken();
     loop {
         match step(&app).await {
             // A full batch: more are waiting.
@@ -40,7 +41,7 @@ pub async fn run(app: Arc<App>) {
             }
         }
         tokio::select! {
-            () = app.events_stored.notified() => {
+            _ = woken.changed() => {
                 // Let a burst of events for neighbouring dates arrive, to plan them together.
                 tokio::select! {
                     () = tokio::time::sleep(app.options.coalesce) => {}

@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use gapless_server::nats::NatsConfig;
 use gapless_server::pubsub::{JwksSource, OidcConfig, OidcVerifier};
-use gapless_server::{App, AppOptions, Auth};
+use gapless_server::{App, AppOptions, Auth, Transports};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Global, ServeArgs};
@@ -43,6 +44,7 @@ pub(crate) async fn run(global: &Global, args: &ServeArgs) -> anyhow::Result<Exi
         store_outage: loaded.store_outage,
         ..AppOptions::default()
     };
+    let transports = transports_from_env().await?;
     let app = App::new(context, store, loaded.owner.clone(), clock, options);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -61,7 +63,7 @@ pub(crate) async fn run(global: &Global, args: &ServeArgs) -> anyhow::Result<Exi
     }
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(stop_on_signal(shutdown.clone()));
-    gapless_server::serve(app, listener, auth, shutdown).await?;
+    gapless_server::serve(app, listener, auth, transports, shutdown).await?;
     signals.abort();
     if !global.quiet {
         note(format_args!("gapless serve: stopped"));
@@ -107,6 +109,42 @@ fn auth_from_env() -> anyhow::Result<Auth> {
         read,
         pubsub,
     })
+}
+
+/// NATS JetStream (`GAPLESS_NATS_URL`, with `GAPLESS_NATS_STREAM`, `GAPLESS_NATS_SUBJECT`,
+/// `GAPLESS_NATS_DURABLE`, `GAPLESS_NATS_COMPLETIONS_SUBJECT`) and the events webhook
+/// (`GAPLESS_EVENTS_WEBHOOK_URL`), from the environment.
+async fn transports_from_env() -> anyhow::Result<Transports> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let nats = match var("GAPLESS_NATS_URL") {
+        None => None,
+        Some(url) => {
+            let mut config = NatsConfig::new(url);
+            if let Some(stream) = var("GAPLESS_NATS_STREAM") {
+                config.stream = stream;
+            }
+            if let Some(subject) = var("GAPLESS_NATS_SUBJECT") {
+                config.subject = subject;
+            }
+            if let Some(durable) = var("GAPLESS_NATS_DURABLE") {
+                config.durable = durable;
+            }
+            if let Some(subject) = var("GAPLESS_NATS_COMPLETIONS_SUBJECT") {
+                config.completions_subject = subject;
+            }
+            Some(gapless_server::nats::connect(&config).await?)
+        }
+    };
+    let webhook = var("GAPLESS_EVENTS_WEBHOOK_URL");
+    if let Some(url) = &webhook
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(UsageError::new(format!(
+            "GAPLESS_EVENTS_WEBHOOK_URL: `{url}` is not an http:// or https:// URL"
+        ))
+        .into());
+    }
+    Ok(Transports { nats, webhook })
 }
 
 /// Stops `serve` on the first SIGINT or SIGTERM.

@@ -20,4 +20,5 @@ mod outage;
 mod owners;
 mod ranges;
 mod serve;
+mod transports;
 mod util;

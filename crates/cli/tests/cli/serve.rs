@@ -49,7 +49,7 @@ check.sql = "SELECT d, COUNT(*) FROM rolling WHERE d BETWEEN :start AND :end GRO
 "#;
 
 /// Raw rows for every day of March 2024 up to the 30th (today is the 31st).
-async fn cascade() -> Project {
+pub(crate) async fn cascade() -> Project {
     let project = Project::new();
     project.write("gapless.toml", CASCADE);
     let warehouse = project.sqlite("warehouse.db").await;
@@ -69,13 +69,13 @@ async fn cascade() -> Project {
 }
 
 /// A running `gapless serve`, stopped with SIGTERM when dropped.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
     base: String,
 }
 
 impl Serve {
-    fn start(project: &Project, env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start(project: &Project, env: &[(&str, &str)]) -> Self {
         let mut command = project.command(&["serve", "--listen", "127.0.0.1:0"]);
         command.stderr(Stdio::piped()).stdout(Stdio::null());
         for (key, value) in env {
@@ -100,7 +100,7 @@ impl Serve {
     }
 
     /// SIGTERM, then the exit status.
-    fn stop(mut self) -> i32 {
+    pub(crate) fn stop(mut self) -> i32 {
         terminate(&self.child);
         let status = self.child.wait().unwrap();
         status.code().unwrap_or(-1)
