@@ -79,6 +79,16 @@ pub(crate) struct ScanArgs {
     /// How far back from today to look, e.g. `90d` (default: `[healing] lookback`, 90 days).
     #[arg(long, value_name = "DURATION")]
     pub(crate) lookback: Option<String>,
+    /// Then heal the healable gaps (open, at most `[healing] auto_heal_max_age` old, failed
+    /// fewer than `max_attempts` times) with everything downstream of them.
+    #[arg(long)]
+    pub(crate) heal: bool,
+    /// With --heal: heal gaps of any age.
+    #[arg(long, requires = "heal")]
+    pub(crate) include_old: bool,
+    /// With --heal: tasks at once.
+    #[arg(long, short = 'j', default_value_t = 4, value_name = "N")]
+    pub(crate) jobs: usize,
 }
 
 #[derive(Debug, Args)]

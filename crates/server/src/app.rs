@@ -206,6 +206,9 @@ impl App {
             let context = self.context();
             match lifecycle::prepare_resume(&context, &self.store, &run, &self.owner).await {
                 Ok(_) => {
+                    self.store
+                        .set_run_state(&run.id, run.version, RunState::Running)
+                        .await?;
                     tracing::info!(run = %run.id, kind = %run.kind.as_str(), "resuming");
                     self.execute(run.id.clone(), run.kind, None);
                     resumed += 1;

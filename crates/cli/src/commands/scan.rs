@@ -10,7 +10,7 @@ use gapless_core::spec::{PhaseId, Spec};
 use serde_json::json;
 
 use crate::cli::{Global, ScanArgs};
-use crate::commands::{out, print_json};
+use crate::commands::{note, out, print_json};
 use crate::exit::{Exit, UsageError};
 use crate::settings;
 
@@ -29,6 +29,15 @@ pub(crate) async fn run(global: &Global, args: &ScanArgs) -> anyhow::Result<Exit
     let store = loaded.store().await?;
     let context = loaded.context().await?;
     let scan = gapless_runtime::lifecycle::scan(&context, &store, days).await?;
+    if args.heal && args.jobs == 0 {
+        return Err(UsageError::new("--jobs: must be at least 1").into());
+    }
+    // With --json, one document: the heal runs first, quietly, and is reported with the scan.
+    let healed = if args.heal && global.json {
+        Some(heal(&loaded, &context, &store, &scan, args, global).await?)
+    } else {
+        None
+    };
     let gaps: Vec<_> = scan
         .gaps
         .iter()
@@ -40,13 +49,140 @@ pub(crate) async fn run(global: &Global, args: &ScanArgs) -> anyhow::Result<Exit
             (gap, name.unwrap_or_default())
         })
         .collect();
-    report(
+    let exit = report(
         global,
         scan.range,
         &gaps,
         &PhaseNames(&loaded.spec),
         scan.recorded,
+        healed.as_ref(),
+    )?;
+    if args.heal && !global.json {
+        let healed = heal(&loaded, &context, &store, &scan, args, global).await?;
+        return Ok(healed.exit);
+    }
+    Ok(healed.map_or(exit, |healed| healed.exit))
+}
+
+/// What `--heal` did.
+#[derive(Debug, serde::Serialize)]
+struct Healed {
+    /// The heal run, if one was needed.
+    run_id: Option<gapless_store::RunId>,
+    /// Gaps it was started for.
+    gaps: usize,
+    /// Of them, closed by it.
+    healed: usize,
+    /// Of them, still open (failed or blocked), each with its error in the ledger.
+    failed: usize,
+    /// Open gaps older than `auto_heal_max_age`, left for `--include-old`.
+    too_old: usize,
+    /// Open gaps that failed `max_attempts` times.
+    gave_up: usize,
+    #[serde(skip)]
+    exit: Exit,
+}
+
+async fn heal(
+    loaded: &settings::Loaded,
+    context: &gapless_runtime::context::Context,
+    store: &gapless_store::Store,
+    scan: &gapless_runtime::lifecycle::Scan,
+    args: &ScanArgs,
+    global: &Global,
+) -> anyhow::Result<Healed> {
+    use gapless_runtime::heal;
+    let Some(plan) = heal::plan_heal(context, store, scan, args.include_old).await? else {
+        if !global.json && !global.quiet {
+            note(format_args!("nothing to heal"));
+        }
+        return Ok(Healed {
+            run_id: None,
+            gaps: 0,
+            healed: 0,
+            failed: 0,
+            too_old: 0,
+            gave_up: 0,
+            exit: if scan.gaps.is_empty() {
+                Exit::Success
+            } else {
+                Exit::Incomplete
+            },
+        });
+    };
+    let run_id = heal::start_heal(context, store, &plan, &loaded.owner, None).await?;
+    if !global.json && !global.quiet {
+        let mut left = Vec::new();
+        if plan.too_old > 0 {
+            left.push(format!(
+                "{} older than {} left for --include-old",
+                counted(plan.too_old, "gap"),
+                gapless_core::dates::format_duration(loaded.spec.healing.auto_heal_max_age)
+            ));
+        }
+        if plan.gave_up > 0 {
+            left.push(format!(
+                "{} failed {} times, left for a person",
+                counted(plan.gave_up, "gap"),
+                loaded.spec.healing.max_attempts
+            ));
+        }
+        note(format_args!(
+            "healing {} with everything downstream: run {run_id}, {}{}",
+            counted(plan.gap_ids.len(), "gap"),
+            counted(plan.plan.tasks.len(), "task"),
+            if left.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", left.join("; "))
+            }
+        ));
+    }
+    let tasks = gapless_runtime::executor::load_tasks(store, &loaded.spec, &run_id).await?;
+    let quiet = Global {
+        pipeline: None,
+        json: false,
+        verbose: global.verbose,
+        quiet: global.quiet || global.json,
+    };
+    let exit = crate::commands::backfill::execute_run(
+        loaded,
+        context.clone(),
+        store.clone(),
+        run_id.clone(),
+        tasks,
+        args.jobs,
+        &quiet,
     )
+    .await?;
+    let (healed, failed) = heal::finish_heal(store, &run_id).await?;
+    if !global.json && !global.quiet {
+        out(format_args!(
+            "healed {} of {}{}\n",
+            thousands(healed),
+            counted(plan.gap_ids.len(), "gap"),
+            if failed > 0 {
+                format!("; {} still open (see `gapless gaps`)", thousands(failed))
+            } else {
+                String::new()
+            }
+        ))?;
+    }
+    let exit = match exit {
+        Exit::Success if failed == 0 && plan.too_old == 0 && plan.gave_up == 0 => Exit::Success,
+        Exit::Interrupted => Exit::Interrupted,
+        Exit::Success => Exit::Incomplete,
+        other => other,
+    };
+    Ok(Healed {
+        run_id: Some(run_id),
+        gaps: plan.gap_ids.len(),
+        healed,
+        failed,
+        too_old: plan.too_old,
+        gave_up: plan.gave_up,
+        exit,
+    })
 }
 
 /// The gaps in runs of consecutive dates of one phase and state.
@@ -140,6 +276,7 @@ fn report(
     gaps: &[(&Gap, String)],
     names: &PhaseNames<'_>,
     recorded: gapless_store::ScanRecorded,
+    healed: Option<&Healed>,
 ) -> anyhow::Result<Exit> {
     if global.json {
         let gaps: Vec<_> = gaps
@@ -162,6 +299,7 @@ fn report(
             "end_date": range.map(|r| r.end()),
             "gaps": gaps,
             "ledger": recorded,
+            "heal": healed,
         }))?;
     } else {
         match range {

@@ -529,3 +529,224 @@ async fn pubsub_pushes_act_once_and_malformed_ones_are_quarantined() {
     assert!(reasons.iter().any(|r| r.contains("message")), "{reasons:?}");
     assert_eq!(serve.stop(), 0);
 }
+
+/// Deletes random cells of a middle phase of a filled warehouse: `scan` finds exactly those
+/// (what the original plan's `LEFT JOIN … WHERE downstream IS NULL` finds on the same data),
+/// and `scan --heal` restores them and everything downstream, closing their ledger rows.
+#[tokio::test]
+async fn scan_finds_exactly_the_deleted_cells_and_heal_restores_them_and_downstream() {
+    let project = cascade().await;
+    let output = project.run(&[
+        "backfill",
+        "--start-date",
+        "2024-03-01",
+        "--end-date",
+        "2024-03-30",
+        "--yes",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let warehouse = project.sqlite("warehouse.db").await;
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut days: Vec<u32> = (1..=30).collect();
+    rng.shuffle(&mut days);
+    let deleted: Vec<String> = days[..6]
+        .iter()
+        .map(|day| format!("2024-03-{day:02}"))
+        .collect();
+    for date in &deleted {
+        exec(&warehouse, &format!("DELETE FROM daily WHERE d = '{date}'")).await;
+        exec(
+            &warehouse,
+            &format!("DELETE FROM rolling WHERE d = '{date}'"),
+        )
+        .await;
+    }
+    let mut expected: Vec<String> = sqlx::query_scalar(
+        "SELECT l.d FROM (SELECT DISTINCT d FROM loaded) l \
+         LEFT JOIN (SELECT DISTINCT d FROM daily) x ON x.d = l.d \
+         WHERE x.d IS NULL ORDER BY l.d",
+    )
+    .fetch_all(&warehouse)
+    .await
+    .unwrap();
+    let mut sorted = deleted.clone();
+    sorted.sort();
+    assert_eq!(expected, sorted);
+
+    let output = project.run(&["scan", "--lookback", "31d", "--json"]);
+    assert_eq!(output.status.code(), Some(1), "gaps found");
+    let scan: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut found: Vec<String> = scan["gaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|gap| {
+            assert_eq!(gap["phase_to"], 3, "{gap}");
+            gap["date"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    found.sort();
+    expected.sort();
+    assert_eq!(found, expected, "exactly the deleted cells, nothing else");
+
+    let output = project.run(&["scan", "--lookback", "31d", "--heal"]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("healed 6 of 6 gaps"), "{text}");
+    assert_eq!(
+        scalar(&warehouse, "SELECT COUNT(DISTINCT d) FROM daily").await,
+        30
+    );
+    assert_eq!(
+        scalar(&warehouse, "SELECT COUNT(DISTINCT d) FROM rolling").await,
+        30,
+        "downstream restored too"
+    );
+    let state = project.sqlite(".gapless/state.db").await;
+    assert_eq!(
+        scalar(
+            &state,
+            "SELECT COUNT(*) FROM gaps WHERE healing_status = 'complete' AND attempts = 1 \
+             AND run_id IS NOT NULL AND healed_at IS NOT NULL"
+        )
+        .await,
+        6
+    );
+    let output = project.run(&["scan", "--lookback", "31d"]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+}
+
+#[tokio::test]
+async fn post_scan_gaps_heals_and_the_ledger_follows() {
+    let project = cascade().await;
+    let output = project.run(&[
+        "backfill",
+        "--start-date",
+        "2024-03-01",
+        "--end-date",
+        "2024-03-30",
+        "--yes",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let warehouse = project.sqlite("warehouse.db").await;
+    let state = project.sqlite(".gapless/state.db").await;
+    let serve = Serve::start(&project, &[]);
+    // Once the trigger has read the backfill's events (nothing to do: all complete), three
+    // cells are lost; no event says so, only a scan finds them.
+    eventually("the trigger to catch up", || async {
+        scalar(
+            &state,
+            "SELECT COALESCE(MAX(event_id), 0) FROM consumers WHERE name = 'trigger'",
+        )
+        .await
+            == scalar(&state, "SELECT MAX(id) FROM events").await
+    })
+    .await;
+    exec(
+        &warehouse,
+        "DELETE FROM daily WHERE d IN ('2024-03-10', '2024-03-11', '2024-03-20')",
+    )
+    .await;
+    let http = client();
+    let answer = http
+        .post(serve.url("/scan-gaps"))
+        .json(&json!({"lookback": "31d", "heal": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["found"], 3, "{body}");
+    assert_eq!(body["healed"]["gaps"], 3, "{body}");
+    assert!(body["healed"]["run_id"].is_string(), "{body}");
+    eventually("the three gaps closed in the ledger", || async {
+        let gaps: Value = http
+            .get(serve.url("/gaps?status=complete"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        gaps["gaps"].as_array().unwrap().len() == 3
+    })
+    .await;
+    assert_eq!(
+        scalar(&warehouse, "SELECT COUNT(DISTINCT d) FROM daily").await,
+        30
+    );
+    let open: Value = http
+        .get(serve.url("/gaps"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(open["gaps"], json!([]));
+    assert_eq!(serve.stop(), 0);
+}
+
+/// SIGTERM while a runner is running: the run is recorded interrupted, and the next `serve`
+/// resumes it to the end.
+#[tokio::test]
+async fn a_stopped_serve_resumes_its_runs_on_the_next_start() {
+    let project = Project::new();
+    project.count_script();
+    project.write(
+        "gapless.toml",
+        r#"
+[pipeline]
+name = "slow"
+start = "2024-03-28"
+
+[[phase]]
+id = 1
+name = "slow"
+run.command = ["sh", "-c", "sleep 1.5; mkdir -p out; touch out/{date}"]
+check.command = ["bin/count.sh", "out"]
+"#,
+    );
+    let serve = Serve::start(&project, &[]);
+    let http = client();
+    let answer = http
+        .post(serve.url("/backfills"))
+        .json(&json!({"start_date": "2024-03-28", "end_date": "2024-03-30", "phases": "slow"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let body: Value = answer.json().await.unwrap();
+    let run_id = body["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(body["cells"], 3, "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(serve.stop(), 0);
+    let state = project.sqlite(".gapless/state.db").await;
+    let recorded: String = sqlx::query_scalar("SELECT state FROM runs WHERE id = ?")
+        .bind(&run_id)
+        .fetch_one(&state)
+        .await
+        .unwrap();
+    assert_eq!(recorded, "interrupted");
+
+    let serve = Serve::start(&project, &[]);
+    eventually("the resumed run to succeed", || async {
+        let run: Value = http
+            .get(serve.url(&format!("/backfills/{run_id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        run["run"]["state"] == "succeeded"
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_dir(project.path().join("out"))
+            .unwrap()
+            .count(),
+        3
+    );
+    assert_eq!(serve.stop(), 0);
+}
