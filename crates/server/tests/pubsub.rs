@@ -16,6 +16,7 @@ use gapless_server::pubsub::{
     AuthError, EnvelopeError, GoogleClaims, JwksSource, OidcConfig, OidcVerifier, PushMessage,
     dedup_key, parse_push,
 };
+use gapless_testkit::rsa::{RsaKey, jwks};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
@@ -26,51 +27,8 @@ const SERVICE_ACCOUNT: &str = "pusher@proj.iam.gserviceaccount.com";
 // Keys, tokens and a JWKS server
 // ---------------------------------------------------------------------------------------------
 
-struct RsaKey {
-    private_pem: Vec<u8>,
-    public_pem: Vec<u8>,
-    /// base64url of the modulus, as a JWK's `n`.
-    modulus: String,
-}
-
-fn openssl(args: &[&str]) -> Vec<u8> {
-    let output = std::process::Command::new("openssl")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
-}
-
 fn generate_key() -> RsaKey {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("key.pem");
-    let key = key.to_str().unwrap();
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        key,
-    ]);
-    let modulus = String::from_utf8(openssl(&["rsa", "-in", key, "-noout", "-modulus"])).unwrap();
-    let hex = modulus.trim().strip_prefix("Modulus=").unwrap();
-    let bytes: Vec<u8> = (0..hex.len())
-        .step_by(2)
-        .map(|at| u8::from_str_radix(&hex[at..at + 2], 16).unwrap())
-        .collect();
-    assert_eq!(bytes.len(), 256, "a 2048-bit modulus");
-    RsaKey {
-        private_pem: std::fs::read(key).unwrap(),
-        public_pem: openssl(&["rsa", "-in", key, "-pubout"]),
-        modulus: URL_SAFE_NO_PAD.encode(bytes),
-    }
+    RsaKey::generate()
 }
 
 /// The key the JWKS publishes.
@@ -83,16 +41,6 @@ fn key_a() -> &'static RsaKey {
 fn key_b() -> &'static RsaKey {
     static KEY: OnceLock<RsaKey> = OnceLock::new();
     KEY.get_or_init(generate_key)
-}
-
-fn jwks(keys: &[(&str, &RsaKey)]) -> String {
-    let keys: Vec<Value> = keys
-        .iter()
-        .map(|(kid, key)| {
-            json!({"kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid, "n": key.modulus, "e": "AQAB"})
-        })
-        .collect();
-    json!({ "keys": keys }).to_string()
 }
 
 fn now() -> i64 {

@@ -76,7 +76,14 @@ pub(crate) struct Serve {
 
 impl Serve {
     pub(crate) fn start(project: &Project, env: &[(&str, &str)]) -> Self {
-        let mut command = project.command(&["serve", "--listen", "127.0.0.1:0"]);
+        Self::start_with(project, &[], env)
+    }
+
+    /// `gapless ARGS… serve` with `env`.
+    pub(crate) fn start_with(project: &Project, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut all = args.to_vec();
+        all.extend(["serve", "--listen", "127.0.0.1:0"]);
+        let mut command = project.command(&all);
         command.stderr(Stdio::piped()).stdout(Stdio::null());
         for (key, value) in env {
             command.env(key, value);
@@ -748,5 +755,134 @@ check.command = ["bin/count.sh", "out"]
             .count(),
         3
     );
+    assert_eq!(serve.stop(), 0);
+}
+
+/// The original plan's P2 acceptance on the NBA example: the broken example (phase 2 loaded,
+/// playoffs and a season of grading never reached downstream) heals itself once `serve` runs,
+/// through the events of its phase-2 loads, with no backfill of phases 3 to 6.
+#[tokio::test]
+async fn the_nba_example_follows_its_phase_2_events_under_serve() {
+    let project = Project::new();
+    let dir = project.path().join("nba");
+    let output = project
+        .command(&["demo", "--dir", dir.to_str().unwrap(), "--no-backfill"])
+        .env("GAPLESS_TODAY", "2025-07-01")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let pipeline = dir.join("gapless.toml");
+    let pipeline = pipeline.to_str().unwrap();
+    let downstream = || {
+        let output = project
+            .command(&[
+                "--pipeline",
+                pipeline,
+                "status",
+                "--phases",
+                "3-6",
+                "--json",
+            ])
+            .env("GAPLESS_TODAY", "2025-07-01")
+            .output()
+            .unwrap();
+        let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+        status["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|phase| {
+                phase["missing"].as_i64().unwrap()
+                    + phase["partial"].as_i64().unwrap()
+                    + phase["blocked"].as_i64().unwrap()
+            })
+            .sum::<i64>()
+    };
+    assert!(downstream() > 300, "the example starts broken");
+    let serve = Serve::start_with(
+        &project,
+        &["--pipeline", pipeline],
+        &[("GAPLESS_TODAY", "2025-07-01")],
+    );
+    eventually("phases 3 to 6 to be whole", || async { downstream() == 0 }).await;
+    assert_eq!(serve.stop(), 0);
+}
+
+/// Pub/Sub push authenticated by Google's OIDC token instead of the API token: verified against
+/// the configured JWKS (a file here), and a token for another audience changes nothing.
+#[tokio::test]
+async fn pubsub_push_with_googles_oidc_token() {
+    use base64::Engine as _;
+    use gapless_testkit::rsa::{RsaKey, jwks};
+    let project = cascade().await;
+    let key = RsaKey::generate();
+    let jwks_file = project.write("keys/jwks.json", &jwks(&[("k1", &key)]));
+    let account = "pusher@gapless-test.iam.gserviceaccount.com";
+    let audience = "https://gapless.example.org/events/pubsub";
+    let serve = Serve::start(
+        &project,
+        &[
+            ("GAPLESS_API_TOKEN", "admin-secret"),
+            ("GAPLESS_PUBSUB_AUDIENCE", audience),
+            ("GAPLESS_PUBSUB_SERVICE_ACCOUNT", account),
+            ("GAPLESS_PUBSUB_JWKS", jwks_file.to_str().unwrap()),
+        ],
+    );
+    let token = |aud: &str| {
+        let now = chrono::Utc::now().timestamp();
+        let claims = json!({
+            "iss": "https://accounts.google.com", "aud": aud, "sub": "1", "email": account,
+            "email_verified": true, "iat": now, "exp": now + 300,
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some("k1".to_owned());
+        let signing = jsonwebtoken::EncodingKey::from_rsa_pem(&key.private_pem).unwrap();
+        jsonwebtoken::encode(&header, &claims, &signing).unwrap()
+    };
+    let push = |id: &str| {
+        json!({
+            "message": {
+                "data": base64::engine::general_purpose::STANDARD
+                    .encode(br#"{"phase": 2, "date": "2024-03-05"}"#),
+                "messageId": id,
+            },
+            "subscription": "projects/p/subscriptions/gapless",
+        })
+    };
+    let http = client();
+    let wrong = http
+        .post(serve.url("/events/pubsub"))
+        .bearer_auth(token("https://elsewhere.example.org"))
+        .json(&push("m-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let state = project.sqlite(".gapless/state.db").await;
+    assert_eq!(scalar(&state, "SELECT COUNT(*) FROM events").await, 0);
+    let right = http
+        .post(serve.url("/events/pubsub"))
+        .bearer_auth(token(audience))
+        .json(&push("m-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    assert_eq!(
+        scalar(
+            &state,
+            "SELECT COUNT(*) FROM events WHERE source = 'pubsub'"
+        )
+        .await,
+        1
+    );
+    // The OIDC token opens this route only.
+    let elsewhere = http
+        .get(serve.url("/runs"))
+        .bearer_auth(token(audience))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), 403);
     assert_eq!(serve.stop(), 0);
 }
