@@ -25,6 +25,10 @@ use crate::pubsub::{self, OidcVerifier};
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
+/// Longest wait for the next piece of a request body: a client that trickles its body is cut
+/// off (408) instead of holding a connection forever.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Who may call the API.
 #[derive(Clone, Default)]
 pub struct Auth {
@@ -60,6 +64,9 @@ pub fn router(app: Arc<App>, auth: Auth) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), authorize))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            BODY_TIMEOUT,
+        ))
         .with_state(shared)
 }
 
@@ -123,18 +130,31 @@ fn ok(status: StatusCode, body: Value) -> ApiResult {
     Ok((status, axum::Json(body)).into_response())
 }
 
-/// The body as JSON: 413 over [`BODY_LIMIT`], 400 naming the position of a syntax error.
+/// The body as JSON: 413 over [`BODY_LIMIT`], 408 when it trickles, 400 naming the position of
+/// a syntax error.
 fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
-    let bytes = body.map_err(|rejection| {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(status, format!("the body is over {BODY_LIMIT} bytes"))
-        } else {
-            ApiError::new(status, rejection.body_text())
-        }
-    })?;
+    let bytes = body.map_err(body_error)?;
     serde_json::from_slice(&bytes)
         .map_err(|error| ApiError::bad("body", format!("the body is not valid JSON: {error}")))
+}
+
+/// The error for a body that could not be read.
+fn body_error(rejection: BytesRejection) -> ApiError {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(status, format!("the body is over {BODY_LIMIT} bytes"));
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+    while let Some(error) = source {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body stopped arriving for {} s", BODY_TIMEOUT.as_secs()),
+            );
+        }
+        source = error.source();
+    }
+    ApiError::new(status, rejection.body_text())
 }
 
 async fn authorize(
@@ -393,6 +413,7 @@ async fn post_scan(State(shared): State<Shared>, body: Result<Bytes, BytesReject
             "must be at least one day, e.g. `90d`",
         ));
     }
+    let _one_at_a_time = app.heal_lock.lock().await;
     let context = app.context();
     let scan = gapless_runtime::lifecycle::scan(&context, &app.store, days)
         .await

@@ -80,6 +80,9 @@ pub struct App {
     pub counters: Counters,
     runs: TaskTracker,
     run_slots: Arc<Semaphore>,
+    /// One scan-and-heal at a time: a second one waits, then finds the first's gaps
+    /// `triggered` and leaves them to it.
+    pub(crate) heal_lock: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
 }
 
@@ -105,6 +108,7 @@ impl App {
             counters: Counters::default(),
             runs: TaskTracker::new(),
             run_slots: Arc::new(Semaphore::new(slots)),
+            heal_lock: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
         })
     }

@@ -437,6 +437,51 @@ async fn tokens_guard_every_route_but_healthz() {
         .unwrap();
     assert_eq!(get.status(), 200);
     assert_eq!(post("admin-secret").await.unwrap().status(), 202);
+    // Every route but /healthz, without a token and with a wrong one.
+    for (method, path) in [
+        ("GET", "/events"),
+        ("GET", "/events?status=quarantined"),
+        ("POST", "/events"),
+        ("POST", "/events/pubsub"),
+        ("POST", "/scan-gaps"),
+        ("POST", "/backfills"),
+        ("GET", "/backfills/20240101T000000-abcdef"),
+        ("GET", "/runs"),
+        ("GET", "/gaps"),
+        ("GET", "/nowhere"),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let bare = http
+            .request(method.clone(), serve.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bare.status(), 401, "{method} {path}");
+        let wrong = http
+            .request(method.clone(), serve.url(path))
+            .bearer_auth("admin-secreT")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 403, "{method} {path}");
+    }
+    // A body that stops arriving is cut off: 408, not a connection held forever.
+    let mut slow = tokio::net::TcpStream::connect(serve.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    slow.write_all(
+        b"POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-secret\r\n\
+          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"phase\"",
+    )
+    .await
+    .unwrap();
+    let mut answer = vec![0; 12];
+    tokio::time::timeout(Duration::from_secs(20), slow.read_exact(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 408");
     assert_eq!(serve.stop(), 0);
 
     // Listening beyond loopback without a token is refused before anything starts.
