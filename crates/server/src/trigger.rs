@@ -70,7 +70,10 @@ pub async fn step(app: &Arc<App>) -> anyhow::Result<bool> {
         let Some(permit) = app.run_slot().await else {
             return Ok(false);
         };
-        let tasks = runnable(app, &context, &candidates).await?;
+        let mut tasks = runnable(app, &context, &candidates).await?;
+        // The executor starts ready tasks in the order they are recorded: the newest dates
+        // (live data) first, the backlog behind them.
+        tasks.sort_by_key(|task| std::cmp::Reverse(task.end));
         if tasks.is_empty() {
             drop(permit);
         } else {
