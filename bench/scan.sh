@@ -38,7 +38,11 @@ use_pg=0
 if command -v psql > /dev/null && psql "$pg_url" -qAtc 'SELECT 1' > /dev/null 2>&1; then use_pg=1; fi
 work=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/scan.XXXXXX")
 cleanup() {
-  if ((use_pg)); then psql "$pg_url" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" > /dev/null 2>&1 || true; fi
+  if ((use_pg)); then
+    for rows in ${ROWS:-1 50}; do
+      psql "$pg_url" -qc "SET client_min_messages = warning; DROP SCHEMA IF EXISTS ${schema}_$rows CASCADE" > /dev/null 2>&1 || true
+    done
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -81,16 +85,17 @@ sqlite_setup() { # $1 = directory, $2 = rows per date
   } | sqlite3 "$1/warehouse.db"
 }
 
-pg_setup() { # $1 = directory, $2 = rows per date; also $1-nossl, the same over sslmode=disable
-  mkdir -p "$1" "$1-nossl"
+pg_setup() { # $1 = directory, $2 = rows per date; also $work/pg-nossl-$2, over sslmode=disable
+  local nossl="$work/pg-nossl-$2"
+  mkdir -p "$1" "$nossl"
   local s="${schema}_$2" sep='?'
   [[ $pg_url == *\?* ]] && sep='&'
   pipeline "$pg_url" "$s." > "$1/gapless.toml"
   echo "$pg_url" > "$1/url"
-  pipeline "$pg_url${sep}sslmode=disable" "$s." > "$1-nossl/gapless.toml"
-  echo "$pg_url${sep}sslmode=disable" > "$1-nossl/url"
+  pipeline "$pg_url${sep}sslmode=disable" "$s." > "$nossl/gapless.toml"
+  echo "$pg_url${sep}sslmode=disable" > "$nossl/url"
   probes "$s." "DATE " > "$1/probes.sql"
-  cp "$1/probes.sql" "$1-nossl/probes.sql"
+  cp "$1/probes.sql" "$nossl/probes.sql"
   {
     echo "SET client_min_messages = warning; DROP SCHEMA IF EXISTS $s CASCADE; CREATE SCHEMA $s;"
     for ((p = 1; p <= phases; p++)); do
