@@ -11,7 +11,10 @@
 #            completion event of its date; for each phase-4 cell: the start of its task minus
 #            the latest completion event of the phase-3 cells it needs (its date and the two
 #            days before). Median, p95, max; tasks per phase against dates (batching).
-#            Target: under 1 s.
+#            Also (CASCADE_SOURCES="cli http", the default) with phase 2 loaded outside gapless
+#            and reported by one POST /events per date, in date order: events that reach
+#            `serve` itself wake its trigger at once, where those written by another process are
+#            seen at its next poll of the event log. Target: under 1 s.
 #   events   POST /events throughput: a bounded load generator (Python threads, one persistent
 #            HTTP/1.1 connection each, a fixed number of requests prepared before the clock
 #            starts) posting phase-2 events with distinct ids, as single events and as arrays
@@ -136,17 +139,38 @@ serve_stop() {
   fi
 }
 
-cascade_round() { # $1 = days, $2 = round; prints one JSON line
-  local dir="$work/cascade-$1-$2" days=$1
+cascade_round() { # $1 = days, $2 = round, $3 = cli|http; prints one JSON line
+  local dir="$work/cascade-$3-$1-$2" days=$1
   local today last
   today=$(day "$days")
   last=$(day $((days - 1)))
   project "$dir" "$days"
+  if [[ $3 == http ]]; then
+    # Phase 2 done outside gapless, as a live loader would; its completions are then reported.
+    python3 -c 'import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); db.execute("INSERT INTO loaded SELECT d, v FROM raw"); db.commit()' "$dir/warehouse.db"
+  fi
   serve_start "$dir" "$today"
   local t0 t1
   t0=$(date +%s%3N)
-  (cd "$dir" && GAPLESS_TODAY=$today "$bin" -q backfill --start-date "$start" --end-date "$last" \
-    --phases 2 --yes > /dev/null)
+  if [[ $3 == cli ]]; then
+    (cd "$dir" && GAPLESS_TODAY=$today "$bin" -q backfill --start-date "$start" --end-date "$last" \
+      --phases 2 --yes > /dev/null)
+  else
+    python3 - "$serve_url" "$start" "$days" <<'PY'
+import datetime, http.client, json, sys, urllib.parse
+url = urllib.parse.urlsplit(sys.argv[1])
+connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+first = datetime.date.fromisoformat(sys.argv[2])
+for i in range(int(sys.argv[3])):
+    date = (first + datetime.timedelta(days=i)).isoformat()
+    connection.request("POST", "/events", body=json.dumps({"phase": 2, "date": date, "id": f"load-{date}"}),
+                       headers={"content-type": "application/json"})
+    answer = connection.getresponse()
+    body = answer.read()
+    if answer.status != 202:
+        sys.exit(f"serve.sh: POST /events for {date}: {answer.status} {body[:200]!r}")
+PY
+  fi
   t1=$(date +%s%3N)
   # Wait (up to 10 minutes) for the trigger to fill phase 4 on every date.
   python3 - "$dir/.gapless/state.db" "$days" <<'PY'
@@ -162,7 +186,7 @@ while True:
     time.sleep(0.05)
 PY
   serve_stop "$dir"
-  python3 - "$dir/.gapless/state.db" "$days" "$t0" "$t1" <<'PY'
+  python3 - "$dir/.gapless/state.db" "$days" "$t0" "$t1" "$3" <<'PY'
 import datetime, json, sqlite3, sys
 db = sqlite3.connect(sys.argv[1])
 days, t0, t1 = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -198,16 +222,18 @@ for (phase, date), at in started.items():
 tasks = dict(db.execute("SELECT phase, COUNT(*) FROM tasks GROUP BY phase").fetchall())
 runs, = db.execute("SELECT COUNT(*) FROM runs WHERE kind = 'trigger'").fetchone()
 last4, = db.execute("SELECT MAX(completed_at) FROM run_cells WHERE phase = 4").fetchone()
-print(json.dumps({"days": days, "delays": delays, "worst": worst, "tasks": tasks, "trigger_runs": runs, "kinds": kinds,
+print(json.dumps({"source": sys.argv[5], "days": days, "delays": delays, "worst": worst, "tasks": tasks, "trigger_runs": runs, "kinds": kinds,
                   "backfill_s": (t1 - t0) / 1e3, "end_to_end_s": (last4 - t0) / 1e3}))
 PY
 }
 
 cascade() {
   local results="$work/cascade.jsonl"
-  for days in ${CASCADE_DAYS:-60 365}; do
-    for ((round = 1; round <= rounds; round++)); do
-      cascade_round "$days" "$round" >> "$results"
+  for source in ${CASCADE_SOURCES:-cli http}; do
+    for days in ${CASCADE_DAYS:-60 365}; do
+      for ((round = 1; round <= rounds; round++)); do
+        cascade_round "$days" "$round" "$source" >> "$results"
+      done
     done
   done
   python3 - "$results" <<'PY'
@@ -216,20 +242,20 @@ rows = [json.loads(line) for line in open(sys.argv[1])]
 def pct(values, p):  # nearest rank
     values = sorted(values)
     return values[max(0, math.ceil(p / 100 * len(values)) - 1)]
-print("Cascade: `gapless backfill --phases 2` from the CLI, phases 3 and 4 by `serve`'s trigger. "
-      "Delay = start of the task that ran the cell − created_at of the last completion event it needed (ms).")
+print("Cascade: phase 2 filled by `gapless backfill --phases 2` from the CLI (cli), or loaded outside gapless and "
+      "reported by one POST /events per date (http); phases 3 and 4 by `serve`'s trigger. Delay = start of the task that ran the cell − created_at of the last completion event it needed (ms).")
 print()
 print("The worst cell's delay is split into: event → the trigger run that holds the cell is created, + run created → its task starts.")
 print()
-print("| days | round | phase 3 delay: median / p95 / max | worst phase-3 cell | phase 4 delay: median / p95 / max | worst phase-4 cell | tasks 2 / 3 / 4 (dates) | trigger runs | backfill | backfill start → last phase-4 cell |")
-print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+print("| phase 2 from | days | round | phase 3 delay: median / p95 / max | worst phase-3 cell | phase 4 delay: median / p95 / max | worst phase-4 cell | tasks 2 / 3 / 4 (dates) | trigger runs | phase 2 (backfill or posting) | its start → last phase-4 cell |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 by_days = {}
 for i, r in enumerate(rows):
     d3, d4 = r["delays"]["3"], r["delays"]["4"]
-    by_days.setdefault(r["days"], []).append(r)
+    by_days.setdefault((r["source"], r["days"]), []).append(r)
     t = r["tasks"]
     w3, w4 = r["worst"]["3"], r["worst"]["4"]
-    print(f"| {r['days']} | {len(by_days[r['days']])} | {statistics.median(d3):.0f} / {pct(d3, 95):.0f} / {max(d3):.0f} ms "
+    print(f"| {r['source']} | {r['days']} | {len(by_days[(r['source'], r['days'])])} | {statistics.median(d3):.0f} / {pct(d3, 95):.0f} / {max(d3):.0f} ms "
           f"| {w3[1]} + {w3[2]} ms "
           f"| {statistics.median(d4):.0f} / {pct(d4, 95):.0f} / {max(d4):.0f} ms "
           f"| {w4[1]} + {w4[2]} ms "
@@ -238,12 +264,12 @@ for i, r in enumerate(rows):
 print()
 print("All rounds together, per length:")
 print()
-print("| days | cells per phase | phase 3: median / p95 / max | phase 4: median / p95 / max | cells over 1 s (3, 4) |")
-print("| ---: | ---: | ---: | ---: | ---: |")
-for days, rs in by_days.items():
+print("| phase 2 from | days | cells per phase | phase 3: median / p95 / max | phase 4: median / p95 / max | cells over 1 s (3, 4) |")
+print("| --- | ---: | ---: | ---: | ---: | ---: |")
+for (source, days), rs in by_days.items():
     d3 = [x for r in rs for x in r["delays"]["3"]]
     d4 = [x for r in rs for x in r["delays"]["4"]]
-    print(f"| {days} | {days} × {len(rs)} rounds | {statistics.median(d3):.0f} / {pct(d3, 95):.0f} / {max(d3):.0f} ms "
+    print(f"| {source} | {days} | {days} × {len(rs)} rounds | {statistics.median(d3):.0f} / {pct(d3, 95):.0f} / {max(d3):.0f} ms "
           f"| {statistics.median(d4):.0f} / {pct(d4, 95):.0f} / {max(d4):.0f} ms "
           f"| {sum(x > 1000 for x in d3)}, {sum(x > 1000 for x in d4)} |")
 PY
@@ -337,8 +363,12 @@ events() {
       serve_start "$dir" 2024-03-31
       if ((prefill > 0)); then
         bodies "$work/prefill" $((prefill / 1000)) 1000 "prefill-$round"
-        python3 "$work/load.py" "$serve_url" POST /events "$work/prefill" $((prefill / 1000)) 2 1000 > /dev/null
+        local posted_at read_at prefilled
+        prefilled=$(python3 "$work/load.py" "$serve_url" POST /events "$work/prefill" $((prefill / 1000)) 2 1000)
+        posted_at=$(date +%s.%N)
         caught_up "$dir"
+        read_at=$(date +%s.%N)
+        echo "{\"posted\": $prefilled, \"trigger_s\": $(python3 -c "print($read_at - $posted_at)")}" >> "$work/prefill.jsonl"
       fi
       local expected=$prefill
       for shape in "${shapes[@]}"; do
@@ -358,9 +388,10 @@ events() {
       serve_stop "$dir"
     done
   done
-  python3 - "$results" "$threads" <<'PY'
+  python3 - "$results" "$threads" "$work/prefill.jsonl" <<'PY'
 import json, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
+prefills = [json.loads(line) for line in open(sys.argv[3])]
 print(f"POST /events: {sys.argv[2]} client threads, one persistent connection each; floor = GET /healthz "
       "with the same generator in the same round. Medians over rounds (range).")
 print()
@@ -377,6 +408,9 @@ for per, prefill in shapes:
     rng = lambda xs, f: f"{f(statistics.median(xs))} ({f(min(xs))}–{f(max(xs))})"
     print(f"| {per} | {prefill:,} | {rng(floor, lambda x: f'{x:,.0f}')} | {rng(post, lambda x: f'{x:,.0f}')} "
           f"| {rng(ev, lambda x: f'{x:,.0f}')} | {rng(ratio, lambda x: f'{x:.2f}×')} | {rng(eratio, lambda x: f'{x:.1f}×')} |")
+print()
+print("Prefill (arrays of 1,000, 2 threads), then until the trigger has read the whole log: " + "; ".join(
+    f"{p['posted']['stored']:,} events in {p['posted']['seconds']:.2f} s, trigger +{p['trigger_s']:.2f} s" for p in prefills))
 PY
 }
 
