@@ -48,6 +48,8 @@ pub(crate) enum Command {
     Migrate,
     /// Find gaps (cells missing or short while all they need is complete) and record them in the gap ledger.
     Scan(ScanArgs),
+    /// Scan, then heal the recent gaps with everything downstream and alert a person about the old ones.
+    Heal(HealArgs),
     /// List the gap ledger.
     Gaps(GapsArgs),
     /// The completeness report per phase and period (month, year or season).
@@ -87,6 +89,25 @@ pub(crate) struct ScanArgs {
     #[arg(long, requires = "heal")]
     pub(crate) include_old: bool,
     /// With --heal: tasks at once.
+    #[arg(long, short = 'j', default_value_t = 4, value_name = "N")]
+    pub(crate) jobs: usize,
+    /// With --heal: say what would be healed and alerted, change nothing.
+    #[arg(long, requires = "heal")]
+    pub(crate) dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HealArgs {
+    /// Say what would be healed and alerted, change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Heal gaps of any age, and gaps that failed `max_attempts` heals (a person asks).
+    #[arg(long)]
+    pub(crate) include_old: bool,
+    /// How far back from today to look (default: `[healing] lookback`).
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) lookback: Option<String>,
+    /// Tasks at once.
     #[arg(long, short = 'j', default_value_t = 4, value_name = "N")]
     pub(crate) jobs: usize,
 }

@@ -1,81 +1,171 @@
-//! Healing the gaps a scan found (SPEC.md, Semantics 6 and 7): the healable gaps (open, young
-//! enough, not failed too often) run in dependency order with everything downstream of them,
-//! as one run of kind `heal`; their ledger rows go `pending → triggered → complete | failed`.
+//! The healing policy (SPEC.md, Semantics 6–8): of the gaps a scan found, the young ones are
+//! healed in dependency order with everything downstream of them, as one run of kind `heal`;
+//! the old ones, and those that failed `max_attempts` heals, are alerted for a person, once per
+//! `realert_after`. Ledger rows go `pending → triggered → complete | failed`, or `alerted`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
+use chrono::{DateTime, Utc};
 use gapless_core::dates::{Date, DateRange};
 use gapless_core::plan::{Plan, Request};
 use gapless_core::spec::PhaseId;
-use gapless_store::{GapFilter, GapStatus, RunId, RunKind, Store, StoreError};
+use gapless_store::{GapFilter, GapRecord, GapStatus, RunId, RunKind, Store, StoreError};
+use serde_json::{Value, json};
 
 use crate::context::Context;
 use crate::lifecycle::{self, LifecycleError, Scan};
 use crate::owner::Owner;
 
+/// Why a gap is left for a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Why {
+    /// Older than `auto_heal_max_age`.
+    TooOld,
+    /// Failed `max_attempts` heals; the last error.
+    GaveUp {
+        /// Heals tried.
+        attempts: i64,
+        /// The last one's error.
+        last_error: Option<String>,
+    },
+}
+
+/// A gap the policy leaves for a person.
+#[derive(Debug, Clone)]
+pub struct Left {
+    /// Phase.
+    pub phase: PhaseId,
+    /// Date.
+    pub date: Date,
+    /// Age in days.
+    pub age_days: i64,
+    /// Why it is left.
+    pub why: Why,
+    /// Its ledger row, when the scan recorded one (a dry run may not have).
+    pub gap_id: Option<i64>,
+    /// Whether it is alerted now: never before, or not within `realert_after`.
+    pub alert_now: bool,
+}
+
+/// What the policy decided for one scan.
+#[derive(Debug)]
+pub struct Decision {
+    /// The heal to run, if any gap is to be healed.
+    pub heal: Option<HealPlan>,
+    /// The gaps left for a person.
+    pub left: Vec<Left>,
+    /// Gaps a heal run is already working on.
+    pub in_progress: usize,
+}
+
+impl Decision {
+    /// The gaps to alert about now.
+    pub fn to_alert(&self) -> impl Iterator<Item = &Left> {
+        self.left.iter().filter(|left| left.alert_now)
+    }
+}
+
 /// What a heal will run.
 #[derive(Debug)]
 pub struct HealPlan {
-    /// The request planned: the healable gaps' dates (and the windows downstream of them) in
+    /// The request planned: the healed gaps' dates (and the windows downstream of them) in
     /// their phases and every phase downstream.
     pub request: Request,
     /// The plan.
     pub plan: Plan,
     /// The ledger rows it heals.
     pub gap_ids: Vec<i64>,
-    /// Open gaps older than `auto_heal_max_age`, left for a person (`heal --include-old`).
-    pub too_old: usize,
-    /// Open gaps that failed `max_attempts` times.
-    pub gave_up: usize,
+    /// The gaps it heals.
+    pub cells: Vec<(PhaseId, Date)>,
 }
 
-/// Chooses the healable gaps among those `scan` found and plans them. `None` when there is
-/// nothing to heal. `include_old` heals gaps of any age.
-pub async fn plan_heal(
+/// Applies the policy to the gaps `scan` found, against the ledger as it is now. With
+/// `include_old`, every gap is healed, old and given-up ones too (a person asked).
+pub async fn decide(
     context: &Context,
     store: &Store,
     scan: &Scan,
     include_old: bool,
-) -> Result<Option<HealPlan>, LifecycleError> {
+) -> Result<Decision, LifecycleError> {
     let healing = &context.spec.healing;
-    let max_age = i64::try_from(healing.auto_heal_max_age.as_secs() / 86_400).unwrap_or(i64::MAX);
-    let found: BTreeSet<(u32, Date)> = scan
-        .gaps
-        .iter()
-        .map(|gap| (gap.phase_to.0, gap.date))
+    let max_age = days(healing.auto_heal_max_age);
+    let realert =
+        chrono::Duration::from_std(healing.realert_after).unwrap_or(chrono::Duration::MAX);
+    let now: DateTime<Utc> = context.now.and_utc();
+    let ledger: BTreeMap<(i64, Date), GapRecord> = store
+        .gaps(GapFilter::Open)
+        .await?
+        .into_iter()
+        .map(|row| ((row.phase_to, row.partition_date), row))
         .collect();
-    let (mut too_old, mut gave_up) = (0, 0);
+    let mut left = Vec::new();
+    let mut in_progress = 0;
+    let mut heal_cells = Vec::new();
     let mut gap_ids = Vec::new();
-    let mut cells: Vec<(PhaseId, Date)> = Vec::new();
-    for row in store.gaps(GapFilter::Open).await? {
-        let Ok(phase) = u32::try_from(row.phase_to) else {
+    for gap in &scan.gaps {
+        let row = ledger.get(&(i64::from(gap.phase_to.0), gap.date));
+        if row.is_some_and(|row| row.healing_status == GapStatus::Triggered) {
+            in_progress += 1;
             continue;
+        }
+        let attempts = row.map_or(0, |row| row.attempts);
+        let why = if attempts >= i64::from(healing.max_attempts) {
+            Some(Why::GaveUp {
+                attempts,
+                last_error: row.and_then(|row| row.last_error.clone()),
+            })
+        } else if gap.age_days > max_age {
+            Some(Why::TooOld)
+        } else {
+            None
         };
-        if !found.contains(&(phase, row.partition_date)) {
-            continue;
+        match why {
+            Some(why) if !include_old => {
+                let alert_now = row.is_none_or(|row| {
+                    row.healing_status != GapStatus::Alerted
+                        || row.alerted_at.is_none_or(|at| now - at >= realert)
+                });
+                left.push(Left {
+                    phase: gap.phase_to,
+                    date: gap.date,
+                    age_days: gap.age_days,
+                    why,
+                    gap_id: row.map(|row| row.id),
+                    alert_now,
+                });
+            }
+            _ => {
+                heal_cells.push((gap.phase_to, gap.date));
+                gap_ids.extend(row.map(|row| row.id));
+            }
         }
-        if !matches!(row.healing_status, GapStatus::Pending | GapStatus::Failed) {
-            continue;
-        }
-        if row.attempts >= i64::from(healing.max_attempts) {
-            gave_up += 1;
-            continue;
-        }
-        if row.gap_age_days > max_age && !include_old {
-            too_old += 1;
-            continue;
-        }
-        gap_ids.push(row.id);
-        cells.push((PhaseId(phase), row.partition_date));
     }
+    let heal = plan_cells(context, heal_cells, gap_ids).await?;
+    Ok(Decision {
+        heal,
+        left,
+        in_progress,
+    })
+}
+
+/// Whole days in `duration`.
+fn days(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_secs() / 86_400).unwrap_or(i64::MAX)
+}
+
+/// Plans `cells` with every phase downstream of them, over their dates and the windows after
+/// them, up to today.
+async fn plan_cells(
+    context: &Context,
+    cells: Vec<(PhaseId, Date)>,
+    gap_ids: Vec<i64>,
+) -> Result<Option<HealPlan>, LifecycleError> {
     let (Some(first), Some(last)) = (
         cells.iter().map(|c| c.1).min(),
         cells.iter().map(|c| c.1).max(),
     ) else {
         return Ok(None);
     };
-    // The gaps' phases and every phase downstream of them, whose windows reach
-    // `max lookback` days past the last gap.
     let mut phases: BTreeSet<PhaseId> = cells.iter().map(|c| c.0).collect();
     let mut frontier: Vec<PhaseId> = phases.iter().copied().collect();
     while let Some(phase) = frontier.pop() {
@@ -86,6 +176,9 @@ pub async fn plan_heal(
         }
     }
     phases.retain(|id| context.spec.phase(*id).is_some_and(|p| p.run.is_some()));
+    if phases.is_empty() {
+        return Ok(None);
+    }
     let reach = context.spec.max_total_lookback();
     let end = last
         .checked_add_signed(chrono::Duration::days(reach))
@@ -100,8 +193,7 @@ pub async fn plan_heal(
         request,
         plan,
         gap_ids,
-        too_old,
-        gave_up,
+        cells,
     }))
 }
 
@@ -130,4 +222,82 @@ pub async fn start_heal(
 /// Records how heal run `run_id` ended for its gaps: (healed, failed).
 pub async fn finish_heal(store: &Store, run_id: &RunId) -> Result<(usize, usize), StoreError> {
     store.finish_heal(run_id).await
+}
+
+/// The alert message for `left` (the gaps to alert about now), as the alerts outbox keeps it:
+/// one item per phase and reason, with its dates.
+pub fn alert_message(context: &Context, left: &[&Left]) -> Value {
+    let mut items: BTreeMap<(PhaseId, String), (Vec<Date>, i64, Value)> = BTreeMap::new();
+    for gap in left {
+        let (key, reason) = match &gap.why {
+            Why::TooOld => (
+                "too_old".to_owned(),
+                json!({"kind": "too_old", "max_age_days": days(context.spec.healing.auto_heal_max_age)}),
+            ),
+            Why::GaveUp {
+                attempts,
+                last_error,
+            } => (
+                format!("gave_up:{}", last_error.as_deref().unwrap_or("")),
+                json!({"kind": "gave_up", "attempts": attempts, "last_error": last_error}),
+            ),
+        };
+        let entry = items
+            .entry((gap.phase, key))
+            .or_insert_with(|| (Vec::new(), 0, reason));
+        entry.0.push(gap.date);
+        entry.1 = entry.1.max(gap.age_days);
+    }
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|((phase, _), (mut dates, oldest, reason))| {
+            dates.sort_unstable();
+            let name = context
+                .spec
+                .phase(phase)
+                .map(|p| p.name.clone())
+                .unwrap_or_default();
+            json!({
+                "phase": phase.0,
+                "phase_name": name,
+                "dates": dates,
+                "oldest_age_days": oldest,
+                "reason": reason,
+            })
+        })
+        .collect();
+    json!({ "pipeline": context.spec.name, "items": items })
+}
+
+/// The alert channels `[alerts]` configures: `slack`, `webhook`, `email`.
+pub fn channels(context: &Context) -> Vec<&'static str> {
+    let alerts = &context.spec.alerts;
+    let mut out = Vec::new();
+    if alerts.slack_webhook_env.is_some() {
+        out.push("slack");
+    }
+    if alerts.webhook_url_env.is_some() {
+        out.push("webhook");
+    }
+    if alerts.email.is_some() {
+        out.push("email");
+    }
+    out
+}
+
+/// Marks the gaps to alert about now `alerted` and puts one message per channel in the alerts
+/// outbox, in one transaction. Returns how many gaps it alerted about.
+pub async fn record_alerts(
+    context: &Context,
+    store: &Store,
+    decision: &Decision,
+) -> Result<usize, StoreError> {
+    let left: Vec<&Left> = decision.to_alert().collect();
+    if left.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<i64> = left.iter().filter_map(|gap| gap.gap_id).collect();
+    let message = alert_message(context, &left);
+    store.alert_gaps(&ids, &channels(context), &message).await?;
+    Ok(left.len())
 }

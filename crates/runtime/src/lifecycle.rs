@@ -495,6 +495,16 @@ pub struct Scan {
 /// Scans the last `days` days up to today (never before the pipeline's start), by counting
 /// rows, and records the result in the gap ledger in one transaction (SPEC.md, Semantics 6).
 pub async fn scan(context: &Context, store: &Store, days: i64) -> Result<Scan, LifecycleError> {
+    scan_with(context, store, days, true).await
+}
+
+/// [`scan`], recording in the ledger only when `record` (a dry run does not).
+pub async fn scan_with(
+    context: &Context,
+    store: &Store,
+    days: i64,
+    record: bool,
+) -> Result<Scan, LifecycleError> {
     let today = context.today;
     let start = gapless_core::dates::add_days(today, -days).max(context.spec.start);
     let Ok(range) = DateRange::new(start, today) else {
@@ -523,7 +533,11 @@ pub async fn scan(context: &Context, store: &Store, days: i64) -> Result<Scan, L
         .iter()
         .map(|&(phase, date)| (i64::from(phase.0), date))
         .collect();
-    let recorded = store.record_scan(&found, &satisfied).await?;
+    let recorded = if record {
+        store.record_scan(&found, &satisfied).await?
+    } else {
+        ScanRecorded::default()
+    };
     Ok(Scan {
         range: Some(range),
         gaps: scan.gaps,

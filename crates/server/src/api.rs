@@ -389,6 +389,8 @@ struct ScanBody {
     lookback: Option<String>,
     #[serde(default)]
     heal: bool,
+    #[serde(default)]
+    include_old: bool,
 }
 
 /// `POST /scan-gaps`: scan now, and with `heal`, heal the healable gaps.
@@ -418,12 +420,15 @@ async fn post_scan(State(shared): State<Shared>, body: Result<Bytes, BytesReject
     let scan = gapless_runtime::lifecycle::scan(&context, &app.store, days)
         .await
         .map_err(|error| ApiError::unavailable(&error))?;
-    let healed = if request.heal {
-        crate::heal::heal(app, &scan)
+    if request.include_old && !request.heal {
+        return Err(ApiError::bad("include_old", "needs `\"heal\": true`"));
+    }
+    let policy = if request.heal {
+        crate::heal::heal(app, &scan, request.include_old)
             .await
             .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{error:#}")))?
     } else {
-        None
+        json!({"healed": null, "alerted": 0, "left": [], "in_progress": 0})
     };
     let gaps: Vec<Value> = scan
         .gaps
@@ -449,8 +454,10 @@ async fn post_scan(State(shared): State<Shared>, body: Result<Bytes, BytesReject
             "opened": scan.recorded.opened,
             "still_open": scan.recorded.still_open,
             "closed": scan.recorded.closed,
-            "healed": healed,
-            "alerted": [],
+            "healed": policy["healed"],
+            "alerted": policy["alerted"],
+            "left": policy["left"],
+            "in_progress": policy["in_progress"],
         }),
     )
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use gapless_core::plan::{Plan, Request};
-use gapless_runtime::heal::{plan_heal, start_heal};
+use gapless_runtime::heal::{Why, decide, record_alerts, start_heal};
 use gapless_runtime::lifecycle::{self, Scan};
 use gapless_store::{RunId, RunKind, StoreError};
 use serde_json::{Value, json};
@@ -30,31 +30,49 @@ pub(crate) async fn create_api_run(
     .await
 }
 
-/// Heals the healable gaps of `scan` in the background: what it started, as JSON (`None` when
-/// there was nothing to heal).
-pub(crate) async fn heal(app: &Arc<App>, scan: &Scan) -> anyhow::Result<Option<Value>> {
+/// Applies the healing policy to `scan`: records the alerts (delivered by the alerts outbox)
+/// and starts the heal in the background. What it did, as JSON.
+pub(crate) async fn heal(app: &Arc<App>, scan: &Scan, include_old: bool) -> anyhow::Result<Value> {
     let context = app.context();
-    let Some(heal) = plan_heal(&context, &app.store, scan, false).await? else {
-        return Ok(None);
-    };
-    if heal.plan.tasks.is_empty() && heal.plan.blocked.is_empty() {
-        return Ok(None);
+    let decision = decide(&context, &app.store, scan, include_old).await?;
+    let alerted = record_alerts(&context, &app.store, &decision).await?;
+    if alerted > 0 {
+        app.wake();
     }
-    let run_id = start_heal(
-        &context,
-        &app.store,
-        &heal,
-        &app.owner,
-        Some(("via", "api")),
-    )
-    .await?;
-    app.execute(run_id.clone(), RunKind::Heal, None);
-    Ok(Some(json!({
-        "run_id": run_id,
-        "gaps": heal.gap_ids.len(),
-        "tasks": heal.plan.tasks.len(),
-        "cells": heal.plan.cell_count(),
-        "too_old": heal.too_old,
-        "gave_up": heal.gave_up,
-    })))
+    let left: Vec<Value> = decision
+        .left
+        .iter()
+        .map(|left| {
+            json!({
+                "phase": left.phase.0,
+                "date": left.date,
+                "age_days": left.age_days,
+                "why": match &left.why {
+                    Why::TooOld => "too_old",
+                    Why::GaveUp { .. } => "gave_up",
+                },
+                "alerted_now": left.alert_now,
+            })
+        })
+        .collect();
+    let mut healed = Value::Null;
+    if let Some(heal) = &decision.heal
+        && !(heal.plan.tasks.is_empty() && heal.plan.blocked.is_empty())
+    {
+        let run_id =
+            start_heal(&context, &app.store, heal, &app.owner, Some(("via", "api"))).await?;
+        app.execute(run_id.clone(), RunKind::Heal, None);
+        healed = json!({
+            "run_id": run_id,
+            "gaps": heal.cells.len(),
+            "tasks": heal.plan.tasks.len(),
+            "cells": heal.plan.cell_count(),
+        });
+    }
+    Ok(json!({
+        "healed": healed,
+        "alerted": alerted,
+        "left": left,
+        "in_progress": decision.in_progress,
+    }))
 }

@@ -9,9 +9,9 @@ use sqlx::postgres::PgRow;
 
 use crate::error::StoreError;
 use crate::model::{
-    CellHolder, CellRecord, CellState, EventRecord, GapRecord, GapStatus, PhaseProgress,
-    QuarantineRecord, RunId, RunKind, RunOwnerRecord, RunRecord, RunState, RunnerRecord,
-    TaskRecord, TaskState,
+    AlertRecord, CellHolder, CellRecord, CellState, EventRecord, GapRecord, GapStatus,
+    PhaseProgress, QuarantineRecord, RunId, RunKind, RunOwnerRecord, RunRecord, RunState,
+    RunnerRecord, TaskRecord, TaskState,
 };
 
 // --- row decoding -----------------------------------------------------------------------------
@@ -182,6 +182,22 @@ pub(crate) fn event_from_row(row: &(impl RowExt + ?Sized)) -> Result<EventRecord
     })
 }
 
+pub(crate) fn alert_from_row(row: &(impl RowExt + ?Sized)) -> Result<AlertRecord, StoreError> {
+    let text = row.string("message")?;
+    Ok(AlertRecord {
+        id: row.i64("id")?,
+        created_at: time("alerts.created_at", row.i64("created_at")?)?,
+        channel: row.string("channel")?,
+        message: serde_json::from_str(&text).map_err(|source| StoreError::Json {
+            column: "alerts.message",
+            source,
+        })?,
+        delivered_at: opt_time("alerts.delivered_at", row.opt_i64("delivered_at")?)?,
+        attempts: row.i64("attempts")?,
+        last_error: row.opt_string("last_error")?,
+    })
+}
+
 pub(crate) fn quarantine_from_row(
     row: &(impl RowExt + ?Sized),
 ) -> Result<QuarantineRecord, StoreError> {
@@ -232,7 +248,7 @@ pub(crate) fn date(column: &'static str, text: &str) -> Result<NaiveDate, StoreE
     })
 }
 
-fn time(column: &'static str, millis: i64) -> Result<DateTime<Utc>, StoreError> {
+pub(crate) fn time(column: &'static str, millis: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_millis(millis).ok_or_else(|| StoreError::Corrupt {
         column,
         value: millis.to_string(),

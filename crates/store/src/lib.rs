@@ -32,10 +32,11 @@ mod store;
 
 pub use crate::error::{BackendError, StoreError};
 pub use crate::model::{
-    CellHolder, CellRecord, CellState, Claim, DetectedGap, EventRecord, GapFilter, GapRecord,
-    GapStatus, IncomingEvent, Ingested, InvalidRunId, NewEvent, NewRun, NewTask, NewTaskState,
-    Ownership, PhaseProgress, QuarantineRecord, RunId, RunKind, RunOwner, RunOwnerRecord,
-    RunRecord, RunState, RunnerRecord, ScanRecorded, TaskRecord, TaskState, UnknownState,
+    AlertRecord, CellHolder, CellRecord, CellState, Claim, DetectedGap, EventRecord, GapFilter,
+    GapRecord, GapStatus, IncomingEvent, Ingested, InvalidRunId, NewEvent, NewRun, NewTask,
+    NewTaskState, Ownership, PhaseProgress, QuarantineRecord, RunId, RunKind, RunOwner,
+    RunOwnerRecord, RunRecord, RunState, RunnerRecord, ScanRecorded, TaskRecord, TaskState,
+    UnknownState,
 };
 pub use crate::schema::SCHEMA_VERSION;
 pub use crate::sqlite::{SqliteStore, SyncMode};

@@ -464,6 +464,25 @@ pub struct QuarantineRecord {
     pub reason: String,
 }
 
+/// An alert message for one channel, in the alerts outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlertRecord {
+    /// Increasing id.
+    pub id: i64,
+    /// When the scan recorded it.
+    pub created_at: DateTime<Utc>,
+    /// The channel: `slack`, `webhook` or `email`.
+    pub channel: String,
+    /// The message as JSON.
+    pub message: serde_json::Value,
+    /// When the channel took it.
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// Deliveries tried.
+    pub attempts: i64,
+    /// The latest failure.
+    pub last_error: Option<String>,
+}
+
 /// An event as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EventRecord {

@@ -8,7 +8,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 /// Highest migration embedded in this binary; [`crate::Store::ensure_current`] demands exactly
 /// this.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// One embedded migration: version, description, SQL.
 type EmbeddedMigration = (i64, &'static str, &'static str);
@@ -50,6 +50,11 @@ pub(crate) const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[
         "inbox and consumers",
         include_str!("../migrations/postgres/0006_inbox_and_consumers.sql"),
     ),
+    (
+        7,
+        "alerts and ticks",
+        include_str!("../migrations/postgres/0007_alerts_and_ticks.sql"),
+    ),
 ];
 
 pub(crate) fn migrator(embedded: &[EmbeddedMigration]) -> Migrator {
@@ -88,6 +93,10 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("../migrations/sqlite/0006_inbox_and_consumers.sql"),
     ),
+    (
+        7,
+        include_str!("../migrations/sqlite/0007_alerts_and_ticks.sql"),
+    ),
 ];
 
 #[cfg(test)]
@@ -125,6 +134,7 @@ mod tests {
                 (4, 0x72fa_8287_150d_feef),
                 (5, 0x7449_c070_0426_13f9),
                 (6, 0x364a_f22d_8c28_2cee),
+                (7, 0xfc57_a505_7eab_340f),
             ]
         );
         assert_eq!(SQLITE_MIGRATIONS.last().map(|m| m.0), Some(SCHEMA_VERSION));

@@ -481,6 +481,33 @@ statements! {
              'the heal run ended without completing it') \
          WHERE run_id = $1 AND healing_status = 'triggered'";
 
+    /// Open gap `$1` is alerted about at `$2`.
+    ALERT_GAP = "UPDATE gaps SET healing_status = 'alerted', alerted_at = $2 \
+         WHERE id = $1 AND healing_status <> 'complete'";
+
+    INSERT_ALERT = "INSERT INTO alerts (created_at, channel, message) VALUES ($1, $2, $3)";
+
+    UNDELIVERED_ALERTS = "SELECT id, created_at, channel, message, delivered_at, attempts, \
+             last_error \
+         FROM alerts WHERE delivered_at IS NULL ORDER BY id LIMIT $1";
+
+    ALERT_DELIVERED = "UPDATE alerts SET delivered_at = $2, attempts = attempts + 1, \
+             last_error = NULL \
+         WHERE id = $1 AND delivered_at IS NULL";
+
+    ALERT_FAILED = "UPDATE alerts SET attempts = attempts + 1, last_error = $2 \
+         WHERE id = $1 AND delivered_at IS NULL";
+
+    RECENT_ALERTS = "SELECT id, created_at, channel, message, delivered_at, attempts, last_error \
+         FROM alerts ORDER BY id DESC LIMIT $1";
+
+    SELECT_TICK = "SELECT last_at FROM ticks WHERE name = $1";
+
+    /// Only forward: a slower process never moves a tick back.
+    SAVE_TICK = "INSERT INTO ticks (name, last_at) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET last_at = excluded.last_at \
+         WHERE ticks.last_at < excluded.last_at";
+
     /// `$1` is `open`, `all` or a status.
     SELECT_GAPS = "SELECT id, detected_at, last_seen_at, phase_from, phase_to, partition_date, \
              gap_age_days, found, expected, healing_status, attempts, run_id, alerted_at, \

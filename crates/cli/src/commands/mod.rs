@@ -45,6 +45,16 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<Exit> {
             Ok(Exit::Success)
         }
         Command::Scan(args) => scan::run(global, args).await,
+        Command::Heal(args) => {
+            let scan = crate::cli::ScanArgs {
+                lookback: args.lookback.clone(),
+                heal: true,
+                include_old: args.include_old,
+                jobs: args.jobs,
+                dry_run: args.dry_run,
+            };
+            scan::run(global, &scan).await
+        }
         Command::Gaps(args) => gaps::run(global, args).await,
         Command::Report(args) => report::run(global, args).await,
         Command::Serve(args) => serve::run(global, args).await,

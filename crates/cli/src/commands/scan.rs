@@ -28,7 +28,7 @@ pub(crate) async fn run(global: &Global, args: &ScanArgs) -> anyhow::Result<Exit
         .ok_or_else(|| UsageError::new("--lookback: must be at least one day, e.g. `90d`"))?;
     let store = loaded.store().await?;
     let context = loaded.context().await?;
-    let scan = gapless_runtime::lifecycle::scan(&context, &store, days).await?;
+    let scan = gapless_runtime::lifecycle::scan_with(&context, &store, days, !args.dry_run).await?;
     if args.heal && args.jobs == 0 {
         return Err(UsageError::new("--jobs: must be at least 1").into());
     }
@@ -67,18 +67,22 @@ pub(crate) async fn run(global: &Global, args: &ScanArgs) -> anyhow::Result<Exit
 /// What `--heal` did.
 #[derive(Debug, serde::Serialize)]
 struct Healed {
-    /// The heal run, if one was needed.
+    /// The heal run, if one was started.
     run_id: Option<gapless_store::RunId>,
-    /// Gaps it was started for.
+    /// Gaps it was started for (a dry run: would be).
     gaps: usize,
     /// Of them, closed by it.
     healed: usize,
     /// Of them, still open (failed or blocked), each with its error in the ledger.
     failed: usize,
-    /// Open gaps older than `auto_heal_max_age`, left for `--include-old`.
-    too_old: usize,
-    /// Open gaps that failed `max_attempts` times.
-    gave_up: usize,
+    /// Gaps left for a person: older than `auto_heal_max_age`, or failed `max_attempts` times.
+    left: usize,
+    /// Of them, alerted about now (the others were, within `realert_after`).
+    alerted: usize,
+    /// Gaps a heal run is already working on.
+    in_progress: usize,
+    /// Nothing was changed.
+    dry_run: bool,
     #[serde(skip)]
     exit: Exit,
 }
@@ -92,50 +96,86 @@ async fn heal(
     global: &Global,
 ) -> anyhow::Result<Healed> {
     use gapless_runtime::heal;
-    let Some(plan) = heal::plan_heal(context, store, scan, args.include_old).await? else {
-        if !global.json && !global.quiet {
-            note(format_args!("nothing to heal"));
-        }
-        return Ok(Healed {
-            run_id: None,
-            gaps: 0,
-            healed: 0,
-            failed: 0,
-            too_old: 0,
-            gave_up: 0,
-            exit: if scan.gaps.is_empty() {
-                Exit::Success
-            } else {
-                Exit::Incomplete
-            },
-        });
+    let speak = !global.json && !global.quiet;
+    let decision = heal::decide(context, store, scan, args.include_old).await?;
+    let alerted = if args.dry_run {
+        decision.to_alert().count()
+    } else {
+        heal::record_alerts(context, store, &decision).await?
     };
-    let run_id = heal::start_heal(context, store, &plan, &loaded.owner, None).await?;
-    if !global.json && !global.quiet {
-        let mut left = Vec::new();
-        if plan.too_old > 0 {
-            left.push(format!(
-                "{} older than {} left for --include-old",
-                counted(plan.too_old, "gap"),
+    let left = decision.left.len();
+    if speak && left > 0 {
+        let old = decision
+            .left
+            .iter()
+            .filter(|l| l.why == heal::Why::TooOld)
+            .count();
+        let gave_up = left - old;
+        let mut parts = Vec::new();
+        if old > 0 {
+            parts.push(format!(
+                "{} older than {}",
+                counted(old, "gap"),
                 gapless_core::dates::format_duration(loaded.spec.healing.auto_heal_max_age)
             ));
         }
-        if plan.gave_up > 0 {
-            left.push(format!(
-                "{} failed {} times, left for a person",
-                counted(plan.gave_up, "gap"),
+        if gave_up > 0 {
+            parts.push(format!(
+                "{} that failed {} heals",
+                counted(gave_up, "gap"),
                 loaded.spec.healing.max_attempts
             ));
         }
         note(format_args!(
-            "healing {} with everything downstream: run {run_id}, {}{}",
-            counted(plan.gap_ids.len(), "gap"),
+            "left for a person: {} ({} alerted {}; heal them with `gapless heal --include-old`)",
+            parts.join(" and "),
+            thousands(alerted),
+            if args.dry_run { "would be" } else { "now" }
+        ));
+    }
+    let mut healed = Healed {
+        run_id: None,
+        gaps: 0,
+        healed: 0,
+        failed: 0,
+        left,
+        alerted,
+        in_progress: decision.in_progress,
+        dry_run: args.dry_run,
+        exit: if scan.gaps.is_empty() {
+            Exit::Success
+        } else {
+            Exit::Incomplete
+        },
+    };
+    let Some(plan) = decision
+        .heal
+        .as_ref()
+        .filter(|plan| !(plan.plan.tasks.is_empty() && plan.plan.blocked.is_empty()))
+    else {
+        if speak {
+            note(format_args!("nothing to heal"));
+        }
+        return Ok(healed);
+    };
+    healed.gaps = plan.cells.len();
+    if args.dry_run {
+        if speak {
+            note(format_args!(
+                "would heal {} with everything downstream: {}, {}",
+                counted(plan.cells.len(), "gap"),
+                counted(plan.plan.tasks.len(), "task"),
+                counted(plan.plan.cell_count(), "cell")
+            ));
+        }
+        return Ok(healed);
+    }
+    let run_id = heal::start_heal(context, store, plan, &loaded.owner, None).await?;
+    if speak {
+        note(format_args!(
+            "healing {} with everything downstream: run {run_id}, {}",
+            counted(plan.cells.len(), "gap"),
             counted(plan.plan.tasks.len(), "task"),
-            if left.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", left.join("; "))
-            }
         ));
     }
     let tasks = gapless_runtime::executor::load_tasks(store, &loaded.spec, &run_id).await?;
@@ -155,12 +195,12 @@ async fn heal(
         &quiet,
     )
     .await?;
-    let (healed, failed) = heal::finish_heal(store, &run_id).await?;
-    if !global.json && !global.quiet {
+    let (closed, failed) = heal::finish_heal(store, &run_id).await?;
+    if speak {
         out(format_args!(
             "healed {} of {}{}\n",
-            thousands(healed),
-            counted(plan.gap_ids.len(), "gap"),
+            thousands(closed),
+            counted(plan.cells.len(), "gap"),
             if failed > 0 {
                 format!("; {} still open (see `gapless gaps`)", thousands(failed))
             } else {
@@ -168,21 +208,16 @@ async fn heal(
             }
         ))?;
     }
-    let exit = match exit {
-        Exit::Success if failed == 0 && plan.too_old == 0 && plan.gave_up == 0 => Exit::Success,
+    healed.run_id = Some(run_id);
+    healed.healed = closed;
+    healed.failed = failed;
+    healed.exit = match exit {
+        Exit::Success if failed == 0 && left == 0 => Exit::Success,
         Exit::Interrupted => Exit::Interrupted,
         Exit::Success => Exit::Incomplete,
         other => other,
     };
-    Ok(Healed {
-        run_id: Some(run_id),
-        gaps: plan.gap_ids.len(),
-        healed,
-        failed,
-        too_old: plan.too_old,
-        gave_up: plan.gave_up,
-        exit,
-    })
+    Ok(healed)
 }
 
 /// The gaps in runs of consecutive dates of one phase and state.

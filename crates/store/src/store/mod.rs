@@ -59,6 +59,7 @@ macro_rules! pg_tx {
     };
 }
 
+mod alerts;
 mod cells;
 mod connect;
 mod events;
