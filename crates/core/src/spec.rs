@@ -352,6 +352,22 @@ pub enum StateSync {
     Full,
 }
 
+/// Parses a `[healing] scan` cron expression: five fields, or six with seconds first. Times
+/// are UTC.
+pub fn parse_cron(text: &str) -> Result<croner::Cron, croner::errors::CronError> {
+    let fields = text.split_whitespace().count();
+    if !(5..=6).contains(&fields) {
+        return Err(croner::errors::CronError::InvalidPattern(format!(
+            "{fields} fields; expected 5, or 6 with seconds first"
+        )));
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .year(croner::parser::Year::Disallowed)
+        .build()
+        .parse(text)
+}
+
 impl Spec {
     /// The phase with `id`.
     pub fn phase(&self, id: PhaseId) -> Option<&Phase> {

@@ -19,6 +19,7 @@ mod heal;
 pub mod nats;
 pub mod outbox;
 pub mod pubsub;
+pub mod scheduler;
 pub mod trigger;
 
 pub use crate::api::Auth;
@@ -70,6 +71,7 @@ pub async fn serve(
     }
     let mut background = tokio::task::JoinSet::new();
     background.spawn(trigger::run(Arc::clone(&app)));
+    background.spawn(scheduler::run(Arc::clone(&app)));
     if let Some(bus) = &transports.nats {
         background.spawn(outbox::run(
             Arc::clone(&app),

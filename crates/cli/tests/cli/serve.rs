@@ -942,3 +942,126 @@ async fn pubsub_push_with_googles_oidc_token() {
     assert_eq!(elsewhere.status(), 403);
     assert_eq!(serve.stop(), 0);
 }
+
+/// Left running, `serve` heals what is recent by itself and tells a person, once, about the
+/// rest: a scan every two seconds, a gap five days old and one fifty days old.
+#[tokio::test]
+async fn the_scheduler_heals_recent_gaps_and_alerts_old_ones_once() {
+    let project = cascade_from("2024-01-31").await;
+    let pipeline = std::fs::read_to_string(project.path().join("gapless.toml")).unwrap();
+    project.write(
+        "gapless.toml",
+        &format!(
+            "{pipeline}\n[healing]\nscan = \"*/2 * * * * *\"\nlookback = \"90d\"\nauto_heal_max_age = \"10d\"\n"
+        ),
+    );
+    let output = project.run(&[
+        "backfill",
+        "--start-date",
+        "2024-01-31",
+        "--end-date",
+        "2024-03-30",
+        "--yes",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let warehouse = project.sqlite("warehouse.db").await;
+    let state = project.sqlite(".gapless/state.db").await;
+    let serve = Serve::start(&project, &[]);
+    eventually("the trigger to catch up", || async {
+        scalar(
+            &state,
+            "SELECT COALESCE(MAX(event_id), 0) FROM consumers WHERE name = 'trigger'",
+        )
+        .await
+            == scalar(&state, "SELECT MAX(id) FROM events").await
+    })
+    .await;
+    exec(
+        &warehouse,
+        "DELETE FROM daily WHERE d IN ('2024-03-25', '2024-02-10');
+         DELETE FROM rolling WHERE d IN ('2024-03-25', '2024-02-10');",
+    )
+    .await;
+    eventually("the recent gap healed and the old one alerted", || async {
+        scalar(&state, "SELECT COUNT(*) FROM gaps WHERE healing_status = 'complete' AND partition_date = '2024-03-25'").await == 1
+            && scalar(&state, "SELECT COUNT(*) FROM gaps WHERE healing_status = 'alerted' AND partition_date = '2024-02-10'").await == 1
+    })
+    .await;
+    // Healed through every downstream phase; the old one waits for a person.
+    assert_eq!(
+        scalar(
+            &warehouse,
+            "SELECT COUNT(*) FROM daily WHERE d = '2024-03-25'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar(
+            &warehouse,
+            "SELECT COUNT(*) FROM rolling WHERE d = '2024-03-25'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar(
+            &warehouse,
+            "SELECT COUNT(*) FROM daily WHERE d = '2024-02-10'"
+        )
+        .await,
+        0
+    );
+    let alerted_at = scalar(
+        &state,
+        "SELECT alerted_at FROM gaps WHERE partition_date = '2024-02-10'",
+    )
+    .await;
+    assert_eq!(serve.stop(), 0);
+
+    // Restarted: more ticks go by, nothing is healed or alerted twice.
+    let serve = Serve::start(&project, &[]);
+    let before = scalar(&state, "SELECT last_at FROM ticks").await;
+    eventually("two more ticks", || async {
+        scalar(&state, "SELECT last_at FROM ticks").await >= before + 4_000
+    })
+    .await;
+    assert_eq!(
+        scalar(&state, "SELECT COUNT(*) FROM runs WHERE kind = 'heal'").await,
+        1
+    );
+    assert_eq!(
+        scalar(
+            &state,
+            "SELECT alerted_at FROM gaps WHERE partition_date = '2024-02-10'"
+        )
+        .await,
+        alerted_at,
+        "not alerted again within realert_after"
+    );
+    assert_eq!(
+        scalar(&state, "SELECT COUNT(*) FROM gaps WHERE partition_date = '2024-03-25' AND attempts = 1 AND healed_at IS NOT NULL").await,
+        1
+    );
+    assert_eq!(serve.stop(), 0);
+
+    // A person reads the alert and asks.
+    let output = project.run(&["heal", "--include-old"]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(
+        scalar(
+            &warehouse,
+            "SELECT COUNT(*) FROM daily WHERE d = '2024-02-10'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar(
+            &state,
+            "SELECT COUNT(*) FROM gaps WHERE healing_status <> 'complete'"
+        )
+        .await,
+        0
+    );
+}

@@ -1195,11 +1195,14 @@ fn check(
         let defaults = Healing::default();
         Healing {
             scan: h.scan.as_ref().map_or(defaults.scan, |s| {
-                if s.get_ref().split_whitespace().count() != 5 {
+                if let Err(error) = crate::spec::parse_cron(s.get_ref()) {
                     v.error_hint(
-                        format!("`healing.scan` is not a cron expression: `{}`", s.get_ref()),
+                        format!(
+                            "`healing.scan` is not a cron expression: `{}`: {error}",
+                            s.get_ref()
+                        ),
                         s.span(),
-                        "five fields: minute hour day-of-month month day-of-week, like \"0 * * * *\"",
+                        "five fields (minute hour day-of-month month day-of-week, like \"0 * * * *\"), or six with seconds first (\"*/30 * * * * *\")",
                     );
                 }
                 s.get_ref().clone()
