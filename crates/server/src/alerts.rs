@@ -504,7 +504,10 @@ impl ChannelError {
             Self::Connect { .. } | Self::Timeout { .. } | Self::Request { .. } => true,
             Self::Status { status, .. } => *status >= 500 || matches!(status, 408 | 429),
             Self::Smtp { source, .. } => {
-                !(source.is_permanent() || source.is_tls() || source.is_client())
+                !(source.is_permanent()
+                    || source.is_tls()
+                    || source.is_client()
+                    || is_invalid_data(source))
             }
             Self::EnvUnset { .. }
             | Self::HalfCredentials { .. }
@@ -513,6 +516,23 @@ impl ChannelError {
             | Self::Message { .. } => false,
         }
     }
+}
+
+/// Whether `error`'s chain holds an I/O error of kind `InvalidData`: what a failed TLS
+/// handshake (an untrusted or wrong certificate) becomes, which lettre reports as a connection
+/// error, and which fails the same way on every retry.
+fn is_invalid_data(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
 }
 
 /// The channels `[alerts]` configures, their URLs and SMTP credentials read through `env`
