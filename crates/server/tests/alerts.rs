@@ -776,3 +776,24 @@ async fn email_tries_starttls_when_offered_and_refuses_an_untrusted_certificate(
     assert!(chain.contains("invalid peer certificate"), "{chain}");
     assert!(server.delivered().is_empty());
 }
+
+#[tokio::test]
+async fn an_smtp_server_that_refuses_is_retryable() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let error = send(
+        &email_channel(format!("smtp://127.0.0.1:{port}")),
+        &message(),
+        "k",
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(error, ChannelError::Smtp { .. }), "{error:?}");
+    assert!(error.is_retryable(), "{error:?}");
+    assert_eq!(
+        error.to_string(),
+        format!("e-mail via smtp://127.0.0.1:{port}: SMTP delivery failed")
+    );
+}
