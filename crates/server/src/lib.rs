@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod event;
