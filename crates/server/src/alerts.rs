@@ -74,6 +74,66 @@ pub struct AlertMessage {
 }
 
 impl AlertMessage {
+    /// The message as the alerts outbox keeps it (`gapless_runtime::heal::alert_message`):
+    /// `{"pipeline", "items": [{"phase", "phase_name", "dates", "oldest_age_days", "reason":
+    /// {"kind": "too_old", "max_age_days"} | {"kind": "gave_up", "attempts", "last_error"}}]}`.
+    pub fn from_outbox(value: &serde_json::Value) -> Result<Self, String> {
+        let field = |item: &serde_json::Value, name: &str| {
+            item.get(name)
+                .cloned()
+                .ok_or_else(|| format!("alert message: `{name}` is missing"))
+        };
+        let pipeline = field(value, "pipeline")?
+            .as_str()
+            .ok_or("alert message: `pipeline` is not a string")?
+            .to_owned();
+        let mut items = Vec::new();
+        for item in field(value, "items")?
+            .as_array()
+            .ok_or("alert message: `items` is not an array")?
+        {
+            let number = |name: &str| -> Result<i64, String> {
+                field(item, name)?
+                    .as_i64()
+                    .ok_or_else(|| format!("alert message: `{name}` is not a number"))
+            };
+            let dates: Vec<chrono::NaiveDate> = serde_json::from_value(field(item, "dates")?)
+                .map_err(|error| format!("alert message: `dates`: {error}"))?;
+            let reason = field(item, "reason")?;
+            let reason = match reason.get("kind").and_then(serde_json::Value::as_str) {
+                Some("too_old") => AlertReason::TooOld {
+                    max_age_days: reason
+                        .get("max_age_days")
+                        .and_then(serde_json::Value::as_i64)
+                        .unwrap_or_default(),
+                },
+                Some("gave_up") => AlertReason::GaveUp {
+                    attempts: reason
+                        .get("attempts")
+                        .and_then(serde_json::Value::as_i64)
+                        .unwrap_or_default(),
+                    last_error: reason
+                        .get("last_error")
+                        .and_then(serde_json::Value::as_str)
+                        .map(str::to_owned),
+                },
+                other => return Err(format!("alert message: unknown reason {other:?}")),
+            };
+            items.push(AlertItem {
+                phase: u32::try_from(number("phase")?)
+                    .map_err(|_| "alert message: `phase` out of range".to_owned())?,
+                phase_name: field(item, "phase_name")?
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                dates,
+                oldest_age_days: number("oldest_age_days")?,
+                reason,
+            });
+        }
+        Ok(Self { pipeline, items })
+    }
+
     /// Number of gaps (phase × date) in the message.
     pub fn gap_count(&self) -> usize {
         self.items.iter().map(|item| item.dates.len()).sum()

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub mod alert_outbox;
 pub mod alerts;
 pub mod api;
 pub mod app;
@@ -53,6 +54,8 @@ pub struct Transports {
     pub nats: Option<nats::NatsBus>,
     /// Every event out, POSTed to this URL.
     pub webhook: Option<String>,
+    /// Where alerts go (`[alerts]`).
+    pub alerts: Vec<alerts::Channel>,
 }
 
 /// Serves `app` on `listener` until `shutdown` fires: resumes the runs a previous `serve` left
@@ -87,6 +90,9 @@ pub async fn serve(
             Arc::clone(&app),
             outbox::Sink::Webhook { client, url },
         ));
+    }
+    if !transports.alerts.is_empty() {
+        background.spawn(alert_outbox::run(Arc::clone(&app), transports.alerts));
     }
     let router = api::router(Arc::clone(&app), auth);
     let served = axum::serve(listener, router)

@@ -1,13 +1,15 @@
 //! `gapless demo`: the NBA example end to end. Builds the original pipeline in its broken state
 //! (three playoffs stuck after phase 2, 2024-25 grading holding a single record), then shows the
-//! gaps, the plan, the backfill, and the original validation queries before and after.
+//! gaps and the original validation queries, heals as `serve` does every hour (the recent
+//! 2024-25 grading by policy, the old playoffs alerted), prints the alert a person receives,
+//! heals the rest as that person would (`heal --include-old`), and runs the queries again.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use gapless_core::dates::{Date, DateRange, add_days, parse_date};
 use gapless_core::plan::Request;
-use gapless_core::render::{StatusReport, plan_text};
+use gapless_core::render::{StatusReport, counted, thousands};
 use gapless_core::spec::PhaseId;
 use gapless_runtime::context::Context;
 use gapless_store::Store;
@@ -95,32 +97,32 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
         return Ok(Exit::Success);
     }
 
-    heading("gapless plan --phases 3-6 over every season")?;
-    let request = Request {
-        range: full,
-        phases: [3, 4, 5, 6].into_iter().map(PhaseId).collect(),
-        force: false,
-    };
-    let plan = make_plan(&context, &request).await?;
-    out(format_args!("{}", plan_text(&plan)))?;
-
-    heading("gapless backfill --phases 3-6 (only the missing cells, validated)")?;
     let visible = Global {
         pipeline: None,
         json: false,
         verbose: global.verbose,
         quiet: global.quiet,
     };
-    let (_, exit) = run_plan(
-        &loaded,
-        context.clone(),
-        store.clone(),
-        &request,
-        &plan,
-        args.jobs.max(1),
-        &visible,
-    )
-    .await?;
+    let days = gapless_core::dates::days_between(loaded.spec.start, loaded.today) + 1;
+
+    heading("gapless heal: what `serve` does every hour, by policy")?;
+    let (healed_recent, alert) =
+        heal_once(&loaded, &context, &store, days, false, args.jobs, &visible).await?;
+
+    heading("the alert a person receives (Slack, e-mail, webhook)")?;
+    out(format_args!(
+        "{}",
+        alert.unwrap_or_else(|| "(no alert: nothing was left for a person)\n".to_owned())
+    ))?;
+
+    heading("gapless heal --include-old: the person heals the rest")?;
+    let (healed_old, _) =
+        heal_once(&loaded, &context, &store, days, true, args.jobs, &visible).await?;
+    let exit = if healed_recent && healed_old {
+        Exit::Success
+    } else {
+        Exit::Incomplete
+    };
 
     heading("gapless status after")?;
     let after = matrix(&context, full).await?;
@@ -151,6 +153,60 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
             Exit::Incomplete
         },
     )
+}
+
+/// One scan and heal as `gapless heal` does it: heals by policy (or every gap with
+/// `include_old`), records the alerts, runs the heal with progress. Whether every gap it took on
+/// was healed, and the alert text for what it left, if anything.
+async fn heal_once(
+    loaded: &Loaded,
+    context: &Context,
+    store: &Store,
+    days: i64,
+    include_old: bool,
+    jobs: usize,
+    visible: &Global,
+) -> anyhow::Result<(bool, Option<String>)> {
+    use gapless_runtime::heal;
+    let scan = gapless_runtime::lifecycle::scan(context, store, days).await?;
+    let decision = heal::decide(context, store, &scan, include_old).await?;
+    heal::record_alerts(context, store, &decision).await?;
+    let left: Vec<&heal::Left> = decision.left.iter().collect();
+    let alert = (!left.is_empty()).then(|| {
+        gapless_server::alerts::AlertMessage::from_outbox(&heal::alert_message(context, &left))
+            .map(|message| message.text())
+            .unwrap_or_default()
+    });
+    out(format_args!(
+        "scanned {}: {}; {} to heal, {} left for a person\n",
+        scan.range
+            .map_or_else(String::new, |range| range.to_string()),
+        counted(scan.gaps.len(), "gap"),
+        thousands(decision.heal.as_ref().map_or(0, |plan| plan.cells.len())),
+        thousands(left.len())
+    ))?;
+    let Some(plan) = decision.heal.as_ref() else {
+        return Ok((true, alert));
+    };
+    let run_id = heal::start_heal(context, store, plan, &loaded.owner, None).await?;
+    let tasks = gapless_runtime::executor::load_tasks(store, &loaded.spec, &run_id).await?;
+    let exit = crate::commands::backfill::execute_run(
+        loaded,
+        context.clone(),
+        store.clone(),
+        run_id.clone(),
+        tasks,
+        jobs.max(1),
+        visible,
+    )
+    .await?;
+    let (closed, failed) = heal::finish_heal(store, &run_id).await?;
+    out(format_args!(
+        "healed {} of {}\n",
+        thousands(closed),
+        counted(plan.cells.len(), "gap")
+    ))?;
+    Ok((exit == Exit::Success && failed == 0, alert))
 }
 
 fn prepare_dir(requested: Option<&Path>) -> anyhow::Result<PathBuf> {

@@ -104,6 +104,17 @@ async fn heal(
         heal::record_alerts(context, store, &decision).await?
     };
     let left = decision.left.len();
+    if !args.dry_run && alerted > 0 {
+        deliver_alerts(loaded, store, speak).await;
+    }
+    if speak && alerted > 0 {
+        let now: Vec<&heal::Left> = decision.to_alert().collect();
+        if let Ok(message) =
+            gapless_server::alerts::AlertMessage::from_outbox(&heal::alert_message(context, &now))
+        {
+            out(format_args!("{}", message.text()))?;
+        }
+    }
     if speak && left > 0 {
         let old = decision
             .left
@@ -218,6 +229,38 @@ async fn heal(
         other => other,
     };
     Ok(healed)
+}
+
+/// Sends the alerts outbox on the `[alerts]` channels, once; what cannot be delivered now
+/// stays in the outbox for `serve` (or the next `heal`) to send.
+async fn deliver_alerts(loaded: &settings::Loaded, store: &gapless_store::Store, speak: bool) {
+    let channels = match crate::commands::serve::alert_channels(&loaded.spec) {
+        Ok(channels) => channels,
+        Err(error) => {
+            note(format_args!("alerts not sent: {error:#}"));
+            return;
+        }
+    };
+    if channels.is_empty() {
+        if speak {
+            note(format_args!(
+                "no [alerts] channel is configured: `gapless gaps --status alerted` lists them"
+            ));
+        }
+        return;
+    }
+    match gapless_server::alert_outbox::deliver_pending(store, &channels).await {
+        Ok(outcome) if outcome.failed > 0 => note(format_args!(
+            "{} not delivered yet; kept to be sent again",
+            counted(outcome.failed, "alert message")
+        )),
+        Ok(outcome) if speak => note(format_args!(
+            "{} sent",
+            counted(outcome.delivered, "alert message")
+        )),
+        Ok(_) => {}
+        Err(error) => note(format_args!("alerts not sent: {error:#}")),
+    }
 }
 
 /// The gaps in runs of consecutive dates of one phase and state.

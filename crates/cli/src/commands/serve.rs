@@ -44,7 +44,8 @@ pub(crate) async fn run(global: &Global, args: &ServeArgs) -> anyhow::Result<Exi
         store_outage: loaded.store_outage,
         ..AppOptions::default()
     };
-    let transports = transports_from_env().await?;
+    let mut transports = transports_from_env().await?;
+    transports.alerts = alert_channels(&loaded.spec)?;
     let app = App::new(context, store, loaded.owner.clone(), clock, options);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -144,7 +145,21 @@ async fn transports_from_env() -> anyhow::Result<Transports> {
         ))
         .into());
     }
-    Ok(Transports { nats, webhook })
+    Ok(Transports {
+        nats,
+        webhook,
+        alerts: Vec::new(),
+    })
+}
+
+/// The `[alerts]` channels, their URLs and credentials from the environment.
+pub(crate) fn alert_channels(
+    spec: &gapless_core::spec::Spec,
+) -> anyhow::Result<Vec<gapless_server::alerts::Channel>> {
+    gapless_server::alerts::channels_from(&spec.alerts, |name| {
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    })
+    .map_err(|error| UsageError::new(format!("[alerts]: {error}")).into())
 }
 
 /// Stops `serve` on the first SIGINT or SIGTERM.

@@ -44,6 +44,25 @@ fn demo_heals_the_original_gaps_and_reports() {
             .any(|l| l.contains("2024-25 graded predictions") && l.contains(" 1 of ")),
         "{misses:?}"
     );
+    // Healing as the service does it: the 2024-25 grading by policy, the old playoffs alerted
+    // (the alert printed), then healed by a person with --include-old.
+    let (policy, rest) = text
+        .split_once("the alert a person receives")
+        .expect("the demo shows the alert");
+    assert!(
+        policy.contains("314 gaps; 208 to heal, 106 left for a person"),
+        "{policy}"
+    );
+    assert!(policy.contains("healed 208 of 208 gaps"), "{policy}");
+    assert!(
+        rest.contains("gapless `nba-props`: 106 gaps need a person"),
+        "{rest}"
+    );
+    assert!(
+        rest.contains("heal with `gapless heal --include-old`"),
+        "{rest}"
+    );
+    assert!(rest.contains("healed 106 of 106 gaps"), "{rest}");
     // After: every validation query matches, no gaps anywhere.
     let oks: Vec<&str> = after
         .lines()
