@@ -1065,3 +1065,77 @@ async fn the_scheduler_heals_recent_gaps_and_alerts_old_ones_once() {
         0
     );
 }
+
+/// An alert recorded while its channel is down is not lost: `heal` keeps it in the outbox, and
+/// the next `serve` delivers it once, through a refusal, and never again after a restart.
+#[tokio::test]
+async fn an_alert_survives_a_channel_that_is_down_and_goes_out_once() {
+    let project = cascade_from("2024-01-31").await;
+    let pipeline = std::fs::read_to_string(project.path().join("gapless.toml")).unwrap();
+    project.write(
+        "gapless.toml",
+        &format!(
+            "{pipeline}\n[healing]\nauto_heal_max_age = \"10d\"\n\n[alerts]\nwebhook_url_env = \"ALERT_HOOK\"\n"
+        ),
+    );
+    let output = project.run(&[
+        "backfill",
+        "--start-date",
+        "2024-01-31",
+        "--end-date",
+        "2024-03-30",
+        "--yes",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let warehouse = project.sqlite("warehouse.db").await;
+    exec(&warehouse, "DELETE FROM daily WHERE d = '2024-02-10'").await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/hook", listener.local_addr().unwrap())
+    };
+    let output = project
+        .command(&["heal"])
+        .env("ALERT_HOOK", &closed)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "a gap is left for a person");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("1 gap needs a person"), "{text}");
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        errors.contains("1 alert message not delivered yet"),
+        "{errors}"
+    );
+    let state = project.sqlite(".gapless/state.db").await;
+    assert_eq!(
+        scalar(
+            &state,
+            "SELECT COUNT(*) FROM alerts WHERE delivered_at IS NULL AND last_error IS NOT NULL"
+        )
+        .await,
+        1
+    );
+
+    let (url, received) = crate::transports::webhook();
+    let serve = Serve::start(&project, &[("ALERT_HOOK", url.as_str())]);
+    eventually("the alert delivered", || async {
+        scalar(
+            &state,
+            "SELECT COUNT(*) FROM alerts WHERE delivered_at IS NOT NULL",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert_eq!(serve.stop(), 0);
+    let serve = Serve::start(&project, &[("ALERT_HOOK", url.as_str())]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(serve.stop(), 0);
+    let received = received.lock().unwrap().clone();
+    assert_eq!(received.len(), 1, "{received:?}");
+    let (key, body) = &received[0];
+    assert!(key.starts_with("gapless-alert-"), "{key}");
+    assert_eq!(body["pipeline"], "cascade");
+    assert_eq!(body["items"][0]["phase"], 3, "{body}");
+    assert_eq!(body["items"][0]["dates"], json!(["2024-02-10"]), "{body}");
+}

@@ -161,9 +161,9 @@ async fn nats_events_act_once_across_redeliveries_and_restarts_and_completions_g
 /// A webhook receiver: answers 503 to the first request, then 200, and keeps the bodies and
 /// `Idempotency-Key`s of the accepted ones.
 /// The accepted deliveries: `Idempotency-Key` and body.
-type Received = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
+pub(crate) type Received = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
 
-fn webhook() -> (String, Received) {
+pub(crate) fn webhook() -> (String, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let received = Arc::new(Mutex::new(Vec::new()));
