@@ -114,6 +114,12 @@ impl Serve {
         format!("{}{path}", self.base)
     }
 
+    /// SIGKILL, as the OOM killer or a crash would end it.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, then the exit status.
     pub(crate) fn stop(mut self) -> i32 {
         terminate(&self.child);
@@ -1066,8 +1072,9 @@ async fn the_scheduler_heals_recent_gaps_and_alerts_old_ones_once() {
     );
 }
 
-/// An alert recorded while its channel is down is not lost: `heal` keeps it in the outbox, and
-/// the next `serve` delivers it once, through a refusal, and never again after a restart.
+/// An alert recorded while its channel is down is not lost: `heal` keeps it in the outbox, a
+/// `serve` killed -9 while still failing to send it loses nothing, and the next `serve`
+/// delivers it once, through a refusal, and never again after a restart.
 #[tokio::test]
 async fn an_alert_survives_a_channel_that_is_down_and_goes_out_once() {
     let project = cascade_from("2024-01-31").await;
@@ -1111,6 +1118,22 @@ async fn an_alert_survives_a_channel_that_is_down_and_goes_out_once() {
         scalar(
             &state,
             "SELECT COUNT(*) FROM alerts WHERE delivered_at IS NULL AND last_error IS NOT NULL"
+        )
+        .await,
+        1
+    );
+
+    // A serve whose channel is still down tries again, and is killed -9 meanwhile.
+    let mut doomed = Serve::start(&project, &[("ALERT_HOOK", closed.as_str())]);
+    eventually("a second failed try", || async {
+        scalar(&state, "SELECT attempts FROM alerts").await >= 2
+    })
+    .await;
+    doomed.kill();
+    assert_eq!(
+        scalar(
+            &state,
+            "SELECT COUNT(*) FROM alerts WHERE delivered_at IS NULL"
         )
         .await,
         1
