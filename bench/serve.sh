@@ -25,8 +25,15 @@
 #            Before each measurement the trigger has read the whole event log (it reads the
 #            events too, plans their downstream cells and probes the warehouse for them: here
 #            phase 2 is not in the warehouse, so nothing becomes runnable).
+#   heal     From a gap's creation to its healing through every downstream phase, with the
+#            scheduler's one-minute cron (`[healing] scan = "0 * * * * *"`): the cascade
+#            pipeline over 60 days, all complete, `serve` running; a phase-3 cell 10 days old
+#            and its phase-4 cell are deleted; the time until phase 4 is back, split into the
+#            wait for the next tick (gap → heal run created) and the work (run created → run
+#            finished). Target: under one scan interval plus the work. Not in `all`: each
+#            round waits up to a minute.
 #
-# Usage: bench/serve.sh [rounds] [cascade|events|all] [gapless-binary]
+# Usage: bench/serve.sh [rounds] [cascade|events|heal|all] [gapless-binary]
 #   rounds: default 3. The release binary is built first unless a binary is given.
 #   CASCADE_DAYS: the lengths of the cascade, default "60 365". EVENTS_THREADS: default 4.
 #   EVENTS_SINGLE, EVENTS_ARRAYS: requests per shape, default 10000 and 500 (50,000 events).
@@ -42,7 +49,7 @@ if [[ -z $bin ]]; then
   bin="$target/release/gapless"
 fi
 [[ -x $bin ]] || { echo "serve.sh: $bin is not an executable gapless binary" >&2; exit 2; }
-case $what in cascade | events | all) ;; *) echo "serve.sh: unknown part '$what' (cascade, events or all)" >&2; exit 2 ;; esac
+case $what in cascade | events | heal | all) ;; *) echo "serve.sh: unknown part '$what' (cascade, events, heal or all)" >&2; exit 2 ;; esac
 work=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/serve.XXXXXX")
 serve_pid=
 cleanup() {
@@ -414,5 +421,57 @@ print("Prefill (arrays of 1,000, 2 threads), then until the trigger has read the
 PY
 }
 
+heal_round() { # $1 = round; prints one JSON line
+  local dir="$work/heal-$1" today gap
+  today=$(day 60)
+  gap=$(day 50)
+  project "$dir" 60
+  printf '\n[healing]\nscan = "0 * * * * *"\nlookback = "90d"\nauto_heal_max_age = "30d"\n' >> "$dir/gapless.toml"
+  (cd "$dir" && GAPLESS_TODAY=$today "$bin" -q backfill --start-date "$start" --end-date "$(day 59)" --yes > /dev/null)
+  serve_start "$dir" "$today"
+  sleep 2
+  python3 - "$dir" "$gap" <<'PY'
+import json, sqlite3, sys, time
+dir, gap = sys.argv[1], sys.argv[2]
+warehouse = sqlite3.connect(f"{dir}/warehouse.db", timeout=30)
+warehouse.execute("DELETE FROM daily WHERE d = ?", (gap,))
+warehouse.execute("DELETE FROM rolling WHERE d = ?", (gap,))
+warehouse.commit()
+created = time.time()
+deadline = created + 180
+while time.time() < deadline:
+    if warehouse.execute("SELECT COUNT(*) FROM rolling WHERE d = ?", (gap,)).fetchone()[0] == 1:
+        break
+    time.sleep(0.02)
+else:
+    sys.exit("heal: the gap was not healed within 3 minutes")
+healed = time.time()
+state = sqlite3.connect(f"{dir}/.gapless/state.db", timeout=30)
+run = None
+while run is None or run[1] is None:
+    run = state.execute("SELECT created_at, finished_at FROM runs WHERE kind = 'heal'").fetchone()
+    time.sleep(0.02)
+print(json.dumps({"wait_s": run[0] / 1000 - created, "work_s": (run[1] - run[0]) / 1000,
+                  "total_s": healed - created}))
+PY
+  serve_stop "$dir"
+}
+
+heal() {
+  local results="$work/heal.jsonl"
+  for ((round = 1; round <= rounds; round++)); do heal_round "$round" >> "$results"; done
+  python3 - "$results" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+print("Heal: a gap (a phase-3 cell and its phase-4 cell, 10 days old) until phase 4 is back, with a one-minute scan.")
+print()
+print("| round | gap → heal run created (wait for the tick) | heal run (work) | gap → phase 4 back |")
+print("| ---: | ---: | ---: | ---: |")
+for i, r in enumerate(rows, 1):
+    print(f"| {i} | {r['wait_s']:.1f} s | {r['work_s'] * 1000:.0f} ms | {r['total_s']:.1f} s |")
+PY
+}
+
 if [[ $what == cascade || $what == all ]]; then cascade; echo; fi
+if [[ $what == heal ]]; then heal; fi
 if [[ $what == events || $what == all ]]; then events; fi
