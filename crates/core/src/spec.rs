@@ -244,6 +244,8 @@ pub struct Healing {
     pub max_attempts: u32,
     /// Minimum time between two alerts for the same gap.
     pub realert_after: Duration,
+    /// The time zone `scan` is read in.
+    pub timezone: chrono_tz::Tz,
 }
 
 impl Default for Healing {
@@ -254,6 +256,7 @@ impl Default for Healing {
             auto_heal_max_age: Duration::from_secs(30 * 86_400),
             max_attempts: 3,
             realert_after: Duration::from_secs(86_400),
+            timezone: chrono_tz::UTC,
         }
     }
 }
@@ -353,7 +356,7 @@ pub enum StateSync {
 }
 
 /// Parses a `[healing] scan` cron expression: five fields, or six with seconds first. Times
-/// are UTC.
+/// are read in `[healing] timezone`.
 pub fn parse_cron(text: &str) -> Result<croner::Cron, croner::errors::CronError> {
     let fields = text.split_whitespace().count();
     if !(5..=6).contains(&fields) {

@@ -1,4 +1,4 @@
-//! The scheduler: runs scan + heal on `[healing] scan` (cron, UTC). A tick missed while `serve`
+//! The scheduler: runs scan + heal on `[healing] scan` (cron, read in `[healing] timezone`). A tick missed while `serve`
 //! was down runs once on start, not once per missed tick; two ticks never overlap (they run one
 //! after another, and a scan-and-heal from the API waits for the one in flight).
 
@@ -37,10 +37,11 @@ pub async fn run(app: Arc<App>) {
             Ok(false) => {}
             Err(error) => tracing::warn!(error = %format!("{error:#}"), "scheduler"),
         }
+        let zone = app.spec.healing.timezone;
         let wait = cron
-            .find_next_occurrence(&now, false)
+            .find_next_occurrence(&now.with_timezone(&zone), false)
             .ok()
-            .and_then(|next| (next - Utc::now()).to_std().ok())
+            .and_then(|next| (next.with_timezone(&Utc) - Utc::now()).to_std().ok())
             .unwrap_or(std::time::Duration::from_secs(1))
             .min(std::time::Duration::from_secs(60));
         tokio::select! {
@@ -50,8 +51,9 @@ pub async fn run(app: Arc<App>) {
     }
 }
 
-/// Whether a tick is due at `now`: an occurrence at or before `now` came after the last tick
-/// recorded. The first `serve` on a state store starts the schedule: its first tick is the
+/// Whether a tick is due at `now`: an occurrence at or before `now`, in the pipeline's time
+/// zone (`0 6 * * *` in `Europe/Paris` is 06:00 Paris time, summer or winter), came after the
+/// last tick recorded. The first `serve` on a state store starts the schedule: its first tick is the
 /// next occurrence.
 async fn due(app: &App, cron: &croner::Cron, now: DateTime<Utc>) -> anyhow::Result<bool> {
     let last = app.store.last_tick(TICK).await?;
@@ -59,8 +61,46 @@ async fn due(app: &App, cron: &croner::Cron, now: DateTime<Utc>) -> anyhow::Resu
         app.store.save_tick(TICK, now).await?;
         return Ok(false);
     };
-    let previous = cron.find_previous_occurrence(&now, true)?;
-    Ok(previous > last)
+    Ok(previous_occurrence(cron, now, app.spec.healing.timezone)? > last)
+}
+
+/// The latest occurrence of `cron`, read in `zone`, at or before `now`.
+fn previous_occurrence(
+    cron: &croner::Cron,
+    now: DateTime<Utc>,
+    zone: chrono_tz::Tz,
+) -> Result<DateTime<Utc>, croner::errors::CronError> {
+    Ok(cron
+        .find_previous_occurrence(&now.with_timezone(&zone), true)?
+        .with_timezone(&Utc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap_or_default()
+    }
+
+    #[test]
+    fn the_cron_is_read_in_the_pipelines_time_zone() {
+        let cron = gapless_core::spec::parse_cron("0 6 * * *").unwrap_or_else(|e| panic!("{e}"));
+        let paris = chrono_tz::Europe::Paris;
+        // 06:00 in Paris is 04:00 UTC in summer and 05:00 UTC in winter.
+        assert_eq!(
+            previous_occurrence(&cron, utc("2024-07-01T05:30:00Z"), paris).ok(),
+            Some(utc("2024-07-01T04:00:00Z"))
+        );
+        assert_eq!(
+            previous_occurrence(&cron, utc("2024-01-10T04:30:00Z"), paris).ok(),
+            Some(utc("2024-01-09T05:00:00Z"))
+        );
+        assert_eq!(
+            previous_occurrence(&cron, utc("2024-01-10T04:30:00Z"), chrono_tz::UTC).ok(),
+            Some(utc("2024-01-09T06:00:00Z"))
+        );
+    }
 }
 
 /// One scheduled scan and heal; failures are logged, and the next tick tries again.

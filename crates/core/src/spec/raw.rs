@@ -134,6 +134,7 @@ pub(super) struct RawHealing {
     pub(super) auto_heal_max_age: Option<Spanned<String>>,
     pub(super) max_attempts: Option<Spanned<i64>>,
     pub(super) realert_after: Option<Spanned<String>>,
+    pub(super) timezone: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -447,3 +447,19 @@ fn report_season_without_a_start_and_a_start_without_a_season() {
     )));
     insta::assert_snapshot!(errors(&format!("{RAW}\n[report]\nperiods = \"season\"\n")));
 }
+
+#[test]
+fn healing_timezone_is_an_iana_name() {
+    let spec = ok(&format!(
+        "{RAW}\n[healing]\ntimezone = \"Europe/Paris\"\nscan = \"0 6 * * *\"\n"
+    ));
+    assert_eq!(spec.healing.timezone, chrono_tz::Europe::Paris);
+    assert_eq!(ok(RAW).healing.timezone, chrono_tz::UTC);
+    let message = errors(&format!("{RAW}\n[healing]\ntimezone = \"Mars/Olympus\"\n"));
+    assert!(
+        message.contains("`Mars/Olympus` is not a time zone"),
+        "{message}"
+    );
+    let message = errors(&format!("{RAW}\n[healing]\nscan = \"every hour\"\n"));
+    assert!(message.contains("is not a cron expression"), "{message}");
+}

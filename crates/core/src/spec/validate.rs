@@ -1227,6 +1227,16 @@ fn check(
                 .as_ref()
                 .and_then(|d| v.duration(d, "healing.realert_after", MAX_REALERT_AFTER))
                 .unwrap_or(defaults.realert_after),
+            timezone: h.timezone.as_ref().map_or(defaults.timezone, |zone| {
+                zone.get_ref().parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
+                    v.error_hint(
+                        format!("`healing.timezone`: `{}` is not a time zone", zone.get_ref()),
+                        zone.span(),
+                        "an IANA name such as \"Europe/Paris\" or \"America/New_York\", or \"UTC\"",
+                    );
+                    chrono_tz::UTC
+                })
+            }),
         }
     });
     let alerts = raw
