@@ -75,34 +75,6 @@ fn previous_occurrence(
         .with_timezone(&Utc))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn utc(text: &str) -> DateTime<Utc> {
-        text.parse().unwrap_or_default()
-    }
-
-    #[test]
-    fn the_cron_is_read_in_the_pipelines_time_zone() {
-        let cron = gapless_core::spec::parse_cron("0 6 * * *").unwrap_or_else(|e| panic!("{e}"));
-        let paris = chrono_tz::Europe::Paris;
-        // 06:00 in Paris is 04:00 UTC in summer and 05:00 UTC in winter.
-        assert_eq!(
-            previous_occurrence(&cron, utc("2024-07-01T05:30:00Z"), paris).ok(),
-            Some(utc("2024-07-01T04:00:00Z"))
-        );
-        assert_eq!(
-            previous_occurrence(&cron, utc("2024-01-10T04:30:00Z"), paris).ok(),
-            Some(utc("2024-01-09T05:00:00Z"))
-        );
-        assert_eq!(
-            previous_occurrence(&cron, utc("2024-01-10T04:30:00Z"), chrono_tz::UTC).ok(),
-            Some(utc("2024-01-09T06:00:00Z"))
-        );
-    }
-}
-
 /// One scheduled scan and heal; failures are logged, and the next tick tries again.
 async fn tick(app: &Arc<App>) {
     match scan_and_heal(app, None, false).await {
@@ -137,4 +109,32 @@ pub(crate) async fn scan_and_heal(
         "healed": policy["healed"],
         "alerted": policy["alerted"],
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap_or_default()
+    }
+
+    #[test]
+    fn the_cron_is_read_in_the_pipelines_time_zone() {
+        let cron = gapless_core::spec::parse_cron("0 6 * * *").unwrap_or_else(|e| panic!("{e}"));
+        let paris = chrono_tz::Europe::Paris;
+        // 06:00 in Paris is 04:00 UTC in summer and 05:00 UTC in winter.
+        assert_eq!(
+            previous_occurrence(&cron, utc("2024-07-01T05:30:00Z"), paris).ok(),
+            Some(utc("2024-07-01T04:00:00Z"))
+        );
+        assert_eq!(
+            previous_occurrence(&cron, utc("2024-01-10T04:30:00Z"), paris).ok(),
+            Some(utc("2024-01-09T05:00:00Z"))
+        );
+        assert_eq!(
+            previous_occurrence(&cron, utc("2024-01-10T04:30:00Z"), chrono_tz::UTC).ok(),
+            Some(utc("2024-01-09T06:00:00Z"))
+        );
+    }
 }
