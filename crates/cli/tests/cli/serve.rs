@@ -147,8 +147,34 @@ fn client() -> reqwest::Client {
     gapless_connect::http_client().unwrap()
 }
 
+/// Backfills every phase from `start` to March 30.
+fn backfill_all(project: &Project, start: &str) {
+    let output = project.run(&[
+        "backfill",
+        "--start-date",
+        start,
+        "--end-date",
+        "2024-03-30",
+        "--yes",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+}
+
+/// Waits until the trigger has read every event stored so far.
+async fn trigger_caught_up(state: &sqlx::SqlitePool) {
+    eventually("the trigger to catch up", || async {
+        scalar(
+            state,
+            "SELECT COALESCE(MAX(event_id), 0) FROM consumers WHERE name = 'trigger'",
+        )
+        .await
+            == scalar(state, "SELECT MAX(id) FROM events").await
+    })
+    .await;
+}
+
 /// Waits until `done` holds, for up to a minute.
-async fn eventually<F, Fut>(what: &str, mut done: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, mut done: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -605,15 +631,7 @@ async fn pubsub_pushes_act_once_and_malformed_ones_are_quarantined() {
 #[tokio::test]
 async fn scan_finds_exactly_the_deleted_cells_and_heal_restores_them_and_downstream() {
     let project = cascade().await;
-    let output = project.run(&[
-        "backfill",
-        "--start-date",
-        "2024-03-01",
-        "--end-date",
-        "2024-03-30",
-        "--yes",
-    ]);
-    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    backfill_all(&project, "2024-03-01");
     let warehouse = project.sqlite("warehouse.db").await;
     let mut rng = fastrand::Rng::with_seed(7);
     let mut days: Vec<u32> = (1..=30).collect();
@@ -688,29 +706,13 @@ async fn scan_finds_exactly_the_deleted_cells_and_heal_restores_them_and_downstr
 #[tokio::test]
 async fn post_scan_gaps_heals_and_the_ledger_follows() {
     let project = cascade().await;
-    let output = project.run(&[
-        "backfill",
-        "--start-date",
-        "2024-03-01",
-        "--end-date",
-        "2024-03-30",
-        "--yes",
-    ]);
-    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    backfill_all(&project, "2024-03-01");
     let warehouse = project.sqlite("warehouse.db").await;
     let state = project.sqlite(".gapless/state.db").await;
     let serve = Serve::start(&project, &[]);
     // Once the trigger has read the backfill's events (nothing to do: all complete), three
     // cells are lost; no event says so, only a scan finds them.
-    eventually("the trigger to catch up", || async {
-        scalar(
-            &state,
-            "SELECT COALESCE(MAX(event_id), 0) FROM consumers WHERE name = 'trigger'",
-        )
-        .await
-            == scalar(&state, "SELECT MAX(id) FROM events").await
-    })
-    .await;
+    trigger_caught_up(&state).await;
     exec(
         &warehouse,
         "DELETE FROM daily WHERE d IN ('2024-03-10', '2024-03-11', '2024-03-20')",
@@ -961,27 +963,11 @@ async fn the_scheduler_heals_recent_gaps_and_alerts_old_ones_once() {
             "{pipeline}\n[healing]\nscan = \"*/2 * * * * *\"\nlookback = \"90d\"\nauto_heal_max_age = \"10d\"\n"
         ),
     );
-    let output = project.run(&[
-        "backfill",
-        "--start-date",
-        "2024-01-31",
-        "--end-date",
-        "2024-03-30",
-        "--yes",
-    ]);
-    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    backfill_all(&project, "2024-01-31");
     let warehouse = project.sqlite("warehouse.db").await;
     let state = project.sqlite(".gapless/state.db").await;
     let serve = Serve::start(&project, &[]);
-    eventually("the trigger to catch up", || async {
-        scalar(
-            &state,
-            "SELECT COALESCE(MAX(event_id), 0) FROM consumers WHERE name = 'trigger'",
-        )
-        .await
-            == scalar(&state, "SELECT MAX(id) FROM events").await
-    })
-    .await;
+    trigger_caught_up(&state).await;
     exec(
         &warehouse,
         "DELETE FROM daily WHERE d IN ('2024-03-25', '2024-02-10');
@@ -1085,15 +1071,7 @@ async fn an_alert_survives_a_channel_that_is_down_and_goes_out_once() {
             "{pipeline}\n[healing]\nauto_heal_max_age = \"10d\"\n\n[alerts]\nwebhook_url_env = \"ALERT_HOOK\"\n"
         ),
     );
-    let output = project.run(&[
-        "backfill",
-        "--start-date",
-        "2024-01-31",
-        "--end-date",
-        "2024-03-30",
-        "--yes",
-    ]);
-    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    backfill_all(&project, "2024-01-31");
     let warehouse = project.sqlite("warehouse.db").await;
     exec(&warehouse, "DELETE FROM daily WHERE d = '2024-02-10'").await;
     let closed = {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use gapless_server::nats::{self, NatsConfig};
 
-use crate::serve::{Serve, cascade};
+use crate::serve::{Serve, cascade, eventually};
 use crate::util::{exec, scalar};
 
 fn unique_config(url: &str) -> NatsConfig {
@@ -34,18 +34,6 @@ fn nats_env(config: &NatsConfig) -> Vec<(&'static str, String)> {
         ),
         ("GAPLESS_NATS_DURABLE", config.durable.clone()),
     ]
-}
-
-async fn wait_until<F, Fut>(what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]
@@ -88,11 +76,11 @@ async fn nats_events_act_once_across_redeliveries_and_restarts_and_completions_g
         .await
         .unwrap();
     let state = project.sqlite(".gapless/state.db").await;
-    wait_until("ten events from NATS", || async {
+    eventually("ten events from NATS", || async {
         scalar(&state, "SELECT COUNT(*) FROM events WHERE source = 'nats'").await == 10
     })
     .await;
-    wait_until("phase 3 for the ten dates", || async {
+    eventually("phase 3 for the ten dates", || async {
         scalar(&warehouse, "SELECT COUNT(DISTINCT d) FROM daily").await == 10
     })
     .await;
@@ -119,7 +107,7 @@ async fn nats_events_act_once_across_redeliveries_and_restarts_and_completions_g
         .await
         .unwrap();
     let serve = Serve::start(&project, &env);
-    wait_until("phase 3 for the twenty dates", || async {
+    eventually("phase 3 for the twenty dates", || async {
         scalar(&warehouse, "SELECT COUNT(DISTINCT d) FROM daily").await == 20
     })
     .await;
@@ -231,7 +219,7 @@ async fn every_event_goes_to_the_webhook_once_in_order_after_a_refusal() {
     let state = project.sqlite(".gapless/state.db").await;
     // Five phase-2 completions from the backfill, five of phase 3 and five of phase 4 (a
     // window reaching before the pipeline's start needs nothing there) from the trigger.
-    wait_until("15 events delivered", || async {
+    eventually("15 events delivered", || async {
         scalar(&state, "SELECT COUNT(*) FROM events").await == 15
             && received.lock().unwrap().len() == 15
     })
