@@ -54,7 +54,7 @@ pub(crate) enum Command {
     Gaps(GapsArgs),
     /// The completeness report per phase and period (month, year or season).
     Report(ReportArgs),
-    /// The HTTP API, the event consumers and the trigger: every completed cell runs what it makes runnable downstream.
+    /// The service: HTTP API, events in and out, the trigger (every completed cell runs what it makes runnable), scheduled scans that heal and alert.
     Serve(ServeArgs),
     /// The NBA example end to end on embedded SQLite.
     Demo(DemoArgs),
