@@ -61,6 +61,7 @@ pub fn router(app: Arc<App>, auth: Auth) -> Router {
         .route("/backfills/{id}", get(get_backfill))
         .route("/runs", get(get_runs))
         .route("/gaps", get(get_gaps))
+        .route("/metrics", get(get_metrics))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), authorize))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -265,7 +266,7 @@ async fn post_events(
         .filter(|i| matches!(i, Ingested::Stored(_)))
         .count();
     let duplicates = outcome.len() - stored;
-    shared.app.stored(stored as u64, duplicates as u64);
+    shared.app.stored("http", stored as u64, duplicates as u64);
     ok(
         StatusCode::ACCEPTED,
         json!({ "stored": stored, "duplicates": duplicates, "ids": ids }),
@@ -358,7 +359,7 @@ async fn post_pubsub(
                 .ingest_events(std::slice::from_ref(&event))
                 .await?;
             let stored = matches!(outcome[0], Ingested::Stored(_));
-            app.stored(u64::from(stored), u64::from(!stored));
+            app.stored("pubsub", u64::from(stored), u64::from(!stored));
             ok(
                 StatusCode::OK,
                 json!({ "stored": stored, "duplicate": !stored }),
@@ -417,9 +418,11 @@ async fn post_scan(State(shared): State<Shared>, body: Result<Bytes, BytesReject
     }
     let _one_at_a_time = app.heal_lock.lock().await;
     let context = app.context();
+    let started = std::time::Instant::now();
     let scan = gapless_runtime::lifecycle::scan(&context, &app.store, days)
         .await
         .map_err(|error| ApiError::unavailable(&error))?;
+    app.metrics.scan(started.elapsed().as_secs_f64());
     if request.include_old && !request.heal {
         return Err(ApiError::bad("include_old", "needs `\"heal\": true`"));
     }
@@ -618,4 +621,12 @@ async fn get_gaps(
     };
     let gaps = shared.app.store.gaps(filter).await?;
     ok(StatusCode::OK, json!({ "gaps": gaps }))
+}
+
+/// `GET /metrics`: Prometheus text (OpenMetrics).
+async fn get_metrics(State(shared): State<Shared>) -> ApiResult {
+    let text = crate::metrics::render(&shared.app)
+        .await
+        .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{error:#}")))?;
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }

@@ -78,6 +78,8 @@ pub struct App {
     wake: watch::Sender<u64>,
     /// Counters.
     pub counters: Counters,
+    /// Prometheus metrics (`GET /metrics`).
+    pub metrics: crate::metrics::Metrics,
     runs: TaskTracker,
     run_slots: Arc<Semaphore>,
     /// One scan-and-heal at a time: a second one waits, then finds the first's gaps
@@ -106,6 +108,7 @@ impl App {
             options,
             wake: watch::Sender::new(0),
             counters: Counters::default(),
+            metrics: crate::metrics::Metrics::default(),
             runs: TaskTracker::new(),
             run_slots: Arc::new(Semaphore::new(slots)),
             heal_lock: tokio::sync::Mutex::new(()),
@@ -152,6 +155,8 @@ impl App {
                 Ok(()) if kind == RunKind::Heal => {
                     match gapless_runtime::heal::finish_heal(&app.store, &run_id).await {
                         Ok((healed, failed)) => {
+                            app.metrics.heals("healed", healed as u64);
+                            app.metrics.heals("failed", failed as u64);
                             tracing::info!(run = %run_id, healed, failed, "heal run recorded");
                         }
                         Err(error) => {
@@ -184,7 +189,7 @@ impl App {
             &self.owner,
             tasks,
             &options,
-            Arc::new(WakeOnCompletion(self.wake.clone())),
+            Arc::new(WakeOnCompletion(self.wake.clone(), self.metrics.clone())),
             self.shutdown.child_token(),
         )
         .await?;
@@ -254,9 +259,10 @@ impl App {
         self.wake.subscribe()
     }
 
-    /// Records that `stored` events were stored and `duplicate` deliveries were ignored, and
-    /// wakes the trigger.
-    pub fn stored(&self, stored: u64, duplicate: u64) {
+    /// Records that `stored` events from `source` were stored and `duplicate` deliveries were
+    /// ignored, and wakes the trigger.
+    pub fn stored(&self, source: &str, stored: u64, duplicate: u64) {
+        self.metrics.events(source, stored);
         self.counters
             .events_stored
             .fetch_add(stored, Ordering::Relaxed);
@@ -271,11 +277,13 @@ impl App {
 
 /// Wakes the event log's readers whenever a task of a run this process executes completes:
 /// its cells' completion events are committed by then.
-struct WakeOnCompletion(watch::Sender<u64>);
+/// It also times them for `gapless_task_duration_seconds`.
+struct WakeOnCompletion(watch::Sender<u64>, crate::metrics::Metrics);
 
 impl Observer for WakeOnCompletion {
     fn event(&self, event: Event<'_>) {
-        if matches!(event, Event::Completed { .. }) {
+        if let Event::Completed { task, elapsed } = event {
+            self.1.task(task.phase.0, elapsed.as_secs_f64());
             self.0.send_modify(|count| *count = count.wrapping_add(1));
         }
     }

@@ -36,6 +36,7 @@ pub(crate) async fn heal(app: &Arc<App>, scan: &Scan, include_old: bool) -> anyh
     let context = app.context();
     let decision = decide(&context, &app.store, scan, include_old).await?;
     let alerted = record_alerts(&context, &app.store, &decision).await?;
+    app.metrics.heals("alerted", alerted as u64);
     if alerted > 0 {
         app.wake();
     }

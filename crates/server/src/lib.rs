@@ -18,6 +18,7 @@ pub mod api;
 pub mod app;
 pub mod event;
 mod heal;
+pub mod metrics;
 pub mod nats;
 pub mod outbox;
 pub mod pubsub;
@@ -124,7 +125,7 @@ async fn consume_nats(app: Arc<App>, bus: nats::NatsBus) {
                         .await
                         .map_err(|error| error.to_string())?;
                     let stored = matches!(outcome[0], gapless_store::Ingested::Stored(_));
-                    app.stored(u64::from(stored), u64::from(!stored));
+                    app.stored("nats", u64::from(stored), u64::from(!stored));
                 }
                 Err(error) => {
                     let payload = String::from_utf8_lossy(&delivery.payload);

@@ -100,9 +100,11 @@ pub(crate) async fn scan_and_heal(
     });
     let _one_at_a_time = app.heal_lock.lock().await;
     let context = app.context();
+    let started = std::time::Instant::now();
     let scan = gapless_runtime::lifecycle::scan(&context, &app.store, days)
         .await
         .map_err(|error| anyhow::anyhow!(error_chain(&error)))?;
+    app.metrics.scan(started.elapsed().as_secs_f64());
     let policy = crate::heal::heal(app, &scan, include_old).await?;
     Ok(serde_json::json!({
         "found": scan.gaps.len(),

@@ -399,6 +399,10 @@ statements! {
 
     COUNT_EVENTS = "SELECT COUNT(*) FROM events WHERE phase = $1 AND date = $2";
 
+    /// Tasks by phase and state, over every run.
+    TASK_COUNTS = "SELECT phase, state, COUNT(*) AS n FROM tasks GROUP BY phase, state \
+         ORDER BY phase, state";
+
     /// Newest first.
     RECENT_EVENTS = "SELECT id, phase, date, status, source, run_id, created_at \
          FROM events ORDER BY id DESC LIMIT $1";

@@ -491,6 +491,7 @@ async fn tokens_guard_every_route_but_healthz() {
         ("GET", "/backfills/20240101T000000-abcdef"),
         ("GET", "/runs"),
         ("GET", "/gaps"),
+        ("GET", "/metrics"),
         ("GET", "/nowhere"),
     ] {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
@@ -755,6 +756,41 @@ async fn post_scan_gaps_heals_and_the_ledger_follows() {
         .await
         .unwrap();
     assert_eq!(open["gaps"], json!([]));
+
+    // Prometheus scrapes the same truth as the ledger and the runs.
+    let metrics = http.get(serve.url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(
+        metrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
+    );
+    let text = metrics.text().await.unwrap();
+    let complete_3 = scalar(
+        &state,
+        "SELECT COUNT(*) FROM tasks WHERE phase = 3 AND state = 'complete'",
+    )
+    .await;
+    for line in [
+        "gapless_heals_total{result=\"healed\"} 3".to_owned(),
+        "gapless_gaps_open{phase=\"3\"} 0".to_owned(),
+        "gapless_gaps_open{phase=\"1\"} 0".to_owned(),
+        "gapless_gap_oldest_age_seconds 0".to_owned(),
+        "gapless_scan_duration_seconds_count 1".to_owned(),
+        format!("gapless_tasks_total{{phase=\"3\",status=\"complete\"}} {complete_3}"),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "`{line}` missing from:\n{text}"
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("gapless_task_duration_seconds_count{phase=\"3\"}")),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
     assert_eq!(serve.stop(), 0);
 }
 

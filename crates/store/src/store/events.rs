@@ -65,6 +65,25 @@ impl Store {
         }
     }
 
+    /// (phase, task state, count) over every run's tasks.
+    pub async fn task_counts(&self) -> Result<Vec<(i64, String, i64)>, StoreError> {
+        match self {
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                sqlite::rows(connection, sql::TASK_COUNTS.sqlite, [], |row| {
+                    Ok((row.i64("phase")?, row.string("state")?, row.i64("n")?))
+                })
+            }),
+            Self::Postgres(pool) => pg_call!({
+                sqlx::query(sql::TASK_COUNTS.postgres)
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|row| Ok((row.i64("phase")?, row.string("state")?, row.i64("n")?)))
+                    .collect::<Result<Vec<_>, StoreError>>()?
+            }),
+        }
+    }
+
     /// The newest `limit` events, newest first.
     pub async fn recent_events(&self, limit: i64) -> Result<Vec<EventRecord>, StoreError> {
         self.rows_by(sql::RECENT_EVENTS, limit.max(0), |row| event_from_row(row))
