@@ -266,7 +266,7 @@ async fn post_events(
         .filter(|i| matches!(i, Ingested::Stored(_)))
         .count();
     let duplicates = outcome.len() - stored;
-    shared.app.stored("http", stored as u64, duplicates as u64);
+    shared.app.stored("http", stored as u64);
     ok(
         StatusCode::ACCEPTED,
         json!({ "stored": stored, "duplicates": duplicates, "ids": ids }),
@@ -359,7 +359,7 @@ async fn post_pubsub(
                 .ingest_events(std::slice::from_ref(&event))
                 .await?;
             let stored = matches!(outcome[0], Ingested::Stored(_));
-            app.stored("pubsub", u64::from(stored), u64::from(!stored));
+            app.stored("pubsub", u64::from(stored));
             ok(
                 StatusCode::OK,
                 json!({ "stored": stored, "duplicate": !stored }),
@@ -371,13 +371,9 @@ async fn post_pubsub(
 
 async fn quarantine(app: &App, key: Option<&str>, payload: &[u8], reason: &str) -> ApiResult {
     let text = String::from_utf8_lossy(payload);
-    let new = app.store.quarantine("pubsub", key, &text, reason).await?;
-    if new {
-        app.counters
-            .events_quarantined
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if app.store.quarantine("pubsub", key, &text, reason).await? {
+        tracing::warn!(reason, "Pub/Sub message quarantined");
     }
-    tracing::warn!(reason, "Pub/Sub message quarantined");
     ok(
         StatusCode::OK,
         json!({ "stored": false, "quarantined": reason }),

@@ -2,7 +2,6 @@
 //! executes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use gapless_core::dates::DateTime;
@@ -45,21 +44,6 @@ impl Default for AppOptions {
     }
 }
 
-/// Counters the API and the tests read.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Events stored, from every source.
-    pub events_stored: AtomicU64,
-    /// Deliveries of an event already stored.
-    pub events_duplicate: AtomicU64,
-    /// Events quarantined.
-    pub events_quarantined: AtomicU64,
-    /// Runs the trigger created.
-    pub trigger_runs: AtomicU64,
-    /// Tasks the trigger created.
-    pub trigger_tasks: AtomicU64,
-}
-
 /// The state of one `serve` process.
 pub struct App {
     /// The validated pipeline.
@@ -76,8 +60,6 @@ pub struct App {
     /// process executes), so the event log's readers (the trigger, the deliveries out) read
     /// them at once instead of at their next poll.
     wake: watch::Sender<u64>,
-    /// Counters.
-    pub counters: Counters,
     /// Prometheus metrics (`GET /metrics`).
     pub metrics: crate::metrics::Metrics,
     runs: TaskTracker,
@@ -107,7 +89,6 @@ impl App {
             clock,
             options,
             wake: watch::Sender::new(0),
-            counters: Counters::default(),
             metrics: crate::metrics::Metrics::default(),
             runs: TaskTracker::new(),
             run_slots: Arc::new(Semaphore::new(slots)),
@@ -259,16 +240,9 @@ impl App {
         self.wake.subscribe()
     }
 
-    /// Records that `stored` events from `source` were stored and `duplicate` deliveries were
-    /// ignored, and wakes the trigger.
-    pub fn stored(&self, source: &str, stored: u64, duplicate: u64) {
+    /// Records that `stored` events from `source` were stored, and wakes the trigger.
+    pub fn stored(&self, source: &str, stored: u64) {
         self.metrics.events(source, stored);
-        self.counters
-            .events_stored
-            .fetch_add(stored, Ordering::Relaxed);
-        self.counters
-            .events_duplicate
-            .fetch_add(duplicate, Ordering::Relaxed);
         if stored > 0 {
             self.wake();
         }

@@ -125,7 +125,7 @@ async fn consume_nats(app: Arc<App>, bus: nats::NatsBus) {
                         .await
                         .map_err(|error| error.to_string())?;
                     let stored = matches!(outcome[0], gapless_store::Ingested::Stored(_));
-                    app.stored("nats", u64::from(stored), u64::from(!stored));
+                    app.stored("nats", u64::from(stored));
                 }
                 Err(error) => {
                     let payload = String::from_utf8_lossy(&delivery.payload);
@@ -138,9 +138,6 @@ async fn consume_nats(app: Arc<App>, bus: nats::NatsBus) {
                         )
                         .await
                         .map_err(|error| error.to_string())?;
-                    app.counters
-                        .events_quarantined
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             Ok(())

@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use gapless_core::cells::{CellState, Completeness};
 use gapless_core::dates::{Date, DateRange};
@@ -98,10 +97,6 @@ pub async fn step(app: &Arc<App>) -> anyhow::Result<bool> {
                 )
                 .await?;
             tracing::info!(run = %run_id, tasks = task_count, cells, "trigger run");
-            app.counters.trigger_runs.fetch_add(1, Ordering::Relaxed);
-            app.counters
-                .trigger_tasks
-                .fetch_add(task_count, Ordering::Relaxed);
             app.execute(run_id, RunKind::Trigger, Some(permit));
         }
     }
