@@ -405,30 +405,24 @@ async fn post_scan(State(shared): State<Shared>, body: Result<Bytes, BytesReject
         }
         None => app.spec.healing.lookback,
     };
-    let days = i64::try_from(lookback.as_secs() / 86_400).unwrap_or(i64::MAX);
-    if days < 1 {
+    if lookback < std::time::Duration::from_secs(86_400) {
         return Err(ApiError::bad(
             "lookback",
             "must be at least one day, e.g. `90d`",
         ));
     }
-    let _one_at_a_time = app.heal_lock.lock().await;
-    let context = app.context();
-    let started = std::time::Instant::now();
-    let scan = gapless_runtime::lifecycle::scan(&context, &app.store, days)
-        .await
-        .map_err(|error| ApiError::unavailable(&error))?;
-    app.metrics.scan(started.elapsed().as_secs_f64());
     if request.include_old && !request.heal {
         return Err(ApiError::bad("include_old", "needs `\"heal\": true`"));
     }
-    let policy = if request.heal {
-        crate::heal::heal(app, &scan, request.include_old)
+    let days = crate::scheduler::lookback_days(lookback);
+    let (scan, policy) =
+        crate::scheduler::scan_and_heal(app, days, request.heal.then_some(request.include_old))
             .await
-            .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{error:#}")))?
-    } else {
-        json!({"healed": null, "alerted": 0, "left": [], "in_progress": 0})
-    };
+            .map_err(|error| {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{error:#}"))
+            })?;
+    let policy = policy
+        .unwrap_or_else(|| json!({"healed": null, "alerted": 0, "left": [], "in_progress": 0}));
     let gaps: Vec<Value> = scan
         .gaps
         .iter()
@@ -490,10 +484,8 @@ async fn post_backfill(
     let body: BackfillBody = serde_json::from_value(json_body(body)?)
         .map_err(|error| ApiError::bad(&field_of(&error.to_string()), error.to_string()))?;
     let date = |field: &str, text: &str| {
-        (text.len() == 10)
-            .then(|| gapless_core::dates::Date::parse_from_str(text, "%Y-%m-%d").ok())
-            .flatten()
-            .ok_or_else(|| ApiError::bad(field, format!("`{text}` is not a date (YYYY-MM-DD)")))
+        gapless_core::dates::parse_date(text)
+            .map_err(|_| ApiError::bad(field, format!("`{text}` is not a date (YYYY-MM-DD)")))
     };
     let start = date("start_date", &body.start_date)?;
     let end = date("end_date", &body.end_date)?;

@@ -1,7 +1,6 @@
 //! The event JSON every source carries: `{"phase": 3, "date": "2024-01-15", "status": "complete"}`,
 //! with `phase` an id or a name and an optional `id` that is the same on every delivery.
 
-use gapless_core::dates::Date;
 use gapless_core::spec::{PhaseId, Spec};
 use gapless_store::IncomingEvent;
 use serde_json::Value;
@@ -87,9 +86,8 @@ pub fn parse(
     };
     let date = match object.get("date") {
         None => return Err(FieldError::new("date", "missing")),
-        Some(Value::String(text)) => parse_date(text).ok_or_else(|| {
-            FieldError::new("date", format!("`{text}` is not a date (YYYY-MM-DD)"))
-        })?,
+        Some(Value::String(text)) => gapless_core::dates::parse_date(text)
+            .map_err(|_| FieldError::new("date", format!("`{text}` is not a date (YYYY-MM-DD)")))?,
         Some(other) => {
             return Err(FieldError::new(
                 "date",
@@ -131,13 +129,6 @@ pub fn parse(
         source: source.to_owned(),
         dedup_key: dedup_key.or_else(|| own_id.map(|id| format!("{source}:{id}"))),
     })
-}
-
-/// A strict `YYYY-MM-DD`.
-fn parse_date(text: &str) -> Option<Date> {
-    (text.len() == 10)
-        .then(|| Date::parse_from_str(text, "%Y-%m-%d").ok())
-        .flatten()
 }
 
 fn kind(value: &Value) -> &'static str {

@@ -114,7 +114,7 @@ pub async fn run(app: Arc<App>, sink: Sink) {
     }
 }
 
-/// Delivers the next events in order, moving the position past each delivered one. `true` when
+/// Delivers the next events in order and moves the position past the ones delivered. `true` when
 /// a full batch was delivered.
 async fn step(app: &App, sink: &Sink) -> Result<bool, String> {
     let consumer = sink.consumer();
@@ -128,12 +128,22 @@ async fn step(app: &App, sink: &Sink) -> Result<bool, String> {
         .events(position, BATCH)
         .await
         .map_err(|error| error.to_string())?;
+    // The position is saved once per step: after the last event delivered, also when a later
+    // one fails (a crash in between only repeats deliveries, which the sinks drop by key).
+    let mut delivered = None;
+    let mut outcome = Ok(events.len() as i64 == BATCH);
     for event in &events {
-        sink.deliver(&app.spec.name, event).await?;
+        if let Err(error) = sink.deliver(&app.spec.name, event).await {
+            outcome = Err(error);
+            break;
+        }
+        delivered = Some(event.id);
+    }
+    if let Some(last) = delivered {
         app.store
-            .save_consumer_position(consumer, event.id)
+            .save_consumer_position(consumer, last)
             .await
             .map_err(|error| error.to_string())?;
     }
-    Ok(events.len() as i64 == BATCH)
+    outcome
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use gapless_runtime::lifecycle::Scan;
 use serde_json::Value;
 
 use crate::app::{App, error_chain};
@@ -77,27 +78,29 @@ fn previous_occurrence(
 
 /// One scheduled scan and heal; failures are logged, and the next tick tries again.
 async fn tick(app: &Arc<App>) {
-    match scan_and_heal(app, None, false).await {
-        Ok(outcome) => tracing::info!(
-            found = %outcome["found"],
-            healed = %outcome["healed"]["gaps"],
-            alerted = %outcome["alerted"],
-            "scheduled scan"
-        ),
+    let days = lookback_days(app.spec.healing.lookback);
+    match scan_and_heal(app, days, Some(false)).await {
+        Ok((scan, policy)) => {
+            let policy = policy.unwrap_or_default();
+            tracing::info!(
+                found = scan.gaps.len(),
+                healed = %policy["healed"]["gaps"],
+                alerted = %policy["alerted"],
+                "scheduled scan"
+            );
+        }
         Err(error) => tracing::warn!(error = %format!("{error:#}"), "scheduled scan failed"),
     }
 }
 
-/// Scans the last `lookback_days` (default `[healing] lookback`) and applies the healing policy:
-/// what the scheduler and `POST /scan-gaps` both do, one at a time.
+/// Scans the last `days` days and, with `heal` (`Some(include_old)`), applies the healing
+/// policy: what the scheduler and `POST /scan-gaps` both do, one at a time. The scan, and what
+/// the policy did (as JSON).
 pub(crate) async fn scan_and_heal(
     app: &Arc<App>,
-    lookback_days: Option<i64>,
-    include_old: bool,
-) -> anyhow::Result<Value> {
-    let days = lookback_days.unwrap_or_else(|| {
-        i64::try_from(app.spec.healing.lookback.as_secs().div_ceil(86_400)).unwrap_or(i64::MAX)
-    });
+    days: i64,
+    heal: Option<bool>,
+) -> anyhow::Result<(Scan, Option<Value>)> {
     let _one_at_a_time = app.heal_lock.lock().await;
     let context = app.context();
     let started = std::time::Instant::now();
@@ -105,12 +108,16 @@ pub(crate) async fn scan_and_heal(
         .await
         .map_err(|error| anyhow::anyhow!(error_chain(&error)))?;
     app.metrics.scan(started.elapsed().as_secs_f64());
-    let policy = crate::heal::heal(app, &scan, include_old).await?;
-    Ok(serde_json::json!({
-        "found": scan.gaps.len(),
-        "healed": policy["healed"],
-        "alerted": policy["alerted"],
-    }))
+    let policy = match heal {
+        Some(include_old) => Some(crate::heal::heal(app, &scan, include_old).await?),
+        None => None,
+    };
+    Ok((scan, policy))
+}
+
+/// Whole days in `lookback`, rounded up.
+pub(crate) fn lookback_days(lookback: std::time::Duration) -> i64 {
+    i64::try_from(lookback.as_secs().div_ceil(86_400)).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

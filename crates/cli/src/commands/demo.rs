@@ -106,8 +106,9 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
     let days = gapless_core::dates::days_between(loaded.spec.start, loaded.today) + 1;
 
     heading("gapless heal: what `serve` does every hour, by policy")?;
-    let (healed_recent, alert) =
-        heal_once(&loaded, &context, &store, days, false, args.jobs, &visible).await?;
+    // The policy leaves the old gaps for a person: only the heal with --include-old must end
+    // with nothing left.
+    let (_, alert) = heal_once(&loaded, &context, &store, days, false, args.jobs, &visible).await?;
 
     heading("the alert a person receives (Slack, e-mail, webhook)")?;
     out(format_args!(
@@ -118,7 +119,7 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
     heading("gapless heal --include-old: the person heals the rest")?;
     let (healed_old, _) =
         heal_once(&loaded, &context, &store, days, true, args.jobs, &visible).await?;
-    let exit = if healed_recent && healed_old {
+    let exit = if healed_old {
         Exit::Success
     } else {
         Exit::Incomplete
@@ -155,9 +156,9 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
     )
 }
 
-/// One scan and heal as `gapless heal` does it: heals by policy (or every gap with
-/// `include_old`), records the alerts, runs the heal with progress. Whether every gap it took on
-/// was healed, and the alert text for what it left, if anything.
+/// One scan and heal as `gapless heal` does it (`include_old` as `--include-old`), then a line
+/// saying what it found and did. Whether every gap was healed and none was left, and the alert
+/// text for what was left.
 async fn heal_once(
     loaded: &Loaded,
     context: &Context,
@@ -167,46 +168,24 @@ async fn heal_once(
     jobs: usize,
     visible: &Global,
 ) -> anyhow::Result<(bool, Option<String>)> {
-    use gapless_runtime::heal;
     let scan = gapless_runtime::lifecycle::scan(context, store, days).await?;
-    let decision = heal::decide(context, store, &scan, include_old).await?;
-    heal::record_alerts(context, store, &decision).await?;
-    let left: Vec<&heal::Left> = decision.left.iter().collect();
-    let alert = (!left.is_empty()).then(|| {
-        gapless_server::alerts::AlertMessage::from_outbox(&heal::alert_message(context, &left))
-            .map(|message| message.text())
-            .unwrap_or_default()
-    });
+    let args = crate::cli::ScanArgs {
+        lookback: None,
+        heal: true,
+        include_old,
+        jobs: jobs.max(1),
+        dry_run: false,
+    };
+    let healed = crate::commands::scan::heal(loaded, context, store, &scan, &args, visible).await?;
     out(format_args!(
         "scanned {}: {}; {} to heal, {} left for a person\n",
         scan.range
             .map_or_else(String::new, |range| range.to_string()),
         counted(scan.gaps.len(), "gap"),
-        thousands(decision.heal.as_ref().map_or(0, |plan| plan.cells.len())),
-        thousands(left.len())
+        thousands(healed.gaps),
+        thousands(healed.left)
     ))?;
-    let Some(plan) = decision.heal.as_ref() else {
-        return Ok((true, alert));
-    };
-    let run_id = heal::start_heal(context, store, plan, &loaded.owner, None).await?;
-    let tasks = gapless_runtime::executor::load_tasks(store, &loaded.spec, &run_id).await?;
-    let exit = crate::commands::backfill::execute_run(
-        loaded,
-        context.clone(),
-        store.clone(),
-        run_id.clone(),
-        tasks,
-        jobs.max(1),
-        visible,
-    )
-    .await?;
-    let (closed, failed) = heal::finish_heal(store, &run_id).await?;
-    out(format_args!(
-        "healed {} of {}\n",
-        thousands(closed),
-        counted(plan.cells.len(), "gap")
-    ))?;
-    Ok((exit == Exit::Success && failed == 0, alert))
+    Ok((healed.exit == Exit::Success, healed.alert))
 }
 
 fn prepare_dir(requested: Option<&Path>) -> anyhow::Result<PathBuf> {

@@ -59,6 +59,11 @@ pub(crate) async fn run(global: &Global, args: &ScanArgs) -> anyhow::Result<Exit
     )?;
     if args.heal && !global.json {
         let healed = heal(&loaded, &context, &store, &scan, args, global).await?;
+        if let Some(alert) = &healed.alert
+            && !global.quiet
+        {
+            out(format_args!("{alert}"))?;
+        }
         return Ok(healed.exit);
     }
     Ok(healed.map_or(exit, |healed| healed.exit))
@@ -66,28 +71,33 @@ pub(crate) async fn run(global: &Global, args: &ScanArgs) -> anyhow::Result<Exit
 
 /// What `--heal` did.
 #[derive(Debug, serde::Serialize)]
-struct Healed {
+pub(crate) struct Healed {
     /// The heal run, if one was started.
     run_id: Option<gapless_store::RunId>,
     /// Gaps it was started for (a dry run: would be).
-    gaps: usize,
+    pub(crate) gaps: usize,
     /// Of them, closed by it.
     healed: usize,
     /// Of them, still open (failed or blocked), each with its error in the ledger.
     failed: usize,
     /// Gaps left for a person: older than `auto_heal_max_age`, or failed `max_attempts` times.
-    left: usize,
+    pub(crate) left: usize,
     /// Of them, alerted about now (the others were, within `realert_after`).
     alerted: usize,
     /// Gaps a heal run is already working on.
     in_progress: usize,
     /// Nothing was changed.
     dry_run: bool,
+    /// The alert's text for the gaps alerted about now.
     #[serde(skip)]
-    exit: Exit,
+    pub(crate) alert: Option<String>,
+    #[serde(skip)]
+    pub(crate) exit: Exit,
 }
 
-async fn heal(
+/// Applies the healing policy to `scan` as `gapless heal` does: records and sends the alerts,
+/// runs the heal with progress, records how it ended.
+pub(crate) async fn heal(
     loaded: &settings::Loaded,
     context: &gapless_runtime::context::Context,
     store: &gapless_store::Store,
@@ -107,14 +117,14 @@ async fn heal(
     if !args.dry_run && alerted > 0 {
         deliver_alerts(loaded, store, speak).await;
     }
-    if speak && alerted > 0 {
-        let now: Vec<&heal::Left> = decision.to_alert().collect();
-        if let Ok(message) =
+    let now: Vec<&heal::Left> = decision.to_alert().collect();
+    let alert = (!now.is_empty())
+        .then(|| {
             gapless_server::alerts::AlertMessage::from_outbox(&heal::alert_message(context, &now))
-        {
-            out(format_args!("{}", message.text()))?;
-        }
-    }
+                .ok()
+                .map(|message| message.text())
+        })
+        .flatten();
     if speak && left > 0 {
         let old = decision
             .left
@@ -153,6 +163,7 @@ async fn heal(
         alerted,
         in_progress: decision.in_progress,
         dry_run: args.dry_run,
+        alert,
         exit: if scan.gaps.is_empty() {
             Exit::Success
         } else {
