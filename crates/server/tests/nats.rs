@@ -478,6 +478,43 @@ impl Drop for OwnServer {
 }
 
 /// Waits until the consumer's acknowledgement floor reaches `sequence` (the acks are stored).
+/// Counts every successful handling per dedup key, as the store would, and wakes waiters
+/// with the number of distinct keys.
+struct Tally {
+    handled: Mutex<BTreeMap<String, u32>>,
+    keys: tokio::sync::watch::Sender<usize>,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Self {
+            handled: Mutex::default(),
+            keys: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+impl Tally {
+    fn record(&self, key: String) {
+        let mut handled = self.handled.lock().unwrap();
+        *handled.entry(key).or_default() += 1;
+        self.keys.send_replace(handled.len());
+    }
+
+    /// Waits until `keys` distinct keys were handled, failing with `why` after [`DEADLINE`].
+    async fn wait_for(&self, keys: usize, why: &str) {
+        let mut seen = self.keys.subscribe();
+        tokio::time::timeout(DEADLINE, seen.wait_for(|&count| count == keys))
+            .await
+            .expect(why)
+            .unwrap();
+    }
+
+    fn into_counts(self) -> BTreeMap<String, u32> {
+        self.handled.into_inner().unwrap()
+    }
+}
+
 async fn wait_for_ack_floor(js: &jetstream::Context, config: &NatsConfig, sequence: u64) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while consumer_info(js, config).await.ack_floor.stream_sequence < sequence {
@@ -505,23 +542,17 @@ async fn the_consumer_keeps_going_across_a_server_restart() {
             .unwrap();
     }
 
-    let handled = Mutex::new(BTreeMap::<String, u32>::new());
-    let (count_tx, mut count_rx) = tokio::sync::watch::channel(0_usize);
+    let tally = Tally::default();
     let cancel = CancellationToken::new();
     let handler = |delivery: Delivery| {
-        let (handled, count_tx) = (&handled, &count_tx);
+        let tally = &tally;
         async move {
-            let mut handled = handled.lock().unwrap();
-            *handled.entry(delivery.dedup_key).or_default() += 1;
-            count_tx.send_replace(handled.len());
+            tally.record(delivery.dedup_key);
             Ok(())
         }
     };
     let driver = async {
-        tokio::time::timeout(DEADLINE, count_rx.wait_for(|&count| count == 3))
-            .await
-            .unwrap()
-            .unwrap();
+        tally.wait_for(3, "the consumer did not handle them").await;
         let js = inspector(&server.url()).await;
         wait_for_ack_floor(&js, &config, 3).await;
         drop(js);
@@ -538,16 +569,18 @@ async fn the_consumer_keeps_going_across_a_server_restart() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        tokio::time::timeout(DEADLINE, count_rx.wait_for(|&count| count == 6))
-            .await
-            .expect("the consumer did not pick up the events published after the restart")
-            .unwrap();
+        tally
+            .wait_for(
+                6,
+                "the consumer did not pick up the events published after the restart",
+            )
+            .await;
         cancel.cancel();
     };
     let (consumed, ()) = tokio::join!(bus.consume(handler, cancel.clone()), driver);
     consumed.unwrap();
 
-    let handled = handled.into_inner().unwrap();
+    let handled = tally.into_counts();
     let expected: BTreeMap<String, u32> = (0..6).map(|i| (format!("evt-{i}"), 1)).collect();
     assert_eq!(handled, expected);
 }
@@ -563,24 +596,17 @@ async fn a_deleted_consumer_is_created_again() {
                 .unwrap();
         }
 
-        // Like the store: counts every successful handling per dedup key.
-        let handled = Mutex::new(BTreeMap::<String, u32>::new());
-        let (count_tx, mut count_rx) = tokio::sync::watch::channel(0_usize);
+        let tally = Tally::default();
         let cancel = CancellationToken::new();
         let handler = |delivery: Delivery| {
-            let (handled, count_tx) = (&handled, &count_tx);
+            let tally = &tally;
             async move {
-                let mut handled = handled.lock().unwrap();
-                *handled.entry(delivery.dedup_key).or_default() += 1;
-                count_tx.send_replace(handled.len());
+                tally.record(delivery.dedup_key);
                 Ok(())
             }
         };
         let driver = async {
-            tokio::time::timeout(DEADLINE, count_rx.wait_for(|&count| count == 3))
-                .await
-                .unwrap()
-                .unwrap();
+            tally.wait_for(3, "the consumer did not handle them").await;
             wait_for_ack_floor(&js, &config, 3).await;
             // An operator deletes the durable: the pull in flight ends with `consumer deleted`.
             js.delete_consumer_from_stream(&config.durable, &config.stream)
@@ -591,10 +617,9 @@ async fn a_deleted_consumer_is_created_again() {
                     .await
                     .unwrap();
             }
-            tokio::time::timeout(DEADLINE, count_rx.wait_for(|&count| count == 6))
-                .await
-                .expect("the consumer was not created again")
-                .unwrap();
+            tally
+                .wait_for(6, "the consumer was not created again")
+                .await;
             wait_for_ack_floor(&js, &config, 6).await;
             cancel.cancel();
         };
@@ -603,7 +628,7 @@ async fn a_deleted_consumer_is_created_again() {
 
         // The new durable starts from the stream's beginning, so the first three come again:
         // the store's dedup by key is what makes them count once.
-        let handled = handled.into_inner().unwrap();
+        let handled = tally.into_counts();
         let keys: Vec<&String> = handled.keys().collect();
         assert_eq!(keys, ["evt-0", "evt-1", "evt-2", "evt-3", "evt-4", "evt-5"]);
         assert!(

@@ -114,6 +114,20 @@ impl Serve {
         format!("{}{path}", self.base)
     }
 
+    /// `GET path` (with `token` as the bearer), its JSON body.
+    pub(crate) async fn get_json(
+        &self,
+        http: &reqwest::Client,
+        path: &str,
+        token: Option<&str>,
+    ) -> Value {
+        let mut request = http.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap().json().await.unwrap()
+    }
+
     /// SIGKILL, as the OOM killer or a crash would end it.
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
@@ -309,14 +323,7 @@ async fn an_event_from_the_live_pipeline_runs_what_it_makes_runnable() {
         1,
         "the 8th and 9th wait for the 6th and 7th"
     );
-    let runs: Value = http
-        .get(serve.url("/runs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let runs = serve.get_json(&http, "/runs", None).await;
     let kinds: Vec<&str> = runs["runs"]
         .as_array()
         .unwrap()
@@ -598,15 +605,9 @@ async fn pubsub_pushes_act_once_and_malformed_ones_are_quarantined() {
         1,
         "100 deliveries of one messageId act once"
     );
-    let kept: Value = http
-        .get(serve.url("/events?status=quarantined"))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let kept = serve
+        .get_json(&http, "/events?status=quarantined", Some("admin-secret"))
+        .await;
     let reasons: Vec<&str> = kept["events"]
         .as_array()
         .unwrap()
@@ -732,14 +733,7 @@ async fn post_scan_gaps_heals_and_the_ledger_follows() {
     assert_eq!(body["healed"]["gaps"], 3, "{body}");
     assert!(body["healed"]["run_id"].is_string(), "{body}");
     eventually("the three gaps closed in the ledger", || async {
-        let gaps: Value = http
-            .get(serve.url("/gaps?status=complete"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let gaps = serve.get_json(&http, "/gaps?status=complete", None).await;
         gaps["gaps"].as_array().unwrap().len() == 3
     })
     .await;
@@ -747,14 +741,7 @@ async fn post_scan_gaps_heals_and_the_ledger_follows() {
         scalar(&warehouse, "SELECT COUNT(DISTINCT d) FROM daily").await,
         30
     );
-    let open: Value = http
-        .get(serve.url("/gaps"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let open = serve.get_json(&http, "/gaps", None).await;
     assert_eq!(open["gaps"], json!([]));
 
     // Prometheus scrapes the same truth as the ledger and the runs.
@@ -838,14 +825,9 @@ check.command = ["bin/count.sh", "out"]
 
     let serve = Serve::start(&project, &[]);
     eventually("the resumed run to succeed", || async {
-        let run: Value = http
-            .get(serve.url(&format!("/backfills/{run_id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let run = serve
+            .get_json(&http, &format!("/backfills/{run_id}"), None)
+            .await;
         run["run"]["state"] == "succeeded"
     })
     .await;
