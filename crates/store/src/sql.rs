@@ -502,9 +502,6 @@ statements! {
     ALERT_FAILED = "UPDATE alerts SET attempts = attempts + 1, last_error = $2 \
          WHERE id = $1 AND delivered_at IS NULL";
 
-    RECENT_ALERTS = "SELECT id, created_at, channel, message, delivered_at, attempts, last_error \
-         FROM alerts ORDER BY id DESC LIMIT $1";
-
     SELECT_TICK = "SELECT last_at FROM ticks WHERE name = $1";
 
     /// Only forward: a slower process never moves a tick back.

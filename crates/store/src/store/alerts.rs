@@ -68,12 +68,6 @@ impl Store {
         .await
     }
 
-    /// The newest `limit` alerts, delivered or not.
-    pub async fn recent_alerts(&self, limit: i64) -> Result<Vec<AlertRecord>, StoreError> {
-        self.rows_by(sql::RECENT_ALERTS, limit.max(0), |row| alert_from_row(row))
-            .await
-    }
-
     /// Records that alert `id` was delivered; `false` when it already was.
     pub async fn alert_delivered(&self, id: i64) -> Result<bool, StoreError> {
         let now = Utc::now().timestamp_millis();
