@@ -2151,3 +2151,65 @@ async fn postgres_readers_never_skip_an_event_committed_late() -> anyhow::Result
     })
     .await
 }
+
+/// The alerts outbox moves with the gaps' status, once; ticks only move forward.
+async fn alerts_and_ticks(store: Store) -> anyhow::Result<()> {
+    store.migrate().await?;
+    let gap = DetectedGap {
+        phase_from: Some(2),
+        phase_to: 3,
+        date: d(5),
+        age_days: 40,
+        found: 0,
+        expected: 1,
+    };
+    store.record_scan(&[gap], &[]).await?;
+    let id = store.gaps(GapFilter::Open).await?[0].id;
+    let message = serde_json::json!({"pipeline": "p", "items": []});
+    assert_eq!(
+        store
+            .alert_gaps(&[id], &["slack", "email"], &message)
+            .await?,
+        1
+    );
+    let open = store.gaps(GapFilter::Open).await?;
+    assert_eq!(open[0].healing_status, GapStatus::Alerted);
+    assert!(open[0].alerted_at.is_some());
+    let pending = store.undelivered_alerts(10).await?;
+    assert_eq!(pending.len(), 2);
+    assert_eq!(pending[0].message, message);
+    assert!(store.alert_failed(pending[0].id, "503").await?);
+    assert!(store.alert_delivered(pending[1].id).await?);
+    assert!(
+        !store.alert_delivered(pending[1].id).await?,
+        "delivered once"
+    );
+    let left = store.undelivered_alerts(10).await?;
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        (left[0].attempts, left[0].last_error.as_deref()),
+        (1, Some("503"))
+    );
+
+    assert_eq!(store.last_tick("scan").await?, None);
+    let later = Utc::now();
+    let earlier = later - chrono::Duration::minutes(5);
+    store.save_tick("scan", later).await?;
+    store.save_tick("scan", earlier).await?;
+    assert_eq!(
+        store.last_tick("scan").await?.map(|t| t.timestamp_millis()),
+        Some(later.timestamp_millis()),
+        "a tick never moves back"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_alerts_and_ticks() -> anyhow::Result<()> {
+    alerts_and_ticks(Store::connect("sqlite::memory:", Path::new(".")).await?).await
+}
+
+#[tokio::test]
+async fn postgres_alerts_and_ticks() -> anyhow::Result<()> {
+    on_postgres(alerts_and_ticks).await
+}
