@@ -16,6 +16,8 @@ pub mod alert_outbox;
 pub mod alerts;
 pub mod api;
 pub mod app;
+pub mod auth;
+pub mod dashboard;
 pub mod event;
 mod heal;
 pub mod metrics;

@@ -33,7 +33,7 @@ mod store;
 pub use crate::error::{BackendError, StoreError};
 pub use crate::model::{
     AlertRecord, CellHolder, CellRecord, CellState, Claim, DetectedGap, EventRecord, GapFilter,
-    GapRecord, GapStatus, IncomingEvent, Ingested, InvalidRunId, NewEvent, NewRun, NewTask,
+    GapHistory, GapRecord, GapStatus, IncomingEvent, Ingested, InvalidRunId, NewEvent, NewRun, NewTask,
     NewTaskState, Ownership, PhaseProgress, QuarantineRecord, RunId, RunKind, RunOwner,
     RunOwnerRecord, RunRecord, RunState, RunnerRecord, ScanRecorded, TaskRecord, TaskState,
     UnknownState,

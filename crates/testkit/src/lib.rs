@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+pub mod browser;
 pub mod buckets;
 pub mod rsa;
 
