@@ -19,8 +19,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::{App, error_chain};
-pub use crate::auth::Auth;
 use crate::auth;
+pub use crate::auth::Auth;
 use crate::event::{self, FieldError};
 use crate::pubsub;
 
@@ -566,6 +566,10 @@ async fn get_metrics(State(shared): State<Shared>, headers: HeaderMap) -> ApiRes
         Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
     } else {
         let text = metrics::classic(&text);
-        Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE_CLASSIC)], text).into_response())
+        Ok((
+            [(header::CONTENT_TYPE, metrics::CONTENT_TYPE_CLASSIC)],
+            text,
+        )
+            .into_response())
     }
 }

@@ -148,10 +148,9 @@ pub(crate) async fn authorize(
                 StatusCode::UNAUTHORIZED,
                 "missing `Authorization: Bearer <token>`",
             );
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer"),
-            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             response
         };
     };
@@ -189,13 +188,18 @@ fn refuse(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-/// Whether a browser says the request comes from another site's page: `Sec-Fetch-Site:
-/// cross-site`, or an `Origin` whose host and port are not this request's `Host`. Clients that
-/// are not browsers send neither.
+/// Whether a browser says the request comes from another origin's page: `Sec-Fetch-Site` other
+/// than `same-origin`, or (from browsers without Fetch Metadata) an `Origin` whose host and port
+/// are not this request's `Host`. Clients that are not browsers send neither.
 fn is_cross_site(headers: &HeaderMap) -> bool {
-    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
-    if text("sec-fetch-site") == Some("cross-site") {
-        return true;
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    // Browsers that send Fetch Metadata say it outright ("none": typed by the user).
+    if let Some(site) = text("sec-fetch-site") {
+        return !matches!(site, "same-origin" | "none");
     }
     let Some(origin) = text(header::ORIGIN.as_str()) else {
         return false;
@@ -287,7 +291,8 @@ pub(crate) async fn security_headers(request: Request, next: Next) -> Response {
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        // Not `no-referrer`: with it, a form's POST carries `Origin: null`.
+        HeaderValue::from_static("same-origin"),
     );
     if !is_asset && !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -309,14 +314,28 @@ mod tests {
 
     #[test]
     fn another_sites_page_is_cross_site() {
-        let same = headers(&[("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8080")]);
+        let same = headers(&[
+            ("host", "127.0.0.1:8080"),
+            ("origin", "http://127.0.0.1:8080"),
+        ]);
         assert!(!is_cross_site(&same));
-        let other = headers(&[("host", "127.0.0.1:8080"), ("origin", "https://evil.example")]);
+        let other = headers(&[
+            ("host", "127.0.0.1:8080"),
+            ("origin", "https://evil.example"),
+        ]);
         assert!(is_cross_site(&other));
         let null = headers(&[("host", "127.0.0.1:8080"), ("origin", "null")]);
         assert!(is_cross_site(&null));
         let fetch = headers(&[("host", "a"), ("sec-fetch-site", "cross-site")]);
         assert!(is_cross_site(&fetch));
+        let sibling = headers(&[("host", "a"), ("sec-fetch-site", "same-site")]);
+        assert!(is_cross_site(&sibling));
+        let own = headers(&[
+            ("host", "a"),
+            ("origin", "null"),
+            ("sec-fetch-site", "same-origin"),
+        ]);
+        assert!(!is_cross_site(&own));
         // curl, Prometheus, Pub/Sub: no browser headers.
         assert!(!is_cross_site(&headers(&[("host", "127.0.0.1:8080")])));
     }

@@ -582,7 +582,10 @@ pub struct GapHistory {
 impl GapHistory {
     /// Gaps open at the end of each day of `days` (oldest first), and the gaps found and
     /// closed that day: (day, open, found, closed).
-    pub fn daily(&self, days: impl IntoIterator<Item = NaiveDate>) -> Vec<(NaiveDate, i64, i64, i64)> {
+    pub fn daily(
+        &self,
+        days: impl IntoIterator<Item = NaiveDate>,
+    ) -> Vec<(NaiveDate, i64, i64, i64)> {
         let mut open = self.open_at_start;
         let mut changes = self.days.iter().peekable();
         days.into_iter()

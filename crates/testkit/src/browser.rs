@@ -123,7 +123,11 @@ impl Browser {
             _profile: profile,
         };
         let created = browser
-            .call(reqwest::Method::POST, &format!("{base}/session"), capabilities)
+            .call(
+                reqwest::Method::POST,
+                &format!("{base}/session"),
+                capabilities,
+            )
             .await?;
         browser.session = format!(
             "{base}/session/{}",
@@ -166,7 +170,12 @@ impl Browser {
 
     /// Polls `script` until it returns something truthy (not `null`, `false`, `0` or `""`),
     /// which it returns; fails after `within`.
-    pub async fn wait_for(&self, what: &str, script: &str, within: Duration) -> anyhow::Result<Value> {
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        script: &str,
+        within: Duration,
+    ) -> anyhow::Result<Value> {
         let deadline = Instant::now() + within;
         loop {
             let value = self.eval(script, json!([])).await?;
@@ -185,10 +194,7 @@ impl Browser {
 
     async fn element(&self, css: &str) -> anyhow::Result<String> {
         let found = self
-            .post(
-                "/element",
-                json!({ "using": "css selector", "value": css }),
-            )
+            .post("/element", json!({ "using": "css selector", "value": css }))
             .await?;
         found[ELEMENT]
             .as_str()
@@ -221,8 +227,12 @@ impl Browser {
             .as_u64()
             .unwrap_or(1000)
             .clamp(600, 4000);
-        self.post("/window/rect", json!({ "width": 1400, "height": height }))
-            .await?;
+        // The window is taller than the page's viewport by the browser's own frame.
+        self.post(
+            "/window/rect",
+            json!({ "width": 1400, "height": height + 120 }),
+        )
+        .await?;
         let url = format!("{}/screenshot", self.session);
         let png = self.call(reqwest::Method::GET, &url, Value::Null).await?;
         let bytes = base64::engine::general_purpose::STANDARD
@@ -265,7 +275,10 @@ impl Browser {
                 Some("Network.requestWillBeSent") => {
                     urls.insert(
                         params["requestId"].to_string(),
-                        params["request"]["url"].as_str().unwrap_or_default().to_owned(),
+                        params["request"]["url"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
                     );
                 }
                 Some("Network.responseReceived") => {
@@ -312,9 +325,11 @@ impl Drop for Browser {
                 }
             }
         }
+        // procps's kill reads a negative pid after `--` only.
         let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.driver.id())])
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
             .status();
+        let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
 }

@@ -21,7 +21,10 @@ async fn seeded() -> (Project, Serve) {
     backfill_all(&project, "2024-03-01");
     let serve = Serve::start(
         &project,
-        &[("GAPLESS_API_TOKEN", ADMIN), ("GAPLESS_API_READ_TOKEN", READ)],
+        &[
+            ("GAPLESS_API_TOKEN", ADMIN),
+            ("GAPLESS_API_READ_TOKEN", READ),
+        ],
     );
     let state = project.sqlite(".gapless/state.db").await;
     trigger_caught_up(&state).await;
@@ -73,8 +76,6 @@ async fn the_dashboard_in_chromium_shows_the_seeded_gaps_and_its_buttons_work() 
         .unwrap();
     browser.type_into("#token", "not-the-token").await.unwrap();
     browser.click("button[type=submit]").await.unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    eprintln!("DEBUG {:?} {:?}", browser.eval("return document.location.href + ' ' + document.body.outerHTML;", json!([])).await, browser.console_errors().await);
     browser
         .wait_for(
             "the wrong token's message",
@@ -131,10 +132,7 @@ async fn the_dashboard_in_chromium_shows_the_seeded_gaps_and_its_buttons_work() 
 
     // "Scan now": the scan finds the three gaps (blocked cells wait for theirs), the page
     // reloads with them in the ledger.
-    browser
-        .click("button[data-action=\"scan\"]")
-        .await
-        .unwrap();
+    browser.click("button[data-action=\"scan\"]").await.unwrap();
     let status = browser
         .wait_for(
             "the scan's result after the reload",
@@ -161,11 +159,26 @@ async fn the_dashboard_in_chromium_shows_the_seeded_gaps_and_its_buttons_work() 
         json!([["1", "0"], ["2", "1"], ["3", "2"], ["4", "0"]])
     );
 
+    // The trend: today, three gaps found and open.
+    let trend_today = "const t = document.querySelectorAll('svg.trend rect title');
+                       return t[t.length - 1].textContent;";
+    let today = browser.eval(trend_today, json!([])).await.unwrap();
+    assert!(
+        today
+            .as_str()
+            .unwrap()
+            .ends_with(": 3 open at the end of the day, 3 found, 0 closed"),
+        "{today}"
+    );
+    // A look at the holes, kept as a CI artifact under target/.
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    browser.screenshot(&shot).await.unwrap();
+    let png = std::fs::read(&shot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    eprintln!("dashboard screenshot: {}", shot.display());
+
     // "Heal": a heal run starts, and the runs table follows it to the end on its own.
-    browser
-        .click("button[data-action=\"heal\"]")
-        .await
-        .unwrap();
+    browser.click("button[data-action=\"heal\"]").await.unwrap();
     browser
         .wait_for(
             "the heal run to show as succeeded",
@@ -182,13 +195,21 @@ async fn the_dashboard_in_chromium_shows_the_seeded_gaps_and_its_buttons_work() 
     let failed = browser.failed_requests().await.unwrap();
     assert!(failed.is_empty(), "failed requests: {failed:?}");
 
-    // A fresh look after the heal, kept as a CI artifact under target/.
-    browser.goto(&page).await.unwrap();
-    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
-    browser.screenshot(&shot).await.unwrap();
-    let png = std::fs::read(&shot).unwrap();
-    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    eprintln!("dashboard screenshot: {}", shot.display());
+    // A scan after the heal closes the three gaps: the trend shows them closed today.
+    browser.click("button[data-action=\"scan\"]").await.unwrap();
+    browser
+        .wait_for(
+            "the gaps closed after the heal",
+            "const t = document.querySelectorAll('svg.trend rect title');
+             return document.getElementById('open-gaps').textContent === '0'
+                 && t[t.length - 1].textContent.endsWith(': 0 open at the end of the day, 3 found, 3 closed');",
+            wait,
+        )
+        .await
+        .unwrap();
+    let errors = browser.console_errors().await.unwrap();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    drop(browser);
     assert_eq!(serve.stop(), 0);
 }
 
@@ -248,7 +269,11 @@ async fn tokens_cookies_and_csrf_guard_every_route() {
     let backfill = json!({"start_date": "2024-03-01", "end_date": "2024-03-02"});
     let mutating: [(&str, &str, Option<Value>); 5] = [
         ("POST", "/events", Some(event.clone())),
-        ("POST", "/events/pubsub", Some(json!({"message": {"data": "e30="}}))),
+        (
+            "POST",
+            "/events/pubsub",
+            Some(json!({"message": {"data": "e30="}})),
+        ),
         ("POST", "/scan-gaps", Some(json!({}))),
         ("POST", "/backfills", Some(backfill.clone())),
         ("POST", "/logout", None),
@@ -268,21 +293,47 @@ async fn tokens_cookies_and_csrf_guard_every_route() {
         let url = serve.url(path);
         let bare = send(&http, method, &url, &[], body.clone()).await;
         assert_eq!(bare.status(), 401, "{method} {path}");
-        let wrong = send(&http, method, &url, &[("authorization", &wrong)], body.clone()).await;
+        let wrong = send(
+            &http,
+            method,
+            &url,
+            &[("authorization", &wrong)],
+            body.clone(),
+        )
+        .await;
         assert_eq!(wrong.status(), 403, "{method} {path}");
-        let reader = send(&http, method, &url, &[("authorization", &read)], body.clone()).await;
-        assert_eq!(reader.status(), 403, "{method} {path} with the read-only token");
+        let reader = send(
+            &http,
+            method,
+            &url,
+            &[("authorization", &read)],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(
+            reader.status(),
+            403,
+            "{method} {path} with the read-only token"
+        );
     }
     for path in reading {
         let url = serve.url(path);
-        assert_eq!(send(&http, "GET", &url, &[], None).await.status(), 401, "{path}");
+        assert_eq!(
+            send(&http, "GET", &url, &[], None).await.status(),
+            401,
+            "{path}"
+        );
         let wrong = send(&http, "GET", &url, &[("authorization", &wrong)], None).await;
         assert_eq!(wrong.status(), 403, "{path}");
         let reader = send(&http, "GET", &url, &[("authorization", &read)], None).await;
         assert_ne!(reader.status(), 401, "{path}");
         assert_ne!(reader.status(), 403, "{path}");
     }
-    assert_eq!(side_effects(&serve, &http).await, before, "a refused request changed something");
+    assert_eq!(
+        side_effects(&serve, &http).await,
+        before,
+        "a refused request changed something"
+    );
 
     // Security headers on every answer: pages, JSON, refusals, assets, /healthz.
     for (path, auth) in [
@@ -355,17 +406,39 @@ async fn tokens_cookies_and_csrf_guard_every_route() {
     let forged = send(&http, "POST", &scan, &[("cookie", &cookie)], body.clone()).await;
     assert_eq!(forged.status(), 403);
     let wrong_csrf = [("cookie", cookie.as_str()), ("x-csrf-token", "00")];
-    assert_eq!(send(&http, "POST", &scan, &wrong_csrf, body.clone()).await.status(), 403);
+    assert_eq!(
+        send(&http, "POST", &scan, &wrong_csrf, body.clone())
+            .await
+            .status(),
+        403
+    );
     let evil = [
         ("cookie", cookie.as_str()),
         ("x-csrf-token", csrf.as_str()),
         ("origin", "https://evil.example"),
     ];
-    assert_eq!(send(&http, "POST", &scan, &evil, body.clone()).await.status(), 403);
+    assert_eq!(
+        send(&http, "POST", &scan, &evil, body.clone())
+            .await
+            .status(),
+        403
+    );
     let admin = format!("Bearer {ADMIN}");
-    let evil_bearer = [("authorization", admin.as_str()), ("sec-fetch-site", "cross-site")];
-    assert_eq!(send(&http, "POST", &scan, &evil_bearer, body.clone()).await.status(), 403);
-    assert_eq!(side_effects(&serve, &http).await, before, "a refused write changed something");
+    let evil_bearer = [
+        ("authorization", admin.as_str()),
+        ("sec-fetch-site", "cross-site"),
+    ];
+    assert_eq!(
+        send(&http, "POST", &scan, &evil_bearer, body.clone())
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        side_effects(&serve, &http).await,
+        before,
+        "a refused write changed something"
+    );
     let origin = serve.url("").trim_end_matches('/').to_owned();
     let good = [
         ("cookie", cookie.as_str()),
@@ -386,7 +459,14 @@ async fn tokens_cookies_and_csrf_guard_every_route() {
         .next()
         .unwrap()
         .to_owned();
-    let page = send(&http, "GET", &serve.url("/"), &[("cookie", &read_cookie)], None).await;
+    let page = send(
+        &http,
+        "GET",
+        &serve.url("/"),
+        &[("cookie", &read_cookie)],
+        None,
+    )
+    .await;
     let html = page.text().await.unwrap();
     assert!(html.contains("data-action=\"scan\" disabled"), "{html}");
     let read_csrf = html
@@ -395,12 +475,25 @@ async fn tokens_cookies_and_csrf_guard_every_route() {
         .and_then(|rest| rest.split('"').next())
         .unwrap()
         .to_owned();
-    let reader = [("cookie", read_cookie.as_str()), ("x-csrf-token", read_csrf.as_str())];
-    assert_eq!(send(&http, "POST", &scan, &reader, body.clone()).await.status(), 403);
+    let reader = [
+        ("cookie", read_cookie.as_str()),
+        ("x-csrf-token", read_csrf.as_str()),
+    ];
+    assert_eq!(
+        send(&http, "POST", &scan, &reader, body.clone())
+            .await
+            .status(),
+        403
+    );
 
     // Logging out forgets the cookie.
     let out = send(&http, "POST", &serve.url("/logout"), &good, None).await;
     assert_eq!(out.status(), 204);
-    assert!(out.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    assert!(
+        out.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
     assert_eq!(serve.stop(), 0);
 }

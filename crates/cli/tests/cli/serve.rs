@@ -752,7 +752,8 @@ async fn post_scan_gaps_heals_and_the_ledger_follows() {
     assert_eq!(open_3, 3, "{open}");
     let text = serve.metrics(&http).await;
     assert!(
-        text.lines().any(|l| l == "gapless_gaps_open{phase=\"3\"} 3"),
+        text.lines()
+            .any(|l| l == "gapless_gaps_open{phase=\"3\"} 3"),
         "{text}"
     );
     let answer = http
@@ -781,7 +782,10 @@ async fn post_scan_gaps_heals_and_the_ledger_follows() {
     // Prometheus scrapes the same truth as the ledger and the runs.
     let metrics = http
         .get(serve.url("/metrics"))
-        .header("accept", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )
         .send()
         .await
         .unwrap();
@@ -819,7 +823,10 @@ async fn post_scan_gaps_heals_and_the_ledger_follows() {
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
     // Without asking for OpenMetrics: the classic text format, which promtool checks.
     let classic = serve.metrics(&http).await;
-    assert!(classic.contains("# TYPE gapless_heals_total counter"), "{classic}");
+    assert!(
+        classic.contains("# TYPE gapless_heals_total counter"),
+        "{classic}"
+    );
     promtool_check(&classic);
     assert_eq!(serve.stop(), 0);
 }

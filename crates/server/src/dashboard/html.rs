@@ -88,7 +88,11 @@ fn head(out: &mut String, title: &str, csrf: Option<&str>) {
     out.push_str("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
     out.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">");
     if let Some(csrf) = csrf {
-        let _ = write!(out, "<meta name=\"gapless-csrf\" content=\"{}\">", escape(csrf));
+        let _ = write!(
+            out,
+            "<meta name=\"gapless-csrf\" content=\"{}\">",
+            escape(csrf)
+        );
     }
     let _ = write!(out, "<title>{}</title>", escape(title));
     out.push_str("<link rel=\"icon\" href=\"/assets/favicon.svg\" type=\"image/svg+xml\">");
@@ -103,11 +107,17 @@ pub fn login(error: Option<&str>) -> String {
     out.push_str("<body class=\"login\"><main><h1>gapless</h1>");
     out.push_str("<p>This dashboard needs the API token (<code>GAPLESS_API_TOKEN</code>) or the read-only token (<code>GAPLESS_API_READ_TOKEN</code>) that <code>gapless serve</code> was started with.</p>");
     if let Some(error) = error {
-        let _ = write!(out, "<p class=\"error\" role=\"alert\">{}</p>", escape(error));
+        let _ = write!(
+            out,
+            "<p class=\"error\" role=\"alert\">{}</p>",
+            escape(error)
+        );
     }
     out.push_str("<form method=\"post\" action=\"/login\"><label for=\"token\">Token</label> ");
     out.push_str("<input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"current-password\" required autofocus> ");
-    out.push_str("<button type=\"submit\">Open the dashboard</button></form></main></body></html>\n");
+    out.push_str(
+        "<button type=\"submit\">Open the dashboard</button></form></main></body></html>\n",
+    );
     out
 }
 
@@ -163,14 +173,20 @@ fn actions(out: &mut String, page: &Page<'_>) {
         );
     }
     if page.tokens {
-        out.push_str("<button type=\"button\" class=\"quiet\" data-action=\"logout\">Log out</button>");
+        out.push_str(
+            "<button type=\"button\" class=\"quiet\" data-action=\"logout\">Log out</button>",
+        );
     }
     out.push_str("<output id=\"action-status\" role=\"status\"></output></nav>");
 }
 
 /// A duration in words: "3 d 4 h", "5 h 2 min", "40 s".
 pub fn age(seconds: i64) -> String {
-    let (d, h, m) = (seconds / 86_400, seconds % 86_400 / 3600, seconds % 3600 / 60);
+    let (d, h, m) = (
+        seconds / 86_400,
+        seconds % 86_400 / 3600,
+        seconds % 3600 / 60,
+    );
     if d > 0 {
         format!("{d} d {h} h")
     } else if h > 0 {

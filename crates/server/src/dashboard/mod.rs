@@ -155,7 +155,10 @@ struct Gathered {
 }
 
 /// What the page shows from the state store.
-async fn gather(app: &App, today: chrono::NaiveDate) -> Result<Gathered, gapless_store::StoreError> {
+async fn gather(
+    app: &App,
+    today: chrono::NaiveDate,
+) -> Result<Gathered, gapless_store::StoreError> {
     let now = app.context().now.and_utc();
     let mut open_gaps = BTreeMap::new();
     let mut oldest: Option<i64> = None;
@@ -167,7 +170,9 @@ async fn gather(app: &App, today: chrono::NaiveDate) -> Result<Gathered, gapless
             .max((now - gap.detected_at).num_seconds().max(0));
         oldest = Some(oldest.map_or(age, |o| o.max(age)));
     }
-    let first = today - Days::new(TREND_DAYS - 1);
+    // The ledger's times are the state store's wall clock, not the pipeline's `today`.
+    let wall_today = chrono::Utc::now().date_naive().max(today);
+    let first = wall_today - Days::new(TREND_DAYS - 1);
     let since = first.and_time(NaiveTime::MIN).and_utc();
     let history = app.store.gap_history(since).await?;
     let trend = history.daily((0..TREND_DAYS).map(|i| first + Days::new(i)));
