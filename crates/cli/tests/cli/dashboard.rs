@@ -238,7 +238,6 @@ async fn side_effects(serve: &Serve, http: &reqwest::Client) -> Value {
     let auth = [("authorization", bearer.as_str())];
     let get = |path: &'static str| {
         let url = serve.url(path);
-        let auth = auth;
         async move {
             send(http, "GET", &url, &auth, None)
                 .await

@@ -126,7 +126,7 @@ pub fn page(page: &Page<'_>) -> String {
     let cells = page
         .heatmap
         .range
-        .map_or(0, |r| r.len() as usize * page.phases.len());
+        .map_or(0, |r| r.len() * page.phases.len());
     let mut out = String::with_capacity(16_384 + cells * 150);
     head(
         &mut out,
