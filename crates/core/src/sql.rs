@@ -669,7 +669,11 @@ mod tests {
              FROM `we\\`ird;:y` WHERE e = @date"
         );
         assert_eq!(statements[1].params, vec![Param::Date]);
-        for (sql, text) in [("SELECT ?", "?"), ("SELECT @day", "@day"), ("SELECT @start", "@start")] {
+        for (sql, text) in [
+            ("SELECT ?", "?"),
+            ("SELECT @day", "@day"),
+            ("SELECT @start", "@start"),
+        ] {
             assert_eq!(
                 prepare(sql, Dialect::BigQuery).unwrap_err(),
                 SqlError::ForeignParam {

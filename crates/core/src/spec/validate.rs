@@ -781,7 +781,10 @@ fn check(
     files: &dyn FileSource,
     source: Option<&str>,
 ) -> Result<Spec, Vec<Diagnostic>> {
-    let url = raw.warehouse.as_ref().map(|w| w.get_ref().url.get_ref().as_str());
+    let url = raw
+        .warehouse
+        .as_ref()
+        .map(|w| w.get_ref().url.get_ref().as_str());
     let dialect = match url {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             crate::sql::Dialect::Postgres
