@@ -40,7 +40,7 @@ pub use probe::{ProbeError, command_counts, file_counts};
 pub use runner::RunError;
 pub use tokio_util::sync::CancellationToken;
 pub use warehouse::{
-    BigQueryError, DatabaseError, Prepared, SchemaChanges, ScriptParams, Usage, Warehouse,
+    BigQueryError, DatabaseError, Prepared, Rows, SchemaChanges, ScriptParams, Usage, Warehouse,
     WarehouseError,
 };
 

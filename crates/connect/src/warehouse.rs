@@ -16,7 +16,7 @@ mod ddl;
 mod postgres;
 mod sqlite;
 
-pub use bigquery::{BigQueryError, Usage};
+pub use bigquery::{BigQueryError, Rows, Usage};
 pub use ddl::SchemaChanges;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -236,6 +236,12 @@ pub enum WarehouseError {
         /// The database error.
         #[source]
         source: DatabaseError,
+    },
+    /// Rows to insert that cannot be ([`Warehouse::execute_script_and_insert`]).
+    #[error("cannot insert the rows: {reason}")]
+    InvalidRows {
+        /// What is wrong.
+        reason: String,
     },
     /// `maximum_bytes_billed` was set for a warehouse that does not bill by bytes.
     #[error("`maximum_bytes_billed` applies only to BigQuery warehouses")]
@@ -855,6 +861,36 @@ impl Warehouse {
         .await
     }
 
+    /// BigQuery only: runs `sql` as [`Warehouse::execute_script_with_timeout`] does (in one
+    /// transaction), then, in the same transaction, inserts `rows` into `table` (`dataset.table`)
+    /// with one `INSERT … SELECT … FROM UNNEST(@rows)`, the rows bound as a single
+    /// `ARRAY<STRUCT<…>>` query parameter. Returns the rows affected by both. A loader uses it
+    /// to replace a date range (`DELETE … BETWEEN :start AND :end`, then the new rows)
+    /// atomically, without pasting a single value into SQL.
+    pub async fn execute_script_and_insert(
+        &self,
+        sql: &str,
+        params: &ScriptParams,
+        timeout: Duration,
+        table: &str,
+        rows: &Rows,
+    ) -> Result<u64, WarehouseError> {
+        let Pool::BigQuery(client) = &self.pool else {
+            return Err(WarehouseError::InvalidRows {
+                reason: "rows are bound as a query parameter only on BigQuery".to_owned(),
+            });
+        };
+        let gated = self.gated(sql, params, &[])?;
+        let insert = bigquery::RowsInsert::new(table, rows)?;
+        let deadline = self.deadline(timeout);
+        Box::pin(
+            client.transact(deadline, timeout, &gated, Some(&insert), |affected, _| {
+                Finish::Commit(affected)
+            }),
+        )
+        .await
+    }
+
     /// A script with the probes that validate it, bound to `params`.
     fn gated(
         &self,
@@ -891,7 +927,7 @@ impl Warehouse {
                 Box::pin(postgres::transact(pool, deadline, timeout, &gated, finish)).await
             }
             Pool::BigQuery(client) => {
-                Box::pin(client.transact(deadline, timeout, &gated, finish)).await
+                Box::pin(client.transact(deadline, timeout, &gated, None, finish)).await
             }
         }
     }

@@ -62,9 +62,12 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::NbaLoad(args) => {
             let start = crate::settings::date_arg("start-date", &args.start_date)?;
             let end = crate::settings::date_arg("end-date", &args.end_date)?;
-            let report = gapless_nba::load_boxscores(&args.dir, start, end)
-                .await
-                .context("loading box scores")?;
+            let report = match &args.warehouse_url {
+                None => gapless_nba::load_boxscores(&args.dir, start, end)
+                    .await
+                    .context("loading box scores")?,
+                Some(url) => demo::load_into(url, &args.dir, start, end).await?,
+            };
             out(format_args!(
                 "loaded {} rows of {} games over {} dates\n",
                 report.rows, report.games, report.dates

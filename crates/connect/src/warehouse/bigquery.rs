@@ -442,6 +442,7 @@ impl BigQuery {
         deadline: Instant,
         timeout: Duration,
         gated: &GatedScript,
+        rows: Option<&RowsInsert>,
         finish: impl FnOnce(u64, Vec<BTreeMap<NaiveDate, i64>>) -> Finish<R>,
     ) -> Result<R, WarehouseError> {
         self.check_open()?;
@@ -485,6 +486,15 @@ impl BigQuery {
                         .query(statement, mode, false, timeout)
                         .await
                         .map_err(|error| script.statement_error(index, error.into()))?;
+                    affected += done.affected;
+                }
+                if let Some(rows) = rows {
+                    let done = self
+                        .query_with(&rows.statement, Some(&rows.parameter), mode, false, timeout)
+                        .await
+                        .map_err(|error| {
+                            WarehouseError::query(&rows.statement.text, error.into())
+                        })?;
                     affected += done.affected;
                 }
                 let mut observed = Vec::with_capacity(gated.probes.len());
@@ -566,9 +576,25 @@ impl BigQuery {
         dry_run: bool,
         timeout: Duration,
     ) -> Result<Outcome, BigQueryError> {
+        self.query_with(statement, None, session, dry_run, timeout)
+            .await
+    }
+
+    /// [`BigQuery::query`] with one more named query parameter, `extra` (its JSON).
+    async fn query_with(
+        self: &Arc<Self>,
+        statement: &BoundStatement,
+        extra: Option<&Value>,
+        session: Session<'_>,
+        dry_run: bool,
+        timeout: Duration,
+    ) -> Result<Outcome, BigQueryError> {
         let mut attempt = 1;
         loop {
-            match self.query_once(statement, session, dry_run, timeout).await {
+            match self
+                .query_once(statement, extra, session, dry_run, timeout)
+                .await
+            {
                 Ok(outcome) => return Ok(outcome),
                 // Calls refused are retried in `call`; here, jobs that ran and failed.
                 Err(Failure::Job(error)) if error.is_retried_here() && attempt < MAX_ATTEMPTS => {
@@ -585,6 +611,7 @@ impl BigQuery {
     async fn query_once(
         self: &Arc<Self>,
         statement: &BoundStatement,
+        extra: Option<&Value>,
         session: Session<'_>,
         dry_run: bool,
         timeout: Duration,
@@ -599,13 +626,14 @@ impl BigQuery {
             "requestId": request_id(),
             "formatOptions": { "useInt64Timestamp": true },
         });
-        if !statement.names.is_empty() {
+        if !statement.names.is_empty() || extra.is_some() {
             body["parameterMode"] = json!("NAMED");
             body["queryParameters"] = statement
                 .names
                 .iter()
                 .zip(&statement.values)
                 .map(|(param, value)| parameter(*param, *value))
+                .chain(extra.cloned())
                 .collect();
         }
         if dry_run {
@@ -804,6 +832,112 @@ impl BigQuery {
             tracing::debug!(%error, job, "bigquery: cancelling a job failed");
         }
     }
+}
+
+/// An `INSERT … SELECT … FROM UNNEST(@rows)` and its `@rows` parameter.
+pub(super) struct RowsInsert {
+    statement: BoundStatement,
+    parameter: Value,
+}
+
+impl RowsInsert {
+    /// The insert of `rows` into `table`, refused when a name is not a plain identifier.
+    pub(super) fn new(table: &str, rows: &Rows) -> Result<Self, WarehouseError> {
+        let invalid = |what: &str, name: &str| WarehouseError::InvalidRows {
+            reason: format!("{what} `{name}` is not a plain name"),
+        };
+        let is_name = |name: &str, extra: &str| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || extra.contains(c))
+        };
+        if !is_name(table, ".-") {
+            return Err(invalid("table", table));
+        }
+        let mut types = Vec::with_capacity(rows.fields.len());
+        for (name, kind) in &rows.fields {
+            if !is_name(name, "") {
+                return Err(invalid("field", name));
+            }
+            if ![
+                "STRING",
+                "INT64",
+                "FLOAT64",
+                "NUMERIC",
+                "BOOL",
+                "DATE",
+                "TIMESTAMP",
+            ]
+            .contains(&kind.as_str())
+            {
+                return Err(WarehouseError::InvalidRows {
+                    reason: format!("field `{name}` has type `{kind}`, not a BigQuery scalar type"),
+                });
+            }
+            types.push(json!({ "name": name, "type": { "type": kind } }));
+        }
+        let mut values = Vec::with_capacity(rows.values.len());
+        for row in &rows.values {
+            if row.len() != rows.fields.len() {
+                return Err(WarehouseError::InvalidRows {
+                    reason: format!(
+                        "a row has {} values for {} fields",
+                        row.len(),
+                        rows.fields.len()
+                    ),
+                });
+            }
+            let fields: serde_json::Map<String, Value> = rows
+                .fields
+                .iter()
+                .zip(row)
+                .map(|((name, _), value)| (name.clone(), json!({ "value": value })))
+                .collect();
+            values.push(json!({ "structValues": fields }));
+        }
+        let columns = rows
+            .fields
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let selected = rows
+            .fields
+            .iter()
+            .map(|(name, _)| format!("row.{name}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok(Self {
+            statement: BoundStatement {
+                text: format!(
+                    "INSERT INTO {table} ({columns}) SELECT {selected} FROM UNNEST(@rows) AS row"
+                ),
+                values: Vec::new(),
+                names: Vec::new(),
+            },
+            parameter: json!({
+                "name": "rows",
+                "parameterType": {
+                    "type": "ARRAY",
+                    "arrayType": { "type": "STRUCT", "structTypes": types },
+                },
+                "parameterValue": { "arrayValues": values },
+            }),
+        })
+    }
+}
+
+/// Rows for [`super::Warehouse::execute_script_and_insert`]: field names with their BigQuery
+/// types (`STRING`, `INT64`, `FLOAT64`, `NUMERIC`, `BOOL`, `DATE`, `TIMESTAMP`), and each row's
+/// values as text in field order (`None`: NULL). They reach BigQuery as one
+/// `ARRAY<STRUCT<…>>` query parameter, never as SQL text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rows {
+    /// `(name, type)` of each field.
+    pub fields: Vec<(String, String)>,
+    /// The rows.
+    pub values: Vec<Vec<Option<String>>>,
 }
 
 /// How a query failed: a call BigQuery refused (already retried in [`BigQuery::call`]) or a
@@ -1024,13 +1158,21 @@ fn timestamp_date(text: &str) -> Option<NaiveDate> {
     chrono::DateTime::from_timestamp_micros(micros).map(|at| at.date_naive())
 }
 
-/// Whether a statement is DDL, which BigQuery does not allow in a transaction.
+/// Whether a statement is DDL, which BigQuery does not allow in a transaction (temporary
+/// tables excepted).
 fn is_ddl(statement: &str) -> bool {
     let keyword = first_keyword(statement).to_ascii_lowercase();
-    matches!(
-        keyword.as_str(),
-        "create" | "drop" | "alter" | "truncate" | "grant" | "revoke" | "undrop"
-    )
+    let after = statement
+        .split_whitespace()
+        .skip_while(|word| !word.eq_ignore_ascii_case(&keyword))
+        .nth(1)
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match keyword.as_str() {
+        "create" => !matches!(after.as_str(), "temp" | "temporary"),
+        "drop" | "alter" | "truncate" | "grant" | "revoke" | "undrop" => true,
+        _ => false,
+    }
 }
 
 /// The first word of a statement after whitespace and comments (`--`, `#`, `/* */`).
@@ -1154,6 +1296,8 @@ mod tests {
         assert!(is_ddl("CREATE TABLE d.t (x INT64)"));
         assert!(is_ddl("-- note\n# more\n/* a */ drop table d.t"));
         assert!(!is_ddl("INSERT INTO d.t VALUES (1)"));
+        assert!(!is_ddl("CREATE TEMP TABLE x AS SELECT 1"));
+        assert!(is_ddl("CREATE OR REPLACE TABLE d.t AS SELECT 1"));
         assert!(!is_ddl(
             "MERGE d.t USING s ON false WHEN NOT MATCHED THEN INSERT ROW"
         ));

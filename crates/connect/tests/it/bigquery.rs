@@ -7,7 +7,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gapless_connect::{DatabaseError, Dialect, Prepared, ScriptParams, Warehouse, WarehouseError};
+use gapless_connect::{
+    DatabaseError, Dialect, Prepared, Rows, ScriptParams, Warehouse, WarehouseError,
+};
 use gapless_testkit::bigquery::{ApiGate, BqEmulator, PROJECT, TokenEndpoint};
 use gapless_testkit::rsa::RsaKey;
 
@@ -324,6 +326,7 @@ async fn bigquery_requests_bind_dates_and_carry_the_byte_limit() -> anyhow::Resu
     let dir = tempfile::tempdir()?;
     let sqlite = Warehouse::connect("sqlite::memory:", &[], dir.path(), TIMEOUT).await?;
     let error = sqlite
+        .clone()
         .with_maximum_bytes_billed(Some(10))
         .map(drop)
         .unwrap_err();
@@ -403,6 +406,72 @@ async fn bigquery_requests_bind_dates_and_carry_the_byte_limit() -> anyhow::Resu
         bodies
             .iter()
             .any(|body| body["query"] == "COMMIT TRANSACTION")
+    );
+
+    // Rows bound as one ARRAY<STRUCT> parameter, after the script, in its transaction.
+    let rows = Rows {
+        fields: vec![
+            ("d".into(), "DATE".into()),
+            ("note".into(), "STRING".into()),
+        ],
+        values: vec![
+            vec![
+                Some("2024-01-04".into()),
+                Some("it's; DROP TABLE raw.t".into()),
+            ],
+            vec![Some("2024-01-04".into()), None],
+        ],
+    };
+    let affected = warehouse
+        .execute_script_and_insert(
+            "DELETE FROM raw.t WHERE d = :date",
+            &ScriptParams {
+                start: jan(1),
+                end: jan(5),
+                date: Some(jan(2)),
+            },
+            TIMEOUT,
+            "raw.t",
+            &rows,
+        )
+        .await?;
+    assert_eq!(affected, 1 + 2);
+    assert_eq!(
+        warehouse
+            .counts("SELECT d, COUNT(*) FROM raw.t GROUP BY d", jan(1), jan(5))
+            .await?,
+        [(jan(3), 1), (jan(4), 2)].into()
+    );
+    assert_eq!(
+        warehouse
+            .scalar("SELECT COUNT(*) FROM raw.t WHERE note = 'it\\'s; DROP TABLE raw.t'")
+            .await?,
+        1
+    );
+    let bodies = gate.queries();
+    assert!(
+        bodies.iter().any(|body| body["query"]
+            .as_str()
+            .is_some_and(|q| q.contains("UNNEST(@rows)"))
+            && body["queryParameters"][0]["parameterType"]["type"] == "ARRAY"),
+        "{bodies:?}"
+    );
+    // A bad name is refused before anything runs, and so are rows on another warehouse.
+    let error = warehouse
+        .execute_script_and_insert("", &params(), TIMEOUT, "raw.t; DROP", &rows)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, WarehouseError::InvalidRows { .. }),
+        "{error:?}"
+    );
+    let error = sqlite
+        .execute_script_and_insert("", &params(), TIMEOUT, "t", &rows)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, WarehouseError::InvalidRows { .. }),
+        "{error:?}"
     );
     Ok(())
 }
