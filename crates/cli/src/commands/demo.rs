@@ -36,13 +36,6 @@ fn heading(text: &str) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit> {
-    let dir = prepare_dir(args.dir.as_deref())?;
-    out(format_args!(
-        "building the NBA example in {}\n",
-        dir.display()
-    ))?;
-    let started = std::time::Instant::now();
-    let league = gapless_nba::league(SEED);
     let bigquery = args.warehouse == DemoWarehouse::Bigquery;
     if bigquery
         && std::env::var("BIGQUERY_EMULATOR_HOST")
@@ -55,6 +48,13 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
         )
         .into());
     }
+    let dir = prepare_dir(args.dir.as_deref())?;
+    out(format_args!(
+        "building the NBA example in {}\n",
+        dir.display()
+    ))?;
+    let started = std::time::Instant::now();
+    let league = gapless_nba::league(SEED);
     let files =
         gapless_nba::write_raw_files(&dir, &league, None).context("writing phase-1 files")?;
     let program = std::env::current_exe().context("locating the gapless binary")?;
