@@ -551,7 +551,10 @@ impl Warehouse {
 
     /// Connects to `url`: `sqlite://relative/path.db` (relative to `base_dir`, the pipeline
     /// file's directory; created if missing, see [`Warehouse::open`] for a warehouse that must
-    /// exist), `sqlite:///absolute/path.db`, `sqlite::memory:`, or `postgres://…`.
+    /// exist), `sqlite:///absolute/path.db`, `sqlite::memory:`, `postgres://…`, or
+    /// `bigquery://PROJECT?location=…&dataset=…&endpoint=…&credentials=…` (credentials found as
+    /// Google's tools find them, and one token fetched now, unless `BIGQUERY_EMULATOR_HOST` or
+    /// `endpoint` names an emulator; see the pipeline-file reference).
     ///
     /// On SQLite every pooled connection (up to 4; one for `:memory:`, where each connection
     /// would be a database of its own) attaches each `(name, path)` of `attach` (paths relative
@@ -812,6 +815,10 @@ impl Warehouse {
     /// script back. On SQLite the transaction is `BEGIN IMMEDIATE` and the timeout interrupts
     /// the running statement; on PostgreSQL the transaction's `statement_timeout` is set to
     /// `timeout` too, so that a long runner is not cut by the probe timeout of the pool.
+    ///
+    /// On BigQuery the statements run one job each in a session's transaction, rolled back the
+    /// same way; a script holding DDL cannot be in a transaction there and commits statement by
+    /// statement (see the `bigquery` module).
     ///
     /// The script must not manage transactions itself (`BEGIN`/`COMMIT`).
     pub async fn execute_script_with_timeout(

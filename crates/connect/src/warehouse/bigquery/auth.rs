@@ -162,7 +162,7 @@ impl Auth {
         };
         Ok(Self::new(
             Source::Metadata { base },
-            "the metadata server".to_owned(),
+            "the metadata server (no GOOGLE_APPLICATION_CREDENTIALS nor gcloud application-default credentials were found; off Google Cloud, run `gcloud auth application-default login`, or set BIGQUERY_EMULATOR_HOST for an emulator)".to_owned(),
         ))
     }
 
