@@ -115,6 +115,12 @@ impl BqEmulator {
         )
     }
 
+    /// [`BqEmulator::url`] with results in pages of two rows, so that every query with more
+    /// rows walks `getQueryResults` pages.
+    pub fn paged_url(&self) -> String {
+        format!("{}&page_rows=2", self.url())
+    }
+
     /// Creates dataset `name`.
     pub fn create_dataset(&self, name: &str) {
         let body = json!({"datasetReference": {"projectId": PROJECT, "datasetId": name}});
@@ -150,6 +156,26 @@ impl BqEmulator {
     /// The emulator's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many `jobs.getQueryResults` calls (`GET …/queries/JOB`: pages after the first, or
+    /// polls of a job still running) the emulator has served.
+    pub fn result_pages(&self) -> usize {
+        self.requests("GET", "/queries/")
+    }
+
+    fn requests(&self, method: &str, path_part: &str) -> usize {
+        self.log_text()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|event| {
+                event["event"] == "http.request"
+                    && event["method"] == method
+                    && event["path"]
+                        .as_str()
+                        .is_some_and(|path| path.contains(path_part))
+            })
+            .count()
     }
 
     /// How many `jobs.query` calls (`POST …/queries`, dry runs included) the emulator has

@@ -130,6 +130,8 @@ pub(super) struct Config {
     /// The API root, `…/bigquery/v2`.
     api: String,
     credentials: Credentials,
+    /// Rows per page of results (`maxResults`); BigQuery's own limit (10 MB) when `None`.
+    page_rows: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +170,7 @@ pub(super) fn parse_url(
     let mut dataset = None;
     let mut endpoint = None;
     let mut credentials = None;
+    let mut page_rows = None;
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         let value = value.into_owned();
         if value.is_empty() {
@@ -191,6 +194,17 @@ pub(super) fn parse_url(
                 }
                 endpoint = Some(value);
             }
+            "page_rows" => {
+                page_rows = Some(
+                    value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|rows| *rows > 0)
+                        .ok_or_else(|| {
+                            invalid(format!("page_rows `{value}` is not a positive number"))
+                        })?,
+                );
+            }
             "credentials" => {
                 let path = Path::new(&value);
                 credentials = Some(if path.is_absolute() {
@@ -201,7 +215,7 @@ pub(super) fn parse_url(
             }
             other => {
                 return Err(invalid(format!(
-                    "unknown key `{other}` (expected location, dataset, endpoint or credentials)"
+                    "unknown key `{other}` (expected location, dataset, endpoint, credentials or page_rows)"
                 )));
             }
         }
@@ -237,6 +251,7 @@ pub(super) fn parse_url(
         dataset,
         api,
         credentials,
+        page_rows,
     })
 }
 
@@ -626,6 +641,9 @@ impl BigQuery {
             "requestId": request_id(),
             "formatOptions": { "useInt64Timestamp": true },
         });
+        if let Some(rows) = self.config.page_rows {
+            body["maxResults"] = json!(rows);
+        }
         if !statement.names.is_empty() || extra.is_some() {
             body["parameterMode"] = json!("NAMED");
             body["queryParameters"] = statement
@@ -752,6 +770,9 @@ impl BigQuery {
             }
             if let Some(page) = page {
                 query.append_pair("pageToken", page);
+            }
+            if let Some(rows) = self.config.page_rows {
+                query.append_pair("maxResults", &rows.to_string());
             }
             query.finish()
         };
@@ -1254,6 +1275,7 @@ mod tests {
                 "bigquery://p?endpoint=ftp://x",
                 "not an http:// or https:// URL",
             ),
+            ("bigquery://p?page_rows=0", "not a positive number"),
         ] {
             let error = parse_url(url, base, &vars(&[])).unwrap_err();
             assert!(error.to_string().contains(wanted), "{url}: {error}");

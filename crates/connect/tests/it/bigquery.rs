@@ -38,9 +38,11 @@ async fn bigquery_conformance() -> anyhow::Result<()> {
         return Ok(());
     };
     emulator.create_dataset("raw");
-    let warehouse = Warehouse::connect(&emulator.url(), &[], Path::new("."), TIMEOUT).await?;
+    // Two rows a page: the scenario's probes read their results over several pages.
+    let warehouse = Warehouse::connect(&emulator.paged_url(), &[], Path::new("."), TIMEOUT).await?;
     assert_eq!(warehouse.dialect(), Dialect::BigQuery);
     scenario(&warehouse, "raw").await?;
+    assert!(emulator.result_pages() >= 10, "{}", emulator.result_pages());
     let usage = warehouse.usage().expect("BigQuery counts its queries");
     assert!(usage.queries >= 30, "{usage:?}");
 

@@ -413,6 +413,69 @@ mod tests {
         );
     }
 
+    /// A metadata server answering one request with `status` and `body`; the request's head
+    /// comes back through the handle.
+    fn metadata_server(
+        status: u16,
+        body: &'static str,
+    ) -> (String, std::thread::JoinHandle<String>) {
+        use std::io::{BufRead as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let mut stream = stream;
+            write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            head
+        });
+        (base, handle)
+    }
+
+    #[tokio::test]
+    async fn the_metadata_server_gives_a_token_for_bigquery() {
+        let client = crate::http_client().unwrap();
+        let (base, request) =
+            metadata_server(200, r#"{"access_token": "ya29.meta", "expires_in": 3599}"#);
+        let auth = Auth::discover(None, &vars(&[("GCE_METADATA_HOST", &base)]), None).unwrap();
+        let token = auth.token(&client, false).await.unwrap();
+        assert_eq!(token.bearer(), "Bearer ya29.meta");
+        let head = request.join().unwrap().to_ascii_lowercase();
+        assert!(
+            head.starts_with("get /computemetadata/v1/instance/service-accounts/default/token?scopes=https%3a%2f%2fwww.googleapis.com%2fauth%2fbigquery "),
+            "{head}"
+        );
+        assert!(head.contains("metadata-flavor: google"), "{head}");
+        // Cached: no second request (the server would not answer one).
+        assert_eq!(auth.token(&client, false).await.unwrap(), token);
+
+        // A refusal names the source and the reason, never a token.
+        let (base, request) = metadata_server(
+            403,
+            r#"{"error": "access_denied", "error_description": "no scope", "access_token": "leak"}"#,
+        );
+        let auth = Auth::discover(None, &vars(&[("GCE_METADATA_HOST", &base)]), None).unwrap();
+        let error = auth.token(&client, false).await.unwrap_err();
+        request.join().unwrap();
+        assert!(error.0.contains("the metadata server"), "{error}");
+        assert!(error.0.contains("access_denied: no scope"), "{error}");
+        assert!(!error.0.contains("leak"), "{error}");
+    }
+
     #[test]
     fn bad_files_are_named_and_secrets_stay_out() {
         let dir = tempfile::tempdir().unwrap();
