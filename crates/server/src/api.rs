@@ -8,8 +8,8 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use gapless_core::dates::{DateRange, parse_duration};
@@ -19,8 +19,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::{App, error_chain};
+use crate::auth;
+pub use crate::auth::Auth;
 use crate::event::{self, FieldError};
-use crate::pubsub::{self, OidcVerifier};
+use crate::pubsub;
 
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -29,21 +31,10 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 /// off (408) instead of holding a connection forever.
 pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Who may call the API.
-#[derive(Clone, Default)]
-pub struct Auth {
-    /// `GAPLESS_API_TOKEN`: every route. `None` (loopback only) leaves the API open.
-    pub admin: Option<String>,
-    /// `GAPLESS_API_READ_TOKEN`: the GET routes.
-    pub read: Option<String>,
-    /// Google's OIDC tokens on `POST /events/pubsub`, when configured.
-    pub pubsub: Option<OidcVerifier>,
-}
-
 #[derive(Clone)]
-struct Shared {
-    app: Arc<App>,
-    auth: Arc<Auth>,
+pub(crate) struct Shared {
+    pub(crate) app: Arc<App>,
+    pub(crate) auth: Arc<Auth>,
 }
 
 /// The router of every route of this API.
@@ -62,12 +53,21 @@ pub fn router(app: Arc<App>, auth: Auth) -> Router {
         .route("/runs", get(get_runs))
         .route("/gaps", get(get_gaps))
         .route("/metrics", get(get_metrics))
+        .route("/", get(crate::dashboard::page))
+        .route("/ui/runs", get(crate::dashboard::runs_fragment))
+        .route("/login", post(crate::dashboard::login))
+        .route("/logout", post(crate::dashboard::logout))
+        .route("/assets/{name}", get(crate::dashboard::asset))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(shared.clone(), authorize))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&shared.auth),
+            auth::authorize,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             BODY_TIMEOUT,
         ))
+        .layer(middleware::from_fn(auth::security_headers))
         .with_state(shared)
 }
 
@@ -156,66 +156,6 @@ fn body_error(rejection: BytesRejection) -> ApiError {
         source = error.source();
     }
     ApiError::new(status, rejection.body_text())
-}
-
-async fn authorize(
-    State(shared): State<Shared>,
-    request: axum::extract::Request,
-    next: Next,
-) -> Response {
-    let path = request.uri().path();
-    if path == "/healthz" {
-        return next.run(request).await;
-    }
-    let auth = &shared.auth;
-    let Some(admin) = &auth.admin else {
-        return next.run(request).await;
-    };
-    let presented = bearer(request.headers());
-    let is_admin = presented.is_some_and(|token| constant_time_eq(token, admin));
-    let is_reader = request.method() == Method::GET
-        && presented.is_some_and(|token| {
-            auth.read
-                .as_deref()
-                .is_some_and(|read| constant_time_eq(token, read))
-        });
-    // Pub/Sub's push may bring Google's OIDC token instead: its handler checks it.
-    let pubsub_oidc = path == "/events/pubsub" && auth.pubsub.is_some();
-    if is_admin || is_reader || pubsub_oidc {
-        return next.run(request).await;
-    }
-    let (status, message) = if presented.is_some() {
-        (StatusCode::FORBIDDEN, "this token may not use this route")
-    } else {
-        (
-            StatusCode::UNAUTHORIZED,
-            "missing `Authorization: Bearer <token>`",
-        )
-    };
-    let mut response = ApiError::new(status, message).into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-    }
-    response
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
-
-/// Compares without stopping at the first difference, so the time taken does not tell how much
-/// of a guessed token was right.
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn healthz() -> ApiResult {
@@ -321,8 +261,8 @@ async fn post_pubsub(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let auth = &shared.auth;
-    let by_token = match (&auth.admin, bearer(&headers)) {
-        (Some(admin), Some(token)) => constant_time_eq(token, admin),
+    let by_token = match (&auth.admin, auth::bearer(&headers)) {
+        (Some(admin), Some(token)) => auth::constant_time_eq(&token, admin),
         (None, _) => auth.pubsub.is_none(),
         _ => false,
     };
@@ -612,9 +552,24 @@ async fn get_gaps(
 }
 
 /// `GET /metrics`: Prometheus text (OpenMetrics).
-async fn get_metrics(State(shared): State<Shared>) -> ApiResult {
-    let text = crate::metrics::render(&shared.app)
+/// `GET /metrics`: OpenMetrics text when the scraper asks for it (Prometheus does), else
+/// Prometheus's classic text format.
+async fn get_metrics(State(shared): State<Shared>, headers: HeaderMap) -> ApiResult {
+    use crate::metrics;
+    let text = metrics::render(&shared.app)
         .await
         .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{error:#}")))?;
-    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    if metrics::wants_openmetrics(accept) {
+        Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
+    } else {
+        let text = metrics::classic(&text);
+        Ok((
+            [(header::CONTENT_TYPE, metrics::CONTENT_TYPE_CLASSIC)],
+            text,
+        )
+            .into_response())
+    }
 }

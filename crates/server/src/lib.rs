@@ -16,6 +16,8 @@ pub mod alert_outbox;
 pub mod alerts;
 pub mod api;
 pub mod app;
+pub mod auth;
+pub mod dashboard;
 pub mod event;
 mod heal;
 pub mod metrics;
@@ -27,6 +29,9 @@ pub mod trigger;
 
 pub use crate::api::Auth;
 pub use crate::app::{App, AppOptions, Clock};
+
+/// How long requests in flight may take to finish once `serve` is asked to stop.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why `serve` cannot listen where asked.
 #[derive(Debug, thiserror::Error)]
@@ -96,9 +101,20 @@ pub async fn serve(
         background.spawn(alert_outbox::run(Arc::clone(&app), transports.alerts));
     }
     let router = api::router(Arc::clone(&app), auth);
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+    let served =
+        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    // Requests in flight get a moment to finish; a client that holds its connection open (a
+    // dashboard tab) does not hold up the stop.
+    let served = tokio::select! {
+        served = served => served,
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("connections still open {} s after the stop: closing them", SHUTDOWN_GRACE.as_secs());
+            Ok(())
+        }
+    };
     app.stop_runs().await;
     while background.join_next().await.is_some() {}
     served?;

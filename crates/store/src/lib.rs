@@ -33,8 +33,8 @@ mod store;
 pub use crate::error::{BackendError, StoreError};
 pub use crate::model::{
     AlertRecord, CellHolder, CellRecord, CellState, Claim, DetectedGap, EventRecord, GapFilter,
-    GapRecord, GapStatus, IncomingEvent, Ingested, InvalidRunId, NewEvent, NewRun, NewTask,
-    NewTaskState, Ownership, PhaseProgress, QuarantineRecord, RunId, RunKind, RunOwner,
+    GapHistory, GapRecord, GapStatus, IncomingEvent, Ingested, InvalidRunId, NewEvent, NewRun,
+    NewTask, NewTaskState, Ownership, PhaseProgress, QuarantineRecord, RunId, RunKind, RunOwner,
     RunOwnerRecord, RunRecord, RunState, RunnerRecord, ScanRecorded, TaskRecord, TaskState,
     UnknownState,
 };

@@ -570,6 +570,45 @@ pub struct GapRecord {
     pub last_error: Option<String>,
 }
 
+/// The ledger over time ([`crate::Store::gap_history`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GapHistory {
+    /// Gaps open at the start of the window.
+    pub open_at_start: i64,
+    /// Per UTC day with any change: (day, gaps found, gaps closed), in day order.
+    pub days: Vec<(NaiveDate, i64, i64)>,
+}
+
+impl GapHistory {
+    /// Gaps open at the end of each day of `days` (oldest first), and the gaps found and
+    /// closed that day: (day, open, found, closed).
+    pub fn daily(
+        &self,
+        days: impl IntoIterator<Item = NaiveDate>,
+    ) -> Vec<(NaiveDate, i64, i64, i64)> {
+        let mut open = self.open_at_start;
+        let mut changes = self.days.iter().peekable();
+        days.into_iter()
+            .map(|day| {
+                let (mut found, mut closed) = (0, 0);
+                while let Some(&&(changed, f, c)) = changes.peek() {
+                    if changed > day {
+                        break;
+                    }
+                    // Changes before the first day listed still count towards what is open.
+                    open += f - c;
+                    if changed == day {
+                        found += f;
+                        closed += c;
+                    }
+                    changes.next();
+                }
+                (day, open, found, closed)
+            })
+            .collect()
+    }
+}
+
 /// Which rows of the ledger to list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GapFilter {

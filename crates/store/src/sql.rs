@@ -517,6 +517,17 @@ statements! {
          WHERE $1 = 'all' OR ($1 = 'open' AND healing_status <> 'complete') \
              OR healing_status = $1 \
          ORDER BY phase_to, partition_date, id";
+
+    /// The ledger's history from `$1` (ms): the gaps open at `$1` (`kind` = `open`), then per
+    /// UTC day (`day` = days since 1970-01-01) the gaps found (`found`) and closed (`closed`).
+    GAP_HISTORY = "SELECT 'open' AS kind, CAST(0 AS BIGINT) AS day, COUNT(*) AS n FROM gaps \
+         WHERE detected_at < $1 AND (healed_at IS NULL OR healed_at >= $1) \
+         UNION ALL \
+         SELECT 'found', detected_at / 86400000, COUNT(*) FROM gaps WHERE detected_at >= $1 \
+         GROUP BY detected_at / 86400000 \
+         UNION ALL \
+         SELECT 'closed', healed_at / 86400000, COUNT(*) FROM gaps WHERE healed_at >= $1 \
+         GROUP BY healed_at / 86400000";
 }
 
 // --- maintenance ----------------------------------------------------------------------------

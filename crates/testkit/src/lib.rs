@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 pub mod bigquery;
+pub mod browser;
 pub mod buckets;
 pub mod rsa;
 

@@ -13,6 +13,7 @@ mod blast;
 mod buckets;
 mod checks;
 mod crash;
+mod dashboard;
 mod demo;
 mod due;
 mod front;

@@ -110,7 +110,7 @@ impl Serve {
         Self { child, base }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
@@ -126,6 +126,19 @@ impl Serve {
             request = request.bearer_auth(token);
         }
         request.send().await.unwrap().json().await.unwrap()
+    }
+
+    /// `GET /metrics` as curl asks for it (no `Accept`): Prometheus's classic text format.
+    pub(crate) async fn metrics(&self, http: &reqwest::Client) -> String {
+        let response = http.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain; version=0.0.4"),
+        );
+        response.text().await.unwrap()
     }
 
     /// SIGKILL, as the OOM killer or a crash would end it.
@@ -157,12 +170,12 @@ fn terminate(child: &Child) {
         .status();
 }
 
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     gapless_connect::http_client().unwrap()
 }
 
 /// Backfills every phase from `start` to March 30.
-fn backfill_all(project: &Project, start: &str) {
+pub(crate) fn backfill_all(project: &Project, start: &str) {
     let output = project.run(&[
         "backfill",
         "--start-date",
@@ -175,7 +188,7 @@ fn backfill_all(project: &Project, start: &str) {
 }
 
 /// Waits until the trigger has read every event stored so far.
-async fn trigger_caught_up(state: &sqlx::SqlitePool) {
+pub(crate) async fn trigger_caught_up(state: &sqlx::SqlitePool) {
     eventually("the trigger to catch up", || async {
         scalar(
             state,
@@ -721,6 +734,28 @@ async fn post_scan_gaps_heals_and_the_ledger_follows() {
     )
     .await;
     let http = client();
+    // A scan alone: the ledger and the metrics both show the three gaps.
+    let answer = http
+        .post(serve.url("/scan-gaps"))
+        .json(&json!({"lookback": "31d"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let open = serve.get_json(&http, "/gaps", None).await;
+    let open_3 = open["gaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|gap| gap["phase_to"] == 3)
+        .count();
+    assert_eq!(open_3, 3, "{open}");
+    let text = serve.metrics(&http).await;
+    assert!(
+        text.lines()
+            .any(|l| l == "gapless_gaps_open{phase=\"3\"} 3"),
+        "{text}"
+    );
     let answer = http
         .post(serve.url("/scan-gaps"))
         .json(&json!({"lookback": "31d", "heal": true}))
@@ -745,7 +780,15 @@ async fn post_scan_gaps_heals_and_the_ledger_follows() {
     assert_eq!(open["gaps"], json!([]));
 
     // Prometheus scrapes the same truth as the ledger and the runs.
-    let metrics = http.get(serve.url("/metrics")).send().await.unwrap();
+    let metrics = http
+        .get(serve.url("/metrics"))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(metrics.status(), 200);
     assert!(
         metrics.headers()["content-type"]
@@ -764,7 +807,7 @@ async fn post_scan_gaps_heals_and_the_ledger_follows() {
         "gapless_gaps_open{phase=\"3\"} 0".to_owned(),
         "gapless_gaps_open{phase=\"1\"} 0".to_owned(),
         "gapless_gap_oldest_age_seconds 0".to_owned(),
-        "gapless_scan_duration_seconds_count 1".to_owned(),
+        "gapless_scan_duration_seconds_count 2".to_owned(),
         format!("gapless_tasks_total{{phase=\"3\",status=\"complete\"}} {complete_3}"),
     ] {
         assert!(
@@ -778,7 +821,44 @@ async fn post_scan_gaps_heals_and_the_ledger_follows() {
         "{text}"
     );
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    // Without asking for OpenMetrics: the classic text format, which promtool checks.
+    let classic = serve.metrics(&http).await;
+    assert!(
+        classic.contains("# TYPE gapless_heals_total counter"),
+        "{classic}"
+    );
+    promtool_check(&classic);
     assert_eq!(serve.stop(), 0);
+}
+
+/// `promtool check metrics` (Debian's `prometheus` package) passes `text`: it parses, and
+/// breaks none of Prometheus's naming rules.
+pub(crate) fn promtool_check(text: &str) {
+    use std::io::Write as _;
+    let promtool = std::env::var("GAPLESS_PROMTOOL").unwrap_or_else(|_| "promtool".to_owned());
+    let spawned = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let Ok(mut child) = spawned else {
+        gapless_testkit::skip("promtool (Debian's prometheus package)");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// SIGTERM while a runner is running: the run is recorded interrupted, and the next `serve`

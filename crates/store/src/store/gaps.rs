@@ -2,12 +2,12 @@
 
 use std::collections::HashSet;
 
-use chrono::{NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::params;
 
 use crate::codec::{RowExt, date, date_text, gap_from_row};
 use crate::error::StoreError;
-use crate::model::{DetectedGap, GapFilter, GapRecord, RunId, ScanRecorded};
+use crate::model::{DetectedGap, GapFilter, GapHistory, GapRecord, RunId, ScanRecorded};
 use crate::sql;
 use crate::sqlite::{self, Commit};
 use crate::store::Store;
@@ -96,6 +96,29 @@ impl Store {
     pub async fn gaps(&self, filter: GapFilter) -> Result<Vec<GapRecord>, StoreError> {
         self.rows_by(sql::SELECT_GAPS, filter.as_str(), |row| gap_from_row(row))
             .await
+    }
+
+    /// The ledger since `since`: what was open then, and what was found and closed each UTC
+    /// day after (for the dashboard's trend).
+    pub async fn gap_history(&self, since: DateTime<Utc>) -> Result<GapHistory, StoreError> {
+        let rows = self
+            .rows_by(sql::GAP_HISTORY, since.timestamp_millis(), |row| {
+                Ok((row.string("kind")?, row.i64("day")?, row.i64("n")?))
+            })
+            .await?;
+        let mut history = GapHistory::default();
+        let mut days: std::collections::BTreeMap<NaiveDate, (i64, i64)> = Default::default();
+        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("a valid date");
+        for (kind, day, n) in rows {
+            let date = epoch + chrono::Days::new(u64::try_from(day).unwrap_or(0));
+            match kind.as_str() {
+                "open" => history.open_at_start = n,
+                "found" => days.entry(date).or_default().0 += n,
+                _ => days.entry(date).or_default().1 += n,
+            }
+        }
+        history.days = days.into_iter().map(|(d, (f, c))| (d, f, c)).collect();
+        Ok(history)
     }
 
     /// Records that heal run `run_id` was started for the open gaps `ids`: each goes
