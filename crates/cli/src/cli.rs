@@ -211,6 +211,19 @@ pub(crate) struct DemoArgs {
     /// `plan` and `backfill` yourself.
     #[arg(long)]
     pub(crate) no_backfill: bool,
+    /// The warehouse: embedded SQLite files, or the BigQuery emulator at
+    /// `BIGQUERY_EMULATOR_HOST` (its `nba_*` datasets are replaced).
+    #[arg(long, value_enum, default_value_t = DemoWarehouse::Sqlite)]
+    pub(crate) warehouse: DemoWarehouse,
+}
+
+/// Where `gapless demo` builds the example's warehouse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum DemoWarehouse {
+    /// SQLite files under the example's directory.
+    Sqlite,
+    /// The BigQuery emulator at `BIGQUERY_EMULATOR_HOST`.
+    Bigquery,
 }
 
 #[derive(Debug, Args)]
@@ -224,4 +237,8 @@ pub(crate) struct NbaLoadArgs {
     /// Last date.
     #[arg(long)]
     pub(crate) end_date: String,
+    /// Load into this warehouse instead of the SQLite files under `--dir`: a `bigquery://`
+    /// URL (the range is replaced in one transaction).
+    #[arg(long, value_name = "URL")]
+    pub(crate) warehouse_url: Option<String>,
 }

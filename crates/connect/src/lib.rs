@@ -5,7 +5,8 @@
 //! Main items:
 //! - [`named::prepare`] splits user SQL into statements and turns `:start`, `:end`, `:date` into
 //!   bound parameters, so that values never reach SQL as text.
-//! - [`Warehouse`]: SQLite (with `ATTACH`ed schemas, on rusqlite) or PostgreSQL (on sqlx);
+//! - [`Warehouse`]: SQLite (with `ATTACH`ed schemas, on rusqlite), PostgreSQL (on sqlx) or
+//!   BigQuery (its REST API on reqwest, with Application Default Credentials);
 //!   [`Warehouse::counts`], [`Warehouse::dates`], [`Warehouse::scalar`] probe,
 //!   [`Warehouse::execute_script`] runs, and [`Warehouse::execute_script_gated`] runs and
 //!   validates inside one transaction, committing only what its gate accepts. Failures are
@@ -39,7 +40,8 @@ pub use probe::{ProbeError, command_counts, file_counts};
 pub use runner::RunError;
 pub use tokio_util::sync::CancellationToken;
 pub use warehouse::{
-    DatabaseError, Prepared, SchemaChanges, ScriptParams, Warehouse, WarehouseError,
+    BigQueryError, DatabaseError, Prepared, Rows, SchemaChanges, ScriptParams, Usage, Warehouse,
+    WarehouseError,
 };
 
 use chrono::NaiveDate;

@@ -1,19 +1,22 @@
 //! The SQL warehouse: probes (`counts`, `dates`, `scalar`) and the SQL runner
 //! (`execute_script`, and `execute_script_gated`, which validates inside the script's own
-//! transaction) on SQLite or PostgreSQL.
+//! transaction) on SQLite, PostgreSQL or BigQuery.
 //!
 //! SQLite runs on rusqlite ([`sqlite`]): each call is one job on a pooled connection, run in
 //! the caller's thread when it takes under a millisecond and otherwise on a blocking thread,
 //! with the timeout and the caller's cancellation interrupting the SQL. PostgreSQL
-//! runs on sqlx ([`postgres`]).
+//! runs on sqlx ([`postgres`]). BigQuery runs on its REST API ([`bigquery`]), a script in a
+//! session's transaction.
 //!
 //! User SQL only ever gets values as bound parameters: [`crate::named::prepare`] rewrites
 //! `:start`, `:end` and `:date` into placeholders, and only that text reaches the database.
 
+mod bigquery;
 mod ddl;
 mod postgres;
 mod sqlite;
 
+pub use bigquery::{BigQueryError, Rows, Usage};
 pub use ddl::SchemaChanges;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -71,6 +74,9 @@ pub enum DatabaseError {
     /// From PostgreSQL (through sqlx).
     #[error(transparent)]
     Postgres(#[from] sqlx::Error),
+    /// From BigQuery's API.
+    #[error(transparent)]
+    BigQuery(#[from] BigQueryError),
 }
 
 impl DatabaseError {
@@ -81,6 +87,7 @@ impl DatabaseError {
             Self::Sqlite(rusqlite::Error::SqliteFailure(_, Some(message))) => message.clone(),
             Self::Sqlite(rusqlite::Error::SqlInputError { msg, .. }) => msg.clone(),
             Self::Postgres(sqlx::Error::Database(db)) => db.message().to_owned(),
+            Self::BigQuery(error) => error.message.clone(),
             other => other.to_string(),
         }
     }
@@ -108,6 +115,7 @@ impl DatabaseError {
                 })
             }
             Self::Postgres(_) => false,
+            Self::BigQuery(error) => error.is_transient(),
         }
     }
 }
@@ -144,8 +152,10 @@ pub enum WarehouseError {
         /// The resolved file path.
         path: PathBuf,
     },
-    /// Attachments were configured for a PostgreSQL warehouse.
-    #[error("`attach` is supported only for SQLite warehouses; PostgreSQL has schemas")]
+    /// Attachments were configured for a PostgreSQL or BigQuery warehouse.
+    #[error(
+        "`attach` is supported only for SQLite warehouses; PostgreSQL has schemas and BigQuery datasets"
+    )]
     AttachUnsupported,
     /// Connecting (or configuring a fresh connection) failed.
     #[error("cannot connect to the warehouse at `{url}`")]
@@ -227,6 +237,15 @@ pub enum WarehouseError {
         #[source]
         source: DatabaseError,
     },
+    /// Rows to insert that cannot be ([`Warehouse::execute_script_and_insert`]).
+    #[error("cannot insert the rows: {reason}")]
+    InvalidRows {
+        /// What is wrong.
+        reason: String,
+    },
+    /// `maximum_bytes_billed` was set for a warehouse that does not bill by bytes.
+    #[error("`maximum_bytes_billed` applies only to BigQuery warehouses")]
+    BytesBilledUnsupported,
     /// The query did not finish in time. A script that times out is rolled back.
     #[error("query timed out after {after:?}: `{query}`")]
     Timeout {
@@ -340,6 +359,7 @@ pub struct Warehouse {
 enum Pool {
     Sqlite(Arc<sqlite::SqlitePool>),
     Postgres(PgPool),
+    BigQuery(Arc<bigquery::BigQuery>),
 }
 
 /// Where a `sqlite:` URL points.
@@ -441,6 +461,8 @@ fn sqlite_attachments(
 struct BoundStatement {
     text: String,
     values: Vec<NaiveDate>,
+    /// The parameter each value is bound to (BigQuery binds by name).
+    names: Vec<Param>,
 }
 
 /// A script ready to run: its statements, bound, and its text for error messages.
@@ -529,7 +551,10 @@ impl Warehouse {
 
     /// Connects to `url`: `sqlite://relative/path.db` (relative to `base_dir`, the pipeline
     /// file's directory; created if missing, see [`Warehouse::open`] for a warehouse that must
-    /// exist), `sqlite:///absolute/path.db`, `sqlite::memory:`, or `postgres://…`.
+    /// exist), `sqlite:///absolute/path.db`, `sqlite::memory:`, `postgres://…`, or
+    /// `bigquery://PROJECT?location=…&dataset=…&endpoint=…&credentials=…` (credentials found as
+    /// Google's tools find them, and one token fetched now, unless `BIGQUERY_EMULATOR_HOST` or
+    /// `endpoint` names an emulator; see the pipeline-file reference).
     ///
     /// On SQLite every pooled connection (up to 4; one for `:memory:`, where each connection
     /// would be a database of its own) attaches each `(name, path)` of `attach` (paths relative
@@ -562,10 +587,16 @@ impl Warehouse {
                 return Err(WarehouseError::AttachUnsupported);
             }
             Pool::Postgres(postgres::connect(url, timeout).await?)
+        } else if url.starts_with("bigquery://") {
+            if !attach.is_empty() {
+                return Err(WarehouseError::AttachUnsupported);
+            }
+            Pool::BigQuery(bigquery::BigQuery::connect(url, base_dir, timeout).await?)
         } else {
             return Err(WarehouseError::InvalidUrl {
                 url: redact(url),
-                reason: "expected `sqlite://…`, `sqlite::memory:` or `postgres://…`".into(),
+                reason: "expected `sqlite://…`, `sqlite::memory:`, `postgres://…` or `bigquery://PROJECT`"
+                    .into(),
             });
         };
         Ok(Self { pool, timeout })
@@ -576,6 +607,28 @@ impl Warehouse {
         match self.pool {
             Pool::Sqlite(_) => Dialect::Sqlite,
             Pool::Postgres(_) => Dialect::Postgres,
+            Pool::BigQuery(_) => Dialect::BigQuery,
+        }
+    }
+
+    /// Sets the most bytes one query may bill (BigQuery's `maximumBytesBilled`): a query that
+    /// would bill more fails without running. `None` lifts the limit. Only BigQuery bills by
+    /// bytes: a limit on another warehouse is [`WarehouseError::BytesBilledUnsupported`].
+    pub fn with_maximum_bytes_billed(self, limit: Option<u64>) -> Result<Self, WarehouseError> {
+        match (&self.pool, limit) {
+            (Pool::BigQuery(client), _) => client.set_maximum_bytes_billed(limit),
+            (_, None) => {}
+            (_, Some(_)) => return Err(WarehouseError::BytesBilledUnsupported),
+        }
+        Ok(self)
+    }
+
+    /// What the queries of a BigQuery warehouse have cost so far (jobs run, bytes processed);
+    /// `None` on SQLite and PostgreSQL.
+    pub fn usage(&self) -> Option<Usage> {
+        match &self.pool {
+            Pool::BigQuery(client) => Some(client.usage()),
+            _ => None,
         }
     }
 
@@ -589,6 +642,7 @@ impl Warehouse {
         match &self.pool {
             Pool::Sqlite(pool) => pool.close().await,
             Pool::Postgres(pool) => pool.close().await,
+            Pool::BigQuery(client) => client.close(),
         }
     }
 
@@ -598,14 +652,15 @@ impl Warehouse {
         match &self.pool {
             Pool::Sqlite(pool) => pool.ping(deadline, self.timeout).await,
             Pool::Postgres(pool) => Box::pin(postgres::ping(pool, deadline, self.timeout)).await,
+            Pool::BigQuery(client) => Box::pin(client.ping(deadline, self.timeout)).await,
         }
     }
 
     /// Prepares every statement of `sql` without running it, so that a syntax error, a missing
     /// table or a missing column is found before anything runs: on SQLite each statement is
     /// prepared and never stepped; on PostgreSQL each is parsed and described (its parameters
-    /// typed as `DATE`, as they are bound when it runs). Nothing is written and no lock is
-    /// taken beyond what reading the schema needs.
+    /// typed as `DATE`, as they are bound when it runs); on BigQuery each is a `dryRun` job
+    /// (free). Nothing is written and no lock is taken beyond what reading the schema needs.
     ///
     /// A statement that fails only because it uses a table or column that `changes` holds
     /// (one the pipeline's own SQL creates, perhaps an earlier statement of this text) is
@@ -637,6 +692,9 @@ impl Warehouse {
                     &prepared,
                 ))
                 .await?
+            }
+            Pool::BigQuery(client) => {
+                Box::pin(client.prepare_each(deadline, self.timeout, sql, &statements)).await?
             }
         };
         let texts: Vec<&str> = statements.iter().map(|s| s.text.as_str()).collect();
@@ -716,6 +774,7 @@ impl Warehouse {
             statement: BoundStatement {
                 text: statement.text,
                 values: Vec::new(),
+                names: Vec::new(),
             },
         };
         let deadline = self.deadline(self.timeout);
@@ -723,6 +782,9 @@ impl Warehouse {
             Pool::Sqlite(pool) => pool.first_cell(deadline, self.timeout, query).await,
             Pool::Postgres(pool) => {
                 Box::pin(postgres::first_cell(pool, deadline, self.timeout, &query)).await
+            }
+            Pool::BigQuery(client) => {
+                Box::pin(client.first_cell(deadline, self.timeout, &query)).await
             }
         }?
         .ok_or_else(|| WarehouseError::NoRow {
@@ -753,6 +815,10 @@ impl Warehouse {
     /// script back. On SQLite the transaction is `BEGIN IMMEDIATE` and the timeout interrupts
     /// the running statement; on PostgreSQL the transaction's `statement_timeout` is set to
     /// `timeout` too, so that a long runner is not cut by the probe timeout of the pool.
+    ///
+    /// On BigQuery the statements run one job each in a session's transaction, rolled back the
+    /// same way; a script holding DDL cannot be in a transaction there and commits statement by
+    /// statement (see the `bigquery` module).
     ///
     /// The script must not manage transactions itself (`BEGIN`/`COMMIT`).
     pub async fn execute_script_with_timeout(
@@ -802,6 +868,36 @@ impl Warehouse {
         .await
     }
 
+    /// BigQuery only: runs `sql` as [`Warehouse::execute_script_with_timeout`] does (in one
+    /// transaction), then, in the same transaction, inserts `rows` into `table` (`dataset.table`)
+    /// with one `INSERT … SELECT … FROM UNNEST(@rows)`, the rows bound as a single
+    /// `ARRAY<STRUCT<…>>` query parameter. Returns the rows affected by both. A loader uses it
+    /// to replace a date range (`DELETE … BETWEEN :start AND :end`, then the new rows)
+    /// atomically, without pasting a single value into SQL.
+    pub async fn execute_script_and_insert(
+        &self,
+        sql: &str,
+        params: &ScriptParams,
+        timeout: Duration,
+        table: &str,
+        rows: &Rows,
+    ) -> Result<u64, WarehouseError> {
+        let Pool::BigQuery(client) = &self.pool else {
+            return Err(WarehouseError::InvalidRows {
+                reason: "rows are bound as a query parameter only on BigQuery".to_owned(),
+            });
+        };
+        let gated = self.gated(sql, params, &[])?;
+        let insert = bigquery::RowsInsert::new(table, rows)?;
+        let deadline = self.deadline(timeout);
+        Box::pin(
+            client.transact(deadline, timeout, &gated, Some(&insert), |affected, _| {
+                Finish::Commit(affected)
+            }),
+        )
+        .await
+    }
+
     /// A script with the probes that validate it, bound to `params`.
     fn gated(
         &self,
@@ -837,6 +933,9 @@ impl Warehouse {
             Pool::Postgres(pool) => {
                 Box::pin(postgres::transact(pool, deadline, timeout, &gated, finish)).await
             }
+            Pool::BigQuery(client) => {
+                Box::pin(client.transact(deadline, timeout, &gated, None, finish)).await
+            }
         }
     }
 
@@ -867,6 +966,7 @@ impl Warehouse {
             statement: BoundStatement {
                 text: statement.text,
                 values,
+                names: statement.params,
             },
         })
     }
@@ -882,6 +982,7 @@ impl Warehouse {
                 Ok(BoundStatement {
                     text: statement.text,
                     values,
+                    names: statement.params,
                 })
             })
             .collect::<Result<_, WarehouseError>>()?;
@@ -895,8 +996,10 @@ impl Warehouse {
     /// (the same `timeout`) should end a slow statement first, leaving the connection clean;
     /// the client-side deadline is the backstop for a server or network that stops answering.
     fn deadline(&self, timeout: Duration) -> Instant {
+        // BigQuery's own job timeout is set to `timeout` too, but the client does not wait
+        // for it: at the deadline it cancels the job (and rolls back a script's transaction).
         let margin = match self.pool {
-            Pool::Sqlite(_) => Duration::ZERO,
+            Pool::Sqlite(_) | Pool::BigQuery(_) => Duration::ZERO,
             Pool::Postgres(_) => SERVER_TIMEOUT_MARGIN,
         };
         Instant::now() + timeout + margin
@@ -923,6 +1026,9 @@ impl Warehouse {
                     columns,
                 ))
                 .await
+            }
+            Pool::BigQuery(client) => {
+                Box::pin(client.fetch_cells(deadline, self.timeout, &query, columns)).await
             }
         }
     }

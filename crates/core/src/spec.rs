@@ -225,10 +225,13 @@ pub fn due_at(date: Date, due: Duration) -> DateTime {
 /// The warehouse where SQL probes and runners execute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Warehouse {
-    /// `sqlite://…` or `postgres://…`.
+    /// `sqlite://…`, `postgres://…` or `bigquery://PROJECT?…`.
     pub url: String,
     /// SQLite only: schema name → database file, relative to the pipeline file.
     pub attach: Vec<(String, String)>,
+    /// BigQuery only: the most bytes one query may bill; a query that would bill more fails
+    /// without running (and without cost).
+    pub maximum_bytes_billed: Option<u64>,
 }
 
 /// `[healing]`: the self-healing policy.

@@ -3,21 +3,25 @@
 //! SQL from `gapless.toml` is split into statements and its named parameters are rewritten into
 //! the positional placeholders of the backend, so that every value reaches the database as a
 //! bound parameter and never as text (RELIABILITY.md §3.3). The scanner knows enough SQL lexing to
-//! leave string literals, quoted identifiers, comments, PostgreSQL dollar quotes, `::type` casts
-//! and `:=` alone.
+//! leave string literals, quoted identifiers, comments, PostgreSQL dollar quotes, BigQuery's
+//! triple-quoted strings and `#` comments, `::type` casts and `:=` alone.
 
 use std::fmt;
 use std::ops::Range;
 
 /// The SQL dialect a script is prepared for: decides the placeholder syntax and a few lexical
 /// rules (PostgreSQL dollar quotes, `E'…'` strings and nested block comments; SQLite
-/// `` `…` `` and `[…]` identifiers).
+/// `` `…` `` and `[…]` identifiers; BigQuery (GoogleSQL) `'…'` and `"…"` strings with backslash
+/// escapes, `'''…'''` and `"""…"""` strings, `` `…` `` identifiers and `#` comments).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dialect {
     /// SQLite: placeholders `?1`, `?2`, …
     Sqlite,
     /// PostgreSQL: placeholders `$1`, `$2`, …
     Postgres,
+    /// BigQuery (GoogleSQL): named placeholders `@start`, `@end`, `@date`, bound as `DATE`
+    /// query parameters of those names.
+    BigQuery,
 }
 
 /// A named parameter that gapless binds.
@@ -158,6 +162,7 @@ impl<'a> Scanner<'a> {
             let byte = self.bytes[self.pos];
             let next = self.bytes.get(self.pos + 1).copied();
             match byte {
+                b'\'' | b'"' if self.dialect == Dialect::BigQuery => self.bigquery_string(byte)?,
                 b'\'' => {
                     let backslash = self.dialect == Dialect::Postgres && self.is_escape_string();
                     self.quoted(b'\'', b'\'', backslash, "string literal")?;
@@ -166,14 +171,18 @@ impl<'a> Scanner<'a> {
                 b'`' if self.dialect == Dialect::Sqlite => {
                     self.quoted(b'`', b'`', false, "quoted identifier")?;
                 }
+                b'`' if self.dialect == Dialect::BigQuery => {
+                    self.quoted(b'`', b'`', true, "quoted identifier")?;
+                }
+                b'#' if self.dialect == Dialect::BigQuery => {
+                    let end = self.line_end();
+                    self.copy_trivia(end);
+                }
                 b'[' if self.dialect == Dialect::Sqlite => {
                     self.quoted(b'[', b']', false, "quoted identifier")?;
                 }
                 b'-' if next == Some(b'-') => {
-                    let end = self.bytes[self.pos..]
-                        .iter()
-                        .position(|&b| b == b'\n')
-                        .map_or(self.bytes.len(), |offset| self.pos + offset);
+                    let end = self.line_end();
                     self.copy_trivia(end);
                 }
                 b'/' if next == Some(b'*') => self.block_comment()?,
@@ -190,6 +199,17 @@ impl<'a> Scanner<'a> {
                     let end = self.ident_end(self.pos + 1);
                     return Err(self.foreign(end));
                 }
+                // BigQuery: `?` and `@name` are query parameters gapless would never bind;
+                // `@@name` is a system variable.
+                b'?' if self.dialect == Dialect::BigQuery => return Err(self.foreign(self.pos + 1)),
+                b'@' if self.dialect == Dialect::BigQuery && next == Some(b'@') => {
+                    let end = self.ident_end(self.pos + 2);
+                    self.copy_content(end);
+                }
+                b'@' if self.dialect == Dialect::BigQuery && next.is_some_and(is_ident_start) => {
+                    let end = self.ident_end(self.pos + 1);
+                    return Err(self.foreign(end));
+                }
                 b':' => self.colon(next)?,
                 b';' => {
                     self.pos += 1;
@@ -199,6 +219,48 @@ impl<'a> Scanner<'a> {
             }
         }
         self.finish_statement();
+        Ok(())
+    }
+
+    /// Where the line comment starting at `pos` ends (before its newline).
+    fn line_end(&self) -> usize {
+        self.bytes[self.pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(self.bytes.len(), |offset| self.pos + offset)
+    }
+
+    /// A BigQuery string literal opening at `pos` with `quote`: `'…'`, `"…"` or their tripled
+    /// forms, backslash escapes in all (a raw `r'…'` string cannot end in an odd backslash
+    /// either, so skipping the escaped byte finds its end too).
+    fn bigquery_string(&mut self, quote: u8) -> Result<(), SqlError> {
+        let triple = self.bytes.get(self.pos + 1) == Some(&quote)
+            && self.bytes.get(self.pos + 2) == Some(&quote);
+        if !triple {
+            return self.quoted(quote, quote, true, "string literal");
+        }
+        let mut end = self.pos + 3;
+        loop {
+            match self.bytes.get(end) {
+                None => {
+                    return Err(SqlError::Unterminated {
+                        what: "string literal",
+                        line: self.line_at(self.pos),
+                    });
+                }
+                Some(b'\\') => end += 2,
+                Some(&b)
+                    if b == quote
+                        && self.bytes.get(end + 1) == Some(&quote)
+                        && self.bytes.get(end + 2) == Some(&quote) =>
+                {
+                    end += 3;
+                    break;
+                }
+                Some(_) => end += 1,
+            }
+        }
+        self.copy_content(end.min(self.bytes.len()));
         Ok(())
     }
 
@@ -262,7 +324,7 @@ impl<'a> Scanner<'a> {
         while end < self.bytes.len()
             && !matches!(
                 self.bytes[end],
-                b'\'' | b'"' | b'`' | b'[' | b'-' | b'/' | b'$' | b'?' | b'@' | b':' | b';'
+                b'\'' | b'"' | b'`' | b'[' | b'-' | b'/' | b'$' | b'?' | b'@' | b':' | b';' | b'#'
             )
         {
             end += 1;
@@ -294,8 +356,12 @@ impl<'a> Scanner<'a> {
                 }
                 Some(b'\\') if backslash_escapes => end += 2,
                 Some(&b) if b == close => {
-                    // A doubled closing quote is an escaped quote (not for `[…]`).
-                    if open == close && self.bytes.get(end + 1) == Some(&close) {
+                    // A doubled closing quote is an escaped quote (not for `[…]`, and not in
+                    // BigQuery, where `'a''b'` is two literals side by side).
+                    if open == close
+                        && self.dialect != Dialect::BigQuery
+                        && self.bytes.get(end + 1) == Some(&close)
+                    {
                         end += 2;
                     } else {
                         end += 1;
@@ -394,12 +460,20 @@ impl<'a> Scanner<'a> {
                         self.params.len()
                     }
                 };
-                let sigil = match self.dialect {
-                    Dialect::Sqlite => '?',
-                    Dialect::Postgres => '$',
-                };
-                self.text.push(sigil);
-                self.text.push_str(&number.to_string());
+                match self.dialect {
+                    Dialect::Sqlite => {
+                        self.text.push('?');
+                        self.text.push_str(&number.to_string());
+                    }
+                    Dialect::Postgres => {
+                        self.text.push('$');
+                        self.text.push_str(&number.to_string());
+                    }
+                    Dialect::BigQuery => {
+                        self.text.push('@');
+                        self.text.push_str(param.name());
+                    }
+                }
                 self.has_content = true;
                 self.pos = end;
             }
@@ -570,6 +644,54 @@ mod tests {
         for (sql, dialect, expected) in cases {
             assert_eq!(&texts(sql, *dialect), expected, "input: {sql}");
         }
+    }
+
+    #[test]
+    fn bigquery_binds_by_name_and_knows_its_lexicon() {
+        let statements = prepare(
+            "DELETE FROM `p.d.t` WHERE d BETWEEN :start AND :end OR d = :start; \
+             SELECT \"x;:date\", 'it\\'s :end', '''a ; :start ''', \"\"\"b\"\"\", @@dataset_id # c; :x\n\
+             FROM `we\\`ird;:y` WHERE e = :date",
+            Dialect::BigQuery,
+        )
+        .unwrap();
+        assert_eq!(statements.len(), 2, "{statements:?}");
+        assert_eq!(
+            statements[0],
+            Statement {
+                text: "DELETE FROM `p.d.t` WHERE d BETWEEN @start AND @end OR d = @start".into(),
+                params: vec![Param::Start, Param::End],
+            }
+        );
+        assert_eq!(
+            statements[1].text,
+            "SELECT \"x;:date\", 'it\\'s :end', '''a ; :start ''', \"\"\"b\"\"\", @@dataset_id # c; :x\n\
+             FROM `we\\`ird;:y` WHERE e = @date"
+        );
+        assert_eq!(statements[1].params, vec![Param::Date]);
+        for (sql, text) in [
+            ("SELECT ?", "?"),
+            ("SELECT @day", "@day"),
+            ("SELECT @start", "@start"),
+        ] {
+            assert_eq!(
+                prepare(sql, Dialect::BigQuery).unwrap_err(),
+                SqlError::ForeignParam {
+                    text: text.into(),
+                    line: 1
+                },
+                "input: {sql}"
+            );
+        }
+        assert!(matches!(
+            prepare("SELECT '''open", Dialect::BigQuery),
+            Err(SqlError::Unterminated {
+                what: "string literal",
+                ..
+            })
+        ));
+        // `#` is an ordinary character elsewhere.
+        assert_eq!(texts("SELECT 1 # 2", Dialect::Postgres), ["SELECT 1 # 2"]);
     }
 
     #[test]

@@ -12,10 +12,14 @@
 //! 4. [`PIPELINE_TOML`] and [`sql_files`] are the pipeline file and the SQL of phases 3 to 6
 //!    (`examples/nba/` in the repository); [`write_example`] writes them into a directory.
 //! 5. [`validation_queries`] are the original plan's checks, as data.
+//! 6. The same pipeline on BigQuery (`examples/nba/bigquery/`): [`write_bigquery_example`],
+//!    the SQL that creates its datasets ([`BIGQUERY_WAREHOUSE_SQL`]), and the rows of the
+//!    reference data ([`bigquery_reference_rows`]) and of phase 2 ([`bigquery_load_rows`]).
 //!
 //! This crate depends on no other gapless crate: the runtime drives it only through the
 //! pipeline file, the `nba-load` command and SQL.
 
+mod bigquery;
 mod files;
 mod generate;
 mod load;
@@ -25,6 +29,11 @@ mod warehouse;
 
 use std::path::{Path, PathBuf};
 
+pub use bigquery::{
+    BIGQUERY_LOAD_DELETE, BIGQUERY_PIPELINE_TOML, BIGQUERY_REFERENCE_RESET, BIGQUERY_URL,
+    BIGQUERY_WAREHOUSE_SQL, TableRows, bigquery_load_rows, bigquery_reference_rows,
+    bigquery_sql_files, write_bigquery_example,
+};
 pub use files::{raw_file_path, write_raw_files};
 pub use generate::{
     Conference, Game, League, PlayerLine, RosterSpot, SEASON_YEARS, Season, SeasonCalendar,

@@ -10,7 +10,7 @@ use crate::files::date_dir;
 use crate::generate::Game;
 use crate::warehouse::{ROWS_PER_INSERT, connect, insert_sql};
 
-const COLUMNS: [&str; 20] = [
+pub(crate) const COLUMNS: [&str; 20] = [
     "game_id",
     "game_date",
     "season_year",
@@ -133,7 +133,7 @@ pub async fn load_boxscores(
 }
 
 /// Reads and parses every `*.json` file of the range, in date then file-name order.
-fn read_games(
+pub(crate) fn read_games(
     root: &Path,
     start: NaiveDate,
     end: NaiveDate,

@@ -137,6 +137,45 @@ fn pipeline_file_is_valid() {
     assert_eq!(spec.phases.len(), 6);
 }
 
+/// Resolves `sql_file` keys from the shipped BigQuery SQL files.
+struct ShippedBigQueryFiles;
+
+impl gapless_core::spec::FileSource for ShippedBigQueryFiles {
+    fn read(&self, relative_path: &str) -> Result<String, String> {
+        gapless_nba::bigquery_sql_files()
+            .iter()
+            .find(|(path, _)| *path == relative_path)
+            .map(|(_, text)| (*text).to_owned())
+            .ok_or_else(|| format!("`{relative_path}` is not shipped"))
+    }
+}
+
+#[test]
+fn bigquery_pipeline_file_is_valid_and_has_the_same_phases() {
+    let sqlite = gapless_core::spec::parse(PIPELINE_TOML, &ShippedFiles)
+        .unwrap_or_else(|diagnostics| panic!("{diagnostics:#?}"));
+    let bigquery =
+        gapless_core::spec::parse(gapless_nba::BIGQUERY_PIPELINE_TOML, &ShippedBigQueryFiles)
+            .unwrap_or_else(|diagnostics| panic!("{diagnostics:#?}"));
+    let shape = |spec: &gapless_core::spec::Spec| {
+        spec.phases
+            .iter()
+            .map(|phase| {
+                (
+                    phase.id,
+                    phase.name.clone(),
+                    phase.needs.clone(),
+                    phase.batch_days,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(shape(&bigquery), shape(&sqlite));
+    let warehouse = bigquery.warehouse.expect("a warehouse");
+    assert_eq!(warehouse.url, gapless_nba::BIGQUERY_URL);
+    assert!(warehouse.maximum_bytes_billed.is_some());
+}
+
 #[tokio::test]
 async fn loader_loads_a_range_and_reloading_replaces_it() -> Result<()> {
     let dir = tempfile::tempdir()?;

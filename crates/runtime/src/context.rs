@@ -71,6 +71,9 @@ impl Context {
                 Some(
                     Warehouse::open(&w.url, &attach, base_dir, probe_timeout)
                         .await
+                        .and_then(|warehouse| {
+                            warehouse.with_maximum_bytes_billed(w.maximum_bytes_billed)
+                        })
                         .map_err(ContextError::Warehouse)?,
                 )
             }

@@ -4,11 +4,13 @@
 //!   `cargo test` on a laptop that has none, while `GAPLESS_REQUIRE_EXTERNAL=1` (set in CI) turns a
 //!   missing service into a failure, so skips can't hide.
 //! - [`fresh_pg_database`] gives each test its own PostgreSQL database ([`PgTestDb`]).
+//! - [`bigquery`]: the BigQuery emulator, an OAuth token endpoint and a token-checking proxy.
 //!
 //! It depends on no gapless crate, so every crate can use it.
 
 use std::time::Duration;
 
+pub mod bigquery;
 pub mod browser;
 pub mod buckets;
 pub mod rsa;

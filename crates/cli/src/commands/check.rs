@@ -4,7 +4,7 @@ use gapless_runtime::preflight;
 use serde_json::json;
 
 use crate::cli::Global;
-use crate::commands::{out, print_json};
+use crate::commands::{out, print_json, with_bigquery_usage};
 use crate::exit::Exit;
 use crate::settings;
 
@@ -39,13 +39,16 @@ pub(crate) async fn run(global: &Global) -> anyhow::Result<Exit> {
         }
     }
     if global.json {
-        print_json(&json!({
-            "pipeline": loaded.spec.name,
-            "file": loaded.path,
-            "phases": loaded.spec.phases.len(),
-            "ok": report.ok,
-            "problems": report.problems.iter().map(|p| json!({"subject": p.subject, "message": p.message})).collect::<Vec<_>>(),
-        }))?;
+        print_json(&with_bigquery_usage(
+            &json!({
+                "pipeline": loaded.spec.name,
+                "file": loaded.path,
+                "phases": loaded.spec.phases.len(),
+                "ok": report.ok,
+                "problems": report.problems.iter().map(|p| json!({"subject": p.subject, "message": p.message})).collect::<Vec<_>>(),
+            }),
+            &context,
+        )?)?;
     } else {
         out(format_args!(
             "{}: pipeline `{}` is valid ({} phase{})\n",

@@ -14,7 +14,7 @@ use gapless_core::spec::PhaseId;
 use gapless_runtime::context::Context;
 use gapless_store::Store;
 
-use crate::cli::{DemoArgs, Global};
+use crate::cli::{DemoArgs, DemoWarehouse, Global};
 use crate::commands::backfill::run_plan;
 use crate::commands::{matrix, out};
 use crate::exit::{Exit, UsageError};
@@ -25,6 +25,8 @@ use gapless_runtime::lifecycle::plan as make_plan;
 const DEMO_TODAY: &str = "2025-07-01";
 /// Seed of the generated league: the same bytes every run.
 const SEED: u64 = 2021;
+/// Bounds each statement of the BigQuery setup and each phase-2 load.
+const BIGQUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 fn heading(text: &str) -> anyhow::Result<()> {
     out(format_args!(
@@ -34,6 +36,18 @@ fn heading(text: &str) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit> {
+    let bigquery = args.warehouse == DemoWarehouse::Bigquery;
+    if bigquery
+        && std::env::var("BIGQUERY_EMULATOR_HOST")
+            .unwrap_or_default()
+            .is_empty()
+    {
+        return Err(UsageError::new(
+            "--warehouse bigquery: set BIGQUERY_EMULATOR_HOST to a BigQuery emulator's host:port \
+             (the demo replaces the tables of its nba_* datasets)",
+        )
+        .into());
+    }
     let dir = prepare_dir(args.dir.as_deref())?;
     out(format_args!(
         "building the NBA example in {}\n",
@@ -43,12 +57,20 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
     let league = gapless_nba::league(SEED);
     let files =
         gapless_nba::write_raw_files(&dir, &league, None).context("writing phase-1 files")?;
-    gapless_nba::setup(&dir, &league)
-        .await
-        .context("creating the warehouse")?;
     let program = std::env::current_exe().context("locating the gapless binary")?;
-    gapless_nba::write_example(&dir, &program.to_string_lossy())
-        .context("writing the pipeline file")?;
+    if bigquery {
+        setup_bigquery(&dir, &league)
+            .await
+            .context("creating the BigQuery datasets")?;
+        gapless_nba::write_bigquery_example(&dir, &program.to_string_lossy())
+            .context("writing the pipeline file")?;
+    } else {
+        gapless_nba::setup(&dir, &league)
+            .await
+            .context("creating the warehouse")?;
+        gapless_nba::write_example(&dir, &program.to_string_lossy())
+            .context("writing the pipeline file")?;
+    }
     out(format_args!(
         "  {files} box-score files for 4 seasons, warehouse and gapless.toml written ({:.1}s)\n",
         started.elapsed().as_secs_f64()
@@ -66,7 +88,9 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
         "  replaying the live pipeline up to {DEMO_TODAY}, with the original gaps…\n"
     ))?;
     let setup = std::time::Instant::now();
-    replay_live(&loaded, &context, &store).await?;
+    // The BigQuery emulator runs one transaction at a time, across sessions: one task at once.
+    let jobs = if bigquery { 1 } else { args.jobs };
+    replay_live(&loaded, &context, &store, if bigquery { 1 } else { 2 }).await?;
     out(format_args!(
         "  done ({:.1}s)\n",
         setup.elapsed().as_secs_f64()
@@ -83,7 +107,7 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
     ))?;
 
     heading("validation queries before (the original plan's checks)")?;
-    let before_checks = gapless_nba::run_validations(&dir)
+    let before_checks = validations(&dir, &context, bigquery)
         .await
         .context("validation queries")?;
     print_checks(&before_checks)?;
@@ -108,7 +132,7 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
     heading("gapless heal: what `serve` does every hour, by policy")?;
     // The policy leaves the old gaps for a person: only the heal with --include-old must end
     // with nothing left.
-    let (_, alert) = heal_once(&loaded, &context, &store, days, false, args.jobs, &visible).await?;
+    let (_, alert) = heal_once(&loaded, &context, &store, days, false, jobs, &visible).await?;
 
     heading("the alert a person receives (Slack, e-mail, webhook)")?;
     out(format_args!(
@@ -117,8 +141,7 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
     ))?;
 
     heading("gapless heal --include-old: the person heals the rest")?;
-    let (healed_old, _) =
-        heal_once(&loaded, &context, &store, days, true, args.jobs, &visible).await?;
+    let (healed_old, _) = heal_once(&loaded, &context, &store, days, true, jobs, &visible).await?;
     let exit = if healed_old {
         Exit::Success
     } else {
@@ -131,7 +154,7 @@ pub(crate) async fn run(global: &Global, args: &DemoArgs) -> anyhow::Result<Exit
     out(format_args!("{}", report.to_text()))?;
 
     heading("validation queries after")?;
-    let after_checks = gapless_nba::run_validations(&dir)
+    let after_checks = validations(&dir, &context, bigquery)
         .await
         .context("validation queries")?;
     let all_match = print_checks(&after_checks)?;
@@ -208,6 +231,118 @@ fn prepare_dir(requested: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// Creates the example's datasets and tables in the BigQuery emulator (replacing the tables of
+/// an earlier demo) and fills `nba_reference`.
+async fn setup_bigquery(dir: &Path, league: &gapless_nba::League) -> anyhow::Result<()> {
+    let warehouse =
+        gapless_connect::Warehouse::connect(gapless_nba::BIGQUERY_URL, &[], dir, BIGQUERY_TIMEOUT)
+            .await?;
+    let any = parse_date(DEMO_TODAY)?;
+    let params = gapless_connect::ScriptParams {
+        start: any,
+        end: any,
+        date: None,
+    };
+    warehouse
+        .execute_script(gapless_nba::BIGQUERY_WAREHOUSE_SQL, &params)
+        .await?;
+    // The first table's insert goes with emptying every reference table, in one transaction;
+    // the others follow, each in its own.
+    let mut reset = Some(gapless_nba::BIGQUERY_REFERENCE_RESET);
+    for table in gapless_nba::bigquery_reference_rows(league) {
+        warehouse
+            .execute_script_and_insert(
+                reset.take().unwrap_or(""),
+                &params,
+                BIGQUERY_TIMEOUT,
+                table.table,
+                &rows(&table),
+            )
+            .await?;
+    }
+    warehouse.close().await;
+    Ok(())
+}
+
+/// The example's rows as the warehouse binds them.
+fn rows(table: &gapless_nba::TableRows) -> gapless_connect::Rows {
+    gapless_connect::Rows {
+        fields: table
+            .fields
+            .iter()
+            .map(|(name, kind)| ((*name).to_owned(), (*kind).to_owned()))
+            .collect(),
+        values: table.values.clone(),
+    }
+}
+
+/// Phase 2 on BigQuery (`gapless nba-load --warehouse-url`): the phase-1 files of
+/// `[start, end]` under `dir` replace the range of `nba_raw.bdl_player_boxscores`, in one
+/// transaction.
+pub(crate) async fn load_into(
+    url: &str,
+    dir: &Path,
+    start: Date,
+    end: Date,
+) -> anyhow::Result<gapless_nba::LoadReport> {
+    if !url.starts_with("bigquery://") {
+        return Err(UsageError::new(format!(
+            "--warehouse-url: `{url}` is not a bigquery:// URL (without it, the SQLite files under --dir are loaded)"
+        ))
+        .into());
+    }
+    let root = dir.to_owned();
+    let (report, table) =
+        tokio::task::spawn_blocking(move || gapless_nba::bigquery_load_rows(&root, start, end))
+            .await
+            .context("reading box-score files")?
+            .context("reading box-score files")?;
+    let warehouse = gapless_connect::Warehouse::connect(url, &[], dir, BIGQUERY_TIMEOUT).await?;
+    warehouse
+        .execute_script_and_insert(
+            gapless_nba::BIGQUERY_LOAD_DELETE,
+            &gapless_connect::ScriptParams {
+                start,
+                end,
+                date: None,
+            },
+            BIGQUERY_TIMEOUT,
+            table.table,
+            &rows(&table),
+        )
+        .await
+        .context("loading box scores into BigQuery")?;
+    warehouse.close().await;
+    Ok(report)
+}
+
+/// The original plan's validation queries, on SQLite through the example's own connection, on
+/// BigQuery through the pipeline's warehouse.
+async fn validations(
+    dir: &Path,
+    context: &Context,
+    bigquery: bool,
+) -> anyhow::Result<Vec<gapless_nba::ValidationResult>> {
+    if !bigquery {
+        return Ok(gapless_nba::run_validations(dir).await?);
+    }
+    let warehouse = context
+        .warehouse
+        .as_ref()
+        .context("the example has a warehouse")?;
+    let mut results = Vec::new();
+    for validation in gapless_nba::validation_queries() {
+        let actual = warehouse.scalar(&validation.actual_sql).await?;
+        let expected = warehouse.scalar(&validation.expected_sql).await?;
+        results.push(gapless_nba::ValidationResult {
+            validation,
+            actual,
+            expected,
+        });
+    }
+    Ok(results)
+}
+
 fn print_checks(checks: &[gapless_nba::ValidationResult]) -> anyhow::Result<bool> {
     let mut all = true;
     let width = checks
@@ -253,6 +388,7 @@ async fn quiet_backfill(
     store: &Store,
     range: DateRange,
     phases: &[u32],
+    jobs: usize,
 ) -> anyhow::Result<()> {
     let request = Request {
         range,
@@ -272,7 +408,7 @@ async fn quiet_backfill(
         store.clone(),
         &request,
         &plan,
-        2,
+        jobs,
         &quiet,
     )
     .await?;
@@ -283,9 +419,14 @@ async fn quiet_backfill(
     Ok(())
 }
 
-async fn replay_live(loaded: &Loaded, context: &Context, store: &Store) -> anyhow::Result<()> {
+async fn replay_live(
+    loaded: &Loaded,
+    context: &Context,
+    store: &Store,
+    jobs: usize,
+) -> anyhow::Result<()> {
     let full = DateRange::new(loaded.spec.start, loaded.today)?;
-    quiet_backfill(loaded, context, store, full, &[2]).await?;
+    quiet_backfill(loaded, context, store, full, &[2], jobs).await?;
     for season in 2021..=2024 {
         let playoffs = season_dates(context, season, "playoffs").await?;
         let regular = season_dates(context, season, "regular").await?;
@@ -304,6 +445,7 @@ async fn replay_live(loaded: &Loaded, context: &Context, store: &Store) -> anyho
                 store,
                 DateRange::new(*first, until)?,
                 &[3, 4, 5, 6],
+                jobs,
             )
             .await?;
         } else {
@@ -313,18 +455,27 @@ async fn replay_live(loaded: &Loaded, context: &Context, store: &Store) -> anyho
                 store,
                 DateRange::new(*first, *last)?,
                 &[3, 4, 5],
+                jobs,
             )
             .await?;
             // 2024-25 grading: one test record.
-            quiet_backfill(loaded, context, store, DateRange::single(*first), &[6]).await?;
+            quiet_backfill(
+                loaded,
+                context,
+                store,
+                DateRange::single(*first),
+                &[6],
+                jobs,
+            )
+            .await?;
             let warehouse = context.warehouse.as_ref().context("warehouse")?;
-            let sql = format!(
-                "DELETE FROM nba_predictions.prediction_accuracy WHERE game_date = '{first}' \
-                 AND rowid <> (SELECT MIN(rowid) FROM nba_predictions.prediction_accuracy WHERE game_date = '{first}')"
-            );
+            // A date's graded rows are one per player: keep the first player's.
+            let sql = "DELETE FROM nba_predictions.prediction_accuracy WHERE game_date = :start \
+                 AND player_id <> (SELECT MIN(player_id) FROM nba_predictions.prediction_accuracy \
+                 WHERE game_date = :start)";
             warehouse
                 .execute_script(
-                    &sql,
+                    sql,
                     &gapless_connect::ScriptParams {
                         start: *first,
                         end: *first,

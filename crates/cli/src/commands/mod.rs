@@ -62,9 +62,12 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::NbaLoad(args) => {
             let start = crate::settings::date_arg("start-date", &args.start_date)?;
             let end = crate::settings::date_arg("end-date", &args.end_date)?;
-            let report = gapless_nba::load_boxscores(&args.dir, start, end)
-                .await
-                .context("loading box scores")?;
+            let report = match &args.warehouse_url {
+                None => gapless_nba::load_boxscores(&args.dir, start, end)
+                    .await
+                    .context("loading box scores")?,
+                Some(url) => demo::load_into(url, &args.dir, start, end).await?,
+            };
             out(format_args!(
                 "loaded {} rows of {} games over {} dates\n",
                 report.rows, report.games, report.dates
@@ -94,6 +97,28 @@ pub(crate) fn out(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
 }
 
 /// Prints `value` as pretty JSON on stdout.
+/// On BigQuery, what the command's queries cost so far, for `--json`: `{"queries": N,
+/// "bytes_processed": B}` (dry runs included). `None` on SQLite and PostgreSQL.
+pub(crate) fn bigquery_usage(context: &Context) -> Option<serde_json::Value> {
+    let usage = context.warehouse.as_ref()?.usage()?;
+    Some(serde_json::json!({
+        "queries": usage.queries,
+        "bytes_processed": usage.bytes_processed,
+    }))
+}
+
+/// `value` (an object) with the key `bigquery` from [`bigquery_usage`] when there is one.
+pub(crate) fn with_bigquery_usage(
+    value: &impl Serialize,
+    context: &Context,
+) -> anyhow::Result<serde_json::Value> {
+    let mut value = serde_json::to_value(value)?;
+    if let (Some(usage), Some(object)) = (bigquery_usage(context), value.as_object_mut()) {
+        object.insert("bigquery".to_owned(), usage);
+    }
+    Ok(value)
+}
+
 pub(crate) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     out(format_args!("{text}\n"))

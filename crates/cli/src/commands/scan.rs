@@ -56,6 +56,7 @@ pub(crate) async fn run(global: &Global, args: &ScanArgs) -> anyhow::Result<Exit
         &PhaseNames(&loaded.spec),
         scan.recorded,
         healed.as_ref(),
+        crate::commands::bigquery_usage(&context),
     )?;
     if args.heal && !global.json {
         let healed = heal(&loaded, &context, &store, &scan, args, global).await?;
@@ -366,6 +367,7 @@ fn report(
     names: &PhaseNames<'_>,
     recorded: gapless_store::ScanRecorded,
     healed: Option<&Healed>,
+    bigquery: Option<serde_json::Value>,
 ) -> anyhow::Result<Exit> {
     if global.json {
         let gaps: Vec<_> = gaps
@@ -383,13 +385,17 @@ fn report(
                 })
             })
             .collect();
-        print_json(&json!({
+        let mut document = json!({
             "start_date": range.map(|r| r.start()),
             "end_date": range.map(|r| r.end()),
             "gaps": gaps,
             "ledger": recorded,
             "heal": healed,
-        }))?;
+        });
+        if let Some(usage) = bigquery {
+            document["bigquery"] = usage;
+        }
+        print_json(&document)?;
     } else {
         match range {
             Some(range) => out(format_args!(

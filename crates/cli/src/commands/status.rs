@@ -5,7 +5,7 @@ use gapless_core::render::StatusReport;
 use gapless_core::select::select;
 
 use crate::cli::{Global, StatusArgs};
-use crate::commands::{matrix, out, print_json};
+use crate::commands::{matrix, out, print_json, with_bigquery_usage};
 use crate::exit::{Exit, UsageError};
 use crate::settings;
 
@@ -27,7 +27,7 @@ pub(crate) async fn run(global: &Global, args: &StatusArgs) -> anyhow::Result<Ex
     let phases: Vec<_> = phases.into_iter().collect();
     let report = StatusReport::build(&loaded.spec, &matrix, range, &phases, loaded.today);
     if global.json {
-        print_json(&report)?;
+        print_json(&with_bigquery_usage(&report, &context)?)?;
     } else {
         out(format_args!("{}", report.to_text()))?;
     }

@@ -297,3 +297,87 @@ fn example(project: &Project, pipeline: &Path, args: &[&str]) -> Output {
         .output()
         .unwrap()
 }
+
+/// The same demo on the BigQuery emulator (`bqemulator`): the same gaps, the same policy split
+/// and every validation query matching. Ignored by default: the emulator takes several minutes
+/// over the demo's 131k rows (`cargo test -p gapless-cli --test cli -- --ignored bigquery`).
+#[test]
+#[ignore = "several minutes on the BigQuery emulator"]
+fn demo_on_bigquery_heals_the_same_gaps() {
+    let Some(emulator) = gapless_testkit::bigquery::BqEmulator::start() else {
+        return;
+    };
+    let project = Project::new();
+    let dir = project.path().join("nba");
+    let host = emulator.endpoint();
+    let output = project
+        .command(&[
+            "demo",
+            "--warehouse",
+            "bigquery",
+            "--dir",
+            dir.to_str().unwrap(),
+        ])
+        .env_remove("GAPLESS_TODAY")
+        .env("BIGQUERY_EMULATOR_HOST", host.trim_start_matches("http://"))
+        .output()
+        .unwrap();
+    let text = stdout(&output);
+    assert_eq!(code(&output), 0, "{text}\n{}", stderr(&output));
+    let (before, after) = text
+        .split_once("gapless status after")
+        .expect("the demo shows status after");
+    assert!(
+        before.contains("missing   2022-04-16..2022-06-16"),
+        "{before}"
+    );
+    assert!(
+        before.contains("partial   2024-10-22              1 cell, 1 of"),
+        "{before}"
+    );
+    let misses = before
+        .lines()
+        .filter(|l| l.trim_start().starts_with("MISS"))
+        .count();
+    assert_eq!(misses, 5, "{before}");
+    assert!(
+        text.contains("314 gaps; 208 to heal, 106 left for a person"),
+        "{text}"
+    );
+    assert!(text.contains("healed 106 of 106 gaps"), "{text}");
+    let oks = after
+        .lines()
+        .filter(|l| l.trim_start().starts_with("ok "))
+        .count();
+    assert_eq!(oks, 5, "{after}");
+    assert!(after.contains("every validation query matches its expectation"));
+    // The numbers SQLite reaches.
+    for line in [
+        "80 of 80",
+        "88 of 88",
+        "77 of 77",
+        "106 of 106",
+        "32562 of 32562",
+    ] {
+        assert!(after.contains(line), "{line}: {after}");
+    }
+    // The pipeline file written is the BigQuery variant.
+    let pipeline = std::fs::read_to_string(dir.join("gapless.toml")).unwrap();
+    assert!(pipeline.contains("bigquery://gapless-demo"), "{pipeline}");
+}
+
+#[test]
+fn demo_on_bigquery_needs_the_emulator_host() {
+    let project = Project::new();
+    let output = project
+        .command(&["demo", "--warehouse", "bigquery"])
+        .env_remove("BIGQUERY_EMULATOR_HOST")
+        .output()
+        .unwrap();
+    assert_eq!(code(&output), 2, "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("set BIGQUERY_EMULATOR_HOST"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -8,6 +8,7 @@
 
 mod backends;
 mod backfill;
+mod bigquery;
 mod blast;
 mod buckets;
 mod checks;

@@ -184,6 +184,34 @@ impl Missing {
                     _ => None,
                 }
             }
+            DatabaseError::BigQuery(error) => {
+                let message = error.message.as_str();
+                // BigQuery names tables `project:dataset.table` or `project.dataset.table`.
+                let table = |rest: &str| {
+                    let name = rest.split_whitespace().next().unwrap_or("");
+                    name.rsplit_once(':')
+                        .map_or(name, |(_, name)| name)
+                        .to_owned()
+                };
+                if let Some(rest) = ["Not found: Table ", "Not found: View "]
+                    .iter()
+                    .find_map(|prefix| message.strip_prefix(prefix))
+                {
+                    return Some(Self::Table(table(rest)));
+                }
+                if let Some(rest) = message.strip_prefix("Already Exists: Table ") {
+                    return Some(Self::Exists(table(rest)));
+                }
+                if let Some(rest) = message.strip_prefix("Unrecognized name: ") {
+                    let name = rest.split_whitespace().next().unwrap_or("");
+                    return Some(Self::Column(name.trim_end_matches(';').to_owned()));
+                }
+                // The emulator (DuckDB) words it its own way.
+                message
+                    .split_once("Referenced column \"")
+                    .and_then(|(_, rest)| rest.split_once('"'))
+                    .map(|(name, _)| Self::Column(name.to_owned()))
+            }
             _ => None,
         }
     }

@@ -52,7 +52,11 @@ fn loaded_matches_source(
 
 /// The gated runner on any backend. `source` and `target` are schemas: on SQLite the source is
 /// an ATTACHed file and the target the main database, on PostgreSQL both are a fresh schema.
-async fn gated_scenario(warehouse: &Warehouse, source: &str, target: &str) -> anyhow::Result<()> {
+pub(crate) async fn gated_scenario(
+    warehouse: &Warehouse,
+    source: &str,
+    target: &str,
+) -> anyhow::Result<()> {
     let sql = |text: &str| text.replace("{src}", source).replace("{dst}", target);
     warehouse
         .execute_script(
@@ -184,7 +188,7 @@ async fn gated_scenario(warehouse: &Warehouse, source: &str, target: &str) -> an
     );
     let error = warehouse
         .execute_script_gated(
-            &sql("DELETE FROM {dst}.loaded; INSERT INTO {dst}.nope VALUES (1)"),
+            &sql("DELETE FROM {dst}.loaded WHERE true; INSERT INTO {dst}.nope VALUES (1)"),
             &params(1, 5),
             TIMEOUT,
             &probes,

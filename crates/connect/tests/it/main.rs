@@ -1,8 +1,10 @@
 //! Integration tests of gapless-connect against real processes, SQLite files, PostgreSQL (when
-//! `GAPLESS_TEST_PG_URL` is set) and an HTTP server on loopback.
+//! `GAPLESS_TEST_PG_URL` is set), the BigQuery emulator (`bqemulator`, when installed) and an
+//! HTTP server on loopback.
 
 #![allow(clippy::unwrap_used)]
 
+mod bigquery;
 mod command;
 mod gated;
 mod http;

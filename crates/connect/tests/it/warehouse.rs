@@ -1,4 +1,5 @@
-//! Warehouse conformance: one scenario, run on SQLite (always) and PostgreSQL (when configured).
+//! Warehouse conformance: one scenario, run on SQLite (always), PostgreSQL (when configured) and
+//! BigQuery (the emulator, in `bigquery.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -21,8 +22,8 @@ fn params(start: u32, end: u32) -> ScriptParams {
 }
 
 /// The scenario every backend must pass. `schema` is where the test table lives: an ATTACHed
-/// database on SQLite, a fresh schema on PostgreSQL.
-async fn scenario(warehouse: &Warehouse, schema: &str) -> anyhow::Result<()> {
+/// database on SQLite, a fresh schema on PostgreSQL, a fresh dataset on BigQuery.
+pub(crate) async fn scenario(warehouse: &Warehouse, schema: &str) -> anyhow::Result<()> {
     let sql = |text: &str| text.replace("{s}", schema);
     warehouse.ping().await?;
 
@@ -65,6 +66,9 @@ async fn scenario(warehouse: &Warehouse, schema: &str) -> anyhow::Result<()> {
     let timestamps = match warehouse.dialect() {
         Dialect::Postgres => sql("SELECT game_date::timestamp, COUNT(*) FROM {s}.t GROUP BY 1"),
         Dialect::Sqlite => sql("SELECT game_date || ' 12:00:00', COUNT(*) FROM {s}.t GROUP BY 1"),
+        Dialect::BigQuery => {
+            sql("SELECT CAST(game_date AS TIMESTAMP), COUNT(*) FROM {s}.t GROUP BY 1")
+        }
     };
     assert_eq!(
         warehouse.counts(&timestamps, jan(1), jan(5)).await?,
@@ -77,6 +81,8 @@ async fn scenario(warehouse: &Warehouse, schema: &str) -> anyhow::Result<()> {
              WHERE game_date >= :start AND game_date >= :start GROUP BY 1",
         ),
         Dialect::Sqlite => sql("SELECT game_date, COUNT(*) FROM {s}.t \
+             WHERE game_date >= :start AND game_date >= :start GROUP BY 1"),
+        Dialect::BigQuery => sql("SELECT CAST(game_date AS STRING), COUNT(*) FROM {s}.t \
              WHERE game_date >= :start AND game_date >= :start GROUP BY 1"),
     };
     assert_eq!(
@@ -461,7 +467,7 @@ async fn sqlite_memory_and_connect_errors() -> anyhow::Result<()> {
 }
 
 /// Prepares `sql` against `changes` from `pipeline` (the SQL texts the pipeline holds).
-async fn prepare(
+pub(crate) async fn prepare(
     warehouse: &Warehouse,
     pipeline: &[&str],
     sql: &str,
@@ -473,7 +479,8 @@ async fn prepare(
     warehouse.prepare_script(sql, &changes).await
 }
 
-/// What `prepare_script` must find on every backend, in schema `s` holding table `s.t`.
+/// What `prepare_script` must find on SQLite and PostgreSQL, in schema `s` holding table `s.t`
+/// (BigQuery's emulator dry-runs only queries: `bigquery.rs` has its own).
 async fn prepare_scenario(warehouse: &Warehouse, s: &str) -> anyhow::Result<()> {
     let sql = |text: &str| text.replace("{s}", s);
     let ok = prepare(

@@ -44,6 +44,7 @@ pub(super) struct RawWarehouse {
     pub(super) url: Spanned<String>,
     #[serde(default)]
     pub(super) attach: BTreeMap<String, Spanned<String>>,
+    pub(super) maximum_bytes_billed: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -463,3 +463,32 @@ fn healing_timezone_is_an_iana_name() {
     let message = errors(&format!("{RAW}\n[healing]\nscan = \"every hour\"\n"));
     assert!(message.contains("is not a cron expression"), "{message}");
 }
+
+#[test]
+fn bigquery_warehouse_and_its_byte_limit() {
+    let source = String::from(
+        "[pipeline]\nname = \"demo\"\nstart = \"2024-01-01\"\n\n[warehouse]\nurl = \"bigquery://my-project?location=US\"\nmaximum_bytes_billed = 1000000000\n\n[[phase]]\nid = 2\nname = \"raw\"\ncheck.sql = \"SELECT d, COUNT(*) FROM `raw.t` WHERE d BETWEEN :start AND :end GROUP BY d\"\n",
+    );
+    let spec = parse(&source, &Files).unwrap();
+    let warehouse = spec.warehouse.unwrap();
+    assert_eq!(warehouse.url, "bigquery://my-project?location=US");
+    assert_eq!(warehouse.maximum_bytes_billed, Some(1_000_000_000));
+    // BigQuery's own `@name` parameters would never be bound: refused like `?` on SQLite.
+    let foreign = String::from(
+        "[pipeline]\nname = \"demo\"\nstart = \"2024-01-01\"\n\n[warehouse]\nurl = \"bigquery://p\"\n\n[[phase]]\nid = 2\nname = \"raw\"\ncheck.sql = \"SELECT d, COUNT(*) FROM t WHERE d = @day GROUP BY d\"\n",
+    );
+    let diagnostics = parse(&foreign, &Files).unwrap_err();
+    let text = render_all(&diagnostics, "gapless.toml", &foreign);
+    assert!(text.contains("`@day`"), "{text}");
+    for (url, limit, wanted) in [
+        ("sqlite://w.db", "10", "only applies to BigQuery"),
+        ("bigquery://p", "0", "must be a positive number of bytes"),
+    ] {
+        let source = format!(
+            "[pipeline]\nname = \"demo\"\nstart = \"2024-01-01\"\n\n[warehouse]\nurl = \"{url}\"\nmaximum_bytes_billed = {limit}\n{RAW}"
+        );
+        let diagnostics = parse(&source, &Files).unwrap_err();
+        let text = render_all(&diagnostics, "gapless.toml", &source);
+        assert!(text.contains(wanted), "{text}");
+    }
+}

@@ -781,19 +781,22 @@ fn check(
     files: &dyn FileSource,
     source: Option<&str>,
 ) -> Result<Spec, Vec<Diagnostic>> {
-    let is_postgres = raw.warehouse.as_ref().is_some_and(|w| {
-        let url = w.get_ref().url.get_ref();
-        url.starts_with("postgres://") || url.starts_with("postgresql://")
-    });
+    let url = raw
+        .warehouse
+        .as_ref()
+        .map(|w| w.get_ref().url.get_ref().as_str());
+    let dialect = match url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            crate::sql::Dialect::Postgres
+        }
+        Some(url) if url.starts_with("bigquery://") => crate::sql::Dialect::BigQuery,
+        _ => crate::sql::Dialect::Sqlite,
+    };
     let mut v = Validator {
         diagnostics: Vec::new(),
         files,
         source,
-        dialect: if is_postgres {
-            crate::sql::Dialect::Postgres
-        } else {
-            crate::sql::Dialect::Sqlite
-        },
+        dialect,
     };
     let pipeline = raw.pipeline.get_ref();
 
@@ -833,14 +836,35 @@ fn check(
         let url = w_ref.url.get_ref();
         let is_sqlite = url.starts_with("sqlite:");
         let is_postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
-        if !is_sqlite && !is_postgres {
+        let is_bigquery = url.starts_with("bigquery://");
+        if !is_sqlite && !is_postgres && !is_bigquery {
             v.error_hint(
                 format!("unsupported warehouse URL `{}`", redact_url(url)),
                 w_ref.url.span(),
-                "use sqlite://path/to/file.db or postgres://user@host/db",
+                "use sqlite://path/to/file.db, postgres://user@host/db or bigquery://PROJECT?location=US",
             );
             return None;
         }
+        let maximum_bytes_billed = w_ref.maximum_bytes_billed.as_ref().and_then(|limit| {
+            if !is_bigquery {
+                v.error_hint(
+                    "`warehouse.maximum_bytes_billed` only applies to BigQuery",
+                    limit.span(),
+                    "SQLite and PostgreSQL do not bill by bytes",
+                );
+                return None;
+            }
+            match u64::try_from(*limit.get_ref()) {
+                Ok(bytes) if bytes > 0 => Some(bytes),
+                _ => {
+                    v.error(
+                        "`warehouse.maximum_bytes_billed` must be a positive number of bytes",
+                        limit.span(),
+                    );
+                    None
+                }
+            }
+        });
         let mut attach = Vec::new();
         for (schema, path) in &w_ref.attach {
             if !is_sqlite {
@@ -863,6 +887,7 @@ fn check(
         Some(Warehouse {
             url: url.clone(),
             attach,
+            maximum_bytes_billed,
         })
     });
 
