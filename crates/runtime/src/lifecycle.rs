@@ -168,6 +168,8 @@ pub struct RunOptions {
     /// How long a state store that stops answering mid-run is waited for before the run stops
     /// with an infrastructure error (`[state] outage`).
     pub store_outage: Duration,
+    /// The length of task leases, renewed every third of it.
+    pub lease_ttl: Duration,
 }
 
 impl Default for RunOptions {
@@ -177,6 +179,7 @@ impl Default for RunOptions {
             source: "backfill".to_owned(),
             crash_at: None,
             store_outage: gapless_core::spec::DEFAULT_STATE_OUTAGE,
+            lease_ttl: Options::default().lease_ttl,
         }
     }
 }
@@ -235,6 +238,7 @@ pub async fn execute_run(
             source: options.source.clone(),
             crash_at: options.crash_at.clone(),
             store_outage: options.store_outage,
+            lease_ttl: options.lease_ttl,
             // Task leases name the same process as the run's own lease.
             owner: owner.id.clone(),
             ..Options::default()

@@ -10,7 +10,7 @@ use gapless_runtime::context::Context;
 use gapless_runtime::executor::{self, Event, Observer};
 use gapless_runtime::lifecycle::{self, LifecycleError, RunOptions};
 use gapless_runtime::owner::Owner;
-use gapless_store::{RunId, RunKind, RunRecord, RunState, Store};
+use gapless_store::{Fence, RunId, RunKind, RunRecord, RunState, Store};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,6 +31,10 @@ pub struct AppOptions {
     /// How often the trigger looks at the event log when nothing woke it: events written by
     /// other processes (a `gapless backfill` on the same state store) are seen this late.
     pub poll: Duration,
+    /// The length of this node's leases: its registration, the leader lease and its tasks'
+    /// leases, each renewed every third of it. A dead node's work is taken back, and a new
+    /// leader elected, within about this long (at once for a node of the same host).
+    pub lease: Duration,
 }
 
 impl Default for AppOptions {
@@ -40,6 +44,7 @@ impl Default for AppOptions {
             store_outage: gapless_core::spec::DEFAULT_STATE_OUTAGE,
             coalesce: Duration::from_millis(50),
             poll: Duration::from_millis(500),
+            lease: Duration::from_secs(30),
         }
     }
 }
@@ -60,6 +65,11 @@ pub struct App {
     /// process executes), so the event log's readers (the trigger, the deliveries out) read
     /// them at once instead of at their next poll.
     wake: watch::Sender<u64>,
+    /// The leader lease while this node holds it: what its fenced writes present.
+    leader: watch::Sender<Option<Fence>>,
+    /// Bumped when work was added or given back (tasks requeued, a dead node reaped, a
+    /// notification from another node), so that idle runners look for it at once.
+    work: watch::Sender<u64>,
     /// Prometheus metrics (`GET /metrics`).
     pub metrics: crate::metrics::Metrics,
     runs: TaskTracker,
@@ -89,6 +99,8 @@ impl App {
             clock,
             options,
             wake: watch::Sender::new(0),
+            leader: watch::Sender::new(None),
+            work: watch::Sender::new(0),
             metrics: crate::metrics::Metrics::default(),
             runs: TaskTracker::new(),
             run_slots: Arc::new(Semaphore::new(slots)),
@@ -161,6 +173,7 @@ impl App {
             jobs: self.options.jobs,
             source: source.to_owned(),
             store_outage: self.options.store_outage,
+            lease_ttl: self.options.lease,
             ..RunOptions::default()
         };
         let finished = lifecycle::execute_run(
@@ -227,6 +240,59 @@ impl App {
         self.shutdown.cancel();
         self.runs.close();
         self.runs.wait().await;
+    }
+
+    /// Whether the state store is shared by several nodes (PostgreSQL): then runs' tasks are
+    /// claimed by whichever node has room, and expired task leases are given back by any node.
+    pub fn shared(&self) -> bool {
+        matches!(self.store, Store::Postgres(_))
+    }
+
+    /// The leader lease, while this node holds it.
+    pub fn fence(&self) -> Option<Fence> {
+        self.leader.borrow().clone()
+    }
+
+    /// Whether this node leads now.
+    pub fn is_leader(&self) -> bool {
+        self.leader.borrow().is_some()
+    }
+
+    pub(crate) fn set_leader(&self, fence: Option<Fence>) {
+        self.leader.send_if_modified(|held| {
+            let changed = *held != fence;
+            *held = fence;
+            changed
+        });
+    }
+
+    /// Waits until this node leads, and returns its lease; `None` when `serve` stops first.
+    pub async fn until_leader(&self) -> Option<Fence> {
+        let mut leading = self.leader.subscribe();
+        tokio::select! {
+            held = leading.wait_for(Option::is_some) => held.ok().and_then(|held| held.clone()),
+            () = self.shutdown.cancelled() => None,
+        }
+    }
+
+    /// Fires when this node stops leading (or `serve` stops).
+    pub async fn leadership_lost(&self) {
+        let mut leading = self.leader.subscribe();
+        tokio::select! {
+            _ = leading.wait_for(Option::is_none) => {}
+            () = self.shutdown.cancelled() => {}
+        }
+    }
+
+    /// Tells idle runners that work was added or given back.
+    pub fn work_added(&self) {
+        self.work
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// A receiver that sees every [`App::work_added`] after its creation.
+    pub fn work_woken(&self) -> watch::Receiver<u64> {
+        self.work.subscribe()
     }
 
     /// Tells the event log's readers that there is more to read.

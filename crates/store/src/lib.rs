@@ -32,12 +32,12 @@ mod store;
 
 pub use crate::error::{BackendError, StoreError};
 pub use crate::model::{
-    AlertRecord, CellHolder, CellRecord, CellState, Claim, DetectedGap, EventRecord, GapFilter,
-    GapRecord, GapStatus, IncomingEvent, Ingested, InvalidRunId, NewEvent, NewRun, NewTask,
-    NewTaskState, Ownership, PhaseProgress, QuarantineRecord, RunId, RunKind, RunOwner,
-    RunOwnerRecord, RunRecord, RunState, RunnerRecord, ScanRecorded, TaskRecord, TaskState,
-    UnknownState,
+    AlertRecord, CellHolder, CellRecord, CellState, Claim, DetectedGap, EventRecord, Fence,
+    GapFilter, GapRecord, GapStatus, IncomingEvent, Ingested, InvalidRunId, LeaseOutcome,
+    LeaseRecord, NewEvent, NewRun, NewTask, NewTaskState, NodeRecord, NodeView, NodesReport,
+    Ownership, PhaseProgress, QuarantineRecord, RunId, RunKind, RunOwner, RunOwnerRecord,
+    RunRecord, RunState, RunnerRecord, ScanRecorded, TaskRecord, TaskState, TickRun, UnknownState,
 };
 pub use crate::schema::SCHEMA_VERSION;
 pub use crate::sqlite::{SqliteStore, SyncMode};
-pub use crate::store::{NextClaims, Store};
+pub use crate::store::{LEADER, NextClaims, Store};

@@ -15,6 +15,7 @@ mod crash;
 mod demo;
 mod due;
 mod front;
+mod nodes;
 mod ordering;
 mod outage;
 mod owners;
