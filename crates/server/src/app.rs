@@ -67,6 +67,10 @@ pub struct App {
     wake: watch::Sender<u64>,
     /// The leader lease while this node holds it: what its fenced writes present.
     leader: watch::Sender<Option<Fence>>,
+    /// The runs this node executes now, as owner or helper: never twice at once.
+    engaged: std::sync::Mutex<std::collections::HashSet<RunId>>,
+    /// Runs this node helps with at once (`jobs`).
+    pub(crate) help_slots: Arc<Semaphore>,
     /// Bumped when work was added or given back (tasks requeued, a dead node reaped, a
     /// notification from another node), so that idle runners look for it at once.
     work: watch::Sender<u64>,
@@ -100,6 +104,8 @@ impl App {
             options,
             wake: watch::Sender::new(0),
             leader: watch::Sender::new(None),
+            engaged: std::sync::Mutex::new(std::collections::HashSet::new()),
+            help_slots: Arc::new(Semaphore::new(slots)),
             work: watch::Sender::new(0),
             metrics: crate::metrics::Metrics::default(),
             runs: TaskTracker::new(),
@@ -142,10 +148,13 @@ impl App {
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
         let app = Arc::clone(self);
+        let engaged = self.engage(&run_id);
         self.runs.spawn(async move {
             let _permit = permit;
+            let _engaged = engaged;
             match app.execute_now(&run_id, source_of(kind)).await {
-                Ok(()) if kind == RunKind::Heal => {
+                // Left to another node (`running`): that node records the heal.
+                Ok(state) if kind == RunKind::Heal && state != RunState::Running => {
                     match gapless_runtime::heal::finish_heal(&app.store, &run_id).await {
                         Ok((healed, failed)) => {
                             app.metrics.heals("healed", healed as u64);
@@ -157,7 +166,7 @@ impl App {
                         }
                     }
                 }
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(error) => {
                     tracing::error!(run = %run_id, error = %error_chain(&error), "run failed to execute");
                 }
@@ -166,16 +175,50 @@ impl App {
         });
     }
 
-    async fn execute_now(&self, run_id: &RunId, source: &str) -> Result<(), LifecycleError> {
-        let context = Arc::new(self.context());
-        let tasks = executor::load_tasks(&self.store, &self.spec, run_id).await?;
-        let options = RunOptions {
+    /// How runs execute on this node: shared with the others on PostgreSQL.
+    pub(crate) fn run_options(&self, source: &str) -> RunOptions {
+        RunOptions {
             jobs: self.options.jobs,
             source: source.to_owned(),
             store_outage: self.options.store_outage,
             lease_ttl: self.options.lease,
+            shared: self.shared().then_some(FOLLOW),
             ..RunOptions::default()
-        };
+        }
+    }
+
+    /// Marks run `run_id` executed here until the guard is dropped; `None` when it already is.
+    pub(crate) fn engage(self: &Arc<Self>, run_id: &RunId) -> Option<Engaged> {
+        let mut engaged = self
+            .engaged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        engaged.insert(run_id.clone()).then(|| Engaged {
+            app: Arc::clone(self),
+            run_id: run_id.clone(),
+        })
+    }
+
+    /// Whether this node executes run `run_id` now.
+    pub(crate) fn is_engaged(&self, run_id: &RunId) -> bool {
+        self.engaged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(run_id)
+    }
+
+    pub(crate) fn runs_tracker(&self) -> &TaskTracker {
+        &self.runs
+    }
+
+    pub(crate) fn observer(&self) -> Arc<dyn Observer> {
+        Arc::new(WakeOnCompletion(self.wake.clone(), self.metrics.clone()))
+    }
+
+    async fn execute_now(&self, run_id: &RunId, source: &str) -> Result<RunState, LifecycleError> {
+        let context = Arc::new(self.context());
+        let tasks = executor::load_tasks(&self.store, &self.spec, run_id).await?;
+        let options = self.run_options(source);
         let finished = lifecycle::execute_run(
             context,
             &self.store,
@@ -183,7 +226,7 @@ impl App {
             &self.owner,
             tasks,
             &options,
-            Arc::new(WakeOnCompletion(self.wake.clone(), self.metrics.clone())),
+            self.observer(),
             self.shutdown.child_token(),
         )
         .await?;
@@ -194,7 +237,7 @@ impl App {
             elapsed_ms = finished.elapsed.as_millis() as u64,
             "run ended"
         );
-        Ok(())
+        Ok(finished.state)
     }
 
     /// Resumes the runs `serve` is responsible for that a previous `serve` left unfinished
@@ -202,12 +245,24 @@ impl App {
     /// the API. Returns how many it resumed. A run whose owner is alive is left to it.
     pub async fn resume_unfinished(self: &Arc<Self>) -> anyhow::Result<usize> {
         let mut resumed = 0;
+        let now = chrono::Utc::now();
         for run in self.store.list_runs(1_000).await? {
-            if !self.is_ours_to_resume(&run) {
+            if !self.is_ours_to_resume(&run) || self.is_engaged(&run.id) {
+                continue;
+            }
+            // A live owner keeps its run (checked again, under a lock, by the take-over).
+            if run
+                .owner
+                .as_ref()
+                .is_some_and(|owner| owner.expires_at >= now && !self.owner.sees_dead(owner))
+            {
                 continue;
             }
             let context = self.context();
-            match lifecycle::prepare_resume(&context, &self.store, &run, &self.owner).await {
+            let shared = self.shared();
+            match lifecycle::prepare_resume_with(&context, &self.store, &run, &self.owner, shared)
+                .await
+            {
                 Ok(_) => {
                     self.store
                         .set_run_state(&run.id, run.version, RunState::Running)
@@ -312,6 +367,26 @@ impl App {
         if stored > 0 {
             self.wake();
         }
+    }
+}
+
+/// How often a node re-reads the tasks of a shared run it executes, to follow what the other
+/// nodes claimed and completed (LISTEN/NOTIFY wakes it sooner when something changes).
+const FOLLOW: Duration = Duration::from_millis(250);
+
+/// A run this node executes, forgotten when dropped ([`App::engage`]).
+pub(crate) struct Engaged {
+    app: Arc<App>,
+    run_id: RunId,
+}
+
+impl Drop for Engaged {
+    fn drop(&mut self) {
+        self.app
+            .engaged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.run_id);
     }
 }
 

@@ -24,6 +24,7 @@ pub mod node;
 pub mod outbox;
 pub mod pubsub;
 pub mod scheduler;
+pub mod share;
 pub mod trigger;
 
 pub use crate::api::Auth;
@@ -81,6 +82,8 @@ pub async fn serve(
         tracing::info!(resumed, "resumed runs a previous serve left unfinished");
     }
     background.spawn(trigger::run(Arc::clone(&app)));
+    background.spawn(share::run(Arc::clone(&app)));
+    background.spawn(share::listen(Arc::clone(&app)));
     background.spawn(scheduler::run(Arc::clone(&app)));
     if let Some(bus) = &transports.nats {
         background.spawn(outbox::run(

@@ -253,6 +253,26 @@ statements! {
 
     SELECT_LEASE = "SELECT lease_epoch, attempt FROM tasks WHERE id = $1";
 
+    /// Serializes the claims of one run's phase until the transaction ends, so that the count
+    /// of its running tasks ([`RUNNING_PEERS`], a later statement with a fresh snapshot) is
+    /// exact across nodes. One key per run and phase: claims of other phases never wait.
+    LOCK_PHASE_POSTGRES = "SELECT pg_advisory_xact_lock(hashtext(run_id || '/' || phase::text)) \
+         FROM tasks WHERE id = $1";
+
+    /// Running tasks of task `$1`'s run and phase, on any node.
+    RUNNING_PEERS = "SELECT COUNT(*) FROM tasks t JOIN tasks me \
+             ON me.run_id = t.run_id AND me.phase = t.phase \
+         WHERE me.id = $1 AND t.state = 'running'";
+
+    /// Every task's state and epoch, for a scheduler that follows what other nodes do.
+    TASK_STATES = "SELECT id, state, lease_epoch FROM tasks WHERE run_id = $1 ORDER BY id";
+
+    /// Running runs of pipeline `$1` with a task claimable at `$2`: work a node can help with.
+    RUNS_WITH_WORK = "SELECT DISTINCT t.run_id FROM tasks t JOIN runs r ON r.id = t.run_id \
+         WHERE t.state = 'pending' AND (t.not_before IS NULL OR t.not_before <= $2) \
+           AND r.state = 'running' AND r.pipeline = $1 \
+         LIMIT 50";
+
     SET_LEASE_COUNTER = "UPDATE lease_counter SET last = $1 WHERE id = 1";
 
     /// A hold on each cell of task `$1` until `$2`, taking over holds that are the task's own
@@ -430,10 +450,13 @@ statements! {
              updated_at = excluded.updated_at";
 
     /// The cells of phase `$2` within `$3..=$4` that a run still means to run, while its owner
-    /// holds it (`$1` is now): a run nobody owns (interrupted) plans nothing.
+    /// holds it (`$1` is now), or while it is `running` without owner (its node died and
+    /// another is adopting it): a run that was interrupted, or whose owner's lease lapsed,
+    /// plans nothing.
     ACTIVE_CELLS = "SELECT c.date FROM runs r \
          JOIN run_cells c ON c.run_id = r.id \
-         WHERE r.owner_expires_at > $1 AND c.phase = $2 AND c.date >= $3 AND c.date <= $4 \
+         WHERE (r.owner_expires_at > $1 OR (r.state = 'running' AND r.owner_id IS NULL)) \
+             AND c.phase = $2 AND c.date >= $3 AND c.date <= $4 \
              AND c.state = 'pending' \
          ORDER BY c.date";
 }
@@ -446,6 +469,8 @@ pub(crate) const LOCK_EVENT_LOG_POSTGRES: &str = "SELECT pg_advisory_xact_lock(7
 /// Wakes the nodes that listen (`LISTEN gapless_work`): work was added or given back. Sent in
 /// the transaction that did it, so it is delivered at its commit, and only then.
 pub(crate) const NOTIFY_WORK_POSTGRES: &str = "SELECT pg_notify('gapless_work', '')";
+/// The channel of [`NOTIFY_WORK_POSTGRES`].
+pub(crate) const WORK_CHANNEL: &str = "gapless_work";
 
 // --- gap ledger -----------------------------------------------------------------------------
 

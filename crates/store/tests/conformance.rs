@@ -954,6 +954,7 @@ async fn completion_claims_the_next_tasks(store: Store) -> anyhow::Result<()> {
         .await?
         .context("claim")?;
     let next = NextClaims {
+        limits: &[],
         tasks: &[(second, 0), (third, 7)],
         owner: "node-a",
         ttl: TTL,
@@ -1469,6 +1470,7 @@ async fn cells_have_one_runner_across_runs(store: Store) -> anyhow::Result<()> {
 
     // Refused as a next claim too, without undoing the completion.
     let next = NextClaims {
+        limits: &[],
         tasks: &[(overlapping, 0)],
         owner: "node-b",
         ttl: TTL,

@@ -204,3 +204,277 @@ fn signal(pid: u32, which: &str) {
         .unwrap();
     assert!(status.success());
 }
+
+/// Writes each date of its range to the sink once (the unique key refuses a second row; a
+/// re-execution finds the row there and writes nothing), and one row per execution with its
+/// time span, fencing token and how many rows it wrote. Sleeps so that kills land mid-task.
+const RUNNER: &str = r#"#!/usr/bin/env python3
+import datetime, os, random, sqlite3, sys, time
+phase, start, end = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+token = int(os.environ["GAPLESS_ATTEMPT_TOKEN"])
+started = int(time.time() * 1000)
+time.sleep(random.uniform(0.2, 0.6))
+db = sqlite3.connect("warehouse.db", timeout=60)
+db.execute("BEGIN IMMEDIATE")
+day, last, written = datetime.date.fromisoformat(start), datetime.date.fromisoformat(end), 0
+while day <= last:
+    written += db.execute(
+        "INSERT INTO sink (phase, d, token) VALUES (?, ?, ?) ON CONFLICT (phase, d) DO NOTHING",
+        (phase, day.isoformat(), token)).rowcount
+    day += datetime.timedelta(days=1)
+db.execute("INSERT INTO executions (phase, start, end, started_ms, ended_ms, token, written) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?)",
+           (phase, start, end, started, int(time.time() * 1000), token, written))
+db.commit()
+"#;
+
+/// Three phases over 300 days (2023-06-05 to 2024-03-30; today is 2024-03-31), in batches of
+/// five days, four at once per phase.
+const CHAOS: &str = r#"
+[pipeline]
+name = "chaos"
+start = "2023-06-05"
+
+[warehouse]
+url = "sqlite://warehouse.db"
+
+[[phase]]
+id = 1
+name = "a"
+batch_days = 5
+concurrency = 4
+retries = 5
+run.command = ["python3", "runner.py", "{phase}", "{start}", "{end}"]
+check.sql = "SELECT d, COUNT(*) FROM sink WHERE phase = 1 AND d BETWEEN :start AND :end GROUP BY d"
+
+[[phase]]
+id = 2
+name = "b"
+needs = [1]
+batch_days = 5
+concurrency = 4
+retries = 5
+run.command = ["python3", "runner.py", "{phase}", "{start}", "{end}"]
+check.sql = "SELECT d, COUNT(*) FROM sink WHERE phase = 2 AND d BETWEEN :start AND :end GROUP BY d"
+
+[[phase]]
+id = 3
+name = "c"
+needs = [{ phase = 2, lookback_days = 2 }]
+batch_days = 5
+concurrency = 4
+retries = 5
+run.command = ["python3", "runner.py", "{phase}", "{start}", "{end}"]
+check.sql = "SELECT d, COUNT(*) FROM sink WHERE phase = 3 AND d BETWEEN :start AND :end GROUP BY d"
+"#;
+
+/// Three nodes heal 3 phases × 300 days while a random node is killed -9 and started again,
+/// twenty times. Every cell ends complete with exactly one sink row written (the unique key),
+/// no two recorded executions of a cell overlap, the work was shared, no lease is left with a
+/// dead node, and the ledger closes every gap.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_heal_300_days_through_twenty_kills() {
+    let Some(cluster) = Cluster::new(CHAOS).await else {
+        return;
+    };
+    let project = &cluster.project;
+    project.script("runner.py", RUNNER);
+    let warehouse = project.sqlite("warehouse.db").await;
+    exec(
+        &warehouse,
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE sink (phase INTEGER, d TEXT, token INTEGER, UNIQUE (phase, d));
+         CREATE TABLE executions (phase INTEGER, start TEXT, end TEXT, started_ms INTEGER,
+             ended_ms INTEGER, token INTEGER, written INTEGER);",
+    )
+    .await;
+    let mut nodes: Vec<Serve> = (0..3).map(|_| cluster.serve(&["--jobs", "4"])).collect();
+    cluster.leader_pid().await;
+    let http = gapless_connect::http_client().unwrap();
+    let response = http
+        .post(nodes[0].url("/scan-gaps"))
+        .json(&serde_json::json!({"heal": true, "include_old": true, "lookback": "400d"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    let started = Instant::now();
+    let mut sharing = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(1_000..2_500))).await;
+        let holders: i64 = sqlx::query_scalar(
+            "SELECT COUNT(DISTINCT lease_owner) FROM tasks WHERE state = 'running'",
+        )
+        .fetch_one(&cluster.state)
+        .await
+        .unwrap();
+        sharing = sharing.max(holders);
+        let victim = fastrand::usize(..nodes.len());
+        nodes[victim].kill();
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(100..800))).await;
+        nodes[victim] = cluster.serve(&["--jobs", "4"]);
+    }
+    // The heal's cells: 300 days, and today's in every phase (planned with the windows
+    // after the gaps; not due yet, but runnable).
+    let cells: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT DISTINCT phase, date FROM run_cells) c")
+            .fetch_one(&cluster.state)
+            .await
+            .unwrap();
+    assert!(cells >= 900, "{cells} cells planned");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let written: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sink")
+            .fetch_one(&warehouse)
+            .await
+            .unwrap();
+        let open: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM gaps WHERE healing_status <> 'complete'")
+                .fetch_one(&cluster.state)
+                .await
+                .unwrap();
+        if written == cells && open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{written} of {cells} cells written, {open} gaps open, after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("healed through 20 kills in {:?}", started.elapsed());
+
+    // Exactly one row per cell, each written by one execution.
+    let per_cell: Vec<(i64, String, i64)> =
+        sqlx::query_as("SELECT phase, d, COUNT(*) FROM sink GROUP BY phase, d HAVING COUNT(*) > 1")
+            .fetch_all(&warehouse)
+            .await
+            .unwrap();
+    assert!(per_cell.is_empty(), "{per_cell:?}");
+    let writes: i64 = sqlx::query_scalar("SELECT SUM(written) FROM executions")
+        .fetch_one(&warehouse)
+        .await
+        .unwrap();
+    assert_eq!(
+        writes, cells,
+        "every sink row written by exactly one execution"
+    );
+    // No two recorded executions of overlapping ranges of a phase ran at the same time.
+    let overlapping: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM executions a JOIN executions b ON a.rowid < b.rowid \
+         AND a.phase = b.phase AND a.start <= b.end AND b.start <= a.end \
+         AND a.started_ms < b.ended_ms AND b.started_ms < a.ended_ms",
+    )
+    .fetch_one(&warehouse)
+    .await
+    .unwrap();
+    assert_eq!(overlapping, 0, "two executions of one cell at once");
+    let executions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM executions")
+        .fetch_one(&warehouse)
+        .await
+        .unwrap();
+    // 180 tasks; a kill can cost each of its node's running tasks one more execution.
+    assert!(
+        executions <= 180 + 20 * 12,
+        "{executions} executions for 180 tasks"
+    );
+
+    assert!(
+        sharing >= 2,
+        "the run's tasks ran on several nodes at once (at most {sharing} seen)"
+    );
+
+    // The ledger: every cell of the heal recorded complete once per run that holds it, one
+    // completion event per cell, and nothing left running.
+    let twice: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT phase, date FROM events WHERE status = 'complete' \
+         GROUP BY phase, date HAVING COUNT(*) > 1) dup",
+    )
+    .fetch_one(&cluster.state)
+    .await
+    .unwrap();
+    assert_eq!(twice, 0, "one completion event per cell");
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE status = 'complete'")
+        .fetch_one(&cluster.state)
+        .await
+        .unwrap();
+    assert_eq!(events, cells);
+    eventually_pg(
+        &cluster.state,
+        "no task left running",
+        "SELECT COUNT(*) FROM tasks WHERE state = 'running'",
+        0,
+    )
+    .await;
+    eventually_pg(
+        &cluster.state,
+        "every run finished",
+        "SELECT COUNT(*) FROM runs WHERE state = 'running'",
+        0,
+    )
+    .await;
+    let failed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE state = 'failed'")
+        .fetch_one(&cluster.state)
+        .await
+        .unwrap();
+    assert_eq!(failed, 0);
+
+    // No lease held by a dead node: every holder and every registered node is a live one.
+    let live: Vec<u32> = nodes.iter().map(Serve::pid).collect();
+    eventually_nodes(&cluster, &live).await;
+    for serve in nodes {
+        assert_eq!(serve.stop(), 0);
+    }
+    let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM leases WHERE holder IS NOT NULL")
+        .fetch_one(&cluster.state)
+        .await
+        .unwrap();
+    assert_eq!(held, 0, "stopped nodes give their leases up");
+    warehouse.close().await;
+    cluster.finish().await;
+}
+
+async fn eventually_pg(state: &PgPool, what: &str, query: &'static str, expected: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let value: i64 = sqlx::query_scalar(query).fetch_one(state).await.unwrap();
+        if value == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {value}, not {expected}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the registered nodes, the leader and every lease holder are exactly `live`.
+async fn eventually_nodes(cluster: &Cluster, live: &[u32]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let report = cluster.nodes();
+        let pid_of = |id: &str| -> u32 { id.rsplitn(3, '/').nth(1).unwrap().parse().unwrap() };
+        let mut registered: Vec<u32> = report["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|node| pid_of(node["id"].as_str().unwrap()))
+            .collect();
+        registered.sort_unstable();
+        let mut expected = live.to_vec();
+        expected.sort_unstable();
+        let holders_live = report["leases"].as_array().unwrap().iter().all(|lease| {
+            lease["holder"]
+                .as_str()
+                .is_none_or(|holder| live.contains(&pid_of(holder)))
+        });
+        if registered == expected && holders_live && report["leader"].is_string() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes {registered:?} and leases {} are not the live {expected:?}",
+            report["leases"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -235,8 +235,19 @@ impl Execution {
         let mut unexplained = 0;
         let mut told: Option<RunId> = None;
         while unexplained < 1_000 {
+            // Shared with other nodes: the phase's `concurrency` is counted over all of them.
+            let within = options
+                .shared
+                .and_then(|_| self.context.spec.phase(task.phase))
+                .map(|phase| phase.concurrency);
             if let Some(claim) = patiently(limit, "claim", || {
-                store.claim(task.id, seen_epoch, &options.owner, options.lease_ttl)
+                store.claim_within(
+                    task.id,
+                    seen_epoch,
+                    &options.owner,
+                    options.lease_ttl,
+                    within,
+                )
             })
             .await?
             {
@@ -274,6 +285,9 @@ impl Execution {
                         .unwrap_or_default()
                         .clamp(Duration::from_millis(50), Duration::from_secs(1))
                 }
+                // Shared: the phase runs as many tasks as it may on other nodes; the
+                // scheduler offers this one again when it follows their progress.
+                None if backoff.is_zero() && options.shared.is_some() => return Ok(None),
                 None => {
                     unexplained += 1;
                     backoff.max(Duration::from_millis(5))
