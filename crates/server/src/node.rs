@@ -158,6 +158,9 @@ async fn reap(app: &App) -> Result<(), StoreError> {
         .collect();
     let mut given_back = 0;
     for node in dead {
+        // A process of this host that is gone: its runners are ended here, and all its tasks
+        // can go at once. Elsewhere only its tasks whose leases expired do.
+        let gone = app.owner.sees_dead_id(&node.id);
         match gapless_runtime::owner::end_runners_of(&app.store, &node.id).await {
             Ok(0) => {}
             Ok(ended) => tracing::warn!(node = %node.id, ended, "stopped runners a dead node left"),
@@ -168,7 +171,7 @@ async fn reap(app: &App) -> Result<(), StoreError> {
                 continue;
             }
         }
-        if let Some(tasks) = app.store.reap_node(node).await? {
+        if let Some(tasks) = app.store.reap_node(node, gone).await? {
             tracing::warn!(node = %node.id, host = %node.host, tasks = tasks.len(), "a node died: its tasks and runs were taken back");
             given_back += tasks.len();
         }

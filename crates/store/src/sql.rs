@@ -577,12 +577,14 @@ statements! {
          WHERE state = 'running' AND lease_owner = $1 \
            AND runner_host IS NOT NULL AND runner_pgid IS NOT NULL ORDER BY id";
 
-    /// A dead node's running tasks back to pending, fenced. The runner stays recorded: the
-    /// caller stopped it if it could.
+    /// A dead node's running tasks back to pending, fenced: those whose lease expired before
+    /// `$2` (a node of another host: its runners stop themselves before their leases expire),
+    /// or all of them when `$2` is the largest value (a process of this host that is gone).
+    /// The runner stays recorded: the caller stopped it if it could.
     REQUEUE_OWNED_BY = "UPDATE tasks \
          SET state = 'pending', lease_epoch = lease_epoch + 1, lease_owner = NULL, \
              lease_expires_at = NULL, error = 'its node died' \
-         WHERE state = 'running' AND lease_owner = $1 RETURNING id";
+         WHERE state = 'running' AND lease_owner = $1 AND lease_expires_at < $2 RETURNING id";
 
     /// A dead node's runs lose their owner, so any node adopts them at once.
     RELEASE_RUNS_OF = "UPDATE runs \

@@ -2361,9 +2361,24 @@ async fn nodes_and_leases(store: Store) -> anyhow::Result<()> {
         .find(|node| node.id == a.id)
         .context("A is registered")?;
     assert!(dead.expires_at <= Utc::now());
-    let requeued = store.reap_node(&dead).await?.context("reaped")?;
+    // Found dead by its lapsed registration alone: tasks whose leases are live stay (their
+    // runners stop only when those could expire).
+    assert_eq!(store.reap_node(&dead, false).await?, Some(Vec::new()));
+    assert_eq!(
+        task_record(&store, task_id).await?.state,
+        TaskState::Running
+    );
+    store.register_node(&a, Duration::ZERO).await?;
+    let dead = store
+        .nodes()
+        .await?
+        .into_iter()
+        .find(|node| node.id == a.id)
+        .context("A is registered again")?;
+    // Known gone (a process of the reaper's host, its runners ended): all its tasks go.
+    let requeued = store.reap_node(&dead, true).await?.context("reaped")?;
     assert_eq!(requeued, [task_id]);
-    assert_eq!(store.reap_node(&dead).await?, None, "reaped once");
+    assert_eq!(store.reap_node(&dead, true).await?, None, "reaped once");
     assert!(!store.heartbeat(task_id, claim.epoch, TTL).await?, "fenced");
     assert!(
         !store

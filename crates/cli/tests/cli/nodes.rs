@@ -370,6 +370,17 @@ async fn three_nodes_heal_300_days_through_twenty_kills() {
     .await
     .unwrap();
     assert_eq!(overlapping, 0, "two executions of one cell at once");
+    // Each phase's `concurrency` (4) held across the three nodes: at the start of any
+    // execution, at most three others of its phase were under way.
+    let crowd: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(*) AS n FROM executions a \
+         JOIN executions b ON a.phase = b.phase AND b.started_ms <= a.started_ms \
+             AND a.started_ms < b.ended_ms GROUP BY a.rowid) c",
+    )
+    .fetch_one(&warehouse)
+    .await
+    .unwrap();
+    assert!(crowd <= 4, "{crowd} executions of one phase at once");
     let executions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM executions")
         .fetch_one(&warehouse)
         .await

@@ -124,11 +124,24 @@ impl Store {
     /// `seen` says (a node that renewed meanwhile is alive, and a node another reaper took is
     /// gone): its row is deleted, its leases released, its running tasks pending again with
     /// their epochs bumped (its late writes are refused) and their cell holds dropped, and its
-    /// runs left without owner, so that any node adopts them at once. `None` when the guard
-    /// refused; otherwise the requeued task ids.
-    pub async fn reap_node(&self, seen: &NodeRecord) -> Result<Option<Vec<i64>>, StoreError> {
+    /// runs left without owner, so that any node adopts them at once. `gone`: the caller made
+    /// sure the process is gone and its runners with it (a process of its own host), so every
+    /// running task of the node is taken back; otherwise only those whose lease expired, the
+    /// rest once theirs do ([`Store::requeue_expired`]), since a node cut off from the store
+    /// stops its runners only when their leases could expire. `None` when the guard refused;
+    /// otherwise the requeued task ids.
+    pub async fn reap_node(
+        &self,
+        seen: &NodeRecord,
+        gone: bool,
+    ) -> Result<Option<Vec<i64>>, StoreError> {
         let id = seen.id.as_str();
         let expires_at = seen.expires_at.timestamp_millis();
+        let cutoff = if gone {
+            i64::MAX
+        } else {
+            Utc::now().timestamp_millis()
+        };
         let reaped = match self {
             Self::Sqlite(sqlite) => sqlite.transaction(Commit::Durable, |connection| {
                 let values = params![id, expires_at];
@@ -136,10 +149,12 @@ impl Store {
                     return Ok(None);
                 }
                 sqlite::execute(connection, sql::RELEASE_LEASES_OF.sqlite, [id])?;
-                let ids: Vec<i64> =
-                    sqlite::rows(connection, sql::REQUEUE_OWNED_BY.sqlite, [id], |row| {
-                        Ok(row.get(0)?)
-                    })?;
+                let ids: Vec<i64> = sqlite::rows(
+                    connection,
+                    sql::REQUEUE_OWNED_BY.sqlite,
+                    params![id, cutoff],
+                    |row| Ok(row.get(0)?),
+                )?;
                 for &task_id in &ids {
                     sqlite::execute(connection, sql::DROP_HOLDS.sqlite, [task_id])?;
                 }
@@ -162,6 +177,7 @@ impl Store {
                         .await?;
                     let ids: Vec<i64> = sqlx::query_scalar(sql::REQUEUE_OWNED_BY.postgres)
                         .bind(id)
+                        .bind(cutoff)
                         .fetch_all(&mut *tx)
                         .await?;
                     for &task_id in &ids {
