@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 pub mod buckets;
+pub mod cluster;
 pub mod rsa;
 
 use anyhow::Context as _;

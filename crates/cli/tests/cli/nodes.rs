@@ -489,3 +489,119 @@ async fn eventually_nodes(cluster: &Cluster, live: &[u32]) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// PostgreSQL restarted mid-heal (a private cluster, `pg_ctl restart -m fast`, every session
+/// ended): two nodes reconnect and go on; every cell is written once, nothing fails, and both
+/// nodes, and a leader, are there at the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_nodes_go_on_through_a_postgres_restart() {
+    if gapless_testkit::pg_url().is_none() {
+        return;
+    }
+    let Some(server) = gapless_testkit::cluster::PgCluster::start().unwrap() else {
+        panic!("PostgreSQL's server binaries are needed to restart a server under test");
+    };
+    let project = Project::new();
+    project.write(
+        "gapless.toml",
+        &format!(
+            "{}\n[state]\nurl = \"{}\"\n",
+            CHAOS.replace("2023-06-05", "2024-01-01"),
+            server.url()
+        ),
+    );
+    let output = project.run(&["migrate"]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    project.script("runner.py", RUNNER);
+    let warehouse = project.sqlite("warehouse.db").await;
+    exec(
+        &warehouse,
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE sink (phase INTEGER, d TEXT, token INTEGER, UNIQUE (phase, d));
+         CREATE TABLE executions (phase INTEGER, start TEXT, end TEXT, started_ms INTEGER,
+             ended_ms INTEGER, token INTEGER, written INTEGER);",
+    )
+    .await;
+    let nodes: Vec<Serve> = (0..2)
+        .map(|_| Serve::start_after(&project, &["--lease", LEASE], &[]))
+        .collect();
+    let http = gapless_connect::http_client().unwrap();
+    let response = http
+        .post(nodes[1].url("/scan-gaps"))
+        .json(&serde_json::json!({"heal": true, "include_old": true, "lookback": "400d"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    let written = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM sink")
+            .fetch_one(&warehouse)
+            .await
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while written().await < 40 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing written before the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = written().await;
+    server.restart().unwrap();
+    let restarted = Instant::now();
+    let state = PgPool::connect(&server.url()).await.unwrap();
+    let cells: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT DISTINCT phase, date FROM run_cells) c")
+            .fetch_one(&state)
+            .await
+            .unwrap();
+    assert!(before < cells, "the restart came mid-heal");
+    eventually_pg(
+        &state,
+        "every gap healed",
+        "SELECT COUNT(*) FROM gaps WHERE healing_status <> 'complete'",
+        0,
+    )
+    .await;
+    eprintln!(
+        "healed {} cells after the restart in {:?}",
+        cells - before,
+        restarted.elapsed()
+    );
+    assert_eq!(written().await, cells);
+    let writes: i64 = sqlx::query_scalar("SELECT SUM(written) FROM executions")
+        .fetch_one(&warehouse)
+        .await
+        .unwrap();
+    assert_eq!(
+        writes, cells,
+        "every sink row written by exactly one execution"
+    );
+    let failed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE state = 'failed'")
+        .fetch_one(&state)
+        .await
+        .unwrap();
+    assert_eq!(failed, 0);
+    eventually_pg(
+        &state,
+        "every run finished",
+        "SELECT COUNT(*) FROM runs WHERE state = 'running'",
+        0,
+    )
+    .await;
+    let report = project.run(&["--json", "nodes"]);
+    assert_eq!(report.status.code(), Some(0), "{report:?}");
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(report["nodes"].as_array().unwrap().len(), 2, "{report}");
+    assert!(report["leader"].is_string(), "{report}");
+    for serve in nodes {
+        assert_eq!(
+            serve.stop(),
+            0,
+            "a node survived the restart and stops cleanly"
+        );
+    }
+    state.close().await;
+    warehouse.close().await;
+}
