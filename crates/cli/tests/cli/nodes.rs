@@ -20,7 +20,7 @@ const LEASE_MS: i64 = 3_000;
 pub(crate) struct Cluster {
     pub(crate) project: Project,
     pub(crate) state: PgPool,
-    db: gapless_testkit::PgTestDb,
+    pub(crate) db: gapless_testkit::PgTestDb,
 }
 
 impl Cluster {
@@ -604,4 +604,145 @@ async fn two_nodes_go_on_through_a_postgres_restart() {
     }
     state.close().await;
     warehouse.close().await;
+}
+
+/// Records its start (with its pid and its node's) at once, works four seconds, then writes
+/// the sink like [`RUNNER`].
+const SLOW_RUNNER: &str = r#"#!/usr/bin/env python3
+import datetime, os, sqlite3, sys, time
+phase, start, end = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+token = int(os.environ["GAPLESS_ATTEMPT_TOKEN"])
+started = int(time.time() * 1000)
+db = sqlite3.connect("warehouse.db", timeout=60)
+db.execute("INSERT INTO starts (pid, node) VALUES (?, ?)", (os.getpid(), os.getppid()))
+db.commit()
+time.sleep(4)
+db.execute("BEGIN IMMEDIATE")
+written = db.execute(
+    "INSERT INTO sink (phase, d, token) VALUES (?, ?, ?) ON CONFLICT (phase, d) DO NOTHING",
+    (phase, start, token)).rowcount
+db.execute("INSERT INTO executions (phase, start, end, started_ms, ended_ms, token, written) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?)",
+           (phase, start, end, started, int(time.time() * 1000), token, written))
+db.commit()
+"#;
+
+/// A node cut off from PostgreSQL (a proxy in front of it stops forwarding) stops its runners
+/// within one lease period of the cut, before any other node can take their tasks; the other
+/// node finishes the work, and no cell is written twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_cut_off_from_postgres_stops_its_runners_within_a_lease() {
+    let pipeline = r#"
+[pipeline]
+name = "slow"
+start = "2024-03-11"
+
+[warehouse]
+url = "sqlite://warehouse.db"
+
+[[phase]]
+id = 1
+name = "a"
+concurrency = 4
+run.command = ["python3", "runner.py", "{phase}", "{start}", "{end}"]
+check.sql = "SELECT d, COUNT(*) FROM sink WHERE phase = 1 AND d BETWEEN :start AND :end GROUP BY d"
+"#;
+    let Some(cluster) = Cluster::new(pipeline).await else {
+        return;
+    };
+    let project = &cluster.project;
+    project.script("runner.py", SLOW_RUNNER);
+    let warehouse = project.sqlite("warehouse.db").await;
+    exec(
+        &warehouse,
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE sink (phase INTEGER, d TEXT, token INTEGER, UNIQUE (phase, d));
+         CREATE TABLE starts (pid INTEGER, node INTEGER);
+         CREATE TABLE executions (phase INTEGER, start TEXT, end TEXT, started_ms INTEGER,
+             ended_ms INTEGER, token INTEGER, written INTEGER);",
+    )
+    .await;
+    let (proxy, proxied) = gapless_testkit::Proxy::in_front_of(cluster.db.url()).unwrap();
+    let steady = cluster.serve(&["--jobs", "2"]);
+    let cut = Serve::start_after(
+        project,
+        &["--lease", LEASE, "--jobs", "2"],
+        &[("GAPLESS_STATE_URL", proxied.as_str())],
+    );
+    let http = gapless_connect::http_client().unwrap();
+    let response = http
+        .post(steady.url("/scan-gaps"))
+        .json(&serde_json::json!({"heal": true, "include_old": true, "lookback": "30d"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    let runners_of = |node: u32| {
+        let warehouse = warehouse.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT pid FROM starts WHERE node = $1")
+                .bind(i64::from(node))
+                .fetch_all(&warehouse)
+                .await
+                .unwrap()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while runners_of(cut.pid()).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the node behind the proxy never ran a task"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.down();
+    let cut_at = Instant::now();
+    let pids = runners_of(cut.pid()).await;
+    loop {
+        let alive = pids
+            .iter()
+            .filter(|pid| !gapless_testkit::process_gone(&pid.to_string()))
+            .count();
+        if alive == 0 {
+            break;
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_millis(u64::try_from(LEASE_MS).unwrap()),
+            "{alive} runners of the cut-off node still run one lease after the cut"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("runners stopped {:?} after the cut", cut_at.elapsed());
+    // The other node finishes everything, and no cell is written twice.
+    eventually_pg(
+        &cluster.state,
+        "every gap healed",
+        "SELECT COUNT(*) FROM gaps WHERE healing_status <> 'complete'",
+        0,
+    )
+    .await;
+    let cells: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT DISTINCT phase, date FROM run_cells) c")
+            .fetch_one(&cluster.state)
+            .await
+            .unwrap();
+    let writes: i64 = sqlx::query_scalar("SELECT SUM(written) FROM executions")
+        .fetch_one(&warehouse)
+        .await
+        .unwrap();
+    assert_eq!(writes, cells);
+    let overlapping: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM executions a JOIN executions b ON a.rowid < b.rowid \
+         AND a.phase = b.phase AND a.start = b.start \
+         AND a.started_ms < b.ended_ms AND b.started_ms < a.ended_ms",
+    )
+    .fetch_one(&warehouse)
+    .await
+    .unwrap();
+    assert_eq!(overlapping, 0);
+    proxy.up();
+    assert_eq!(steady.stop(), 0);
+    drop(cut);
+    warehouse.close().await;
+    cluster.finish().await;
 }
