@@ -127,7 +127,7 @@ measure() { # $1 = kind, $2 = nodes (0: one node on SQLite)
   base=$(cat "$work/addr.1")
   sleep 1 # let the nodes register and elect a leader
   local answer run
-  answer=$(curl -sf -X POST "$base/backfills" -H 'content-type: application/json' \
+  answer=$(curl -s -X POST "$base/backfills" -H 'content-type: application/json' \
     -d "{\"start_date\": \"$start\", \"end_date\": \"$end\", \"force\": true}")
   run=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["run_id"])' "$answer")
   local state_now

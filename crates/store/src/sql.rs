@@ -468,6 +468,13 @@ pub(crate) const LOCK_EVENT_LOG_POSTGRES: &str = "SELECT pg_advisory_xact_lock(7
 
 /// Wakes the nodes that listen (`LISTEN gapless_work`): work was added or given back. Sent in
 /// the transaction that did it, so it is delivered at its commit, and only then.
+/// Taken first by every claim on PostgreSQL and held to its commit: the epoch counter's row
+/// lock. Every other lock a claim takes (its run and phase, its cells' holds) is then taken
+/// under it, in one order, so two claims, or a completion claiming the next tasks and a claim
+/// of its own, cannot deadlock on them.
+pub(crate) const LOCK_COUNTER_POSTGRES: &str =
+    "SELECT last FROM lease_counter WHERE id = 1 FOR UPDATE";
+
 pub(crate) const NOTIFY_WORK_POSTGRES: &str = "SELECT pg_notify('gapless_work', '')";
 /// The channel of [`NOTIFY_WORK_POSTGRES`].
 pub(crate) const WORK_CHANNEL: &str = "gapless_work";

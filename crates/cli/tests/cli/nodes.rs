@@ -114,6 +114,13 @@ async fn the_leader_is_replaced_within_a_lease_and_a_paused_one_is_fenced() {
         let serve = cluster.serve(&[]);
         nodes.insert(serve.pid(), serve);
     }
+    let leader = cluster.leader_pid().await;
+    let output = cluster.project.run(&["nodes"]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(text.matches(" live ").count(), 3, "{text}");
+    assert!(text.contains(&format!("/{leader}/")), "{text}");
+    assert!(text.contains("leader (term "), "{text}");
     let mut takeovers = Vec::new();
     for _ in 0..10 {
         let leader = cluster.leader_pid().await;

@@ -573,8 +573,10 @@ fn claim_sqlite(
     Ok(claim)
 }
 
-/// Claims a task inside the caller's PostgreSQL transaction: the task's cell holds first (an
-/// `INSERT … ON CONFLICT` that waits for concurrent claimers of the same cells and sees their
+/// Claims a task inside the caller's PostgreSQL transaction: the epoch counter's row lock
+/// first (every later lock is taken under it, in one order: no deadlock between claims), then,
+/// with a `limit`, the count of the run's running tasks of the phase under a lock per run and
+/// phase, then the task's cell holds (an `INSERT … ON CONFLICT` that sees concurrent claimers'
 /// committed holds), then the guarded update with the new epoch. `None` when refused; the
 /// caller must then roll back what this wrote (a transaction or a savepoint of its own).
 async fn claim_postgres(
@@ -586,6 +588,9 @@ async fn claim_postgres(
     now: i64,
     limit: Option<u32>,
 ) -> Result<Option<Claim>, StoreError> {
+    sqlx::query(sql::LOCK_COUNTER_POSTGRES)
+        .execute(&mut *tx)
+        .await?;
     if let Some(limit) = limit {
         sqlx::query(sql::LOCK_PHASE_POSTGRES.postgres)
             .bind(task_id)
