@@ -10,18 +10,20 @@
 #   sleep  `sleep 0.05`: work that scales with nodes;
 #   noop   `true`: the queue's own limit (claim, heartbeat setup, runner spawn, gate, completion).
 # Figures, from the state store after the run (task timestamps are set by the nodes):
-#   tasks/s       tasks ÷ (last finish − first start);
-#   claim p50/p95/p99/max  for each phase-2 task, its start (the claim) minus the finish of
-#                 the phase-1 task of its date (when it became claimable): the hand-off from
-#                 whichever node completed phase 1 to whichever node claimed phase 2, queueing
-#                 for a free slot included.
+#   tasks/s       tasks ÷ (last finish − first start), DAYS dates (2 × DAYS tasks), JOBS per
+#                 node: every slot busy, so this is the throughput;
+#   claim p50/p95/p99/max  a second, unsaturated run (LATENCY_DAYS dates, 64 jobs per node,
+#                 sleep tasks): for each phase-2 task, its start (the claim) minus the finish
+#                 of the phase-1 task of its date (when it became claimable): the hand-off from
+#                 whichever node completed phase 1 to whichever node claims phase 2.
 # The same run on a single node with the SQLite state store is the baseline.
 #
 # Usage: bench/nodes.sh [rounds] [gapless-binary]
 #   rounds: default 3. The release binary is built first unless a binary is given.
 #   BENCH_PG_URL: the PostgreSQL server (default postgres://postgres@127.0.0.1:5432/postgres);
 #   a database gapless_bench_* is created per measurement and dropped after.
-#   DAYS (default 300), JOBS (default 8), NODES (default "1 2 3"), KINDS (default "sleep noop").
+#   DAYS (default 300), JOBS (default 8), LATENCY_DAYS (default 40), NODES (default "1 2 3"),
+#   KINDS (default "sleep noop").
 # Prints a Markdown table. Run it under `nice -n 19` on a shared machine.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,6 +38,7 @@ fi
 pg=${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 days=${DAYS:-300}
 jobs=${JOBS:-8}
+latency_days=${LATENCY_DAYS:-40}
 node_counts=${NODES:-1 2 3}
 kinds=${KINDS:-sleep noop}
 work=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/nodes.XXXXXX")
@@ -50,7 +53,8 @@ cleanup() {
 }
 trap 'cleanup; rm -rf "$work"' EXIT
 start=2023-01-01
-end=$(date -d "$start + $((days - 1)) days" +%F)
+last_day() { date -d "$start + $(($1 - 1)) days" +%F; }
+end=$(last_day "$days")
 today=$(date -d "$end + 1 day" +%F)
 
 python3 - "$work/warehouse.db" "$start" "$days" <<'PY'
@@ -93,8 +97,8 @@ TOML
 }
 
 # Starts a serve node; its address goes to $work/addr.N.
-start_node() { # $1 = index
-  (cd "$work" && GAPLESS_TODAY=$today exec "$bin" serve --listen 127.0.0.1:0 --jobs "$jobs" 2>"$work/serve.$1.log") &
+start_node() { # $1 = index, $2 = jobs
+  (cd "$work" && GAPLESS_TODAY=$today exec "$bin" serve --listen 127.0.0.1:0 --jobs "$2" 2>"$work/serve.$1.log") &
   pids+=($!)
   for _ in $(seq 1 100); do
     grep -o 'http://[0-9.:]*' "$work/serve.$1.log" >"$work/addr.$1" 2>/dev/null && [[ -s $work/addr.$1 ]] && return
@@ -105,7 +109,9 @@ start_node() { # $1 = index
 }
 
 # Runs one measurement; prints "tasks/s p50 p95 p99 max" (claim latencies in ms).
-measure() { # $1 = kind, $2 = nodes (0: one node on SQLite)
+measure() { # $1 = kind, $2 = nodes (0: one node on SQLite), $3 = dates, $4 = jobs per node
+  # Runs in a subshell (a pipe): its nodes and database are cleaned up on its own exit.
+  trap cleanup EXIT
   local run_line state
   case $1 in
     sleep) run_line='run.command = ["sleep", "0.05"]' ;;
@@ -122,13 +128,13 @@ measure() { # $1 = kind, $2 = nodes (0: one node on SQLite)
   pipeline "$run_line" "$state" >"$work/gapless.toml"
   (cd "$work" && GAPLESS_TODAY=$today "$bin" -q migrate >/dev/null)
   local n=$(( $2 == 0 ? 1 : $2 ))
-  for i in $(seq 1 "$n"); do start_node "$i"; done
+  for i in $(seq 1 "$n"); do start_node "$i" "$4"; done
   local base
   base=$(cat "$work/addr.1")
   sleep 1 # let the nodes register and elect a leader
   local answer run
   answer=$(curl -s -X POST "$base/backfills" -H 'content-type: application/json' \
-    -d "{\"start_date\": \"$start\", \"end_date\": \"$end\", \"force\": true}")
+    -d "{\"start_date\": \"$start\", \"end_date\": \"$(last_day "$3")\", \"force\": true}")
   run=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["run_id"])' "$answer")
   local state_now
   for _ in $(seq 1 6000); do
@@ -158,20 +164,33 @@ print(f"{len(tasks) / ((last - first) / 1000):.0f} {pct(0.5)} {pct(0.95)} {pct(0
 PY
 }
 
-echo "| tasks | state store | nodes | tasks/s (median of $rounds) | claim p50 | p95 | p99 | max |"
-echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
-for kind in $kinds; do
-  for nodes in 0 $node_counts; do
-    results=()
-    for _ in $(seq 1 "$rounds"); do results+=("$(measure "$kind" "$nodes")"); done
-    printf '%s\n' "${results[@]}" | python3 -c '
+summarize() { # stdin: measurements; $1 = label, $2 = nodes, $3 = what to print
+  python3 -c '
 import sys
-kind, nodes, tasks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+label, nodes, what = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rows = sorted((list(map(float, line.split())) for line in sys.stdin if line.strip()), key=lambda r: r[0])
 mid = rows[len(rows) // 2]
 store = "SQLite" if nodes == 0 else "PostgreSQL"
-label = f"{tasks} × {kind}"
-print(f"| {label} | {store} | {max(nodes, 1)} | {mid[0]:.0f} | {mid[1]:.0f} ms | {mid[2]:.0f} ms | {mid[3]:.0f} ms | {mid[4]:.0f} ms |")
-' "$kind" "$nodes" "$((days * 2))"
+if what == "rate":
+    print(f"| {label} | {store} | {max(nodes, 1)} | {mid[0]:.0f} |")
+else:
+    mid = sorted(rows, key=lambda r: r[1])[len(rows) // 2]
+    print(f"| {label} | {store} | {max(nodes, 1)} | {mid[1]:.0f} ms | {mid[2]:.0f} ms | {mid[3]:.0f} ms | {mid[4]:.0f} ms |")
+' "$@"
+}
+
+echo "| tasks | state store | nodes | tasks/s (median of $rounds) |"
+echo "| --- | --- | ---: | ---: |"
+for kind in $kinds; do
+  for nodes in 0 $node_counts; do
+    for _ in $(seq 1 "$rounds"); do measure "$kind" "$nodes" "$days" "$jobs"; done |
+      summarize "$((days * 2)) × $kind, $jobs jobs per node" "$nodes" rate
   done
+done
+echo
+echo "| tasks | state store | nodes | claim p50 | p95 | p99 | max (median run of $rounds) |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
+for nodes in 0 $node_counts; do
+  for _ in $(seq 1 "$rounds"); do measure sleep "$nodes" "$latency_days" 64; done |
+    summarize "$((latency_days * 2)) × sleep, 64 jobs per node" "$nodes" latency
 done

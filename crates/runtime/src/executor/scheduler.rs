@@ -255,7 +255,15 @@ impl Scheduler {
     fn select(&self, counted: &mut HashMap<PhaseId, u32>) -> Vec<usize> {
         let busy = self.join_set.len();
         let mut chosen = Vec::new();
-        for &i in &self.ready {
+        // A helper starts at a random place among the ready tasks, so that the nodes sharing a
+        // run do not all reach for the same next task (the owner keeps the run's order).
+        let skip = if self.execution.options.helper && !self.ready.is_empty() {
+            fastrand::usize(..self.ready.len())
+        } else {
+            0
+        };
+        let order = self.ready.iter().skip(skip).chain(self.ready.iter().take(skip));
+        for &i in order {
             if busy + chosen.len() >= self.jobs {
                 break;
             }
