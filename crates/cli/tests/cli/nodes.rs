@@ -62,7 +62,7 @@ impl Cluster {
         loop {
             let nodes = self.nodes();
             if let Some(leader) = nodes["leader"].as_str() {
-                let pid = leader.rsplitn(3, '/').nth(1).unwrap().parse().unwrap();
+                let pid = leader.rsplit('/').nth(1).unwrap().parse().unwrap();
                 if pid != old {
                     return pid;
                 }
@@ -470,7 +470,7 @@ async fn eventually_nodes(cluster: &Cluster, live: &[u32]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let report = cluster.nodes();
-        let pid_of = |id: &str| -> u32 { id.rsplitn(3, '/').nth(1).unwrap().parse().unwrap() };
+        let pid_of = |id: &str| -> u32 { id.rsplit('/').nth(1).unwrap().parse().unwrap() };
         let mut registered: Vec<u32> = report["nodes"]
             .as_array()
             .unwrap()

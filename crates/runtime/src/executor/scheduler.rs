@@ -262,7 +262,11 @@ impl Scheduler {
         } else {
             0
         };
-        let order = self.ready.iter().skip(skip).chain(self.ready.iter().take(skip));
+        let order = self
+            .ready
+            .iter()
+            .skip(skip)
+            .chain(self.ready.iter().take(skip));
         for &i in order {
             if busy + chosen.len() >= self.jobs {
                 break;

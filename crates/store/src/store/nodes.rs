@@ -482,7 +482,7 @@ impl Store {
     pub async fn nodes_report(&self, now: DateTime<Utc>) -> Result<NodesReport, StoreError> {
         let nodes = self.nodes().await?;
         let leases = self.leases().await?;
-        let (owned, running): (Vec<(String, String)>, Vec<(String, i64)>) = match self {
+        let (owned, running): (Vec<OwnedRun>, Vec<RunningCount>) = match self {
             Self::Sqlite(sqlite) => sqlite.call(|connection| {
                 let owned = sqlite::rows(connection, sql::OWNED_RUNS.sqlite, [], |row| {
                     Ok((row.get(0)?, row.get(1)?))
@@ -537,6 +537,11 @@ impl Store {
         })
     }
 }
+
+/// (owner id, run id) of a running run.
+type OwnedRun = (String, String);
+/// (lease owner, running tasks).
+type RunningCount = (String, i64);
 
 enum Decision {
     Renew,
