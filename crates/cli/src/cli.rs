@@ -52,6 +52,8 @@ pub(crate) enum Command {
     Heal(HealArgs),
     /// List the gap ledger.
     Gaps(GapsArgs),
+    /// The `serve` nodes sharing the state store: live or not, the leader, their runs and running tasks.
+    Nodes,
     /// The completeness report per phase and period (month, year or season).
     Report(ReportArgs),
     /// The service: HTTP API, events in and out, the trigger (every completed cell runs what it makes runnable), scheduled scans that heal and alert.
@@ -121,6 +123,10 @@ pub(crate) struct ServeArgs {
     /// Tasks at once per run, and runs the trigger executes at once.
     #[arg(long, short = 'j', default_value_t = 4, value_name = "N")]
     pub(crate) jobs: usize,
+    /// This node's leases (its registration, the leader's, its tasks'), renewed every third:
+    /// a dead node's work is taken back and a new leader elected within about this long.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub(crate) lease: String,
 }
 
 #[derive(Debug, Args)]

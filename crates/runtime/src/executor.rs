@@ -131,6 +131,15 @@ pub struct Options {
     /// How long a state store that stops answering is waited for (with backoff) before the
     /// run stops with an infrastructure error.
     pub store_outage: Duration,
+    /// Shared with other nodes (`serve` on PostgreSQL): the run's tasks may be claimed by any
+    /// node, so a task this execution did not win is followed in the store (read every this
+    /// long) rather than given up, and the phase's `concurrency` is counted in the claim over
+    /// every node. `None`: this execution alone runs the run.
+    pub shared: Option<Duration>,
+    /// A helper: an execution of a run owned by another node, which takes what it can claim
+    /// and leaves when nothing is left for it, never re-plans after a failure (the owner
+    /// does) and never records how the run ended.
+    pub helper: bool,
 }
 
 impl Default for Options {
@@ -144,6 +153,8 @@ impl Default for Options {
             source: "backfill".to_owned(),
             crash_at: None,
             store_outage: gapless_core::spec::DEFAULT_STATE_OUTAGE,
+            shared: None,
+            helper: false,
         }
     }
 }
@@ -225,6 +236,9 @@ pub struct Outcome {
     pub tasks_interrupted: usize,
     /// Whether Ctrl-C (or another cancel) stopped the run.
     pub interrupted: bool,
+    /// Whether this execution left the run to other nodes (they re-planned its tasks):
+    /// nothing about how the run ended is known here.
+    pub left: bool,
 }
 
 impl Outcome {
@@ -233,6 +247,7 @@ impl Outcome {
         self.tasks_failed == 0
             && self.tasks_blocked == 0
             && !self.interrupted
+            && !self.left
             && self.tasks_interrupted == 0
     }
 }

@@ -168,6 +168,10 @@ pub struct RunOptions {
     /// How long a state store that stops answering mid-run is waited for before the run stops
     /// with an infrastructure error (`[state] outage`).
     pub store_outage: Duration,
+    /// The length of task leases, renewed every third of it.
+    pub lease_ttl: Duration,
+    /// Shared with other nodes (`serve` on PostgreSQL): see [`Options::shared`].
+    pub shared: Option<Duration>,
 }
 
 impl Default for RunOptions {
@@ -177,6 +181,8 @@ impl Default for RunOptions {
             source: "backfill".to_owned(),
             crash_at: None,
             store_outage: gapless_core::spec::DEFAULT_STATE_OUTAGE,
+            lease_ttl: Options::default().lease_ttl,
+            shared: None,
         }
     }
 }
@@ -235,6 +241,8 @@ pub async fn execute_run(
             source: options.source.clone(),
             crash_at: options.crash_at.clone(),
             store_outage: options.store_outage,
+            lease_ttl: options.lease_ttl,
+            shared: options.shared,
             // Task leases name the same process as the run's own lease.
             owner: owner.id.clone(),
             ..Options::default()
@@ -252,6 +260,20 @@ pub async fn execute_run(
         });
     }
     let outcome = outcome?;
+    if outcome.left {
+        // Other nodes re-planned the run: this one gives it up, to be adopted afresh.
+        executor::patiently(options.store_outage, "release run", || {
+            store.release_run(run_id, &owner.id)
+        })
+        .await?;
+        return Ok(Finished {
+            run_id: run_id.clone(),
+            state: RunState::Running,
+            outcome,
+            cells,
+            elapsed: started.elapsed(),
+        });
+    }
     let state = if outcome.interrupted {
         RunState::Interrupted
     } else if outcome.is_success() {
@@ -270,6 +292,47 @@ pub async fn execute_run(
         cells,
         elapsed: started.elapsed(),
     })
+}
+
+/// Helps execute run `run_id`, owned by another node of a shared state store: claims whatever
+/// of its tasks becomes ready, under this node's own leases, until nothing of the run is left
+/// undone or held elsewhere, the run's tasks are re-planned (after a failure: the owner does
+/// it), or `cancel` fires. Records nothing about the run itself; its owner does. The number of
+/// tasks it ran to completion.
+pub async fn help_run(
+    context: Arc<Context>,
+    store: &Store,
+    run_id: &RunId,
+    owner: &Owner,
+    options: &RunOptions,
+    observer: Arc<dyn Observer>,
+    cancel: CancellationToken,
+) -> Result<usize, LifecycleError> {
+    let tasks = executor::load_tasks(store, &context.spec, run_id).await?;
+    let before = tasks
+        .iter()
+        .filter(|task| task.state == TaskState::Complete)
+        .count();
+    let execution = Execution {
+        context,
+        store: store.clone(),
+        run_id: run_id.clone(),
+        options: Options {
+            jobs: options.jobs,
+            source: options.source.clone(),
+            crash_at: options.crash_at.clone(),
+            store_outage: options.store_outage,
+            lease_ttl: options.lease_ttl,
+            shared: Some(options.shared.unwrap_or(Duration::from_millis(250))),
+            helper: true,
+            owner: owner.id.clone(),
+            ..Options::default()
+        },
+        observer,
+        cancel,
+    };
+    let outcome = executor::execute(execution, tasks).await?;
+    Ok(outcome.tasks_complete.saturating_sub(before))
 }
 
 /// A stored run made ready to go on: what [`prepare_resume`] found and did.
@@ -302,15 +365,34 @@ pub async fn prepare_resume(
     run: &RunRecord,
     owner: &Owner,
 ) -> Result<Resumption, LifecycleError> {
+    prepare_resume_with(context, store, run, owner, false).await
+}
+
+/// [`prepare_resume`]; `shared`: the run's tasks may be held by other live nodes (`serve` on
+/// PostgreSQL), so only the tasks whose lease expired are taken back (a dead node's tasks are
+/// taken back by whichever node finds it dead, after stopping its runners on that host), not
+/// every running one.
+pub async fn prepare_resume_with(
+    context: &Context,
+    store: &Store,
+    run: &RunRecord,
+    owner: &Owner,
+    shared: bool,
+) -> Result<Resumption, LifecycleError> {
     take_over(store, &run.id, owner).await?;
-    // Runners of a dead owner may still be running these cells (this process may itself have
-    // crashed before): they are stopped before anything runs again.
-    let orphans = end_orphans(store, &run.id).await?;
-    if orphans > 0 {
-        tracing::warn!(run = %run.id, orphans, "stopped runners left by the run's last owner");
-    }
-    let requeued = store.requeue_running(&run.id).await?.len();
-    store.forget_runners(&run.id).await?;
+    let requeued = if shared {
+        store.requeue_expired(chrono::Utc::now()).await?.len()
+    } else {
+        // Runners of a dead owner may still be running these cells (this process may itself
+        // have crashed before): they are stopped before anything runs again.
+        let orphans = end_orphans(store, &run.id).await?;
+        if orphans > 0 {
+            tracing::warn!(run = %run.id, orphans, "stopped runners left by the run's last owner");
+        }
+        let requeued = store.requeue_running(&run.id).await?.len();
+        store.forget_runners(&run.id).await?;
+        requeued
+    };
     let mut tasks = executor::load_tasks(store, &context.spec, &run.id).await?;
     let forced = run
         .request

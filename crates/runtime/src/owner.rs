@@ -154,3 +154,63 @@ pub async fn keep_owning(
         }
     }
 }
+
+/// The host and pid an owner id (`HOST/PID/RANDOM`, [`Owner::this_process`]) names, if it has
+/// that form.
+fn host_and_pid(id: &str) -> Option<(&str, i64)> {
+    let mut parts = id.rsplitn(3, '/');
+    let _random = parts.next()?;
+    let pid = parts.next()?.parse().ok()?;
+    let host = parts.next()?;
+    Some((host, pid))
+}
+
+impl Owner {
+    /// Whether the process an owner or lease holder id names is a process of this host that
+    /// no longer exists: what it held can be taken at once, without waiting for its lease.
+    pub fn sees_dead_id(&self, id: &str) -> bool {
+        id != self.id
+            && host_and_pid(id).is_some_and(|(host, pid)| host == self.host && !process_alive(pid))
+    }
+}
+
+/// Makes sure the runners that dead node `node_id` left on this host and boot are gone, before
+/// its tasks are handed to others. Runners on other hosts cannot be reached from here: they
+/// stopped themselves when their node could no longer renew their leases, or died with their
+/// node (a runner gets SIGKILL when its parent dies). Returns how many groups it ended.
+pub async fn end_runners_of(store: &Store, node_id: &str) -> Result<usize, OrphanError> {
+    let here = runner_host();
+    let mut ended = 0;
+    for runner in store.runners_of(node_id).await? {
+        if runner.host != here {
+            continue;
+        }
+        let Ok(group) = i32::try_from(runner.pgid) else {
+            continue;
+        };
+        match gapless_connect::end_process_group(group, ORPHAN_GRACE).await {
+            Ok(gapless_connect::GroupEnding::AlreadyGone) => {}
+            Ok(_) => ended += 1,
+            Err(gapless_connect::KillError::NotARunnerGroup { .. }) => {}
+            Err(error) => return Err(OrphanError::Survived(error)),
+        }
+    }
+    Ok(ended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Owner, host_and_pid};
+
+    #[test]
+    fn an_owner_id_names_its_host_and_pid() {
+        assert_eq!(host_and_pid("box/42/0badf00d"), Some(("box", 42)));
+        assert_eq!(host_and_pid("a/b/42/0badf00d"), Some(("a/b", 42)));
+        assert_eq!(host_and_pid("gapless-42"), None);
+        let me = Owner::this_process();
+        assert!(!me.sees_dead_id(&me.id));
+        // pid 0 is never a live process of ours.
+        assert!(me.sees_dead_id(&format!("{}/0/00000000", me.host)));
+        assert!(!me.sees_dead_id("elsewhere/0/00000000"));
+    }
+}

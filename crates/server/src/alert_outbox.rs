@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gapless_store::{AlertRecord, Store};
+use gapless_store::{AlertRecord, Fence, Store};
 
 use crate::alerts::{AlertMessage, Channel, send};
 use crate::app::{App, error_chain};
@@ -37,20 +37,39 @@ pub struct Delivered {
     pub failed: usize,
 }
 
-/// Tries every undelivered alert once.
-pub async fn deliver_pending(store: &Store, channels: &[Channel]) -> anyhow::Result<Delivered> {
+/// Tries every undelivered alert once. Under `fence` (the leader lease of `serve`), each
+/// mark is refused once the lease moved on, and the pass stops there: the new leader delivers
+/// the rest.
+pub async fn deliver_pending(
+    store: &Store,
+    channels: &[Channel],
+    fence: Option<&Fence>,
+) -> anyhow::Result<Delivered> {
     let mut outcome = Delivered::default();
     for alert in store.undelivered_alerts(1_000).await? {
-        match deliver(&alert, channels).await {
+        let marked = match deliver(&alert, channels).await {
             Ok(()) => {
-                store.alert_delivered(alert.id).await?;
                 outcome.delivered += 1;
+                match fence {
+                    Some(fence) => store.alert_delivered_fenced(alert.id, fence).await?,
+                    None => store.alert_delivered(alert.id).await?,
+                }
             }
             Err(error) => {
                 tracing::warn!(alert = alert.id, channel = %alert.channel, %error, "alert not delivered; retrying later");
-                store.alert_failed(alert.id, &error).await?;
                 outcome.failed += 1;
+                match fence {
+                    Some(fence) => store.alert_failed_fenced(alert.id, &error, fence).await?,
+                    None => store.alert_failed(alert.id, &error).await?,
+                }
             }
+        };
+        if !marked && fence.is_some() {
+            tracing::warn!(
+                alert = alert.id,
+                "alert mark refused: already marked, or this node no longer leads"
+            );
+            break;
         }
     }
     Ok(outcome)
@@ -76,7 +95,10 @@ pub async fn run(app: Arc<App>, channels: Vec<Channel>) {
     let mut woken = app.woken();
     let mut backoff = Duration::from_secs(1);
     loop {
-        let wait = match deliver_pending(&app.store, &channels).await {
+        let Some(fence) = app.until_leader().await else {
+            return;
+        };
+        let wait = match deliver_pending(&app.store, &channels, Some(&fence)).await {
             Ok(outcome) if outcome.failed == 0 => {
                 backoff = Duration::from_secs(1);
                 app.options.poll * 10

@@ -10,7 +10,7 @@ use gapless_runtime::context::Context;
 use gapless_runtime::executor::{self, Event, Observer};
 use gapless_runtime::lifecycle::{self, LifecycleError, RunOptions};
 use gapless_runtime::owner::Owner;
-use gapless_store::{RunId, RunKind, RunRecord, RunState, Store};
+use gapless_store::{Fence, RunId, RunKind, RunRecord, RunState, Store};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,6 +31,10 @@ pub struct AppOptions {
     /// How often the trigger looks at the event log when nothing woke it: events written by
     /// other processes (a `gapless backfill` on the same state store) are seen this late.
     pub poll: Duration,
+    /// The length of this node's leases: its registration, the leader lease and its tasks'
+    /// leases, each renewed every third of it. A dead node's work is taken back, and a new
+    /// leader elected, within about this long (at once for a node of the same host).
+    pub lease: Duration,
 }
 
 impl Default for AppOptions {
@@ -40,6 +44,7 @@ impl Default for AppOptions {
             store_outage: gapless_core::spec::DEFAULT_STATE_OUTAGE,
             coalesce: Duration::from_millis(50),
             poll: Duration::from_millis(500),
+            lease: Duration::from_secs(30),
         }
     }
 }
@@ -60,6 +65,15 @@ pub struct App {
     /// process executes), so the event log's readers (the trigger, the deliveries out) read
     /// them at once instead of at their next poll.
     wake: watch::Sender<u64>,
+    /// The leader lease while this node holds it: what its fenced writes present.
+    leader: watch::Sender<Option<Fence>>,
+    /// The runs this node executes now, as owner or helper: never twice at once.
+    engaged: std::sync::Mutex<std::collections::HashSet<RunId>>,
+    /// Runs this node helps with at once (`jobs`).
+    pub(crate) help_slots: Arc<Semaphore>,
+    /// Bumped when work was added or given back (tasks requeued, a dead node reaped, a
+    /// notification from another node), so that idle runners look for it at once.
+    work: watch::Sender<u64>,
     /// Prometheus metrics (`GET /metrics`).
     pub metrics: crate::metrics::Metrics,
     runs: TaskTracker,
@@ -89,6 +103,10 @@ impl App {
             clock,
             options,
             wake: watch::Sender::new(0),
+            leader: watch::Sender::new(None),
+            engaged: std::sync::Mutex::new(std::collections::HashSet::new()),
+            help_slots: Arc::new(Semaphore::new(slots)),
+            work: watch::Sender::new(0),
             metrics: crate::metrics::Metrics::default(),
             runs: TaskTracker::new(),
             run_slots: Arc::new(Semaphore::new(slots)),
@@ -130,10 +148,13 @@ impl App {
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
         let app = Arc::clone(self);
+        let engaged = self.engage(&run_id);
         self.runs.spawn(async move {
             let _permit = permit;
+            let _engaged = engaged;
             match app.execute_now(&run_id, source_of(kind)).await {
-                Ok(()) if kind == RunKind::Heal => {
+                // Left to another node (`running`): that node records the heal.
+                Ok(state) if kind == RunKind::Heal && state != RunState::Running => {
                     match gapless_runtime::heal::finish_heal(&app.store, &run_id).await {
                         Ok((healed, failed)) => {
                             app.metrics.heals("healed", healed as u64);
@@ -145,7 +166,7 @@ impl App {
                         }
                     }
                 }
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(error) => {
                     tracing::error!(run = %run_id, error = %error_chain(&error), "run failed to execute");
                 }
@@ -154,15 +175,50 @@ impl App {
         });
     }
 
-    async fn execute_now(&self, run_id: &RunId, source: &str) -> Result<(), LifecycleError> {
-        let context = Arc::new(self.context());
-        let tasks = executor::load_tasks(&self.store, &self.spec, run_id).await?;
-        let options = RunOptions {
+    /// How runs execute on this node: shared with the others on PostgreSQL.
+    pub(crate) fn run_options(&self, source: &str) -> RunOptions {
+        RunOptions {
             jobs: self.options.jobs,
             source: source.to_owned(),
             store_outage: self.options.store_outage,
+            lease_ttl: self.options.lease,
+            shared: self.shared().then_some(FOLLOW),
             ..RunOptions::default()
-        };
+        }
+    }
+
+    /// Marks run `run_id` executed here until the guard is dropped; `None` when it already is.
+    pub(crate) fn engage(self: &Arc<Self>, run_id: &RunId) -> Option<Engaged> {
+        let mut engaged = self
+            .engaged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        engaged.insert(run_id.clone()).then(|| Engaged {
+            app: Arc::clone(self),
+            run_id: run_id.clone(),
+        })
+    }
+
+    /// Whether this node executes run `run_id` now.
+    pub(crate) fn is_engaged(&self, run_id: &RunId) -> bool {
+        self.engaged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(run_id)
+    }
+
+    pub(crate) fn runs_tracker(&self) -> &TaskTracker {
+        &self.runs
+    }
+
+    pub(crate) fn observer(&self) -> Arc<dyn Observer> {
+        Arc::new(WakeOnCompletion(self.wake.clone(), self.metrics.clone()))
+    }
+
+    async fn execute_now(&self, run_id: &RunId, source: &str) -> Result<RunState, LifecycleError> {
+        let context = Arc::new(self.context());
+        let tasks = executor::load_tasks(&self.store, &self.spec, run_id).await?;
+        let options = self.run_options(source);
         let finished = lifecycle::execute_run(
             context,
             &self.store,
@@ -170,7 +226,7 @@ impl App {
             &self.owner,
             tasks,
             &options,
-            Arc::new(WakeOnCompletion(self.wake.clone(), self.metrics.clone())),
+            self.observer(),
             self.shutdown.child_token(),
         )
         .await?;
@@ -181,7 +237,7 @@ impl App {
             elapsed_ms = finished.elapsed.as_millis() as u64,
             "run ended"
         );
-        Ok(())
+        Ok(finished.state)
     }
 
     /// Resumes the runs `serve` is responsible for that a previous `serve` left unfinished
@@ -189,12 +245,24 @@ impl App {
     /// the API. Returns how many it resumed. A run whose owner is alive is left to it.
     pub async fn resume_unfinished(self: &Arc<Self>) -> anyhow::Result<usize> {
         let mut resumed = 0;
+        let now = chrono::Utc::now();
         for run in self.store.list_runs(1_000).await? {
-            if !self.is_ours_to_resume(&run) {
+            if !self.is_ours_to_resume(&run) || self.is_engaged(&run.id) {
+                continue;
+            }
+            // A live owner keeps its run (checked again, under a lock, by the take-over).
+            if run
+                .owner
+                .as_ref()
+                .is_some_and(|owner| owner.expires_at >= now && !self.owner.sees_dead(owner))
+            {
                 continue;
             }
             let context = self.context();
-            match lifecycle::prepare_resume(&context, &self.store, &run, &self.owner).await {
+            let shared = self.shared();
+            match lifecycle::prepare_resume_with(&context, &self.store, &run, &self.owner, shared)
+                .await
+            {
                 Ok(_) => {
                     self.store
                         .set_run_state(&run.id, run.version, RunState::Running)
@@ -229,6 +297,59 @@ impl App {
         self.runs.wait().await;
     }
 
+    /// Whether the state store is shared by several nodes (PostgreSQL): then runs' tasks are
+    /// claimed by whichever node has room, and expired task leases are given back by any node.
+    pub fn shared(&self) -> bool {
+        matches!(self.store, Store::Postgres(_))
+    }
+
+    /// The leader lease, while this node holds it.
+    pub fn fence(&self) -> Option<Fence> {
+        self.leader.borrow().clone()
+    }
+
+    /// Whether this node leads now.
+    pub fn is_leader(&self) -> bool {
+        self.leader.borrow().is_some()
+    }
+
+    pub(crate) fn set_leader(&self, fence: Option<Fence>) {
+        self.leader.send_if_modified(|held| {
+            let changed = *held != fence;
+            *held = fence;
+            changed
+        });
+    }
+
+    /// Waits until this node leads, and returns its lease; `None` when `serve` stops first.
+    pub async fn until_leader(&self) -> Option<Fence> {
+        let mut leading = self.leader.subscribe();
+        tokio::select! {
+            held = leading.wait_for(Option::is_some) => held.ok().and_then(|held| held.clone()),
+            () = self.shutdown.cancelled() => None,
+        }
+    }
+
+    /// Fires when this node stops leading (or `serve` stops).
+    pub async fn leadership_lost(&self) {
+        let mut leading = self.leader.subscribe();
+        tokio::select! {
+            _ = leading.wait_for(Option::is_none) => {}
+            () = self.shutdown.cancelled() => {}
+        }
+    }
+
+    /// Tells idle runners that work was added or given back.
+    pub fn work_added(&self) {
+        self.work
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// A receiver that sees every [`App::work_added`] after its creation.
+    pub fn work_woken(&self) -> watch::Receiver<u64> {
+        self.work.subscribe()
+    }
+
     /// Tells the event log's readers that there is more to read.
     pub fn wake(&self) {
         self.wake
@@ -246,6 +367,26 @@ impl App {
         if stored > 0 {
             self.wake();
         }
+    }
+}
+
+/// How often a node re-reads the tasks of a shared run it executes, to follow what the other
+/// nodes claimed and completed (LISTEN/NOTIFY wakes it sooner when something changes).
+const FOLLOW: Duration = Duration::from_millis(250);
+
+/// A run this node executes, forgotten when dropped ([`App::engage`]).
+pub(crate) struct Engaged {
+    app: Arc<App>,
+    run_id: RunId,
+}
+
+impl Drop for Engaged {
+    fn drop(&mut self) {
+        self.app
+            .engaged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.run_id);
     }
 }
 

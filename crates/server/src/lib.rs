@@ -22,9 +22,11 @@ pub mod event;
 mod heal;
 pub mod metrics;
 pub mod nats;
+pub mod node;
 pub mod outbox;
 pub mod pubsub;
 pub mod scheduler;
+pub mod share;
 pub mod trigger;
 
 pub use crate::api::Auth;
@@ -75,12 +77,18 @@ pub async fn serve(
     transports: Transports,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    app.store
+        .register_node(&app.owner.as_store(), app.options.lease)
+        .await?;
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(node::run(Arc::clone(&app)));
     let resumed = app.resume_unfinished().await?;
     if resumed > 0 {
         tracing::info!(resumed, "resumed runs a previous serve left unfinished");
     }
-    let mut background = tokio::task::JoinSet::new();
     background.spawn(trigger::run(Arc::clone(&app)));
+    background.spawn(share::run(Arc::clone(&app)));
+    background.spawn(share::listen(Arc::clone(&app)));
     background.spawn(scheduler::run(Arc::clone(&app)));
     if let Some(bus) = &transports.nats {
         background.spawn(outbox::run(

@@ -1,11 +1,13 @@
 //! The scheduler: runs scan + heal on `[healing] scan` (cron, read in `[healing] timezone`). A tick missed while `serve`
 //! was down runs once on start, not once per missed tick; two ticks never overlap (they run one
-//! after another, and a scan-and-heal from the API waits for the one in flight).
+//! after another, and a scan-and-heal from the API waits for the one in flight). With several
+//! nodes only the leader ticks, and each occurrence is taken under its term (`tick_runs`).
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use gapless_runtime::lifecycle::Scan;
+use gapless_store::Fence;
 use serde_json::Value;
 
 use crate::app::{App, error_chain};
@@ -13,8 +15,9 @@ use crate::app::{App, error_chain};
 /// The tick's name in the state store's `ticks` table.
 pub const TICK: &str = "healing.scan";
 
-/// Runs the scheduler until `serve` stops. Ticks follow the wall clock; what a tick sees as
-/// "now" (which cells are due, gap ages) is the app's clock.
+/// Runs the scheduler until `serve` stops, while this node leads: one node of several runs
+/// it. Ticks follow the wall clock; what a tick sees as "now" (which cells are due, gap ages)
+/// is the app's clock.
 pub async fn run(app: Arc<App>) {
     let cron = match gapless_core::spec::parse_cron(&app.spec.healing.scan) {
         Ok(cron) => cron,
@@ -24,18 +27,28 @@ pub async fn run(app: Arc<App>) {
             return;
         }
     };
+    while let Some(fence) = app.until_leader().await {
+        lead(&app, &cron, &fence).await;
+    }
+}
+
+/// Ticks under the leader lease `fence` until this node stops leading or `serve` stops. Each
+/// occurrence is taken in the state store under the lease's term before it runs (so two
+/// leaders never run one occurrence), and recorded finished after; an occurrence that an
+/// older leader took and never finished (it died mid-tick) runs again.
+async fn lead(app: &Arc<App>, cron: &croner::Cron, fence: &Fence) {
     let shutdown = app.shutdown_token();
     loop {
+        if app.fence().as_ref() != Some(fence) {
+            return;
+        }
         let now = Utc::now();
-        match due(&app, &cron, now).await {
-            Ok(true) => {
-                tick(&app).await;
-                if let Err(error) = app.store.save_tick(TICK, now).await {
-                    tracing::warn!(error = %error_chain(&error), "cannot record the scan's tick");
-                }
+        match next_tick(app, cron, fence, now).await {
+            Ok(Some(at)) => {
+                run_tick(app, at, fence).await;
                 continue;
             }
-            Ok(false) => {}
+            Ok(None) => {}
             Err(error) => tracing::warn!(error = %format!("{error:#}"), "scheduler"),
         }
         let zone = app.spec.healing.timezone;
@@ -47,22 +60,59 @@ pub async fn run(app: Arc<App>) {
             .min(std::time::Duration::from_secs(60));
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            () = app.leadership_lost() => return,
             () = shutdown.cancelled() => return,
         }
     }
 }
 
-/// Whether a tick is due at `now`: an occurrence at or before `now`, in the pipeline's time
-/// zone (`0 6 * * *` in `Europe/Paris` is 06:00 Paris time, summer or winter), came after the
-/// last tick recorded. The first `serve` on a state store starts the schedule: its first tick is the
+/// Takes occurrence `at` under `fence` and runs it; a refusal (another leader took it, or this
+/// one's lease moved on) runs nothing.
+async fn run_tick(app: &Arc<App>, at: DateTime<Utc>, fence: &Fence) {
+    match app.store.claim_tick(TICK, at, fence).await {
+        Ok(Some(attempts)) => {
+            if attempts > 1 {
+                tracing::warn!(%at, attempts, "running a scheduled scan that a previous leader did not finish");
+            }
+            tick(app).await;
+            match app.store.finish_tick(TICK, at, fence).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(%at, "the scan's tick is fenced: this node no longer leads")
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error), "cannot record the scan's tick")
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(error) => tracing::warn!(error = %error_chain(&error), "cannot take the scan's tick"),
+    }
+}
+
+/// The occurrence to run now, if any: one that a previous leader took and never finished, or
+/// the latest occurrence at or before `now`, in the pipeline's time zone (`0 6 * * *` in
+/// `Europe/Paris` is 06:00 Paris time, summer or winter), when it came after the last tick
+/// recorded. The first `serve` on a state store starts the schedule: its first tick is the
 /// next occurrence.
-async fn due(app: &App, cron: &croner::Cron, now: DateTime<Utc>) -> anyhow::Result<bool> {
+async fn next_tick(
+    app: &App,
+    cron: &croner::Cron,
+    fence: &Fence,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<DateTime<Utc>>> {
     let last = app.store.last_tick(TICK).await?;
     let Some(last) = last else {
         app.store.save_tick(TICK, now).await?;
-        return Ok(false);
+        return Ok(None);
     };
-    Ok(previous_occurrence(cron, now, app.spec.healing.timezone)? > last)
+    if let Some(unfinished) = app.store.unfinished_tick(TICK, fence.term).await?
+        && unfinished >= last
+    {
+        return Ok(Some(unfinished));
+    }
+    let previous = previous_occurrence(cron, now, app.spec.healing.timezone)?;
+    Ok((previous > last).then_some(previous))
 }
 
 /// The latest occurrence of `cron`, read in `zone`, at or before `now`.

@@ -31,6 +31,10 @@ pub async fn run(app: Arc<App>) {
     let shutdown = app.shutdown_token();
     let mut woken = app.woken();
     loop {
+        // One node plans for all (the leader); every node executes.
+        if app.until_leader().await.is_none() {
+            return;
+        }
         match step(&app).await {
             // A full batch: more are waiting.
             Ok(true) => continue,

@@ -262,14 +262,14 @@ fn opt_time(
     millis.map(|millis| time(column, millis)).transpose()
 }
 
-fn run_id(text: String) -> Result<RunId, StoreError> {
+pub(crate) fn run_id(text: String) -> Result<RunId, StoreError> {
     RunId::parse(&text).map_err(|_| StoreError::Corrupt {
         column: "run_id",
         value: text,
     })
 }
 
-fn parse_text<T: FromStr>(column: &'static str, text: String) -> Result<T, StoreError> {
+pub(crate) fn parse_text<T: FromStr>(column: &'static str, text: String) -> Result<T, StoreError> {
     text.parse().map_err(|_| StoreError::Corrupt {
         column,
         value: text,

@@ -32,12 +32,13 @@ mod store;
 
 pub use crate::error::{BackendError, StoreError};
 pub use crate::model::{
-    AlertRecord, CellHolder, CellRecord, CellState, Claim, DetectedGap, EventRecord, GapFilter,
-    GapHistory, GapRecord, GapStatus, IncomingEvent, Ingested, InvalidRunId, NewEvent, NewRun,
-    NewTask, NewTaskState, Ownership, PhaseProgress, QuarantineRecord, RunId, RunKind, RunOwner,
+    AlertRecord, CellHolder, CellRecord, CellState, Claim, DetectedGap, EventRecord, Fence,
+    GapFilter, GapHistory, GapRecord, GapStatus, IncomingEvent, Ingested, InvalidRunId,
+    LeaseOutcome, LeaseRecord, NewEvent, NewRun, NewTask, NewTaskState, NodeRecord, NodeView,
+    NodesReport, Ownership, PhaseProgress, QuarantineRecord, RunId, RunKind, RunOwner,
     RunOwnerRecord, RunRecord, RunState, RunnerRecord, ScanRecorded, TaskRecord, TaskState,
-    UnknownState,
+    TickRun, UnknownState,
 };
 pub use crate::schema::SCHEMA_VERSION;
 pub use crate::sqlite::{SqliteStore, SyncMode};
-pub use crate::store::{NextClaims, Store};
+pub use crate::store::{LEADER, NextClaims, Store};

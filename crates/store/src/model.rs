@@ -698,3 +698,120 @@ mod tests {
         assert!("RUNNING".parse::<RunState>().is_err());
     }
 }
+
+/// A `serve` process registered in the state store ([`crate::Store::register_node`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeRecord {
+    /// Unique to the process (host, pid and a random part).
+    pub id: String,
+    /// Its host.
+    pub host: String,
+    /// Its process id there.
+    pub pid: i64,
+    /// When it registered.
+    pub started_at: DateTime<Utc>,
+    /// Its last heartbeat.
+    pub heartbeat_at: DateTime<Utc>,
+    /// When its registration lapses unless renewed: past it, the node is dead.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A named lease ([`crate::Store::acquire_lease`]), such as the leader's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaseRecord {
+    /// Its name (`leader`).
+    pub name: String,
+    /// Who holds it, if anyone.
+    pub holder: Option<String>,
+    /// The term: one more every time the lease changes holder, issued by the store.
+    pub term: i64,
+    /// When the holder took it.
+    pub acquired_at: Option<DateTime<Utc>>,
+    /// When it lapses unless renewed.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl LeaseRecord {
+    /// Whether a holder holds it at `now`.
+    pub fn live_at(&self, now: DateTime<Utc>) -> bool {
+        self.holder.is_some() && self.expires_at.is_some_and(|at| at >= now)
+    }
+}
+
+/// A lease held: what a fenced write presents ([`crate::Store::save_tick_fenced`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Fence {
+    /// The lease's name.
+    pub name: String,
+    /// The holder.
+    pub holder: String,
+    /// The term it holds the lease under.
+    pub term: i64,
+}
+
+/// What [`crate::Store::acquire_lease`] came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// Held until `expires_at`, under `fence.term` (a new term when it changed holder).
+    Held {
+        /// What fenced writes present.
+        fence: Fence,
+        /// Until when.
+        expires_at: DateTime<Utc>,
+    },
+    /// Another holder's lease is live.
+    HeldBy(LeaseRecord),
+}
+
+/// One scheduled occurrence a leader took on ([`crate::Store::claim_tick`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TickRun {
+    /// The schedule's name.
+    pub name: String,
+    /// The occurrence.
+    pub at: DateTime<Utc>,
+    /// The leader's term that ran it (last).
+    pub term: i64,
+    /// The node that ran it (last).
+    pub node: String,
+    /// When that node took it.
+    pub claimed_at: DateTime<Utc>,
+    /// When it finished; `None` while running or when its leader died mid-tick.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// How many leaders took it (more than one only after a leader died mid-tick).
+    pub attempts: i64,
+}
+
+/// One node as `gapless nodes` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeView {
+    /// The node's registration.
+    #[serde(flatten)]
+    pub node: NodeRecord,
+    /// Whether its registration is live.
+    pub alive: bool,
+    /// Whether it holds the leader lease.
+    pub leader: bool,
+    /// The leases it holds, by name.
+    pub leases: Vec<String>,
+    /// The unfinished runs it owns.
+    pub runs: Vec<String>,
+    /// Tasks it is running now (of any run).
+    pub running_tasks: i64,
+}
+
+/// The nodes sharing a state store, and its leases ([`crate::Store::nodes_report`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodesReport {
+    /// Registered nodes, live or not yet reaped, oldest first.
+    pub nodes: Vec<NodeView>,
+    /// Every lease, held or not.
+    pub leases: Vec<LeaseRecord>,
+    /// The leader lease's holder, while live.
+    pub leader: Option<String>,
+    /// The leader lease's term.
+    pub term: i64,
+    /// Runs owned by something that is not a live node (a `gapless backfill`, or a dead
+    /// node whose lease has not lapsed yet).
+    pub other_owners: Vec<String>,
+}

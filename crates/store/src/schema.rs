@@ -8,7 +8,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 /// Highest migration embedded in this binary; [`crate::Store::ensure_current`] demands exactly
 /// this.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// One embedded migration: version, description, SQL.
 type EmbeddedMigration = (i64, &'static str, &'static str);
@@ -55,6 +55,11 @@ pub(crate) const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[
         "alerts and ticks",
         include_str!("../migrations/postgres/0007_alerts_and_ticks.sql"),
     ),
+    (
+        8,
+        "nodes and leases",
+        include_str!("../migrations/postgres/0008_nodes_and_leases.sql"),
+    ),
 ];
 
 pub(crate) fn migrator(embedded: &[EmbeddedMigration]) -> Migrator {
@@ -97,6 +102,10 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../migrations/sqlite/0007_alerts_and_ticks.sql"),
     ),
+    (
+        8,
+        include_str!("../migrations/sqlite/0008_nodes_and_leases.sql"),
+    ),
 ];
 
 #[cfg(test)]
@@ -135,6 +144,7 @@ mod tests {
                 (5, 0x7449_c070_0426_13f9),
                 (6, 0x364a_f22d_8c28_2cee),
                 (7, 0xfc57_a505_7eab_340f),
+                (8, 0xfc98_bbc5_525c_3e03),
             ]
         );
         assert_eq!(SQLITE_MIGRATIONS.last().map(|m| m.0), Some(SCHEMA_VERSION));

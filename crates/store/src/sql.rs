@@ -253,6 +253,26 @@ statements! {
 
     SELECT_LEASE = "SELECT lease_epoch, attempt FROM tasks WHERE id = $1";
 
+    /// Serializes the claims of one run's phase until the transaction ends, so that the count
+    /// of its running tasks ([`RUNNING_PEERS`], a later statement with a fresh snapshot) is
+    /// exact across nodes. One key per run and phase: claims of other phases never wait.
+    LOCK_PHASE_POSTGRES = "SELECT pg_advisory_xact_lock(hashtext(run_id || '/' || phase::text)) \
+         FROM tasks WHERE id = $1";
+
+    /// Running tasks of task `$1`'s run and phase, on any node.
+    RUNNING_PEERS = "SELECT COUNT(*) FROM tasks t JOIN tasks me \
+             ON me.run_id = t.run_id AND me.phase = t.phase \
+         WHERE me.id = $1 AND t.state = 'running'";
+
+    /// Every task's state and epoch, for a scheduler that follows what other nodes do.
+    TASK_STATES = "SELECT id, state, lease_epoch FROM tasks WHERE run_id = $1 ORDER BY id";
+
+    /// Running runs of pipeline `$1` with a task claimable at `$2`: work a node can help with.
+    RUNS_WITH_WORK = "SELECT DISTINCT t.run_id FROM tasks t JOIN runs r ON r.id = t.run_id \
+         WHERE t.state = 'pending' AND (t.not_before IS NULL OR t.not_before <= $2) \
+           AND r.state = 'running' AND r.pipeline = $1 \
+         LIMIT 50";
+
     SET_LEASE_COUNTER = "UPDATE lease_counter SET last = $1 WHERE id = 1";
 
     /// A hold on each cell of task `$1` until `$2`, taking over holds that are the task's own
@@ -430,10 +450,13 @@ statements! {
              updated_at = excluded.updated_at";
 
     /// The cells of phase `$2` within `$3..=$4` that a run still means to run, while its owner
-    /// holds it (`$1` is now): a run nobody owns (interrupted) plans nothing.
+    /// holds it (`$1` is now), or while it is `running` without owner (its node died and
+    /// another is adopting it): a run that was interrupted, or whose owner's lease lapsed,
+    /// plans nothing.
     ACTIVE_CELLS = "SELECT c.date FROM runs r \
          JOIN run_cells c ON c.run_id = r.id \
-         WHERE r.owner_expires_at > $1 AND c.phase = $2 AND c.date >= $3 AND c.date <= $4 \
+         WHERE (r.owner_expires_at > $1 OR (r.state = 'running' AND r.owner_id IS NULL)) \
+             AND c.phase = $2 AND c.date >= $3 AND c.date <= $4 \
              AND c.state = 'pending' \
          ORDER BY c.date";
 }
@@ -442,6 +465,19 @@ statements! {
 /// to its commit: identity values are drawn at insert, so without it an event could become
 /// visible after a later id was read, and a consumer keeping the last id read would skip it.
 pub(crate) const LOCK_EVENT_LOG_POSTGRES: &str = "SELECT pg_advisory_xact_lock(7306231840418816)";
+
+/// Wakes the nodes that listen (`LISTEN gapless_work`): work was added or given back. Sent in
+/// the transaction that did it, so it is delivered at its commit, and only then.
+/// Taken first by every claim on PostgreSQL and held to its commit: the epoch counter's row
+/// lock. Every other lock a claim takes (its run and phase, its cells' holds) is then taken
+/// under it, in one order, so two claims, or a completion claiming the next tasks and a claim
+/// of its own, cannot deadlock on them.
+pub(crate) const LOCK_COUNTER_POSTGRES: &str =
+    "SELECT last FROM lease_counter WHERE id = 1 FOR UPDATE";
+
+pub(crate) const NOTIFY_WORK_POSTGRES: &str = "SELECT pg_notify('gapless_work', '')";
+/// The channel of [`NOTIFY_WORK_POSTGRES`].
+pub(crate) const WORK_CHANNEL: &str = "gapless_work";
 
 // --- gap ledger -----------------------------------------------------------------------------
 
@@ -528,6 +564,109 @@ statements! {
          UNION ALL \
          SELECT 'closed', healed_at / 86400000, COUNT(*) FROM gaps WHERE healed_at >= $1 \
          GROUP BY healed_at / 86400000";
+}
+
+// --- nodes, leases and ticks ----------------------------------------------------------------
+
+statements! {
+    /// A node starts, or renews a row that a reaper has not removed yet.
+    REGISTER_NODE = "INSERT INTO nodes (id, host, pid, started_at, heartbeat_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $4, $5) \
+         ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, \
+             expires_at = excluded.expires_at";
+
+    NODE_HEARTBEAT = "UPDATE nodes SET heartbeat_at = $2, expires_at = $3 WHERE id = $1";
+
+    SELECT_NODES = "SELECT id, host, pid, started_at, heartbeat_at, expires_at FROM nodes \
+         ORDER BY started_at, id";
+
+    /// A node's row goes, guarded by the expiry the reaper saw, so a node that renewed
+    /// meanwhile stays.
+    DELETE_NODE = "DELETE FROM nodes WHERE id = $1 AND expires_at = $2";
+
+    DELETE_OWN_NODE = "DELETE FROM nodes WHERE id = $1";
+
+    /// Leases held by `$1`, released when it stops or is found dead: the term stays, so the
+    /// next holder's is larger.
+    RELEASE_LEASES_OF = "UPDATE leases SET holder = NULL, expires_at = NULL WHERE holder = $1";
+
+    /// The running tasks a node holds, with their recorded runners.
+    RUNNING_TASKS_OF = "SELECT id, runner_host, runner_pgid FROM tasks \
+         WHERE state = 'running' AND lease_owner = $1 \
+           AND runner_host IS NOT NULL AND runner_pgid IS NOT NULL ORDER BY id";
+
+    /// A dead node's running tasks back to pending, fenced: those whose lease expired before
+    /// `$2` (a node of another host: its runners stop themselves before their leases expire),
+    /// or all of them when `$2` is the largest value (a process of this host that is gone).
+    /// The runner stays recorded: the caller stopped it if it could.
+    REQUEUE_OWNED_BY = "UPDATE tasks \
+         SET state = 'pending', lease_epoch = lease_epoch + 1, lease_owner = NULL, \
+             lease_expires_at = NULL, error = 'its node died' \
+         WHERE state = 'running' AND lease_owner = $1 AND lease_expires_at < $2 RETURNING id";
+
+    /// A dead node's runs lose their owner, so any node adopts them at once.
+    RELEASE_RUNS_OF = "UPDATE runs \
+         SET owner_id = NULL, owner_host = NULL, owner_pid = NULL, owner_expires_at = NULL \
+         WHERE owner_id = $1";
+
+    ENSURE_LEASE = "INSERT INTO leases (name, holder, term) VALUES ($1, NULL, 0) \
+         ON CONFLICT (name) DO NOTHING";
+
+    SELECT_LEASE_SQLITE = "SELECT name, holder, term, acquired_at, expires_at FROM leases \
+         WHERE name = $1";
+
+    /// Locks the lease's row to the end of the deciding transaction.
+    SELECT_LEASE_POSTGRES = "SELECT name, holder, term, acquired_at, expires_at FROM leases \
+         WHERE name = $1 FOR UPDATE";
+
+    SELECT_LEASES = "SELECT name, holder, term, acquired_at, expires_at FROM leases \
+         ORDER BY name";
+
+    /// A new holder: the term moves on by one, issued by the store in this transaction.
+    TAKE_LEASE = "UPDATE leases SET holder = $2, term = term + 1, acquired_at = $3, \
+             expires_at = $4 \
+         WHERE name = $1 AND term = $5 RETURNING term";
+
+    RENEW_LEASE = "UPDATE leases SET expires_at = $4 \
+         WHERE name = $1 AND holder = $2 AND term = $3";
+
+    RELEASE_LEASE = "UPDATE leases SET holder = NULL, expires_at = NULL \
+         WHERE name = $1 AND holder = $2 AND term = $3";
+
+    /// The fence: the lease is still `$2`'s under term `$3` and unexpired at `$4`. Written as
+    /// a locking read on PostgreSQL ([`FENCE_POSTGRES`]), so a take-over waits for the
+    /// fenced write to commit, and the write waits for a take-over in progress.
+    FENCE_SQLITE = "SELECT COUNT(*) FROM leases \
+         WHERE name = $1 AND holder = $2 AND term = $3 AND expires_at >= $4";
+
+    FENCE_POSTGRES = "SELECT COUNT(*) FROM (SELECT 1 FROM leases \
+         WHERE name = $1 AND holder = $2 AND term = $3 AND expires_at >= $4 FOR SHARE) held";
+
+    /// A leader takes scheduled occurrence `$2` of `$1`: a new row, or one that a leader of
+    /// an older term took and never finished (it died mid-tick).
+    CLAIM_TICK = "INSERT INTO tick_runs (name, at, term, node, claimed_at) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (name, at) DO UPDATE SET term = excluded.term, node = excluded.node, \
+             claimed_at = excluded.claimed_at, attempts = tick_runs.attempts + 1 \
+         WHERE tick_runs.finished_at IS NULL AND tick_runs.term < excluded.term \
+         RETURNING attempts";
+
+    FINISH_TICK = "UPDATE tick_runs SET finished_at = $4 \
+         WHERE name = $1 AND at = $2 AND term = $3 AND finished_at IS NULL";
+
+    /// The latest occurrence taken but not finished, of a term older than `$2`.
+    UNFINISHED_TICK = "SELECT at FROM tick_runs \
+         WHERE name = $1 AND finished_at IS NULL AND term < $2 ORDER BY at DESC LIMIT 1";
+
+    TICK_RUNS = "SELECT name, at, term, node, claimed_at, finished_at, attempts FROM tick_runs \
+         WHERE name = $1 ORDER BY at";
+
+    /// Runs owned per owner id, and running tasks per lease owner, for `gapless nodes`.
+    OWNED_RUNS = "SELECT owner_id, id FROM runs WHERE owner_id IS NOT NULL \
+         AND state = 'running' ORDER BY owner_id, id";
+
+    RUNNING_PER_OWNER = "SELECT lease_owner, COUNT(*) AS n FROM tasks \
+         WHERE state = 'running' AND lease_owner IS NOT NULL GROUP BY lease_owner";
 }
 
 // --- maintenance ----------------------------------------------------------------------------

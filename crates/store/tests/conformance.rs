@@ -954,6 +954,7 @@ async fn completion_claims_the_next_tasks(store: Store) -> anyhow::Result<()> {
         .await?
         .context("claim")?;
     let next = NextClaims {
+        limits: &[],
         tasks: &[(second, 0), (third, 7)],
         owner: "node-a",
         ttl: TTL,
@@ -1469,6 +1470,7 @@ async fn cells_have_one_runner_across_runs(store: Store) -> anyhow::Result<()> {
 
     // Refused as a next claim too, without undoing the completion.
     let next = NextClaims {
+        limits: &[],
         tasks: &[(overlapping, 0)],
         owner: "node-b",
         ttl: TTL,
@@ -2212,4 +2214,201 @@ async fn sqlite_alerts_and_ticks() -> anyhow::Result<()> {
 #[tokio::test]
 async fn postgres_alerts_and_ticks() -> anyhow::Result<()> {
     on_postgres(alerts_and_ticks).await
+}
+
+/// Nodes and the leader lease: the store issues terms, one more per change of holder; an old
+/// leader's late writes (a tick taken or finished, an alert marked) are refused once its lease
+/// moved on; an occurrence it took and never finished is run again by the next leader, once; a
+/// dead node's running tasks are fenced and pending again, and its runs left without owner.
+async fn nodes_and_leases(store: Store) -> anyhow::Result<()> {
+    use gapless_store::{LEADER, LeaseOutcome};
+    store.migrate().await?;
+    let short = Duration::from_millis(300);
+    let a = RunOwner {
+        id: "box/1/a",
+        host: "box",
+        pid: 1,
+    };
+    let b = RunOwner {
+        id: "box/2/b",
+        host: "box",
+        pid: 2,
+    };
+    store.register_node(&a, short).await?;
+    store.register_node(&b, TTL).await?;
+    assert_eq!(store.nodes().await?.len(), 2);
+
+    let LeaseOutcome::Held { fence: fence_a, .. } =
+        store.acquire_lease(LEADER, a.id, short, None).await?
+    else {
+        bail!("the first candidate takes the free lease");
+    };
+    assert_eq!(fence_a.term, 1);
+    match store.acquire_lease(LEADER, b.id, TTL, None).await? {
+        LeaseOutcome::HeldBy(current) => assert_eq!(current.holder.as_deref(), Some(a.id)),
+        other => bail!("a live lease is refused to another, got {other:?}"),
+    }
+    match store.acquire_lease(LEADER, a.id, short, None).await? {
+        LeaseOutcome::Held { fence, .. } => assert_eq!(fence.term, 1, "a renewal keeps the term"),
+        other => bail!("the holder renews, got {other:?}"),
+    }
+    let report = store.nodes_report(Utc::now()).await?;
+    assert_eq!(report.leader.as_deref(), Some(a.id));
+    assert!(
+        report
+            .nodes
+            .iter()
+            .any(|view| view.leader && view.node.id == a.id)
+    );
+
+    // A takes an occurrence and its lease lapses mid-tick; B leads under term 2.
+    let first = Utc::now() - chrono::Duration::seconds(10);
+    assert_eq!(store.claim_tick("scan", first, &fence_a).await?, Some(1));
+    assert_eq!(
+        store.claim_tick("scan", first, &fence_a).await?,
+        None,
+        "an occurrence is taken once per term"
+    );
+    store
+        .record_scan(
+            &[DetectedGap {
+                phase_from: Some(2),
+                phase_to: 3,
+                date: d(5),
+                age_days: 40,
+                found: 0,
+                expected: 1,
+            }],
+            &[],
+        )
+        .await?;
+    let gap = store.gaps(GapFilter::Open).await?[0].id;
+    store
+        .alert_gaps(&[gap], &["webhook"], &serde_json::json!({"items": []}))
+        .await?;
+    let alert = store.undelivered_alerts(10).await?[0].id;
+    tokio::time::sleep(short + Duration::from_millis(100)).await;
+    let LeaseOutcome::Held { fence: fence_b, .. } =
+        store.acquire_lease(LEADER, b.id, TTL, None).await?
+    else {
+        bail!("an expired lease is taken");
+    };
+    assert_eq!(fence_b.term, 2, "a new holder, a new term");
+    assert!(!store.finish_tick("scan", first, &fence_a).await?, "fenced");
+    let later = Utc::now();
+    assert_eq!(
+        store.claim_tick("scan", later, &fence_a).await?,
+        None,
+        "fenced"
+    );
+    assert!(
+        !store.alert_delivered_fenced(alert, &fence_a).await?,
+        "fenced"
+    );
+    assert!(
+        !store.alert_failed_fenced(alert, "late", &fence_a).await?,
+        "fenced"
+    );
+    assert_eq!(store.undelivered_alerts(10).await?[0].attempts, 0);
+    // B runs A's unfinished occurrence again, once, and then the next one.
+    let unfinished = store.unfinished_tick("scan", fence_b.term).await?;
+    assert_eq!(
+        unfinished.map(|at| at.timestamp_millis()),
+        Some(first.timestamp_millis())
+    );
+    assert_eq!(store.claim_tick("scan", first, &fence_b).await?, Some(2));
+    assert!(store.finish_tick("scan", first, &fence_b).await?);
+    assert_eq!(store.unfinished_tick("scan", fence_b.term + 1).await?, None);
+    assert_eq!(
+        store.claim_tick("scan", first, &fence_b).await?,
+        None,
+        "finished: never again"
+    );
+    assert_eq!(store.claim_tick("scan", later, &fence_b).await?, Some(1));
+    assert!(store.finish_tick("scan", later, &fence_b).await?);
+    let runs = store.tick_runs("scan").await?;
+    assert_eq!(runs.len(), 2);
+    assert_eq!((runs[0].term, runs[0].attempts), (2, 2));
+    assert!(store.alert_delivered_fenced(alert, &fence_b).await?);
+    assert_eq!(
+        store
+            .last_tick("scan")
+            .await?
+            .map(|at| at.timestamp_millis()),
+        Some(later.timestamp_millis())
+    );
+
+    // A dead holder named by the caller is taken over at once.
+    match store.acquire_lease(LEADER, a.id, TTL, Some(b.id)).await? {
+        LeaseOutcome::Held { fence, .. } => assert_eq!(fence.term, 3),
+        other => bail!("a take-over of a dead holder is granted, got {other:?}"),
+    }
+
+    // A's registration lapsed: its running task is fenced and pending again, its run free.
+    let run = store
+        .create_run_owned(&run_of(RunKind::Heal, vec![task(2, d(1), d(1))]), &a, TTL)
+        .await?;
+    let task_id = store.tasks(&run).await?[0].id;
+    let claim = store
+        .claim(task_id, 0, a.id, TTL)
+        .await?
+        .context("claimable")?;
+    store.register_node(&a, Duration::ZERO).await?;
+    let dead = store
+        .nodes()
+        .await?
+        .into_iter()
+        .find(|node| node.id == a.id)
+        .context("A is registered")?;
+    assert!(dead.expires_at <= Utc::now());
+    // Found dead by its lapsed registration alone: tasks whose leases are live stay (their
+    // runners stop only when those could expire).
+    assert_eq!(store.reap_node(&dead, false).await?, Some(Vec::new()));
+    assert_eq!(
+        task_record(&store, task_id).await?.state,
+        TaskState::Running
+    );
+    store.register_node(&a, Duration::ZERO).await?;
+    let dead = store
+        .nodes()
+        .await?
+        .into_iter()
+        .find(|node| node.id == a.id)
+        .context("A is registered again")?;
+    // Known gone (a process of the reaper's host, its runners ended): all its tasks go.
+    let requeued = store.reap_node(&dead, true).await?.context("reaped")?;
+    assert_eq!(requeued, [task_id]);
+    assert_eq!(store.reap_node(&dead, true).await?, None, "reaped once");
+    assert!(!store.heartbeat(task_id, claim.epoch, TTL).await?, "fenced");
+    assert!(
+        !store
+            .complete(task_id, claim.epoch, &serde_json::json!({}), "late")
+            .await?,
+        "fenced"
+    );
+    let record = task_record(&store, task_id).await?;
+    assert_eq!(record.state, TaskState::Pending);
+    assert!(store.run(&run).await?.context("run")?.owner.is_none());
+    assert!(
+        !store.node_heartbeat(a.id, TTL).await?,
+        "A must register again"
+    );
+    let report = store.nodes_report(Utc::now()).await?;
+    assert_eq!(report.nodes.len(), 1);
+    assert_eq!(report.leader, None, "A's leases went with it");
+    assert_eq!(report.term, 3);
+    store.deregister_node(b.id).await?;
+    assert!(store.nodes().await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_nodes_and_leases() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    nodes_and_leases(Store::connect("sqlite://state.db", dir.path()).await?).await
+}
+
+#[tokio::test]
+async fn postgres_nodes_and_leases() -> anyhow::Result<()> {
+    on_postgres(nodes_and_leases).await
 }

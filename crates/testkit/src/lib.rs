@@ -13,6 +13,7 @@ use std::time::Duration;
 pub mod bigquery;
 pub mod browser;
 pub mod buckets;
+pub mod cluster;
 pub mod rsa;
 
 use anyhow::Context as _;

@@ -4,6 +4,7 @@ pub(crate) mod backfill;
 pub(crate) mod check;
 pub(crate) mod demo;
 pub(crate) mod gaps;
+pub(crate) mod nodes;
 pub(crate) mod plan;
 pub(crate) mod report;
 pub(crate) mod resume;
@@ -56,6 +57,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<Exit> {
             scan::run(global, &scan).await
         }
         Command::Gaps(args) => gaps::run(global, args).await,
+        Command::Nodes => nodes::run(global).await,
         Command::Report(args) => report::run(global, args).await,
         Command::Serve(args) => serve::run(global, args).await,
         Command::Demo(args) => demo::run(global, args).await,

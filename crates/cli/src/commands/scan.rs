@@ -261,7 +261,7 @@ async fn deliver_alerts(loaded: &settings::Loaded, store: &gapless_store::Store,
         }
         return;
     }
-    match gapless_server::alert_outbox::deliver_pending(store, &channels).await {
+    match gapless_server::alert_outbox::deliver_pending(store, &channels, None).await {
         Ok(outcome) if outcome.failed > 0 => note(format_args!(
             "{} not delivered yet; kept to be sent again",
             counted(outcome.failed, "alert message")

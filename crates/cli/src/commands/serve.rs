@@ -32,6 +32,15 @@ pub(crate) async fn run(global: &Global, args: &ServeArgs) -> anyhow::Result<Exi
     if args.jobs == 0 {
         return Err(UsageError::new("--jobs: must be at least 1").into());
     }
+    let lease = gapless_core::dates::parse_duration(&args.lease)
+        .map_err(|error| UsageError::new(format!("--lease: {error}")))?;
+    if lease < std::time::Duration::from_secs(1) {
+        return Err(UsageError::new(format!(
+            "--lease: `{}` is too short; at least 1s (renewed every third of it)",
+            args.lease
+        ))
+        .into());
+    }
     let auth = auth_from_env()?;
     gapless_server::check_listen(listen, &auth)
         .map_err(|error| UsageError::new(error.to_string()))?;
@@ -42,6 +51,7 @@ pub(crate) async fn run(global: &Global, args: &ServeArgs) -> anyhow::Result<Exi
     let options = AppOptions {
         jobs: args.jobs,
         store_outage: loaded.store_outage,
+        lease,
         ..AppOptions::default()
     };
     let mut transports = transports_from_env().await?;

@@ -17,6 +17,7 @@ mod dashboard;
 mod demo;
 mod due;
 mod front;
+mod nodes;
 mod ordering;
 mod outage;
 mod owners;

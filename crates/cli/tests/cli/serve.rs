@@ -89,8 +89,27 @@ impl Serve {
 
     /// `gapless ARGS… serve` with `env`.
     pub(crate) fn start_with(project: &Project, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_full(project, args, &[], env)
+    }
+
+    /// `gapless serve SERVE_ARGS…` with `env`.
+    pub(crate) fn start_after(
+        project: &Project,
+        serve_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::start_full(project, &[], serve_args, env)
+    }
+
+    fn start_full(
+        project: &Project,
+        args: &[&str],
+        serve_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut all = args.to_vec();
         all.extend(["serve", "--listen", "127.0.0.1:0"]);
+        all.extend(serve_args);
         let mut command = project.command(&all);
         command.stderr(Stdio::piped()).stdout(Stdio::null());
         for (key, value) in env {
@@ -139,6 +158,11 @@ impl Serve {
                 .starts_with("text/plain; version=0.0.4"),
         );
         response.text().await.unwrap()
+    }
+
+    /// Its process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL, as the OOM killer or a crash would end it.

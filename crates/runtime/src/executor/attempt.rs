@@ -235,8 +235,19 @@ impl Execution {
         let mut unexplained = 0;
         let mut told: Option<RunId> = None;
         while unexplained < 1_000 {
+            // Shared with other nodes: the phase's `concurrency` is counted over all of them.
+            let within = options
+                .shared
+                .and_then(|_| self.context.spec.phase(task.phase))
+                .map(|phase| phase.concurrency);
             if let Some(claim) = patiently(limit, "claim", || {
-                store.claim(task.id, seen_epoch, &options.owner, options.lease_ttl)
+                store.claim_within(
+                    task.id,
+                    seen_epoch,
+                    &options.owner,
+                    options.lease_ttl,
+                    within,
+                )
             })
             .await?
             {
@@ -274,6 +285,9 @@ impl Execution {
                         .unwrap_or_default()
                         .clamp(Duration::from_millis(50), Duration::from_secs(1))
                 }
+                // Shared: the phase runs as many tasks as it may on other nodes; the
+                // scheduler offers this one again when it follows their progress.
+                None if backoff.is_zero() && options.shared.is_some() => return Ok(None),
                 None => {
                     unexplained += 1;
                     backoff.max(Duration::from_millis(5))
@@ -304,7 +318,10 @@ impl Execution {
         let ttl = self.options.lease_ttl;
         let store = &self.store;
         let period = ttl / 3;
+        // The lease runs from the moment its last renewal was sent; the work must be stopped
+        // by five sixths of it, whatever the store does meanwhile.
         let mut renewed = tokio::time::Instant::now();
+        let stop_by = |renewed: tokio::time::Instant| renewed + (ttl - ttl / 6);
         // The first renewal is one period away. (`interval`'s immediate first tick still goes
         // through the timer wheel, which costs up to a millisecond per task.)
         let mut next = renewed + period;
@@ -316,30 +333,40 @@ impl Execution {
                 biased;
                 result = &mut work => return Ok(Beat::Done(result)),
                 () = tokio::time::sleep_until(next) => {
-                    match store.heartbeat(task_id, epoch, ttl).await {
-                        Ok(true) => {
-                            renewed = tokio::time::Instant::now();
+                    let sent = tokio::time::Instant::now();
+                    // A call that hangs (a dead TCP peer) is given up at the deadline.
+                    let left = stop_by(renewed).saturating_duration_since(sent);
+                    let renewal = tokio::time::timeout(
+                        left.max(Duration::from_millis(1)),
+                        store.heartbeat(task_id, epoch, ttl),
+                    )
+                    .await;
+                    let failure = match renewal {
+                        Ok(Ok(true)) => {
+                            renewed = sent;
                             next = renewed + period;
+                            continue;
                         }
-                        Ok(false) => {
+                        Ok(Ok(false)) => {
                             cancel.cancel();
                             return Ok(Beat::Lost);
                         }
-                        Err(error) if error.is_retryable() => {
-                            let unanswered = renewed.elapsed();
-                            if unanswered >= ttl - ttl / 6 {
-                                tracing::warn!(task_id, %error, ?unanswered, "the lease could not be renewed before it expires: stopping the runner");
-                                cancel.cancel();
-                                // Let the work see the cancellation and clean up (its process
-                                // group is killed) before the attempt is recorded.
-                                let _cancelled = (&mut work).await;
-                                return Ok(Beat::Lapsed(unanswered));
-                            }
-                            tracing::warn!(task_id, %error, "cannot renew the lease; trying again");
-                            next = tokio::time::Instant::now() + RENEW_RETRY.min(period);
-                        }
-                        Err(error) => return Err(error),
+                        Ok(Err(error)) if error.is_retryable() => error.to_string(),
+                        Ok(Err(error)) => return Err(error),
+                        Err(_elapsed) => "the state store did not answer in time".to_owned(),
+                    };
+                    let now = tokio::time::Instant::now();
+                    if now >= stop_by(renewed) {
+                        let unanswered = now - renewed;
+                        tracing::warn!(task_id, error = %failure, ?unanswered, "the lease could not be renewed before it expires: stopping the runner");
+                        cancel.cancel();
+                        // Let the work see the cancellation and clean up (its process
+                        // group is killed) before the attempt is recorded.
+                        let _cancelled = (&mut work).await;
+                        return Ok(Beat::Lapsed(unanswered));
                     }
+                    tracing::warn!(task_id, error = %failure, "cannot renew the lease; trying again");
+                    next = (now + RENEW_RETRY.min(period)).min(stop_by(renewed));
                 }
             }
         }

@@ -25,6 +25,8 @@ enum Status {
     Failed,
     Blocked,
     Interrupted,
+    /// Another node holds it (or won the claim): followed in the store (shared runs only).
+    Elsewhere,
 }
 
 type Joined = (usize, Result<TaskResult, StoreError>);
@@ -42,17 +44,23 @@ pub(super) struct Scheduler {
     running_per_phase: HashMap<PhaseId, u32>,
     pub(super) join_set: JoinSet<Joined>,
     jobs: usize,
+    /// The task list changed under this execution (another node split tasks after a
+    /// failure): it starts nothing more and ends once its running tasks are recorded.
+    leaving: bool,
 }
 
 impl Scheduler {
     pub(super) fn new(execution: Arc<Execution>, tasks: Vec<ExecTask>) -> Self {
         let n = tasks.len();
+        let shared = execution.options.shared.is_some();
         let status: Vec<Status> = tasks
             .iter()
             .map(|t| match t.state {
                 TaskState::Complete => Status::Done,
                 TaskState::Failed => Status::Failed,
                 TaskState::Blocked => Status::Blocked,
+                // Held by another node of a shared run: followed, not claimed.
+                TaskState::Running if shared => Status::Elsewhere,
                 TaskState::Pending | TaskState::Running => Status::Waiting,
             })
             .collect();
@@ -77,6 +85,7 @@ impl Scheduler {
             running_per_phase: HashMap::new(),
             join_set: JoinSet::new(),
             jobs,
+            leaving: false,
         }
     }
 
@@ -93,8 +102,9 @@ impl Scheduler {
             .filter(|&i| self.status[i] == Status::Waiting && self.waiting_on[i] == 0)
             .collect();
         let cancel = self.execution.cancel.clone();
+        let refresh = self.execution.options.shared;
         loop {
-            if !cancel.is_cancelled() {
+            if !cancel.is_cancelled() && !self.leaving {
                 let mut counted = std::mem::take(&mut self.running_per_phase);
                 let launched = self.select(&mut counted);
                 self.running_per_phase = counted;
@@ -102,16 +112,19 @@ impl Scheduler {
                     self.spawn(i, None);
                 }
             }
-            if self.join_set.is_empty() {
+            if self.join_set.is_empty() && !self.follows_others(&cancel) {
                 break;
             }
             tokio::select! {
-                joined = self.join_set.join_next() => {
+                joined = self.join_set.join_next(), if !self.join_set.is_empty() => {
                     let Some(joined) = joined else { continue };
                     let (i, result) = joined.map_err(ExecError::Panicked)?;
                     self.finished(i, result?).await?;
                 }
                 () = cancel.cancelled(), if !cancel.is_cancelled() => {}
+                () = tokio::time::sleep(refresh.unwrap_or_default()), if refresh.is_some() && !self.leaving => {
+                    self.refresh().await?;
+                }
             }
         }
         let mut outcome = Outcome {
@@ -123,12 +136,118 @@ impl Scheduler {
                 Status::Done => outcome.tasks_complete += 1,
                 Status::Failed => outcome.tasks_failed += 1,
                 Status::Blocked => outcome.tasks_blocked += 1,
-                Status::Waiting | Status::Running | Status::Interrupted => {
+                Status::Waiting | Status::Running | Status::Interrupted | Status::Elsewhere => {
                     outcome.tasks_interrupted += 1
                 }
             }
         }
+        outcome.left = self.leaving;
         Ok(outcome)
+    }
+
+    /// With nothing of its own running: whether to wait for what other nodes run (a shared
+    /// run with tasks still held elsewhere, or waiting on those), rather than end.
+    fn follows_others(&self, cancel: &tokio_util::sync::CancellationToken) -> bool {
+        self.execution.options.shared.is_some()
+            && !cancel.is_cancelled()
+            && !self.leaving
+            && self.status.contains(&Status::Elsewhere)
+    }
+
+    /// Reads every task's state from the store and follows what other nodes did: a task they
+    /// completed is done here too (its dependents become ready), one they gave back is ready
+    /// again, one they run is theirs, one they failed blocks what needs it (the owner re-plans;
+    /// a helper leaves that to the owner and leaves). A task list that changed (split by
+    /// another node) ends this execution's part.
+    async fn refresh(&mut self) -> Result<(), ExecError> {
+        let Execution {
+            store,
+            run_id,
+            options,
+            ..
+        } = self.execution.as_ref();
+        let states = patiently(options.store_outage, "read tasks", || {
+            store.task_states(run_id)
+        })
+        .await?;
+        let index: HashMap<i64, usize> = self
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, task)| (task.id, i))
+            .collect();
+        if states.len() != self.tasks.len() || states.iter().any(|(id, ..)| !index.contains_key(id))
+        {
+            tracing::info!(run = %run_id, "the run's tasks were re-planned by another node: leaving them to it");
+            self.leaving = true;
+            return Ok(());
+        }
+        let mut failed = false;
+        for (id, state, epoch) in states {
+            let i = index[&id];
+            match (self.status[i], state) {
+                (Status::Waiting | Status::Elsewhere, TaskState::Complete) => {
+                    self.tasks[i].epoch = epoch;
+                    self.done_elsewhere(i);
+                }
+                (Status::Elsewhere, TaskState::Pending) => {
+                    self.tasks[i].epoch = epoch;
+                    self.status[i] = Status::Waiting;
+                    if self.waiting_on[i] == 0 {
+                        self.ready.insert(i);
+                    }
+                }
+                (Status::Waiting, TaskState::Pending) => self.tasks[i].epoch = epoch,
+                (Status::Waiting, TaskState::Running) => {
+                    self.tasks[i].epoch = epoch;
+                    self.status[i] = Status::Elsewhere;
+                    self.ready.remove(&i);
+                }
+                (Status::Waiting | Status::Elsewhere, TaskState::Failed) => {
+                    self.status[i] = Status::Failed;
+                    self.tasks[i].state = TaskState::Failed;
+                    self.ready.remove(&i);
+                    failed = true;
+                }
+                (Status::Waiting | Status::Elsewhere, TaskState::Blocked) => {
+                    self.status[i] = Status::Blocked;
+                    self.tasks[i].state = TaskState::Blocked;
+                    self.ready.remove(&i);
+                }
+                _ => {}
+            }
+        }
+        if failed {
+            if self.execution.options.helper {
+                self.leaving = true;
+            } else {
+                self.reblock().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Task `i` was recorded complete by another node: done here, without an event of ours.
+    fn done_elsewhere(&mut self, i: usize) {
+        self.status[i] = Status::Done;
+        self.tasks[i].state = TaskState::Complete;
+        self.ready.remove(&i);
+        for &dependent in &self.dependents[i] {
+            self.waiting_on[dependent] = self.waiting_on[dependent].saturating_sub(1);
+            if self.waiting_on[dependent] == 0 && self.status[dependent] == Status::Waiting {
+                self.ready.insert(dependent);
+            }
+        }
+    }
+
+    /// What becomes of a task someone else holds now: followed when the run is shared, else
+    /// interrupted (the run was taken over).
+    fn lost(&self) -> Status {
+        if self.execution.options.shared.is_some() {
+            Status::Elsewhere
+        } else {
+            Status::Interrupted
+        }
     }
 
     /// Picks the tasks to start now from `ready`, in task order, within `--jobs` and each
@@ -136,7 +255,19 @@ impl Scheduler {
     fn select(&self, counted: &mut HashMap<PhaseId, u32>) -> Vec<usize> {
         let busy = self.join_set.len();
         let mut chosen = Vec::new();
-        for &i in &self.ready {
+        // A helper starts at a random place among the ready tasks, so that the nodes sharing a
+        // run do not all reach for the same next task (the owner keeps the run's order).
+        let skip = if self.execution.options.helper && !self.ready.is_empty() {
+            fastrand::usize(..self.ready.len())
+        } else {
+            0
+        };
+        let order = self
+            .ready
+            .iter()
+            .skip(skip)
+            .chain(self.ready.iter().take(skip));
+        for &i in order {
             if busy + chosen.len() >= self.jobs {
                 break;
             }
@@ -196,9 +327,15 @@ impl Scheduler {
             TaskResult::Failed => {
                 self.status[i] = Status::Failed;
                 self.tasks[i].state = TaskState::Failed;
-                self.reblock().await?;
+                if self.execution.options.helper {
+                    // The owner re-plans the run around the failure.
+                    self.leaving = true;
+                } else {
+                    self.reblock().await?;
+                }
             }
-            TaskResult::Cancelled | TaskResult::Fenced => self.status[i] = Status::Interrupted,
+            TaskResult::Cancelled => self.status[i] = Status::Interrupted,
+            TaskResult::Fenced => self.status[i] = self.lost(),
         }
         Ok(())
     }
@@ -231,9 +368,27 @@ impl Scheduler {
             .iter()
             .map(|&n| (self.tasks[n].id, self.tasks[n].epoch))
             .collect();
-        let Execution { store, options, .. } = self.execution.as_ref();
+        let Execution {
+            store,
+            options,
+            context,
+            ..
+        } = self.execution.as_ref();
+        let limits: Vec<u32> = if options.shared.is_some() {
+            next.iter()
+                .map(|&n| {
+                    context
+                        .spec
+                        .phase(self.tasks[n].phase)
+                        .map_or(u32::MAX, |phase| phase.concurrency)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let next_claims = NextClaims {
             tasks: &claimed,
+            limits: &limits,
             owner: &options.owner,
             ttl: options.lease_ttl,
         };
@@ -244,7 +399,7 @@ impl Scheduler {
         .await?;
         let Some(claims) = recorded else {
             // Fenced: someone else holds the task now, and its dependents wait.
-            self.status[i] = Status::Interrupted;
+            self.status[i] = self.lost();
             for dependent in &newly_ready {
                 self.ready.remove(dependent);
             }
@@ -276,7 +431,9 @@ impl Scheduler {
                     Status::Waiting => TaskStatus::Pending,
                     // An interrupted task's cells may still become complete (resume): it
                     // blocks nothing, like a running one.
-                    Status::Running | Status::Interrupted => TaskStatus::Running,
+                    Status::Running | Status::Interrupted | Status::Elsewhere => {
+                        TaskStatus::Running
+                    }
                     Status::Done => TaskStatus::Complete,
                     Status::Failed => TaskStatus::Failed,
                     Status::Blocked => TaskStatus::Blocked,

@@ -5,10 +5,11 @@ use rusqlite::params;
 
 use crate::codec::{alert_from_row, time};
 use crate::error::StoreError;
-use crate::model::AlertRecord;
+use crate::model::{AlertRecord, Fence};
 use crate::sql;
 use crate::sqlite::{self, Commit};
 use crate::store::Store;
+use crate::store::nodes::{fence_postgres, fence_sqlite};
 
 impl Store {
     /// Marks the open gaps `ids` alerted now and records `message` (JSON) for each channel in
@@ -71,14 +72,38 @@ impl Store {
     /// Records that alert `id` was delivered; `false` when it already was.
     pub async fn alert_delivered(&self, id: i64) -> Result<bool, StoreError> {
         let now = Utc::now().timestamp_millis();
-        self.alert_update(sql::ALERT_DELIVERED, id, Value::Time(now))
+        self.alert_update(sql::ALERT_DELIVERED, id, Value::Time(now), None)
             .await
     }
 
     /// Records a failed delivery of alert `id`.
     pub async fn alert_failed(&self, id: i64, error: &str) -> Result<bool, StoreError> {
-        self.alert_update(sql::ALERT_FAILED, id, Value::Text(error.to_owned()))
+        self.alert_update(sql::ALERT_FAILED, id, Value::Text(error.to_owned()), None)
             .await
+    }
+
+    /// [`Store::alert_delivered`] by the leader holding `fence`: refused (`false`, nothing
+    /// written) once its lease moved on.
+    pub async fn alert_delivered_fenced(&self, id: i64, fence: &Fence) -> Result<bool, StoreError> {
+        let now = Utc::now().timestamp_millis();
+        self.alert_update(sql::ALERT_DELIVERED, id, Value::Time(now), Some(fence))
+            .await
+    }
+
+    /// [`Store::alert_failed`] by the leader holding `fence`.
+    pub async fn alert_failed_fenced(
+        &self,
+        id: i64,
+        error: &str,
+        fence: &Fence,
+    ) -> Result<bool, StoreError> {
+        self.alert_update(
+            sql::ALERT_FAILED,
+            id,
+            Value::Text(error.to_owned()),
+            Some(fence),
+        )
+        .await
     }
 
     async fn alert_update(
@@ -86,9 +111,16 @@ impl Store {
         statement: sql::Sql,
         id: i64,
         value: Value,
+        fence: Option<&Fence>,
     ) -> Result<bool, StoreError> {
+        let now = Utc::now().timestamp_millis();
         match self {
-            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+            Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
+                if let Some(fence) = fence
+                    && !fence_sqlite(connection, fence, now)?
+                {
+                    return Ok(false);
+                }
                 let changed = match &value {
                     Value::Time(at) => {
                         sqlite::execute(connection, statement.sqlite, params![id, at])?
@@ -99,13 +131,21 @@ impl Store {
                 };
                 Ok(changed == 1)
             }),
-            Self::Postgres(pool) => pg_call!({
-                let query = sqlx::query(statement.postgres).bind(id);
-                let query = match &value {
-                    Value::Time(at) => query.bind(*at),
-                    Value::Text(text) => query.bind(text.clone()),
+            Self::Postgres(pool) => pg_tx!(pool, |tx| {
+                let held = match fence {
+                    Some(fence) => fence_postgres(&mut tx, fence, now).await?,
+                    None => true,
                 };
-                query.execute(pool).await?.rows_affected() == 1
+                if held {
+                    let query = sqlx::query(statement.postgres).bind(id);
+                    let query = match &value {
+                        Value::Time(at) => query.bind(*at),
+                        Value::Text(text) => query.bind(text.clone()),
+                    };
+                    query.execute(&mut *tx).await?.rows_affected() == 1
+                } else {
+                    false
+                }
             }),
         }
     }

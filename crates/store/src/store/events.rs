@@ -26,6 +26,9 @@ impl Store {
                 sqlx::query(sql::LOCK_EVENT_LOG_POSTGRES)
                     .execute(&mut *tx)
                     .await?;
+                sqlx::query(sql::NOTIFY_WORK_POSTGRES)
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query_scalar(sql::INSERT_EVENT.postgres)
                     .bind(event.phase)
                     .bind(date)
@@ -142,6 +145,9 @@ impl Store {
             }),
             Self::Postgres(pool) => pg_tx!(pool, |tx| {
                 sqlx::query(sql::LOCK_EVENT_LOG_POSTGRES)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(sql::NOTIFY_WORK_POSTGRES)
                     .execute(&mut *tx)
                     .await?;
                 let mut out = Vec::with_capacity(rows.len());

@@ -64,11 +64,13 @@ mod cells;
 mod connect;
 mod events;
 mod gaps;
+mod nodes;
 mod owners;
 mod runs;
 mod split;
 mod tasks;
 
+pub use self::nodes::LEADER;
 pub use self::tasks::NextClaims;
 
 pub(crate) async fn bounded<T>(

@@ -92,6 +92,9 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 insert_tasks_postgres(&mut tx, run_id, &new.tasks).await?;
+                sqlx::query(sql::NOTIFY_WORK_POSTGRES)
+                    .execute(&mut *tx)
+                    .await?;
             })?,
         }
         Ok(id)

@@ -6,9 +6,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, params};
 
-use crate::codec::{RowExt, holder_from_row, runner_from_row, task_from_row};
+use crate::codec::{RowExt, holder_from_row, parse_text, run_id, runner_from_row, task_from_row};
 use crate::error::StoreError;
-use crate::model::{CellHolder, Claim, RunId, RunnerRecord, TaskRecord};
+use crate::model::{CellHolder, Claim, RunId, RunnerRecord, TaskRecord, TaskState};
 use crate::sql;
 use crate::sqlite::{self, Commit};
 use crate::store::{Key, Store, log_outcome, millis};
@@ -18,6 +18,9 @@ use crate::store::{Key, Store, log_outcome, millis};
 pub struct NextClaims<'a> {
     /// `(task_id, seen_epoch)` of each task to claim.
     pub tasks: &'a [(i64, i64)],
+    /// Per task, the most tasks of its run and phase that may run at once on every node
+    /// together (the phase's `concurrency`), checked on PostgreSQL; empty: no limit.
+    pub limits: &'a [u32],
     /// The lease owner.
     pub owner: &'a str,
     /// The lease length.
@@ -29,6 +32,57 @@ impl Store {
     pub async fn tasks(&self, run_id: &RunId) -> Result<Vec<TaskRecord>, StoreError> {
         self.rows_by(sql::SELECT_TASKS, run_id.as_str(), |row| task_from_row(row))
             .await
+    }
+
+    /// Every task of the run: `(id, state, lease epoch)`, in id order. Cheap enough to poll:
+    /// a scheduler sharing a run with other nodes follows their claims and completions by it.
+    pub async fn task_states(
+        &self,
+        run_id: &RunId,
+    ) -> Result<Vec<(i64, TaskState, i64)>, StoreError> {
+        self.rows_by(sql::TASK_STATES, run_id.as_str(), |row| {
+            let state = parse_text::<TaskState>("tasks.state", row.string("state")?)?;
+            Ok((row.i64("id")?, state, row.i64("lease_epoch")?))
+        })
+        .await
+    }
+
+    /// Up to 50 running runs of `pipeline` with a task that can be claimed now: the runs a
+    /// node with room can help with.
+    pub async fn runs_with_work(&self, pipeline: &str) -> Result<Vec<RunId>, StoreError> {
+        let now = Utc::now().timestamp_millis();
+        let ids: Vec<String> = match self {
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                sqlite::rows(
+                    connection,
+                    sql::RUNS_WITH_WORK.sqlite,
+                    params![pipeline, now],
+                    |row| Ok(row.get(0)?),
+                )
+            })?,
+            Self::Postgres(pool) => pg_call!({
+                sqlx::query_scalar(sql::RUNS_WITH_WORK.postgres)
+                    .bind(pipeline)
+                    .bind(now)
+                    .fetch_all(pool)
+                    .await?
+            })?,
+        };
+        ids.into_iter().map(run_id).collect()
+    }
+
+    /// On PostgreSQL, a connection listening for work added or given back by any node (runs
+    /// created, tasks completed, released or requeued, events stored): each notification is
+    /// sent at the commit of the transaction that did it. `None` on SQLite (one node).
+    pub async fn listen_for_work(&self) -> Result<Option<sqlx::postgres::PgListener>, StoreError> {
+        match self {
+            Self::Sqlite(_) => Ok(None),
+            Self::Postgres(pool) => pg_call!({
+                let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+                listener.listen(sql::WORK_CHANNEL).await?;
+                Some(listener)
+            }),
+        }
     }
 
     /// One task, if it exists.
@@ -53,6 +107,22 @@ impl Store {
         owner: &str,
         ttl: Duration,
     ) -> Result<Option<Claim>, StoreError> {
+        self.claim_within(task_id, seen_epoch, owner, ttl, None)
+            .await
+    }
+
+    /// [`Store::claim`], refused also while `limit` tasks of the task's run and phase are
+    /// running, on any node (the phase's `concurrency` across nodes). PostgreSQL counts them
+    /// under a lock per run and phase, held to the claim's commit; on SQLite, one process
+    /// executes a run and counts for itself, so `limit` is not checked there.
+    pub async fn claim_within(
+        &self,
+        task_id: i64,
+        seen_epoch: i64,
+        owner: &str,
+        ttl: Duration,
+        limit: Option<u32>,
+    ) -> Result<Option<Claim>, StoreError> {
         let now = Utc::now().timestamp_millis();
         let expires_at = now.saturating_add(millis(ttl));
         let claim = match self {
@@ -62,7 +132,8 @@ impl Store {
             Self::Postgres(pool) => pg_call!({
                 let mut tx = pool.begin().await?;
                 let claim =
-                    claim_postgres(&mut tx, task_id, seen_epoch, owner, expires_at, now).await?;
+                    claim_postgres(&mut tx, task_id, seen_epoch, owner, expires_at, now, limit)
+                        .await?;
                 if claim.is_some() {
                     tx.commit().await?;
                 } else {
@@ -135,6 +206,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let next = NextClaims {
             tasks: &[],
+            limits: &[],
             owner: "",
             ttl: Duration::ZERO,
         };
@@ -204,6 +276,9 @@ impl Store {
                     sqlx::query(sql::LOCK_EVENT_LOG_POSTGRES)
                         .execute(&mut *tx)
                         .await?;
+                    sqlx::query(sql::NOTIFY_WORK_POSTGRES)
+                        .execute(&mut *tx)
+                        .await?;
                     sqlx::query(sql::INSERT_COMPLETION_EVENTS.postgres)
                         .bind(task_id)
                         .bind(now)
@@ -212,7 +287,7 @@ impl Store {
                         .await?;
                     drop_holds_postgres(&mut tx, task_id).await?;
                     let mut claims = Vec::with_capacity(next.tasks.len());
-                    for &(next_id, seen_epoch) in next.tasks {
+                    for (k, &(next_id, seen_epoch)) in next.tasks.iter().enumerate() {
                         // A savepoint per claim: a refused one is rolled back alone.
                         let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
                         let claim = claim_postgres(
@@ -222,6 +297,7 @@ impl Store {
                             next.owner,
                             expires_at,
                             now,
+                            next.limits.get(k).copied(),
                         )
                         .await?;
                         if claim.is_some() {
@@ -275,6 +351,9 @@ impl Store {
                     == 1;
                 if won {
                     drop_holds_postgres(&mut tx, task_id).await?;
+                    sqlx::query(sql::NOTIFY_WORK_POSTGRES)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 won
             })?,
@@ -365,6 +444,11 @@ impl Store {
                     .await?;
                 for &task_id in &ids {
                     drop_holds_postgres(&mut tx, task_id).await?;
+                }
+                if !ids.is_empty() {
+                    sqlx::query(sql::NOTIFY_WORK_POSTGRES)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 ids
             }),
@@ -489,8 +573,10 @@ fn claim_sqlite(
     Ok(claim)
 }
 
-/// Claims a task inside the caller's PostgreSQL transaction: the task's cell holds first (an
-/// `INSERT … ON CONFLICT` that waits for concurrent claimers of the same cells and sees their
+/// Claims a task inside the caller's PostgreSQL transaction: the epoch counter's row lock
+/// first (every later lock is taken under it, in one order: no deadlock between claims), then,
+/// with a `limit`, the count of the run's running tasks of the phase under a lock per run and
+/// phase, then the task's cell holds (an `INSERT … ON CONFLICT` that sees concurrent claimers'
 /// committed holds), then the guarded update with the new epoch. `None` when refused; the
 /// caller must then roll back what this wrote (a transaction or a savepoint of its own).
 async fn claim_postgres(
@@ -500,7 +586,24 @@ async fn claim_postgres(
     owner: &str,
     expires_at: i64,
     now: i64,
+    limit: Option<u32>,
 ) -> Result<Option<Claim>, StoreError> {
+    sqlx::query(sql::LOCK_COUNTER_POSTGRES)
+        .execute(&mut *tx)
+        .await?;
+    if let Some(limit) = limit {
+        sqlx::query(sql::LOCK_PHASE_POSTGRES.postgres)
+            .bind(task_id)
+            .execute(&mut *tx)
+            .await?;
+        let running: i64 = sqlx::query_scalar(sql::RUNNING_PEERS.postgres)
+            .bind(task_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if running >= i64::from(limit) {
+            return Ok(None);
+        }
+    }
     let held: bool = sqlx::query_scalar(sql::TAKE_HOLDS_POSTGRES.postgres)
         .bind(task_id)
         .bind(expires_at)
