@@ -159,6 +159,15 @@ async fn the_dashboard_in_chromium_shows_the_seeded_gaps_and_its_buttons_work() 
         json!([["1", "0"], ["2", "1"], ["3", "2"], ["4", "0"]])
     );
 
+    // The one node, and it leads (runs the scheduler).
+    let leader = browser
+        .eval(
+            "return [...document.querySelectorAll('tr[data-node]')].map(r => r.dataset.role);",
+            json!([]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(leader, json!(["leader"]));
     // The trend: today, three gaps found and open.
     let trend_today = "const t = document.querySelectorAll('svg.trend rect title');
                        return t[t.length - 1].textContent;";

@@ -38,8 +38,16 @@ pub struct Page<'a> {
     pub trend: Vec<(NaiveDate, i64, i64, i64)>,
     /// The heatmap's dates, and the cells classified (or why they could not be).
     pub heatmap: Heatmap<'a>,
+    /// The newest runs, and the nodes.
+    pub runs: &'a Runs,
+}
+
+/// The runs section: the newest runs and the nodes sharing the state store.
+pub struct Runs {
     /// The newest runs.
-    pub runs: &'a [RunView],
+    pub runs: Vec<RunView>,
+    /// The nodes, their leases and the leader.
+    pub nodes: gapless_store::NodesReport,
 }
 
 /// The heatmap: a range and its classified cells.
@@ -462,8 +470,45 @@ fn month(
     out.push_str("</svg></figure>");
 }
 
-/// The runs table (also served alone, for the page's refresh).
-pub fn runs(out: &mut String, runs: &[RunView]) {
+/// The runs table and the nodes (also served alone, for the page's refresh).
+pub fn runs(out: &mut String, section: &Runs) {
+    runs_table(out, &section.runs);
+    nodes(out, &section.nodes);
+}
+
+fn nodes(out: &mut String, report: &gapless_store::NodesReport) {
+    if report.nodes.is_empty() {
+        return;
+    }
+    let _ = write!(
+        out,
+        "<h3 id=\"nodes-h\">Nodes</h3><table class=\"nodes\" aria-labelledby=\"nodes-h\"><thead><tr><th scope=\"col\">Node</th><th scope=\"col\">Host</th><th scope=\"col\">pid</th><th scope=\"col\">Role</th><th scope=\"col\">Running tasks</th><th scope=\"col\">Runs owned</th><th scope=\"col\">Last heartbeat (UTC)</th></tr></thead><tbody>"
+    );
+    for view in &report.nodes {
+        let role = match (view.alive, view.leader) {
+            (false, _) => "gone",
+            (true, true) => "leader",
+            (true, false) => "follower",
+        };
+        let _ = write!(
+            out,
+            "<tr data-node=\"{id}\" data-role=\"{role}\"><td><code>{id}</code></td><td>{host}</td><td>{pid}</td><td class=\"role {role}\">{role}</td><td class=\"num\">{tasks}</td><td>{runs}</td><td>{beat}</td></tr>",
+            id = escape(&view.node.id),
+            host = escape(&view.node.host),
+            pid = view.node.pid,
+            tasks = view.running_tasks,
+            runs = view.runs.len(),
+            beat = view.node.heartbeat_at.format("%Y-%m-%d %H:%M:%S"),
+        );
+    }
+    let _ = write!(
+        out,
+        "</tbody></table><p class=\"note\">Leader term {}.</p>",
+        report.term
+    );
+}
+
+fn runs_table(out: &mut String, runs: &[RunView]) {
     let running = runs
         .iter()
         .any(|run| run.record.state == gapless_store::RunState::Running);

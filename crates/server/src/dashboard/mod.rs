@@ -20,7 +20,7 @@ use crate::auth::{self, Caller, Role};
 
 pub mod html;
 
-use html::{Heatmap, Page, RunView};
+use html::{Heatmap, Page, RunView, Runs};
 
 /// The most cells the heatmap shows by default; a longer pipeline shows its latest days and
 /// offers a range.
@@ -151,7 +151,7 @@ struct Gathered {
     open_gaps: BTreeMap<i64, usize>,
     oldest_gap_seconds: Option<i64>,
     trend: Vec<(chrono::NaiveDate, i64, i64, i64)>,
-    runs: Vec<RunView>,
+    runs: Runs,
 }
 
 /// What the page shows from the state store.
@@ -184,8 +184,16 @@ async fn gather(
     })
 }
 
-/// The newest runs, with their progress and first failures.
-async fn runs(app: &App) -> Result<Vec<RunView>, gapless_store::StoreError> {
+/// The newest runs, with their progress and first failures, and the nodes.
+async fn runs(app: &App) -> Result<Runs, gapless_store::StoreError> {
+    let nodes = app.store.nodes_report(chrono::Utc::now()).await?;
+    Ok(Runs {
+        runs: newest_runs(app).await?,
+        nodes,
+    })
+}
+
+async fn newest_runs(app: &App) -> Result<Vec<RunView>, gapless_store::StoreError> {
     let mut views = Vec::new();
     for record in app.store.list_runs(RUNS).await? {
         let progress = app.store.run_progress(&record.id).await?;
