@@ -47,7 +47,7 @@ impl BqEmulator {
         let program = std::env::var(BQEMULATOR_VAR).unwrap_or_else(|_| "bqemulator".to_owned());
         let dir = tempfile::tempdir().expect("a temporary directory");
         let log = dir.path().join("emulator.log");
-        let port = free_port();
+        let port = crate::free_port();
         let output = std::fs::File::create(&log).expect("the emulator's log file");
         let errors = output.try_clone().expect("the log file, twice");
         let child = match Command::new(&program)
@@ -200,14 +200,6 @@ impl Drop for BqEmulator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A free loopback port (bound, read, released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("bind a loopback port")
 }
 
 /// One JSON request on loopback (`Connection: close`): its status and JSON body (`Null` when

@@ -62,9 +62,7 @@ impl Browser {
     }
 
     async fn launch(chromium: &Path, driver: &Path) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = crate::free_port();
         let mut command = Command::new(driver);
         command
             .arg(format!("--port={port}"))

@@ -33,7 +33,7 @@ impl Moto {
     /// unless `GAPLESS_REQUIRE_EXTERNAL=1`, where that panics.
     pub fn start() -> Option<Self> {
         let program = std::env::var(MOTO_VAR).unwrap_or_else(|_| "moto_server".to_owned());
-        let port = free_port();
+        let port = crate::free_port();
         let child = match Command::new(&program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
@@ -91,14 +91,6 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A free loopback port (bound, read, released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("bind a loopback port")
 }
 
 /// One unsigned HTTP/1.1 request on loopback: its status and body.

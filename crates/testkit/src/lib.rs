@@ -311,3 +311,11 @@ fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
         let _ = from.shutdown(std::net::Shutdown::Both);
     });
 }
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("bind a loopback port")
+}
