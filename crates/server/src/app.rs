@@ -390,6 +390,35 @@ impl Drop for Engaged {
     }
 }
 
+/// The open gaps of the ledger, as the dashboard and `/metrics` both show them.
+pub(crate) struct OpenGaps {
+    /// Open gaps by phase id (only phases that have some).
+    pub(crate) by_phase: std::collections::BTreeMap<i64, usize>,
+    /// Age of the oldest, in seconds: its age in days at the last scan, or the time since it
+    /// was found if longer.
+    pub(crate) oldest_seconds: Option<i64>,
+}
+
+impl App {
+    /// The open gaps of the ledger, read once.
+    pub(crate) async fn open_gaps(&self) -> Result<OpenGaps, gapless_store::StoreError> {
+        let now = self.context().now.and_utc();
+        let mut open = OpenGaps {
+            by_phase: Default::default(),
+            oldest_seconds: None,
+        };
+        for gap in self.store.gaps(gapless_store::GapFilter::Open).await? {
+            *open.by_phase.entry(gap.phase_to).or_default() += 1;
+            let age = gap
+                .gap_age_days
+                .saturating_mul(86_400)
+                .max((now - gap.detected_at).num_seconds().max(0));
+            open.oldest_seconds = Some(open.oldest_seconds.map_or(age, |o| o.max(age)));
+        }
+        Ok(open)
+    }
+}
+
 /// Wakes the event log's readers whenever a task of a run this process executes completes:
 /// its cells' completion events are committed by then.
 /// It also times them for `gapless_task_duration_seconds`.

@@ -188,7 +188,6 @@ pub async fn render(app: &App) -> anyhow::Result<String> {
 
     let open: Family<Phase, Gauge> = Family::default();
     let oldest: Gauge = Gauge::default();
-    let now = app.context().now.and_utc();
     for phase in &app.spec.phases {
         // Every phase is listed, with 0 when it has no open gap.
         open.get_or_create(&Phase {
@@ -196,18 +195,14 @@ pub async fn render(app: &App) -> anyhow::Result<String> {
         })
         .set(0);
     }
-    let mut oldest_seconds = 0;
-    for gap in app.store.gaps(gapless_store::GapFilter::Open).await? {
+    let gaps = app.open_gaps().await?;
+    for (phase, count) in &gaps.by_phase {
         open.get_or_create(&Phase {
-            phase: gap.phase_to.to_string(),
+            phase: phase.to_string(),
         })
-        .inc();
-        let age = gap
-            .gap_age_days
-            .saturating_mul(86_400)
-            .max((now - gap.detected_at).num_seconds().max(0));
-        oldest_seconds = oldest_seconds.max(age);
+        .set(i64::try_from(*count).unwrap_or(i64::MAX));
     }
+    let oldest_seconds = gaps.oldest_seconds.unwrap_or(0);
     oldest.set(oldest_seconds);
     registry.register(
         "gapless_gaps_open",

@@ -55,7 +55,8 @@ pub struct Heatmap<'a> {
     /// The dates shown.
     pub range: Option<DateRange>,
     /// The cells, or the error that kept them from being probed.
-    pub cells: Result<&'a Completeness, String>,
+    /// `None` when there are no dates to show.
+    pub cells: Option<Result<&'a Completeness, String>>,
     /// The whole pipeline's range was cut to this many most recent days.
     pub truncated_to: Option<i64>,
 }
@@ -220,7 +221,7 @@ fn summary(out: &mut String, page: &Page<'_>) {
         "<div class=\"card\"><span class=\"big\" id=\"oldest-gap\">{oldest}</span> oldest open gap</div></div>"
     );
     out.push_str("<table class=\"phases\"><thead><tr><th scope=\"col\">Phase</th><th scope=\"col\">Open gaps</th>");
-    let shown = page.heatmap.cells.is_ok();
+    let shown = matches!(page.heatmap.cells, Some(Ok(_)));
     if shown {
         for state in STATES {
             let _ = write!(
@@ -240,7 +241,7 @@ fn summary(out: &mut String, page: &Page<'_>) {
             escape(name),
             if gaps > 0 { " bad" } else { "" }
         );
-        if let (Ok(matrix), Some(range)) = (&page.heatmap.cells, page.heatmap.range) {
+        if let (Some(Ok(matrix)), Some(range)) = (&page.heatmap.cells, page.heatmap.range) {
             let totals = matrix.totals(index, range);
             for state in STATES {
                 let _ = write!(
@@ -378,7 +379,7 @@ fn heatmap(out: &mut String, page: &Page<'_>) {
         );
     }
     out.push_str("</p>");
-    let (Some(range), matrix) = (page.heatmap.range, &page.heatmap.cells) else {
+    let (Some(range), Some(matrix)) = (page.heatmap.range, &page.heatmap.cells) else {
         out.push_str("<p>Nothing is expected yet: the pipeline starts after today.</p></section>");
         return;
     };

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{Days, NaiveTime};
 use gapless_core::dates::{DateRange, parse_date};
-use gapless_store::{GapFilter, TaskState};
+use gapless_store::TaskState;
 use serde::Deserialize;
 
 use crate::api::Shared;
@@ -63,10 +63,12 @@ pub(crate) async fn page(
         Err(message) => return bad_request(&message),
     };
     let matrix = match range {
-        Some(range) => gapless_runtime::lifecycle::matrix(&context, range)
-            .await
-            .map_err(|error| crate::app::error_chain(&error)),
-        None => Err(String::new()),
+        Some(range) => Some(
+            gapless_runtime::lifecycle::matrix(&context, range)
+                .await
+                .map_err(|error| crate::app::error_chain(&error)),
+        ),
+        None => None,
     };
     let data = match gather(app, today).await {
         Ok(data) => data,
@@ -90,7 +92,7 @@ pub(crate) async fn page(
         trend: data.trend,
         heatmap: Heatmap {
             range,
-            cells: matrix.as_ref().map_err(Clone::clone),
+            cells: matrix.as_ref().map(|m| m.as_ref().map_err(Clone::clone)),
             truncated_to,
         },
         runs: &data.runs,
@@ -159,17 +161,7 @@ async fn gather(
     app: &App,
     today: chrono::NaiveDate,
 ) -> Result<Gathered, gapless_store::StoreError> {
-    let now = app.context().now.and_utc();
-    let mut open_gaps = BTreeMap::new();
-    let mut oldest: Option<i64> = None;
-    for gap in app.store.gaps(GapFilter::Open).await? {
-        *open_gaps.entry(gap.phase_to).or_default() += 1;
-        let age = gap
-            .gap_age_days
-            .saturating_mul(86_400)
-            .max((now - gap.detected_at).num_seconds().max(0));
-        oldest = Some(oldest.map_or(age, |o| o.max(age)));
-    }
+    let open = app.open_gaps().await?;
     // The ledger's times are the state store's wall clock, not the pipeline's `today`.
     let wall_today = chrono::Utc::now().date_naive().max(today);
     let first = wall_today - Days::new(TREND_DAYS - 1);
@@ -177,8 +169,8 @@ async fn gather(
     let history = app.store.gap_history(since).await?;
     let trend = history.daily((0..TREND_DAYS).map(|i| first + Days::new(i)));
     Ok(Gathered {
-        open_gaps,
-        oldest_gap_seconds: oldest,
+        open_gaps: open.by_phase,
+        oldest_gap_seconds: open.oldest_seconds,
         trend,
         runs: runs(app).await?,
     })
