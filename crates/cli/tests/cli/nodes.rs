@@ -330,6 +330,7 @@ async fn three_nodes_heal_300_days_through_twenty_kills() {
             .unwrap();
     assert!(cells >= 900, "{cells} cells planned");
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut rescanned = false;
     loop {
         let written: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sink")
             .fetch_one(&warehouse)
@@ -340,6 +341,19 @@ async fn three_nodes_heal_300_days_through_twenty_kills() {
                 .fetch_one(&cluster.state)
                 .await
                 .unwrap();
+        if written == cells && open > 0 && !rescanned {
+            // A node killed after its heal run ended but before it recorded the heal leaves
+            // those gaps `triggered`; the next scheduled scan closes them, as this one does.
+            rescanned = true;
+            let scan = http
+                .post(nodes[0].url("/scan-gaps"))
+                .json(&serde_json::json!({"lookback": "400d"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(scan.status(), 200, "{:?}", scan.text().await);
+            continue;
+        }
         if written == cells && open == 0 {
             break;
         }
