@@ -8,7 +8,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 /// Highest migration embedded in this binary; [`crate::Store::ensure_current`] demands exactly
 /// this.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// One embedded migration: version, description, SQL.
 type EmbeddedMigration = (i64, &'static str, &'static str);
@@ -60,6 +60,11 @@ pub(crate) const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[
         "nodes and leases",
         include_str!("../migrations/postgres/0008_nodes_and_leases.sql"),
     ),
+    (
+        9,
+        "epoch sequence",
+        include_str!("../migrations/postgres/0009_epoch_sequence.sql"),
+    ),
 ];
 
 pub(crate) fn migrator(embedded: &[EmbeddedMigration]) -> Migrator {
@@ -106,6 +111,10 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         8,
         include_str!("../migrations/sqlite/0008_nodes_and_leases.sql"),
     ),
+    (
+        9,
+        include_str!("../migrations/sqlite/0009_epoch_sequence.sql"),
+    ),
 ];
 
 #[cfg(test)]
@@ -145,6 +154,7 @@ mod tests {
                 (6, 0x364a_f22d_8c28_2cee),
                 (7, 0xfc57_a505_7eab_340f),
                 (8, 0xfc98_bbc5_525c_3e03),
+                (9, 0x9872_14bd_8920_e972),
             ]
         );
         assert_eq!(SQLITE_MIGRATIONS.last().map(|m| m.0), Some(SCHEMA_VERSION));

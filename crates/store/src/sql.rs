@@ -100,8 +100,8 @@ macro_rules! insert_task {
 }
 
 /// pending → running: sets the lease expiry with the state (RELIABILITY 2.3), respects the
-/// retry backoff, and clears the previous attempt's runner. `$epoch` is the new lease epoch,
-/// drawn from `lease_counter`.
+/// retry backoff, and clears the previous attempt's runner. `$epoch` is the new lease epoch:
+/// drawn from `lease_counter` on SQLite, from the `lease_epochs` sequence on PostgreSQL.
 macro_rules! claim_update {
     ($epoch:literal, $guard:literal) => {
         concat!(
@@ -227,15 +227,23 @@ statements! {
          FROM run_cells c JOIN tasks t ON t.id = c.task_id \
          WHERE c.run_id = $1 GROUP BY c.phase ORDER BY c.phase";
 
-    /// The claim, returning the new lease: one round trip. The new epoch comes from bumping
-    /// the one-row `lease_counter` past both its last value and the task's epoch; the counter's
-    /// row lock, held to the commit, orders claims' commits as their epochs. The caller took the
-    /// task's cell holds first ([`TAKE_HOLDS_POSTGRES`]) in the same transaction, so a later
-    /// claim of the same cell draws its epoch after this one commits.
+    /// Locks task `$1` for its claim if it is still pending at epoch `$2` and its retry backoff
+    /// passed at `$3` (now), skipping it if another transaction holds it: two nodes racing for
+    /// one task never wait on each other; the loser hears "not claimable" at once and moves on.
+    /// Taken first by every claim on PostgreSQL, before the run's phase lock and the cells'
+    /// holds.
+    LOCK_CLAIMABLE_POSTGRES = "SELECT 1 FROM tasks \
+         WHERE id = $1 AND state = 'pending' AND lease_epoch = $2 \
+           AND (not_before IS NULL OR not_before <= $3) \
+         FOR UPDATE SKIP LOCKED";
+
+    /// The claim, returning the new lease. The new epoch is drawn from the `lease_epochs`
+    /// sequence by the `tasks_lease_epoch` trigger (migration 9) for every statement that moves
+    /// an epoch; the caller took the task's cell holds first ([`TAKE_HOLDS_POSTGRES`]) in the
+    /// same transaction, so a later claim of the same cell draws its epoch after this one
+    /// commits, and draws a larger one.
     CLAIM_POSTGRES = concat!(
-        "WITH bump AS (UPDATE lease_counter SET last = GREATEST(last, $2) + 1 WHERE id = 1 \
-             RETURNING last) ",
-        claim_update!("(SELECT last FROM bump)", ""),
+        claim_update!("lease_epoch + 1", ""),
         " RETURNING lease_epoch, attempt"
     );
 
@@ -468,13 +476,6 @@ pub(crate) const LOCK_EVENT_LOG_POSTGRES: &str = "SELECT pg_advisory_xact_lock(7
 
 /// Wakes the nodes that listen (`LISTEN gapless_work`): work was added or given back. Sent in
 /// the transaction that did it, so it is delivered at its commit, and only then.
-/// Taken first by every claim on PostgreSQL and held to its commit: the epoch counter's row
-/// lock. Every other lock a claim takes (its run and phase, its cells' holds) is then taken
-/// under it, in one order, so two claims, or a completion claiming the next tasks and a claim
-/// of its own, cannot deadlock on them.
-pub(crate) const LOCK_COUNTER_POSTGRES: &str =
-    "SELECT last FROM lease_counter WHERE id = 1 FOR UPDATE";
-
 pub(crate) const NOTIFY_WORK_POSTGRES: &str = "SELECT pg_notify('gapless_work', '')";
 /// The channel of [`NOTIFY_WORK_POSTGRES`].
 pub(crate) const WORK_CHANNEL: &str = "gapless_work";

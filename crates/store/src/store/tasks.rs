@@ -99,7 +99,8 @@ impl Store {
     ///
     /// The new lease epoch (the runner's `GAPLESS_ATTEMPT_TOKEN`) is strictly greater than
     /// every epoch any claim handed out before, for any task of any run: it comes from one
-    /// counter, bumped in the claim's transaction.
+    /// counter bumped in the claim's transaction (SQLite), or from one sequence drawn after the
+    /// claim took its cells' holds (PostgreSQL).
     pub async fn claim(
         &self,
         task_id: i64,
@@ -573,12 +574,18 @@ fn claim_sqlite(
     Ok(claim)
 }
 
-/// Claims a task inside the caller's PostgreSQL transaction: the epoch counter's row lock
-/// first (every later lock is taken under it, in one order: no deadlock between claims), then,
+/// Claims a task inside the caller's PostgreSQL transaction: the task's row, locked with `SKIP
+/// LOCKED` (a task another node is claiming right now is refused at once, not waited for), then,
 /// with a `limit`, the count of the run's running tasks of the phase under a lock per run and
 /// phase, then the task's cell holds (an `INSERT … ON CONFLICT` that sees concurrent claimers'
-/// committed holds), then the guarded update with the new epoch. `None` when refused; the
-/// caller must then roll back what this wrote (a transaction or a savepoint of its own).
+/// committed holds), then the guarded update, whose new epoch the `lease_epochs` sequence
+/// issues. `None` when refused; the caller must then roll back what this wrote (a transaction
+/// or a savepoint of its own).
+///
+/// No lock is shared by all claims: claims of different tasks run side by side. Two
+/// transactions can only wait on each other through a phase lock or a cell's hold; PostgreSQL
+/// breaks the rare cycle (two overlapping runs claiming the same cells in opposite order) by
+/// failing one transaction with a deadlock error, which callers retry as transient.
 async fn claim_postgres(
     tx: &mut sqlx::PgConnection,
     task_id: i64,
@@ -588,9 +595,15 @@ async fn claim_postgres(
     now: i64,
     limit: Option<u32>,
 ) -> Result<Option<Claim>, StoreError> {
-    sqlx::query(sql::LOCK_COUNTER_POSTGRES)
-        .execute(&mut *tx)
+    let claimable = sqlx::query(sql::LOCK_CLAIMABLE_POSTGRES.postgres)
+        .bind(task_id)
+        .bind(seen_epoch)
+        .bind(now)
+        .fetch_optional(&mut *tx)
         .await?;
+    if claimable.is_none() {
+        return Ok(None);
+    }
     if let Some(limit) = limit {
         sqlx::query(sql::LOCK_PHASE_POSTGRES.postgres)
             .bind(task_id)
