@@ -16,6 +16,12 @@
 #                 sleep tasks): for each phase-2 task, its start (the claim) minus the finish
 #                 of the phase-1 task of its date (when it became claimable): the hand-off from
 #                 whichever node completed phase 1 to whichever node claims phase 2.
+#   pickup p50/p95/max  a third run whose phase-1 tasks (`sleep 1`) fill every slot of every
+#                 node (nodes × JOBS dates, so no slot frees during the pickup): each phase-1
+#                 task's claim minus the run's creation. The node that created the run claims
+#                 its share at once; the others hear of the run through LISTEN/NOTIFY (or
+#                 their 0.5 s poll), join it and claim theirs: the path of work from one node
+#                 to an idle other.
 # The same run on a single node with the SQLite state store is the baseline.
 #
 # Usage: bench/nodes.sh [rounds] [gapless-binary]
@@ -116,6 +122,7 @@ measure() { # $1 = kind, $2 = nodes (0: one node on SQLite), $3 = dates, $4 = jo
   case $1 in
     sleep) run_line='run.command = ["sleep", "0.05"]' ;;
     noop) run_line='run.command = ["true"]' ;;
+    hold) run_line='run.command = ["sleep", "1"]' ;;
   esac
   rm -rf "$work/.gapless"
   if [[ $2 == 0 ]]; then
@@ -143,21 +150,24 @@ measure() { # $1 = kind, $2 = nodes (0: one node on SQLite), $3 = dates, $4 = jo
     sleep 0.1
   done
   [[ $state_now == succeeded ]] || { echo "nodes.sh: the run ended $state_now" >&2; exit 1; }
-  local query="SELECT t.phase, t.start_date, t.started_at, t.finished_at FROM tasks t WHERE t.run_id = '$run'"
+  local query="SELECT t.phase, t.start_date, t.started_at, t.finished_at, r.created_at FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.run_id = '$run'"
   if [[ $2 == 0 ]]; then
     sqlite3 -separator ' ' "$work/.gapless/state.db" "$query" >"$work/tasks.txt"
   else
     psql -At -F ' ' "${pg%/*}/$database" -c "$query" >"$work/tasks.txt"
   fi
   cleanup
-  python3 - "$work/tasks.txt" <<'PY'
+  python3 - "$work/tasks.txt" "$1" <<'PY'
 import sys
 rows = [line.split() for line in open(sys.argv[1]) if line.strip()]
-tasks = [(int(p), d, int(s), int(f)) for p, d, s, f in rows]
+tasks = [(int(p), d, int(s), int(f), int(c)) for p, d, s, f, c in rows]
 first = min(t[2] for t in tasks)
 last = max(t[3] for t in tasks)
-finish1 = {d: f for p, d, s, f in tasks if p == 1}
-waits = sorted(s - finish1[d] for p, d, s, f in tasks if p == 2)
+if sys.argv[2] == "hold":
+    waits = sorted(s - c for p, d, s, f, c in tasks if p == 1)
+else:
+    finish1 = {d: f for p, d, s, f, c in tasks if p == 1}
+    waits = sorted(s - finish1[d] for p, d, s, f, c in tasks if p == 2)
 def pct(q):
     return waits[min(len(waits) - 1, int(q * len(waits)))]
 print(f"{len(tasks) / ((last - first) / 1000):.0f} {pct(0.5)} {pct(0.95)} {pct(0.99)} {waits[-1]}")
@@ -193,4 +203,12 @@ echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
 for nodes in 0 $node_counts; do
   for _ in $(seq 1 "$rounds"); do measure sleep "$nodes" "$latency_days" 64; done |
     summarize "$((latency_days * 2)) × sleep, 64 jobs per node" "$nodes" latency
+done
+echo
+echo "| tasks | state store | nodes | pickup p50 | p95 | p99 | max (median run of $rounds) |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
+for nodes in 0 $node_counts; do
+  n=$(( nodes == 0 ? 1 : nodes ))
+  for _ in $(seq 1 "$rounds"); do measure hold "$nodes" "$((n * jobs))" "$jobs"; done |
+    summarize "$((n * jobs)) phase-1 × sleep 1, $jobs jobs per node" "$nodes" latency
 done

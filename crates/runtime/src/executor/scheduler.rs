@@ -364,6 +364,10 @@ impl Scheduler {
         } else {
             self.select(&mut counted)
         };
+        // In phase order: on PostgreSQL each claim takes its phase's lock, and two completions
+        // taking them in one order cannot deadlock.
+        let mut next = next;
+        next.sort_by_key(|&n| (self.tasks[n].phase, n));
         let claimed: Vec<(i64, i64)> = next
             .iter()
             .map(|&n| (self.tasks[n].id, self.tasks[n].epoch))

@@ -219,7 +219,9 @@ impl Store {
 
     /// [`Store::complete`], and in the same transaction [`Store::claim`] each of `next.tasks`
     /// (`(task_id, seen_epoch)`): the executor hands the tasks a completion makes ready their
-    /// claims with the commit that made them ready, one commit instead of two per task.
+    /// claims with the commit that made them ready, one commit instead of two per task. On
+    /// PostgreSQL the claims are made in the order given, so give them in phase order: two
+    /// completions of one run then take the phases' locks in one order.
     /// `None` when the completion lost its compare-and-set (nothing is claimed then); otherwise
     /// one entry per next task, `None` where that claim was refused.
     pub async fn complete_then_claim(
@@ -274,18 +276,6 @@ impl Store {
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
-                    sqlx::query(sql::LOCK_EVENT_LOG_POSTGRES)
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query(sql::NOTIFY_WORK_POSTGRES)
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query(sql::INSERT_COMPLETION_EVENTS.postgres)
-                        .bind(task_id)
-                        .bind(now)
-                        .bind(source)
-                        .execute(&mut *tx)
-                        .await?;
                     drop_holds_postgres(&mut tx, task_id).await?;
                     let mut claims = Vec::with_capacity(next.tasks.len());
                     for (k, &(next_id, seen_epoch)) in next.tasks.iter().enumerate() {
@@ -308,6 +298,20 @@ impl Store {
                         }
                         claims.push(claim);
                     }
+                    // The event log's lock last: it orders every transaction that writes
+                    // events, and is held from here to the commit only.
+                    sqlx::query(sql::LOCK_EVENT_LOG_POSTGRES)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(sql::INSERT_COMPLETION_EVENTS.postgres)
+                        .bind(task_id)
+                        .bind(now)
+                        .bind(source)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(sql::NOTIFY_WORK_POSTGRES)
+                        .execute(&mut *tx)
+                        .await?;
                     Some(claims)
                 } else {
                     None
