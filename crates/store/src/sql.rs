@@ -237,13 +237,12 @@ statements! {
            AND (not_before IS NULL OR not_before <= $3) \
          FOR UPDATE SKIP LOCKED";
 
-    /// The claim, returning the new lease. The new epoch is drawn from the `lease_epochs`
-    /// sequence by the `tasks_lease_epoch` trigger (migration 9) for every statement that moves
-    /// an epoch; the caller took the task's cell holds first ([`TAKE_HOLDS_POSTGRES`]) in the
-    /// same transaction, so a later claim of the same cell draws its epoch after this one
-    /// commits, and draws a larger one.
+    /// The claim, returning the new lease. The new epoch comes from the `lease_epochs`
+    /// sequence (migration 9), larger than every epoch a claim drew before. The caller took the
+    /// task's cell holds first ([`TAKE_HOLDS_POSTGRES`]) in the same transaction, so a later
+    /// claim of the same cell draws its epoch after this one commits, and draws a larger one.
     CLAIM_POSTGRES = concat!(
-        claim_update!("lease_epoch + 1", ""),
+        claim_update!("nextval('lease_epochs')", ""),
         " RETURNING lease_epoch, attempt"
     );
 

@@ -2439,19 +2439,20 @@ async fn postgres_a_claim_skips_a_task_another_transaction_is_claiming() -> anyh
             .bind(id)
             .execute(&mut *claiming)
             .await?;
-        let refused = tokio::time::timeout(
-            Duration::from_secs(5),
-            store.claim(id, 0, "node-a", TTL),
-        )
-        .await
-        .context("the claim waited for the other transaction's row lock")??;
+        let refused =
+            tokio::time::timeout(Duration::from_secs(5), store.claim(id, 0, "node-a", TTL))
+                .await
+                .context("the claim waited for the other transaction's row lock")??;
         assert_eq!(refused, None, "a task another transaction holds is skipped");
         assert_eq!(task_record(&store, id).await?.state, TaskState::Pending);
         claiming.rollback().await?;
         other.close().await?;
 
         let claim = store.claim(id, 0, "node-a", TTL).await?;
-        assert!(claim.is_some(), "claimable once the other transaction ended");
+        assert!(
+            claim.is_some(),
+            "claimable once the other transaction ended"
+        );
         anyhow::Ok(())
     }
     .await;

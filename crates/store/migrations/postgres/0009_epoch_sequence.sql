@@ -1,13 +1,13 @@
--- Lease epochs come from a sequence instead of the one-row `lease_counter`, whose row lock every
--- claim held to its commit: claims of different tasks no longer wait for each other.
+-- Claims draw their lease epochs from a sequence instead of the one-row `lease_counter`, whose
+-- row lock every claim held to its commit: claims of different tasks no longer wait for each
+-- other.
 --
--- The invariant is unchanged: every value `tasks.lease_epoch` takes is larger than every value
--- any task held before, so a runner's GAPLESS_ATTEMPT_TOKEN grows across runs for a cell. A
--- sequence with CACHE 1 hands its values out in call order across sessions, and a claim draws
--- its value after it took the cells' holds, so a later claim of the same cell draws a larger one.
--- The trigger draws the new value for every statement that moves an epoch (claims, releases,
--- requeues, splits, and any written by hand), so no statement can hand out `epoch + 1` that
--- another task already holds.
+-- The invariant is unchanged: a claim's epoch (the runner's GAPLESS_ATTEMPT_TOKEN) is larger
+-- than every epoch a claim handed out before, for any task of any run. A sequence with CACHE 1
+-- hands its values out in call order across sessions, and a claim draws its value after it took
+-- its cells' holds, so a later claim of the same cell draws a larger one. Other transitions
+-- still move a task's epoch by one (release, requeue, split): those values fence the task's
+-- earlier readers and are never handed to a runner.
 CREATE SEQUENCE lease_epochs AS BIGINT MINVALUE 1 CACHE 1;
 
 -- The next value is one more than the largest epoch so far (1 on a new database).
@@ -17,14 +17,3 @@ FROM (SELECT GREATEST(
           (SELECT COALESCE(MAX(lease_epoch), 0) FROM tasks)) AS last_epoch) AS counter;
 
 DROP TABLE lease_counter;
-
-CREATE FUNCTION next_lease_epoch() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.lease_epoch := nextval('lease_epochs');
-    RETURN NEW;
-END
-$$;
-
-CREATE TRIGGER tasks_lease_epoch BEFORE UPDATE OF lease_epoch ON tasks
-    FOR EACH ROW WHEN (NEW.lease_epoch IS DISTINCT FROM OLD.lease_epoch)
-    EXECUTE FUNCTION next_lease_epoch();
