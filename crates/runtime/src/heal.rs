@@ -215,13 +215,13 @@ pub async fn start_heal(
         request_extra,
     )
     .await?;
-    store.trigger_gaps(&heal.gap_ids, &run_id).await?;
+    store.trigger_gaps(&heal.gap_ids, &run_id, None).await?;
     Ok(run_id)
 }
 
 /// Records how heal run `run_id` ended for its gaps: (healed, failed).
 pub async fn finish_heal(store: &Store, run_id: &RunId) -> Result<(usize, usize), StoreError> {
-    store.finish_heal(run_id).await
+    store.finish_heal(run_id, None).await
 }
 
 /// The alert message for `left` (the gaps to alert about now), as the alerts outbox keeps it:
@@ -298,6 +298,8 @@ pub async fn record_alerts(
     }
     let ids: Vec<i64> = left.iter().filter_map(|gap| gap.gap_id).collect();
     let message = alert_message(context, &left);
-    store.alert_gaps(&ids, &channels(context), &message).await?;
+    store
+        .alert_gaps(&ids, &channels(context), &message, None)
+        .await?;
     Ok(left.len())
 }

@@ -616,7 +616,7 @@ pub async fn scan_with(
         .map(|&(phase, date)| (i64::from(phase.0), date))
         .collect();
     let recorded = if record {
-        store.record_scan(&found, &satisfied).await?
+        store.record_scan(&found, &satisfied, None).await?
     } else {
         ScanRecorded::default()
     };
