@@ -9,12 +9,14 @@ use chrono::{DateTime, Utc};
 use gapless_core::dates::{Date, DateRange};
 use gapless_core::plan::{Plan, Request};
 use gapless_core::spec::PhaseId;
-use gapless_store::{GapFilter, GapRecord, GapStatus, RunId, RunKind, Store, StoreError};
+use gapless_store::{
+    Creator, Fence, GapFilter, GapRecord, GapStatus, RunId, RunKind, Store, StoreError,
+};
 use serde_json::{Value, json};
 
 use crate::context::Context;
 use crate::lifecycle::{self, LifecycleError, Scan};
-use crate::owner::Owner;
+use crate::owner::{Owner, RUN_LEASE};
 
 /// Why a gap is left for a person.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,26 +199,41 @@ async fn plan_cells(
     }))
 }
 
-/// Records `heal` as a run owned by `owner` and marks its gaps `triggered` by it.
+/// Who starts a heal ([`start_heal`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Starter<'a> {
+    /// Owns the heal run from its first commit.
+    pub owner: &'a Owner,
+    /// One more `(key, value)` in the run's recorded request
+    /// ([`lifecycle::create_run_with`]).
+    pub extra: Option<(&'a str, &'a str)>,
+    /// The leader lease, when the heal is the leader's scheduled work on a shared store: once
+    /// it moved on, nothing is created and the call fails with [`StoreError::Fenced`].
+    pub fence: Option<&'a Fence>,
+}
+
+/// Records `heal` as a run owned by `starter.owner` and marks its gaps `triggered` by it, in
+/// one transaction.
 pub async fn start_heal(
     context: &Context,
     store: &Store,
     heal: &HealPlan,
-    owner: &Owner,
-    request_extra: Option<(&str, &str)>,
+    starter: Starter<'_>,
 ) -> Result<RunId, StoreError> {
-    let run_id = lifecycle::create_run_with(
-        store,
+    let run = lifecycle::new_run(
         &context.spec,
         &heal.request,
         &heal.plan,
         RunKind::Heal,
-        owner,
-        request_extra,
-    )
-    .await?;
-    store.trigger_gaps(&heal.gap_ids, &run_id, None).await?;
-    Ok(run_id)
+        starter.extra,
+    );
+    let creator = Creator {
+        owner: starter.owner.as_store(),
+        ttl: RUN_LEASE,
+        fence: starter.fence,
+        heals: &heal.gap_ids,
+    };
+    store.create_run_by(&run, &creator).await
 }
 
 /// Records how heal run `run_id` ended for its gaps: (healed, failed).
@@ -286,11 +303,13 @@ pub fn channels(context: &Context) -> Vec<&'static str> {
 }
 
 /// Marks the gaps to alert about now `alerted` and puts one message per channel in the alerts
-/// outbox, in one transaction. Returns how many gaps it alerted about.
+/// outbox, in one transaction. Returns how many gaps it alerted about. `fence`: as for
+/// [`Starter::fence`].
 pub async fn record_alerts(
     context: &Context,
     store: &Store,
     decision: &Decision,
+    fence: Option<&Fence>,
 ) -> Result<usize, StoreError> {
     let left: Vec<&Left> = decision.to_alert().collect();
     if left.is_empty() {
@@ -299,7 +318,7 @@ pub async fn record_alerts(
     let ids: Vec<i64> = left.iter().filter_map(|gap| gap.gap_id).collect();
     let message = alert_message(context, &left);
     store
-        .alert_gaps(&ids, &channels(context), &message, None)
+        .alert_gaps(&ids, &channels(context), &message, fence)
         .await?;
     Ok(left.len())
 }

@@ -303,6 +303,13 @@ impl App {
         matches!(self.store, Store::Postgres(_))
     }
 
+    /// What the leader's writes present, under the leader lease `fence`: the fence itself on a
+    /// shared store, where another node may lead by the time a paused one writes; nothing on
+    /// SQLite, which one node uses alone.
+    pub fn leader_writes<'f>(&self, fence: &'f Fence) -> Option<&'f Fence> {
+        self.shared().then_some(fence)
+    }
+
     /// The leader lease, while this node holds it.
     pub fn fence(&self) -> Option<Fence> {
         self.leader.borrow().clone()
