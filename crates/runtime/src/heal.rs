@@ -10,7 +10,7 @@ use gapless_core::dates::{Date, DateRange};
 use gapless_core::plan::{Plan, Request};
 use gapless_core::spec::PhaseId;
 use gapless_store::{
-    Creator, Fence, GapFilter, GapRecord, GapStatus, RunId, RunKind, Store, StoreError,
+    Creator, Fence, GapFilter, GapRecord, GapStatus, RunId, RunKind, RunState, Store, StoreError,
 };
 use serde_json::{Value, json};
 
@@ -236,9 +236,56 @@ pub async fn start_heal(
     store.create_run_by(&run, &creator).await
 }
 
-/// Records how heal run `run_id` ended for its gaps: (healed, failed).
+/// Records how heal run `run_id` ended for its gaps: (healed, failed). Its owner does this as
+/// the run ends; anyone may do it again (it changes nothing the second time).
 pub async fn finish_heal(store: &Store, run_id: &RunId) -> Result<(usize, usize), StoreError> {
     store.finish_heal(run_id, None).await
+}
+
+/// Records the heal of run `run_id` if it is a heal run that has ended: what `gapless resume`
+/// does once it ran one to its end, or found it ended already (its process died before
+/// recording the heal). `None` when it is not a heal run, or still running.
+pub async fn record_if_ended(
+    store: &Store,
+    run_id: &RunId,
+) -> Result<Option<(usize, usize)>, StoreError> {
+    match store.run(run_id).await? {
+        Some(run) if run.kind == RunKind::Heal && run.state != RunState::Running => {
+            finish_heal(store, run_id).await.map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Heals recorded late ([`record_late_heals`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LateHeals {
+    /// Heal runs whose heal was recorded now.
+    pub runs: usize,
+    /// Their gaps closed.
+    pub healed: usize,
+    /// Their gaps failed.
+    pub failed: usize,
+}
+
+/// Records the heal of every run that ended while gaps still name it `triggered`: the node
+/// that ran it died between ending the run and recording the heal (which its owner does as
+/// the run ends), and those gaps would otherwise stay `triggered`, never healed again.
+/// Recording a heal twice changes nothing ([`Store::finish_heal`]), so this is safe beside an
+/// owner that records it at the same moment. `fence`: as in [`lifecycle::Ledger::Recorded`].
+pub async fn record_late_heals(
+    store: &Store,
+    fence: Option<&Fence>,
+) -> Result<LateHeals, StoreError> {
+    let mut late = LateHeals::default();
+    for run_id in store.ended_heals().await? {
+        let (healed, failed) = store.finish_heal(&run_id, fence).await?;
+        tracing::warn!(run = %run_id, healed, failed, "recorded the heal of a run that ended unrecorded");
+        late.runs += 1;
+        late.healed += healed;
+        late.failed += failed;
+    }
+    Ok(late)
 }
 
 /// The alert message for `left` (the gaps to alert about now), as the alerts outbox keeps it:

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
 use crate::executor::{self, CrashAt, ExecError, ExecTask, Execution, Observer, Options, Outcome};
+use crate::heal::{self, LateHeals};
 use crate::observe::{self, ObserveError};
 use crate::owner::{OrphanError, Owner, RUN_LEASE, end_orphans, keep_owning};
 
@@ -584,6 +585,8 @@ pub struct Scan {
     pub gaps: Vec<Gap>,
     /// What the ledger did with them.
     pub recorded: ScanRecorded,
+    /// Heals of ended runs that nobody had recorded, recorded before the scan's findings.
+    pub late_heals: LateHeals,
 }
 
 /// What a scan writes in the gap ledger.
@@ -591,9 +594,10 @@ pub struct Scan {
 pub enum Ledger<'a> {
     /// Nothing: a dry run.
     Untouched,
-    /// What the scan found. With `fence` (the leader's scheduled scan on a shared store) every
-    /// write is refused with [`StoreError::Fenced`] once the leader lease moved on; scans a
-    /// person asks for are not the leader's work and pass none.
+    /// The heals nobody recorded ([`heal::record_late_heals`]), then what the scan found. With
+    /// `fence` (the leader's scheduled scan on a shared store) every write is refused with
+    /// [`StoreError::Fenced`] once the leader lease moved on; scans a person asks for are not
+    /// the leader's work and pass none.
     Recorded {
         /// The leader lease the scan runs under.
         fence: Option<&'a Fence>,
@@ -620,6 +624,7 @@ pub async fn scan_with(
             range: None,
             gaps: Vec::new(),
             recorded: ScanRecorded::default(),
+            late_heals: LateHeals::default(),
         });
     };
     let matrix = matrix(context, range).await?;
@@ -641,14 +646,21 @@ pub async fn scan_with(
         .iter()
         .map(|&(phase, date)| (i64::from(phase.0), date))
         .collect();
-    let recorded = match ledger {
-        Ledger::Untouched => ScanRecorded::default(),
-        Ledger::Recorded { fence } => store.record_scan(&found, &satisfied, fence).await?,
+    let (recorded, late_heals) = match ledger {
+        Ledger::Untouched => (ScanRecorded::default(), LateHeals::default()),
+        Ledger::Recorded { fence } => {
+            let late_heals = heal::record_late_heals(store, fence).await?;
+            (
+                store.record_scan(&found, &satisfied, fence).await?,
+                late_heals,
+            )
+        }
     };
     Ok(Scan {
         range: Some(range),
         gaps: scan.gaps,
         recorded,
+        late_heals,
     })
 }
 

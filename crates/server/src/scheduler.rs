@@ -163,6 +163,8 @@ pub(crate) async fn scan_and_heal(
         .await
         .map_err(|error| anyhow::anyhow!(error_chain(&error)))?;
     app.metrics.scan(started.elapsed().as_secs_f64());
+    app.metrics.heals("healed", scan.late_heals.healed as u64);
+    app.metrics.heals("failed", scan.late_heals.failed as u64);
     let policy = match heal {
         Some(include_old) => Some(crate::heal::heal(app, &scan, include_old, fence).await?),
         None => None,
