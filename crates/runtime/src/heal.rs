@@ -9,12 +9,14 @@ use chrono::{DateTime, Utc};
 use gapless_core::dates::{Date, DateRange};
 use gapless_core::plan::{Plan, Request};
 use gapless_core::spec::PhaseId;
-use gapless_store::{GapFilter, GapRecord, GapStatus, RunId, RunKind, Store, StoreError};
+use gapless_store::{
+    Creator, Fence, GapFilter, GapRecord, GapStatus, RunId, RunKind, RunState, Store, StoreError,
+};
 use serde_json::{Value, json};
 
 use crate::context::Context;
 use crate::lifecycle::{self, LifecycleError, Scan};
-use crate::owner::Owner;
+use crate::owner::{Owner, RUN_LEASE};
 
 /// Why a gap is left for a person.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,31 +199,93 @@ async fn plan_cells(
     }))
 }
 
-/// Records `heal` as a run owned by `owner` and marks its gaps `triggered` by it.
+/// Who starts a heal ([`start_heal`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Starter<'a> {
+    /// Owns the heal run from its first commit.
+    pub owner: &'a Owner,
+    /// One more `(key, value)` in the run's recorded request
+    /// ([`lifecycle::create_run_with`]).
+    pub extra: Option<(&'a str, &'a str)>,
+    /// The leader lease, when the heal is the leader's scheduled work on a shared store: once
+    /// it moved on, nothing is created and the call fails with [`StoreError::Fenced`].
+    pub fence: Option<&'a Fence>,
+}
+
+/// Records `heal` as a run owned by `starter.owner` and marks its gaps `triggered` by it, in
+/// one transaction.
 pub async fn start_heal(
     context: &Context,
     store: &Store,
     heal: &HealPlan,
-    owner: &Owner,
-    request_extra: Option<(&str, &str)>,
+    starter: Starter<'_>,
 ) -> Result<RunId, StoreError> {
-    let run_id = lifecycle::create_run_with(
-        store,
+    let run = lifecycle::new_run(
         &context.spec,
         &heal.request,
         &heal.plan,
         RunKind::Heal,
-        owner,
-        request_extra,
-    )
-    .await?;
-    store.trigger_gaps(&heal.gap_ids, &run_id).await?;
-    Ok(run_id)
+        starter.extra,
+    );
+    let creator = Creator {
+        owner: starter.owner.as_store(),
+        ttl: RUN_LEASE,
+        fence: starter.fence,
+        heals: &heal.gap_ids,
+    };
+    store.create_run_by(&run, &creator).await
 }
 
-/// Records how heal run `run_id` ended for its gaps: (healed, failed).
+/// Records how heal run `run_id` ended for its gaps: (healed, failed). Its owner does this as
+/// the run ends; anyone may do it again (it changes nothing the second time).
 pub async fn finish_heal(store: &Store, run_id: &RunId) -> Result<(usize, usize), StoreError> {
-    store.finish_heal(run_id).await
+    store.finish_heal(run_id, None).await
+}
+
+/// Records the heal of run `run_id` if it is a heal run that has ended: what `gapless resume`
+/// does once it ran one to its end, or found it ended already (its process died before
+/// recording the heal). `None` when it is not a heal run, or still running.
+pub async fn record_if_ended(
+    store: &Store,
+    run_id: &RunId,
+) -> Result<Option<(usize, usize)>, StoreError> {
+    match store.run(run_id).await? {
+        Some(run) if run.kind == RunKind::Heal && run.state != RunState::Running => {
+            finish_heal(store, run_id).await.map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Heals recorded late ([`record_late_heals`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LateHeals {
+    /// Heal runs whose heal was recorded now.
+    pub runs: usize,
+    /// Their gaps closed.
+    pub healed: usize,
+    /// Their gaps failed.
+    pub failed: usize,
+}
+
+/// Records the heal of every run that ended while gaps still name it `triggered`: the node
+/// that ran it died between ending the run and recording the heal (which its owner does as
+/// the run ends), and those gaps would otherwise stay `triggered`, never healed again.
+/// Recording a heal twice changes nothing ([`Store::finish_heal`]), so this is safe beside an
+/// owner that records it at the same moment. `fence`: as in [`lifecycle::Ledger::Recorded`].
+pub async fn record_late_heals(
+    store: &Store,
+    fence: Option<&Fence>,
+) -> Result<LateHeals, StoreError> {
+    let mut late = LateHeals::default();
+    for run_id in store.ended_heals().await? {
+        let (healed, failed) = store.finish_heal(&run_id, fence).await?;
+        tracing::warn!(run = %run_id, healed, failed, "recorded the heal of a run that ended unrecorded");
+        late.runs += 1;
+        late.healed += healed;
+        late.failed += failed;
+    }
+    Ok(late)
 }
 
 /// The alert message for `left` (the gaps to alert about now), as the alerts outbox keeps it:
@@ -286,11 +350,13 @@ pub fn channels(context: &Context) -> Vec<&'static str> {
 }
 
 /// Marks the gaps to alert about now `alerted` and puts one message per channel in the alerts
-/// outbox, in one transaction. Returns how many gaps it alerted about.
+/// outbox, in one transaction. Returns how many gaps it alerted about. `fence`: as for
+/// [`Starter::fence`].
 pub async fn record_alerts(
     context: &Context,
     store: &Store,
     decision: &Decision,
+    fence: Option<&Fence>,
 ) -> Result<usize, StoreError> {
     let left: Vec<&Left> = decision.to_alert().collect();
     if left.is_empty() {
@@ -298,6 +364,8 @@ pub async fn record_alerts(
     }
     let ids: Vec<i64> = left.iter().filter_map(|gap| gap.gap_id).collect();
     let message = alert_message(context, &left);
-    store.alert_gaps(&ids, &channels(context), &message).await?;
+    store
+        .alert_gaps(&ids, &channels(context), &message, fence)
+        .await?;
     Ok(left.len())
 }

@@ -13,7 +13,7 @@ use gapless_core::gaps::{Gap, detect};
 use gapless_core::plan::{Plan, PlanError, Request};
 use gapless_core::spec::{PhaseId, Spec};
 use gapless_store::{
-    DetectedGap, NewRun, NewTask, NewTaskState, Ownership, RunId, RunKind, RunOwnerRecord,
+    DetectedGap, Fence, NewRun, NewTask, NewTaskState, Ownership, RunId, RunKind, RunOwnerRecord,
     RunRecord, RunState, ScanRecorded, Store, StoreError, TaskState,
 };
 use serde_json::json;
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
 use crate::executor::{self, CrashAt, ExecError, ExecTask, Execution, Observer, Options, Outcome};
+use crate::heal::{self, LateHeals};
 use crate::observe::{self, ObserveError};
 use crate::owner::{OrphanError, Owner, RUN_LEASE, end_orphans, keep_owning};
 
@@ -102,6 +103,21 @@ pub async fn create_run_with(
     owner: &Owner,
     extra: Option<(&str, &str)>,
 ) -> Result<RunId, StoreError> {
+    let run = new_run(spec, request, plan, kind, extra);
+    store
+        .create_run_owned(&run, &owner.as_store(), RUN_LEASE)
+        .await
+}
+
+/// `plan` as a run of `kind` to create: its tasks, the blocked cells as blocked tasks, and the
+/// request recorded with `extra` ([`create_run_with`]).
+pub(crate) fn new_run(
+    spec: &Spec,
+    request: &Request,
+    plan: &Plan,
+    kind: RunKind,
+    extra: Option<(&str, &str)>,
+) -> NewRun {
     let mut tasks: Vec<NewTask> = plan
         .tasks
         .iter()
@@ -145,15 +161,12 @@ pub async fn create_run_with(
     if let Some((key, value)) = extra {
         recorded[key] = serde_json::Value::String(value.to_owned());
     }
-    let run = NewRun {
+    NewRun {
         kind,
         pipeline: spec.name.clone(),
         request: recorded,
         tasks,
-    };
-    store
-        .create_run_owned(&run, &owner.as_store(), RUN_LEASE)
-        .await
+    }
 }
 
 /// How to execute a run.
@@ -572,20 +585,37 @@ pub struct Scan {
     pub gaps: Vec<Gap>,
     /// What the ledger did with them.
     pub recorded: ScanRecorded,
+    /// Heals of ended runs that nobody had recorded, recorded before the scan's findings.
+    pub late_heals: LateHeals,
+}
+
+/// What a scan writes in the gap ledger.
+#[derive(Debug, Clone, Copy)]
+pub enum Ledger<'a> {
+    /// Nothing: a dry run.
+    Untouched,
+    /// The heals nobody recorded ([`heal::record_late_heals`]), then what the scan found. With
+    /// `fence` (the leader's scheduled scan on a shared store) every write is refused with
+    /// [`StoreError::Fenced`] once the leader lease moved on; scans a person asks for are not
+    /// the leader's work and pass none.
+    Recorded {
+        /// The leader lease the scan runs under.
+        fence: Option<&'a Fence>,
+    },
 }
 
 /// Scans the last `days` days up to today (never before the pipeline's start), by counting
 /// rows, and records the result in the gap ledger in one transaction (SPEC.md, Semantics 6).
 pub async fn scan(context: &Context, store: &Store, days: i64) -> Result<Scan, LifecycleError> {
-    scan_with(context, store, days, true).await
+    scan_with(context, store, days, Ledger::Recorded { fence: None }).await
 }
 
-/// [`scan`], recording in the ledger only when `record` (a dry run does not).
+/// [`scan`], writing the ledger as `ledger` says (a dry run does not).
 pub async fn scan_with(
     context: &Context,
     store: &Store,
     days: i64,
-    record: bool,
+    ledger: Ledger<'_>,
 ) -> Result<Scan, LifecycleError> {
     let today = context.today;
     let start = gapless_core::dates::add_days(today, -days).max(context.spec.start);
@@ -594,6 +624,7 @@ pub async fn scan_with(
             range: None,
             gaps: Vec::new(),
             recorded: ScanRecorded::default(),
+            late_heals: LateHeals::default(),
         });
     };
     let matrix = matrix(context, range).await?;
@@ -615,15 +646,21 @@ pub async fn scan_with(
         .iter()
         .map(|&(phase, date)| (i64::from(phase.0), date))
         .collect();
-    let recorded = if record {
-        store.record_scan(&found, &satisfied).await?
-    } else {
-        ScanRecorded::default()
+    let (recorded, late_heals) = match ledger {
+        Ledger::Untouched => (ScanRecorded::default(), LateHeals::default()),
+        Ledger::Recorded { fence } => {
+            let late_heals = heal::record_late_heals(store, fence).await?;
+            (
+                store.record_scan(&found, &satisfied, fence).await?,
+                late_heals,
+            )
+        }
     };
     Ok(Scan {
         range: Some(range),
         gaps: scan.gaps,
         recorded,
+        late_heals,
     })
 }
 

@@ -355,12 +355,14 @@ async fn post_scan(State(shared): State<Shared>, body: Result<Bytes, BytesReject
         return Err(ApiError::bad("include_old", "needs `\"heal\": true`"));
     }
     let days = crate::scheduler::lookback_days(lookback);
-    let (scan, policy) =
-        crate::scheduler::scan_and_heal(app, days, request.heal.then_some(request.include_old))
-            .await
-            .map_err(|error| {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{error:#}"))
-            })?;
+    let (scan, policy) = crate::scheduler::scan_and_heal(
+        app,
+        days,
+        request.heal.then_some(request.include_old),
+        None,
+    )
+    .await
+    .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{error:#}")))?;
     let policy = policy
         .unwrap_or_else(|| json!({"healed": null, "alerted": 0, "left": [], "in_progress": 0}));
     let gaps: Vec<Value> = scan

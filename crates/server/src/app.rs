@@ -264,9 +264,14 @@ impl App {
                 .await
             {
                 Ok(_) => {
-                    self.store
+                    if !self
+                        .store
                         .set_run_state(&run.id, run.version, RunState::Running)
-                        .await?;
+                        .await?
+                        && self.ended_meanwhile(&run.id).await?
+                    {
+                        continue;
+                    }
                     tracing::info!(run = %run.id, kind = %run.kind.as_str(), "resuming");
                     self.execute(run.id.clone(), run.kind, None);
                     resumed += 1;
@@ -278,6 +283,25 @@ impl App {
             }
         }
         Ok(resumed)
+    }
+
+    /// Whether run `run_id`, found changed while this node was about to resume it, has ended
+    /// (its owner finished it and died before recording its heal, or it was cancelled): then
+    /// its heal is recorded here, and it is not resumed.
+    async fn ended_meanwhile(&self, run_id: &RunId) -> Result<bool, gapless_store::StoreError> {
+        let Some(run) = self.store.run(run_id).await? else {
+            return Ok(true);
+        };
+        if run.state == RunState::Running {
+            return Ok(false);
+        }
+        if run.kind == RunKind::Heal {
+            let (healed, failed) = gapless_runtime::heal::finish_heal(&self.store, run_id).await?;
+            self.metrics.heals("healed", healed as u64);
+            self.metrics.heals("failed", failed as u64);
+            tracing::info!(run = %run_id, healed, failed, "heal run recorded");
+        }
+        Ok(true)
     }
 
     fn is_ours_to_resume(&self, run: &RunRecord) -> bool {
@@ -301,6 +325,13 @@ impl App {
     /// claimed by whichever node has room, and expired task leases are given back by any node.
     pub fn shared(&self) -> bool {
         matches!(self.store, Store::Postgres(_))
+    }
+
+    /// What the leader's writes present, under the leader lease `fence`: the fence itself on a
+    /// shared store, where another node may lead by the time a paused one writes; nothing on
+    /// SQLite, which one node uses alone.
+    pub fn leader_writes<'f>(&self, fence: &'f Fence) -> Option<&'f Fence> {
+        self.shared().then_some(fence)
     }
 
     /// The leader lease, while this node holds it.

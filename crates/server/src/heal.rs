@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use gapless_core::plan::{Plan, Request};
-use gapless_runtime::heal::{Why, decide, record_alerts, start_heal};
+use gapless_runtime::heal::{Starter, Why, decide, record_alerts, start_heal};
 use gapless_runtime::lifecycle::{self, Scan};
-use gapless_store::{RunId, RunKind, StoreError};
+use gapless_store::{Fence, RunId, RunKind, StoreError};
 use serde_json::{Value, json};
 
 use crate::app::App;
@@ -31,11 +31,17 @@ pub(crate) async fn create_api_run(
 }
 
 /// Applies the healing policy to `scan`: records the alerts (delivered by the alerts outbox)
-/// and starts the heal in the background. What it did, as JSON.
-pub(crate) async fn heal(app: &Arc<App>, scan: &Scan, include_old: bool) -> anyhow::Result<Value> {
+/// and starts the heal in the background. What it did, as JSON. `fence`: the leader lease the
+/// alerts and the heal run are recorded under, when this is the scheduler's tick.
+pub(crate) async fn heal(
+    app: &Arc<App>,
+    scan: &Scan,
+    include_old: bool,
+    fence: Option<&Fence>,
+) -> anyhow::Result<Value> {
     let context = app.context();
     let decision = decide(&context, &app.store, scan, include_old).await?;
-    let alerted = record_alerts(&context, &app.store, &decision).await?;
+    let alerted = record_alerts(&context, &app.store, &decision, fence).await?;
     app.metrics.heals("alerted", alerted as u64);
     if alerted > 0 {
         app.wake();
@@ -60,8 +66,12 @@ pub(crate) async fn heal(app: &Arc<App>, scan: &Scan, include_old: bool) -> anyh
     if let Some(heal) = &decision.heal
         && !(heal.plan.tasks.is_empty() && heal.plan.blocked.is_empty())
     {
-        let run_id =
-            start_heal(&context, &app.store, heal, &app.owner, Some(("via", "api"))).await?;
+        let starter = Starter {
+            owner: &app.owner,
+            extra: Some(("via", "api")),
+            fence,
+        };
+        let run_id = start_heal(&context, &app.store, heal, starter).await?;
         app.execute(run_id.clone(), RunKind::Heal, None);
         healed = json!({
             "run_id": run_id,

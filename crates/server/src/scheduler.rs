@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use gapless_runtime::lifecycle::Scan;
+use gapless_runtime::lifecycle::{self, Ledger, Scan};
 use gapless_store::Fence;
 use serde_json::Value;
 
@@ -74,7 +74,7 @@ async fn run_tick(app: &Arc<App>, at: DateTime<Utc>, fence: &Fence) {
             if attempts > 1 {
                 tracing::warn!(%at, attempts, "running a scheduled scan that a previous leader did not finish");
             }
-            tick(app).await;
+            tick(app, fence).await;
             match app.store.finish_tick(TICK, at, fence).await {
                 Ok(true) => {}
                 Ok(false) => {
@@ -126,10 +126,12 @@ fn previous_occurrence(
         .with_timezone(&Utc))
 }
 
-/// One scheduled scan and heal; failures are logged, and the next tick tries again.
-async fn tick(app: &Arc<App>) {
+/// One scheduled scan and heal, under the leader lease `fence`; failures are logged, and the
+/// next tick tries again. A refused (fenced) write ends the tick where it stands: the new
+/// leader scans again.
+async fn tick(app: &Arc<App>, fence: &Fence) {
     let days = lookback_days(app.spec.healing.lookback);
-    match scan_and_heal(app, days, Some(false)).await {
+    match scan_and_heal(app, days, Some(false), app.leader_writes(fence)).await {
         Ok((scan, policy)) => {
             let policy = policy.unwrap_or_default();
             tracing::info!(
@@ -145,21 +147,26 @@ async fn tick(app: &Arc<App>) {
 
 /// Scans the last `days` days and, with `heal` (`Some(include_old)`), applies the healing
 /// policy: what the scheduler and `POST /scan-gaps` both do, one at a time. The scan, and what
-/// the policy did (as JSON).
+/// the policy did (as JSON). `fence`: the leader lease every ledger write and the heal run's
+/// creation are fenced by (the scheduler's tick on a shared store); `None` for a scan asked
+/// for through the API, which is no leader's work.
 pub(crate) async fn scan_and_heal(
     app: &Arc<App>,
     days: i64,
     heal: Option<bool>,
+    fence: Option<&Fence>,
 ) -> anyhow::Result<(Scan, Option<Value>)> {
     let _one_at_a_time = app.heal_lock.lock().await;
     let context = app.context();
     let started = std::time::Instant::now();
-    let scan = gapless_runtime::lifecycle::scan(&context, &app.store, days)
+    let scan = lifecycle::scan_with(&context, &app.store, days, Ledger::Recorded { fence })
         .await
         .map_err(|error| anyhow::anyhow!(error_chain(&error)))?;
     app.metrics.scan(started.elapsed().as_secs_f64());
+    app.metrics.heals("healed", scan.late_heals.healed as u64);
+    app.metrics.heals("failed", scan.late_heals.failed as u64);
     let policy = match heal {
-        Some(include_old) => Some(crate::heal::heal(app, &scan, include_old).await?),
+        Some(include_old) => Some(crate::heal::heal(app, &scan, include_old, fence).await?),
         None => None,
     };
     Ok((scan, policy))

@@ -15,7 +15,7 @@ use gapless_core::cells::{CellState, Completeness};
 use gapless_core::dates::{Date, DateRange};
 use gapless_core::spec::{PhaseId, Spec};
 use gapless_runtime::lifecycle;
-use gapless_store::{EventRecord, NewRun, NewTask, NewTaskState, RunKind};
+use gapless_store::{Creator, EventRecord, Fence, NewRun, NewTask, NewTaskState, RunKind};
 use serde_json::json;
 
 use crate::app::{App, error_chain};
@@ -32,10 +32,10 @@ pub async fn run(app: Arc<App>) {
     let mut woken = app.woken();
     loop {
         // One node plans for all (the leader); every node executes.
-        if app.until_leader().await.is_none() {
+        let Some(fence) = app.until_leader().await else {
             return;
-        }
-        match step(&app).await {
+        };
+        match step(&app, app.leader_writes(&fence)).await {
             // A full batch: more are waiting.
             Ok(true) => continue,
             Ok(false) => {}
@@ -58,8 +58,10 @@ pub async fn run(app: Arc<App>) {
 }
 
 /// Reads the next events, plans and starts what they make runnable, and moves the trigger's
-/// position past them. `true` when a full batch was read.
-pub async fn step(app: &Arc<App>) -> anyhow::Result<bool> {
+/// position past them. `true` when a full batch was read. `fence`: the leader lease the run
+/// is created under (on a shared store); once it moved on nothing is created and the position
+/// stays, for the new leader to plan these events.
+pub async fn step(app: &Arc<App>, fence: Option<&Fence>) -> anyhow::Result<bool> {
     let position = app.store.consumer_position(CONSUMER).await?;
     let events = app.store.events(position, BATCH).await?;
     let Some(last) = events.last().map(|event| event.id) else {
@@ -92,14 +94,20 @@ pub async fn step(app: &Arc<App>) -> anyhow::Result<bool> {
                 tasks,
             };
             let task_count = run.tasks.len() as u64;
-            let run_id = app
-                .store
-                .create_run_owned(
-                    &run,
-                    &app.owner.as_store(),
-                    gapless_runtime::owner::RUN_LEASE,
-                )
-                .await?;
+            let creator = Creator {
+                owner: app.owner.as_store(),
+                ttl: gapless_runtime::owner::RUN_LEASE,
+                fence,
+                heals: &[],
+            };
+            let run_id = match app.store.create_run_by(&run, &creator).await {
+                Ok(run_id) => run_id,
+                Err(error) if error.is_fenced() => {
+                    tracing::warn!(error = %error_chain(&error), "the trigger's run is fenced: this node no longer leads");
+                    return Ok(false);
+                }
+                Err(error) => return Err(error.into()),
+            };
             tracing::info!(run = %run_id, tasks = task_count, cells, "trigger run");
             app.execute(run_id, RunKind::Trigger, Some(permit));
         }

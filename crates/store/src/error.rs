@@ -122,6 +122,17 @@ pub enum StoreError {
         /// The offending value.
         value: String,
     },
+    /// A write of the lease holder `fence` presented was refused, and nothing of it was
+    /// written: the lease moved on (it expired, or another holder took it under a newer term).
+    /// The leader's work that carries its fence (creating runs, writing the gap ledger) stops
+    /// here rather than going on as a leader it no longer is.
+    #[error("the lease `{lease}` moved on from term {term}: this node no longer holds it")]
+    Fenced {
+        /// The lease's name.
+        lease: String,
+        /// The term the refused write was made under.
+        term: i64,
+    },
     /// A JSON column could not be encoded or decoded.
     #[error("invalid JSON in column `{column}`")]
     Json {
@@ -147,6 +158,11 @@ pub enum BackendError {
 }
 
 impl StoreError {
+    /// Whether a write was refused because the caller's lease moved on ([`StoreError::Fenced`]).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, Self::Fenced { .. })
+    }
+
     /// Whether retrying the same call later may succeed: lost connections, pool and call
     /// timeouts, SQLite `BUSY`/`LOCKED`, PostgreSQL serialization failures, deadlocks, statement
     /// timeouts, lock timeouts and server restarts. The runtime retries these with backoff; all
@@ -252,6 +268,11 @@ mod tests {
             !StoreError::Duplicate(BackendError::Postgres(sqlx::Error::RowNotFound)).is_retryable()
         );
         assert!(!StoreError::Closed.is_retryable());
+        let fenced = StoreError::Fenced {
+            lease: "leader".to_owned(),
+            term: 3,
+        };
+        assert!(fenced.is_fenced() && !fenced.is_retryable());
         assert!(
             !StoreError::SchemaOutdated {
                 found: 0,

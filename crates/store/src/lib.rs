@@ -32,8 +32,8 @@ mod store;
 
 pub use crate::error::{BackendError, StoreError};
 pub use crate::model::{
-    AlertRecord, CellHolder, CellRecord, CellState, Claim, DetectedGap, EventRecord, Fence,
-    GapFilter, GapHistory, GapRecord, GapStatus, IncomingEvent, Ingested, InvalidRunId,
+    AlertRecord, CellHolder, CellRecord, CellState, Claim, Creator, DetectedGap, EventRecord,
+    Fence, GapFilter, GapHistory, GapRecord, GapStatus, IncomingEvent, Ingested, InvalidRunId,
     LeaseOutcome, LeaseRecord, NewEvent, NewRun, NewTask, NewTaskState, NodeRecord, NodeView,
     NodesReport, Ownership, PhaseProgress, QuarantineRecord, RunId, RunKind, RunOwner,
     RunOwnerRecord, RunRecord, RunState, RunnerRecord, ScanRecorded, TaskRecord, TaskState,

@@ -272,6 +272,23 @@ pub struct RunOwner<'a> {
     pub pid: i64,
 }
 
+/// Who creates a run, and under which guard ([`crate::Store::create_run_by`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Creator<'a> {
+    /// Owns the run from its first commit.
+    pub owner: RunOwner<'a>,
+    /// The length of the owner's lease on the run ([`crate::Store::acquire_run`]).
+    pub ttl: std::time::Duration,
+    /// The leader lease the run is created under, when creating it is the leader's work on a
+    /// shared store (the trigger's runs, the scheduled heals): once the lease moved on,
+    /// nothing is written and the call fails with [`crate::StoreError::Fenced`].
+    pub fence: Option<&'a Fence>,
+    /// Open gaps the run heals: marked `triggered` by it in the same transaction
+    /// ([`crate::Store::trigger_gaps`]), so that a heal run never exists without its gaps
+    /// pointing at it.
+    pub heals: &'a [i64],
+}
+
 /// The recorded owner of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunOwnerRecord {
@@ -738,7 +755,7 @@ impl LeaseRecord {
     }
 }
 
-/// A lease held: what a fenced write presents ([`crate::Store::save_tick_fenced`]).
+/// A lease held: what a fenced write presents ([`crate::Store::claim_tick`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Fence {
     /// The lease's name.

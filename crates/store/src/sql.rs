@@ -521,6 +521,12 @@ statements! {
              'the heal run ended without completing it') \
          WHERE run_id = $1 AND healing_status = 'triggered'";
 
+    /// The ended runs (not running) that gaps still name as `triggered`: their heal was never
+    /// recorded (their node died between ending the run and recording it).
+    ENDED_HEALS = "SELECT DISTINCT g.run_id FROM gaps g JOIN runs r ON r.id = g.run_id \
+         WHERE g.healing_status = 'triggered' AND r.state <> 'running' \
+         ORDER BY g.run_id";
+
     /// Open gap `$1` is alerted about at `$2`.
     ALERT_GAP = "UPDATE gaps SET healing_status = 'alerted', alerted_at = $2 \
          WHERE id = $1 AND healing_status <> 'complete'";

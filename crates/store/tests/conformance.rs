@@ -1018,7 +1018,11 @@ async fn gap_ledger(store: Store) -> anyhow::Result<()> {
         expected: 9,
     };
     let first = store
-        .record_scan(&[gap(3, 1, 0), gap(3, 2, 7), gap(4, 1, 0)], &[(2, d(1))])
+        .record_scan(
+            &[gap(3, 1, 0), gap(3, 2, 7), gap(4, 1, 0)],
+            &[(2, d(1))],
+            None,
+        )
         .await?;
     assert_eq!(
         first,
@@ -1046,7 +1050,7 @@ async fn gap_ledger(store: Store) -> anyhow::Result<()> {
     // Found again (with new counts), one cell now complete, one cell not covered.
     tokio::time::sleep(Duration::from_millis(5)).await;
     let second = store
-        .record_scan(&[gap(3, 2, 8)], &[(3, d(1)), (5, d(1))])
+        .record_scan(&[gap(3, 2, 8)], &[(3, d(1)), (5, d(1))], None)
         .await?;
     assert_eq!(
         second,
@@ -1078,7 +1082,7 @@ async fn gap_ledger(store: Store) -> anyhow::Result<()> {
     assert_eq!(open, [(3, d(2)), (4, d(1))]);
 
     // The closed cell breaks again: a new row, the closed one kept as history.
-    let third = store.record_scan(&[gap(3, 1, 0)], &[]).await?;
+    let third = store.record_scan(&[gap(3, 1, 0)], &[], None).await?;
     assert_eq!(third.opened, 1);
     assert_eq!(store.gaps(GapFilter::All).await?.len(), 4);
     assert_eq!(store.gaps(GapFilter::Open).await?.len(), 3);
@@ -1114,7 +1118,7 @@ async fn concurrent_scans_open_each_gap_once(store: Store) -> anyhow::Result<()>
     let scans: Vec<_> = (0..4)
         .map(|_| {
             let (store, found) = (store.clone(), found.clone());
-            tokio::spawn(async move { store.record_scan(&found, &[]).await })
+            tokio::spawn(async move { store.record_scan(&found, &[], None).await })
         })
         .collect();
     for scan in scans {
@@ -2166,12 +2170,12 @@ async fn alerts_and_ticks(store: Store) -> anyhow::Result<()> {
         found: 0,
         expected: 1,
     };
-    store.record_scan(&[gap], &[]).await?;
+    store.record_scan(&[gap], &[], None).await?;
     let id = store.gaps(GapFilter::Open).await?[0].id;
     let message = serde_json::json!({"pipeline": "p", "items": []});
     assert_eq!(
         store
-            .alert_gaps(&[id], &["slack", "email"], &message)
+            .alert_gaps(&[id], &["slack", "email"], &message, None)
             .await?,
         1
     );
@@ -2281,11 +2285,17 @@ async fn nodes_and_leases(store: Store) -> anyhow::Result<()> {
                 expected: 1,
             }],
             &[],
+            None,
         )
         .await?;
     let gap = store.gaps(GapFilter::Open).await?[0].id;
     store
-        .alert_gaps(&[gap], &["webhook"], &serde_json::json!({"items": []}))
+        .alert_gaps(
+            &[gap],
+            &["webhook"],
+            &serde_json::json!({"items": []}),
+            None,
+        )
         .await?;
     let alert = store.undelivered_alerts(10).await?[0].id;
     tokio::time::sleep(short + Duration::from_millis(100)).await;
@@ -2459,4 +2469,209 @@ async fn postgres_a_claim_skips_a_task_another_transaction_is_claiming() -> anyh
     store.close().await;
     db.drop_db().await?;
     outcome
+}
+
+/// The leader's writes carry its fence: once another node took the leader lease under a newer
+/// term, the old leader's run creation and gap-ledger writes (`create_run_by`, `record_scan`,
+/// `trigger_gaps`, `finish_heal`, `alert_gaps`) are refused with `StoreError::Fenced` and
+/// leave nothing behind; the new leader's land. A heal run that ended with its gaps still
+/// `triggered` (its node died before recording the heal) is found by `ended_heals`, and
+/// recording it is idempotent.
+async fn leader_writes_are_fenced(store: Store) -> anyhow::Result<()> {
+    use gapless_store::{Creator, Fence, LEADER, LeaseOutcome};
+    store.migrate().await?;
+    let a = RunOwner {
+        id: "box/1/a",
+        host: "box",
+        pid: 1,
+    };
+    let b = RunOwner {
+        id: "box/2/b",
+        host: "box",
+        pid: 2,
+    };
+    let LeaseOutcome::Held { fence: old, .. } =
+        store.acquire_lease(LEADER, a.id, TTL, None).await?
+    else {
+        bail!("the first candidate takes the free lease");
+    };
+    let gap = |day: u32| DetectedGap {
+        phase_from: Some(1),
+        phase_to: 2,
+        date: d(day),
+        age_days: 3,
+        found: 0,
+        expected: 1,
+    };
+    // Under its live lease, A's writes land.
+    let recorded = store
+        .record_scan(&[gap(1), gap(2)], &[], Some(&old))
+        .await?;
+    assert_eq!(recorded.opened, 2);
+    let open = store.gaps(GapFilter::Open).await?;
+    let (first, second) = (open[0].id, open[1].id);
+
+    // B finds A dead and takes the lease over: term 2.
+    let LeaseOutcome::Held { fence: new, .. } =
+        store.acquire_lease(LEADER, b.id, TTL, Some(a.id)).await?
+    else {
+        bail!("a take-over of a dead holder is granted");
+    };
+    assert_eq!((old.term, new.term), (1, 2));
+    let is_fenced = |outcome: Result<_, StoreError>, what: &str, fence: &Fence| match outcome {
+        Err(StoreError::Fenced { lease, term }) => {
+            assert_eq!((lease.as_str(), term), (LEADER, fence.term), "{what}");
+            Ok(())
+        }
+        Err(error) => Err(anyhow::anyhow!("{what}: {error}")),
+        Ok(_) => Err(anyhow::anyhow!("{what}: written under a stale term")),
+    };
+    let ledger_before = store.gaps(GapFilter::All).await?;
+
+    // A, woken, tries to create a heal run: nothing is written, not even its tasks or cells.
+    let heal = run_of(RunKind::Heal, vec![task(2, d(1), d(1))]);
+    let stale = Creator {
+        owner: a,
+        ttl: TTL,
+        fence: Some(&old),
+        heals: &[first],
+    };
+    is_fenced(
+        store.create_run_by(&heal, &stale).await.map(drop),
+        "run creation",
+        &old,
+    )?;
+    assert!(store.list_runs(10).await?.is_empty(), "no run created");
+    is_fenced(
+        store
+            .record_scan(&[gap(3)], &[(2, d(2))], Some(&old))
+            .await
+            .map(drop),
+        "scan",
+        &old,
+    )?;
+    is_fenced(
+        store
+            .alert_gaps(&[second], &["webhook"], &serde_json::json!({}), Some(&old))
+            .await
+            .map(drop),
+        "alert",
+        &old,
+    )?;
+    assert!(store.undelivered_alerts(10).await?.is_empty(), "no alert");
+    assert_eq!(store.gaps(GapFilter::All).await?, ledger_before);
+
+    // B creates the heal run; its gap goes `triggered` by it in the same transaction.
+    let current = Creator {
+        owner: b,
+        ttl: TTL,
+        fence: Some(&new),
+        heals: &[first],
+    };
+    let run = store.create_run_by(&heal, &current).await?;
+    let row = |id: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .gaps(GapFilter::All)
+                .await?
+                .into_iter()
+                .find(|gap| gap.id == id)
+                .with_context(|| format!("no gap {id}"))
+        }
+    };
+    let triggered = row(first).await?;
+    assert_eq!(triggered.healing_status, GapStatus::Triggered);
+    assert_eq!(triggered.run_id.as_ref(), Some(&run));
+    assert_eq!(triggered.attempts, 1);
+    is_fenced(
+        store
+            .trigger_gaps(&[second], &run, Some(&old))
+            .await
+            .map(drop),
+        "trigger",
+        &old,
+    )?;
+    assert_eq!(row(second).await?.healing_status, GapStatus::Pending);
+
+    // The run completes its cell and ends; its node dies before recording the heal.
+    let task_id = store.tasks(&run).await?[0].id;
+    let claim = store
+        .claim(task_id, 0, b.id, TTL)
+        .await?
+        .context("claimable")?;
+    assert!(
+        store
+            .complete(task_id, claim.epoch, &serde_json::json!({}), "heal")
+            .await?
+    );
+    assert!(store.ended_heals().await?.is_empty(), "still running");
+    assert!(store.finish_run(&run, RunState::Succeeded).await?);
+    assert_eq!(store.ended_heals().await?, std::slice::from_ref(&run));
+    is_fenced(
+        store.finish_heal(&run, Some(&old)).await.map(drop),
+        "heal record",
+        &old,
+    )?;
+    assert_eq!(row(first).await?.healing_status, GapStatus::Triggered);
+
+    // Under the current term every write lands; recording a heal twice changes nothing.
+    assert_eq!(store.finish_heal(&run, Some(&new)).await?, (1, 0));
+    let healed = row(first).await?;
+    assert_eq!(healed.healing_status, GapStatus::Complete);
+    assert!(healed.healed_at.is_some());
+    assert_eq!(store.finish_heal(&run, None).await?, (0, 0));
+    assert_eq!(row(first).await?, healed);
+    assert!(store.ended_heals().await?.is_empty());
+    assert_eq!(
+        store
+            .alert_gaps(&[second], &["webhook"], &serde_json::json!({}), Some(&new))
+            .await?,
+        1
+    );
+    assert_eq!(store.undelivered_alerts(10).await?.len(), 1);
+    assert_eq!(
+        store.trigger_gaps(&[second], &run, Some(&new)).await?,
+        1,
+        "the current leader triggers"
+    );
+    let recorded = store
+        .record_scan(&[gap(3)], &[(2, d(2))], Some(&new))
+        .await?;
+    assert_eq!((recorded.opened, recorded.closed), (1, 1));
+
+    // A heal run that ended without completing its cell: its gap fails, with a reason.
+    let third = store
+        .gaps(GapFilter::Open)
+        .await?
+        .into_iter()
+        .find(|gap| gap.partition_date == d(3))
+        .context("the third gap is open")?
+        .id;
+    let failing = Creator {
+        heals: &[third],
+        ..current
+    };
+    let run = store
+        .create_run_by(&run_of(RunKind::Heal, vec![task(2, d(3), d(3))]), &failing)
+        .await?;
+    assert!(store.finish_run(&run, RunState::Failed).await?);
+    assert_eq!(store.ended_heals().await?, std::slice::from_ref(&run));
+    assert_eq!(store.finish_heal(&run, Some(&new)).await?, (0, 1));
+    let failed = row(third).await?;
+    assert_eq!(failed.healing_status, GapStatus::Failed);
+    assert!(failed.last_error.is_some());
+    assert!(store.ended_heals().await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_leader_writes_are_fenced() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    leader_writes_are_fenced(Store::connect("sqlite://state.db", dir.path()).await?).await
+}
+
+#[tokio::test]
+async fn postgres_leader_writes_are_fenced() -> anyhow::Result<()> {
+    on_postgres(leader_writes_are_fenced).await
 }

@@ -4,7 +4,7 @@
 //! already probe complete are recorded complete without running.
 
 use gapless_core::render::{counted, thousands};
-use gapless_runtime::lifecycle;
+use gapless_runtime::{heal, lifecycle};
 use gapless_store::{RunId, RunState, TaskState};
 
 use crate::cli::{Global, ResumeArgs};
@@ -33,6 +33,8 @@ pub(crate) async fn run(global: &Global, args: &ResumeArgs) -> anyhow::Result<Ex
             .ok_or_else(|| UsageError::new("there is no run to resume"))?,
     };
     if run.state == RunState::Succeeded {
+        // A heal run whose process died before it recorded the heal: recorded now.
+        heal::record_if_ended(&store, &run.id).await?;
         if !global.quiet {
             note(format_args!(
                 "run {} already succeeded: nothing to resume",
@@ -72,14 +74,17 @@ pub(crate) async fn run(global: &Global, args: &ResumeArgs) -> anyhow::Result<Ex
     store
         .set_run_state(&run.id, run.version, RunState::Running)
         .await?;
-    execute_run(
+    let exit = execute_run(
         &loaded,
         context,
-        store,
+        store.clone(),
         run.id.clone(),
         tasks,
         args.jobs,
         global,
     )
-    .await
+    .await?;
+    // A heal run records how it went for its gaps once it ended, as `gapless heal` does.
+    heal::record_if_ended(&store, &run.id).await?;
+    Ok(exit)
 }

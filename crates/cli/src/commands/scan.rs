@@ -7,6 +7,7 @@ use gapless_core::dates::{DateRange, parse_duration};
 use gapless_core::gaps::Gap;
 use gapless_core::render::{DateRun, counted, date_runs, table, thousands, thousands_i};
 use gapless_core::spec::{PhaseId, Spec};
+use gapless_runtime::lifecycle::Ledger;
 use serde_json::json;
 
 use crate::cli::{Global, ScanArgs};
@@ -28,7 +29,12 @@ pub(crate) async fn run(global: &Global, args: &ScanArgs) -> anyhow::Result<Exit
         .ok_or_else(|| UsageError::new("--lookback: must be at least one day, e.g. `90d`"))?;
     let store = loaded.store().await?;
     let context = loaded.context().await?;
-    let scan = gapless_runtime::lifecycle::scan_with(&context, &store, days, !args.dry_run).await?;
+    let ledger = if args.dry_run {
+        Ledger::Untouched
+    } else {
+        Ledger::Recorded { fence: None }
+    };
+    let scan = gapless_runtime::lifecycle::scan_with(&context, &store, days, ledger).await?;
     if args.heal && args.jobs == 0 {
         return Err(UsageError::new("--jobs: must be at least 1").into());
     }
@@ -112,7 +118,7 @@ pub(crate) async fn heal(
     let alerted = if args.dry_run {
         decision.to_alert().count()
     } else {
-        heal::record_alerts(context, store, &decision).await?
+        heal::record_alerts(context, store, &decision, None).await?
     };
     let left = decision.left.len();
     if !args.dry_run && alerted > 0 {
@@ -193,7 +199,12 @@ pub(crate) async fn heal(
         }
         return Ok(healed);
     }
-    let run_id = heal::start_heal(context, store, plan, &loaded.owner, None).await?;
+    let starter = heal::Starter {
+        owner: &loaded.owner,
+        extra: None,
+        fence: None,
+    };
+    let run_id = heal::start_heal(context, store, plan, starter).await?;
     if speak {
         note(format_args!(
             "healing {} with everything downstream: run {run_id}, {}",

@@ -204,6 +204,154 @@ async fn the_leader_is_replaced_within_a_lease_and_a_paused_one_is_fenced() {
     cluster.finish().await;
 }
 
+/// Scans every second over the last ten days; the heals below are of older dates, which no
+/// scan covers, so only recording their heals can move their gaps.
+const LATE: &str = r#"
+[pipeline]
+name = "late"
+start = "2024-01-01"
+
+[warehouse]
+url = "sqlite://warehouse.db"
+
+[[phase]]
+id = 1
+name = "raw"
+check.sql = "SELECT d, COUNT(*) FROM raw WHERE d BETWEEN :start AND :end GROUP BY d"
+
+[healing]
+scan = "* * * * * *"
+lookback = "10d"
+"#;
+
+/// Two heal runs ended while their node died before recording the heals: one completed its
+/// cell, one failed. Their gaps say `triggered` and nothing runs them any more; the leader's
+/// next scheduled tick records both heals: the first gap complete (with `healed_at`), the
+/// second failed with a reason, so that the policy may heal it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn heals_whose_node_died_unrecorded_are_recorded_by_the_next_tick() {
+    use gapless_store::{Creator, DetectedGap, NewRun, NewTask, NewTaskState, RunKind, RunOwner};
+    let Some(cluster) = Cluster::new(LATE).await else {
+        return;
+    };
+    let warehouse = cluster.project.sqlite("warehouse.db").await;
+    exec(&warehouse, "CREATE TABLE raw (d TEXT, v INTEGER)").await;
+    warehouse.close().await;
+    let store = gapless_store::Store::connect(cluster.db.url(), cluster.project.path())
+        .await
+        .unwrap();
+    let day = |d: u32| chrono::NaiveDate::from_ymd_opt(2024, 2, d).unwrap();
+    let gap = |d: u32| DetectedGap {
+        phase_from: None,
+        phase_to: 1,
+        date: day(d),
+        age_days: 59,
+        found: 0,
+        expected: 1,
+    };
+    store
+        .record_scan(&[gap(1), gap(2)], &[], None)
+        .await
+        .unwrap();
+    let ids: Vec<i64> = store
+        .gaps(gapless_store::GapFilter::Open)
+        .await
+        .unwrap()
+        .iter()
+        .map(|gap| gap.id)
+        .collect();
+    let dead = RunOwner {
+        id: "gone/1/x",
+        host: "gone",
+        pid: 1,
+    };
+    let mut runs = Vec::new();
+    for (d, id) in [(1, ids[0]), (2, ids[1])] {
+        let heal = NewRun {
+            kind: RunKind::Heal,
+            pipeline: "late".to_owned(),
+            request: serde_json::json!({}),
+            tasks: vec![NewTask {
+                phase: 1,
+                start: day(d),
+                end: day(d),
+                dates: vec![day(d)],
+                state: NewTaskState::Pending,
+                error: None,
+            }],
+        };
+        let creator = Creator {
+            owner: dead,
+            ttl: Duration::from_secs(60),
+            fence: None,
+            heals: &[id],
+        };
+        runs.push(store.create_run_by(&heal, &creator).await.unwrap());
+    }
+    // The first run completed its cell and succeeded, the second failed; neither recorded
+    // its heal (their node was killed between ending the run and recording it).
+    let task = store.tasks(&runs[0]).await.unwrap()[0].id;
+    let claim = store
+        .claim(task, 0, dead.id, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        store
+            .complete(task, claim.epoch, &serde_json::json!({}), "heal")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .finish_run(&runs[0], gapless_store::RunState::Succeeded)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .finish_run(&runs[1], gapless_store::RunState::Failed)
+            .await
+            .unwrap()
+    );
+    store.close().await;
+
+    let serve = cluster.serve(&[]);
+    cluster.leader_pid().await;
+    eventually_pg(
+        &cluster.state,
+        "gaps left triggered by ended heal runs",
+        "SELECT COUNT(*) FROM gaps WHERE healing_status = 'triggered'",
+        0,
+    )
+    .await;
+    let rows: Vec<(String, String, Option<i64>, Option<String>)> = sqlx::query_as(
+        "SELECT partition_date, healing_status, healed_at, last_error FROM gaps \
+         WHERE run_id IS NOT NULL ORDER BY partition_date",
+    )
+    .fetch_all(&cluster.state)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].1.as_str()),
+        ("2024-02-01", "complete")
+    );
+    assert!(rows[0].2.is_some(), "healed_at is set: {rows:?}");
+    assert_eq!(
+        (rows[1].0.as_str(), rows[1].1.as_str()),
+        ("2024-02-02", "failed")
+    );
+    assert!(rows[1].3.is_some(), "the failure says why: {rows:?}");
+    let ticks: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tick_runs")
+        .fetch_one(&cluster.state)
+        .await
+        .unwrap();
+    assert!(ticks > 0, "recorded by a scheduled tick");
+    assert_eq!(serve.stop(), 0);
+    cluster.finish().await;
+}
+
 fn signal(pid: u32, which: &str) {
     let status = std::process::Command::new("kill")
         .args([which, &pid.to_string()])
@@ -343,7 +491,7 @@ async fn three_nodes_heal_300_days_through_twenty_kills() {
                 .unwrap();
         if written == cells && open > 0 && !rescanned {
             // A node killed after its heal run ended but before it recorded the heal leaves
-            // those gaps `triggered`; the next scheduled scan closes them, as this one does.
+            // those gaps `triggered`; the next scan records that heal, as this one does.
             rescanned = true;
             let scan = http
                 .post(nodes[0].url("/scan-gaps"))

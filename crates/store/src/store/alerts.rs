@@ -9,22 +9,26 @@ use crate::model::{AlertRecord, Fence};
 use crate::sql;
 use crate::sqlite::{self, Commit};
 use crate::store::Store;
-use crate::store::nodes::{fence_postgres, fence_sqlite};
+use crate::store::nodes::{fence_postgres, fence_sqlite, guard_postgres, guard_sqlite};
 
 impl Store {
     /// Marks the open gaps `ids` alerted now and records `message` (JSON) for each channel in
     /// `channels`, in one transaction: the alert is in the outbox exactly when the gaps say they
-    /// were alerted about. Returns how many gaps moved.
+    /// were alerted about. Returns how many gaps moved. `fence`: as for [`Store::record_scan`]
+    /// (a leader that lost its lease does not alert a second time about what its successor
+    /// alerts about).
     pub async fn alert_gaps(
         &self,
         ids: &[i64],
         channels: &[&str],
         message: &serde_json::Value,
+        fence: Option<&Fence>,
     ) -> Result<usize, StoreError> {
         let now = Utc::now().timestamp_millis();
         let text = message.to_string();
         match self {
             Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
+                guard_sqlite(connection, fence, now)?;
                 let mut moved = 0;
                 for id in ids {
                     moved += sqlite::execute(connection, sql::ALERT_GAP.sqlite, params![id, now])?;
@@ -39,6 +43,7 @@ impl Store {
                 Ok(moved)
             }),
             Self::Postgres(pool) => pg_tx!(pool, |tx| {
+                guard_postgres(&mut tx, fence, now).await?;
                 let mut moved = 0;
                 for id in ids {
                     moved += sqlx::query(sql::ALERT_GAP.postgres)

@@ -5,22 +5,27 @@ use std::collections::HashSet;
 use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::params;
 
-use crate::codec::{RowExt, date, date_text, gap_from_row};
+use crate::codec::{RowExt, date, date_text, gap_from_row, run_id};
 use crate::error::StoreError;
-use crate::model::{DetectedGap, GapFilter, GapHistory, GapRecord, RunId, ScanRecorded};
+use crate::model::{DetectedGap, Fence, GapFilter, GapHistory, GapRecord, RunId, ScanRecorded};
 use crate::sql;
 use crate::sqlite::{self, Commit};
 use crate::store::Store;
+use crate::store::nodes::{guard_postgres, guard_sqlite};
 
 impl Store {
     /// Records a scan in the gap ledger, in one transaction: every gap in `found` opens a row
     /// or updates its cell's open row (one open row per cell), and every cell in `satisfied`
     /// (complete, or expecting nothing) closes its open row if it has one. Rows of cells the
     /// scan did not cover, or found blocked, are left as they are.
+    ///
+    /// `fence`: the leader's scheduled scan on a shared store presents its lease; once the
+    /// lease moved on the call fails with [`StoreError::Fenced`] and writes nothing.
     pub async fn record_scan(
         &self,
         found: &[DetectedGap],
         satisfied: &[(i64, NaiveDate)],
+        fence: Option<&Fence>,
     ) -> Result<ScanRecorded, StoreError> {
         let now = Utc::now().timestamp_millis();
         let satisfied: HashSet<(i64, NaiveDate)> = satisfied.iter().copied().collect();
@@ -33,6 +38,7 @@ impl Store {
         };
         match self {
             Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
+                guard_sqlite(connection, fence, now)?;
                 let mut recorded = ScanRecorded::default();
                 for gap in found {
                     let values = params![
@@ -58,6 +64,7 @@ impl Store {
                 Ok(recorded)
             }),
             Self::Postgres(pool) => pg_tx!(pool, |tx| {
+                guard_postgres(&mut tx, fence, now).await?;
                 let mut recorded = ScanRecorded::default();
                 for gap in found {
                     let detected_at: i64 = sqlx::query_scalar(sql::UPSERT_GAP.postgres)
@@ -123,10 +130,19 @@ impl Store {
 
     /// Records that heal run `run_id` was started for the open gaps `ids`: each goes
     /// `triggered`, names the run and counts one more attempt. Returns how many moved.
-    pub async fn trigger_gaps(&self, ids: &[i64], run_id: &RunId) -> Result<usize, StoreError> {
+    /// ([`Store::create_run_by`] does this in the transaction that creates the run.) `fence`:
+    /// as for [`Store::record_scan`].
+    pub async fn trigger_gaps(
+        &self,
+        ids: &[i64],
+        run_id: &RunId,
+        fence: Option<&Fence>,
+    ) -> Result<usize, StoreError> {
+        let now = Utc::now().timestamp_millis();
         let run = run_id.as_str();
         match self {
             Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
+                guard_sqlite(connection, fence, now)?;
                 let mut moved = 0;
                 for id in ids {
                     moved +=
@@ -135,6 +151,7 @@ impl Store {
                 Ok(moved)
             }),
             Self::Postgres(pool) => pg_tx!(pool, |tx| {
+                guard_postgres(&mut tx, fence, now).await?;
                 let mut moved = 0;
                 for id in ids {
                     moved += sqlx::query(sql::TRIGGER_GAP.postgres)
@@ -151,18 +168,26 @@ impl Store {
 
     /// Records how heal run `run_id` ended for the gaps it was started for: `complete` (with
     /// `healed_at`) where it completed the cell, else `failed` with the task's error. Returns
-    /// (healed, failed).
-    pub async fn finish_heal(&self, run_id: &RunId) -> Result<(usize, usize), StoreError> {
+    /// (healed, failed). Idempotent: only gaps still `triggered` by the run change, so a second
+    /// call (the run's owner, and a scan that found the heal unrecorded) changes nothing.
+    /// `fence`: as for [`Store::record_scan`].
+    pub async fn finish_heal(
+        &self,
+        run_id: &RunId,
+        fence: Option<&Fence>,
+    ) -> Result<(usize, usize), StoreError> {
         let now = Utc::now().timestamp_millis();
         let run = run_id.as_str();
         match self {
             Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
+                guard_sqlite(connection, fence, now)?;
                 let healed =
                     sqlite::execute(connection, sql::HEALED_GAPS.sqlite, params![run, now])?;
                 let failed = sqlite::execute(connection, sql::UNHEALED_GAPS.sqlite, params![run])?;
                 Ok((healed, failed))
             }),
             Self::Postgres(pool) => pg_tx!(pool, |tx| {
+                guard_postgres(&mut tx, fence, now).await?;
                 let healed = sqlx::query(sql::HEALED_GAPS.postgres)
                     .bind(run)
                     .bind(now)
@@ -177,6 +202,25 @@ impl Store {
                 (healed, failed)
             }),
         }
+    }
+
+    /// The runs that ended (are not running) while gaps still name them `triggered`: heals
+    /// nobody recorded, because the node that ran them died between ending the run and
+    /// recording the heal. [`Store::finish_heal`] records each.
+    pub async fn ended_heals(&self) -> Result<Vec<RunId>, StoreError> {
+        let ids: Vec<String> = match self {
+            Self::Sqlite(sqlite) => sqlite.call(|connection| {
+                sqlite::rows(connection, sql::ENDED_HEALS.sqlite, [], |row| {
+                    Ok(row.get(0)?)
+                })
+            })?,
+            Self::Postgres(pool) => pg_call!({
+                sqlx::query_scalar(sql::ENDED_HEALS.postgres)
+                    .fetch_all(pool)
+                    .await?
+            })?,
+        };
+        ids.into_iter().map(run_id).collect()
     }
 }
 

@@ -600,6 +600,40 @@ pub(crate) async fn fence_postgres(
     Ok(held == 1)
 }
 
+/// Fails with [`StoreError::Fenced`] unless `fence`, when given, holds its lease at `now`:
+/// [`fence_sqlite`] as the first statement of the caller's transaction, whose error rolls it
+/// back, so a fenced write leaves nothing behind.
+pub(crate) fn guard_sqlite(
+    connection: &Connection,
+    fence: Option<&Fence>,
+    now: i64,
+) -> Result<(), StoreError> {
+    match fence {
+        Some(fence) if !fence_sqlite(connection, fence, now)? => Err(fenced(fence)),
+        _ => Ok(()),
+    }
+}
+
+/// [`guard_sqlite`] on PostgreSQL ([`fence_postgres`]): the lease row stays share-locked to the
+/// caller's commit, so no take-over lands between this check and the caller's writes.
+pub(crate) async fn guard_postgres(
+    tx: &mut sqlx::PgConnection,
+    fence: Option<&Fence>,
+    now: i64,
+) -> Result<(), StoreError> {
+    match fence {
+        Some(fence) if !fence_postgres(tx, fence, now).await? => Err(fenced(fence)),
+        _ => Ok(()),
+    }
+}
+
+fn fenced(fence: &Fence) -> StoreError {
+    StoreError::Fenced {
+        lease: fence.name.clone(),
+        term: fence.term,
+    }
+}
+
 fn node_from_row(row: &(impl RowExt + ?Sized)) -> Result<NodeRecord, StoreError> {
     Ok(NodeRecord {
         id: row.string("id")?,

@@ -7,9 +7,10 @@ use rusqlite::{Connection, params};
 
 use crate::codec::{date_text, run_from_row};
 use crate::error::StoreError;
-use crate::model::{NewRun, NewTask, RunId, RunOwner, RunRecord, RunState};
+use crate::model::{Creator, NewRun, NewTask, RunId, RunOwner, RunRecord, RunState};
 use crate::sql;
 use crate::sqlite::{self, Commit};
+use crate::store::nodes::{guard_postgres, guard_sqlite};
 use crate::store::{Store, log_outcome, millis};
 
 impl Store {
@@ -34,13 +35,31 @@ impl Store {
         owner: &RunOwner<'_>,
         ttl: Duration,
     ) -> Result<RunId, StoreError> {
-        self.insert_run(new, Some((owner, ttl))).await
+        let creator = Creator {
+            owner: *owner,
+            ttl,
+            fence: None,
+            heals: &[],
+        };
+        self.insert_run(new, Some(&creator)).await
+    }
+
+    /// [`Store::create_run_owned`] by `creator`, in the same transaction: with a fence, the
+    /// lease row is read first (share-locked on PostgreSQL) and the call fails with
+    /// [`StoreError::Fenced`], writing nothing, once the lease moved on; the gaps it heals go
+    /// `triggered` by the new run.
+    pub async fn create_run_by(
+        &self,
+        new: &NewRun,
+        creator: &Creator<'_>,
+    ) -> Result<RunId, StoreError> {
+        self.insert_run(new, Some(creator)).await
     }
 
     async fn insert_run(
         &self,
         new: &NewRun,
-        owner: Option<(&RunOwner<'_>, Duration)>,
+        creator: Option<&Creator<'_>>,
     ) -> Result<RunId, StoreError> {
         validate_tasks(&new.tasks)?;
         let now = Utc::now();
@@ -51,17 +70,20 @@ impl Store {
             source,
         })?;
         let (kind, run_id) = (new.kind.as_str(), id.as_str());
-        let (owner_id, owner_host, owner_pid, owner_expires_at) = match owner {
-            Some((owner, ttl)) => (
+        let (owner_id, owner_host, owner_pid, owner_expires_at) = match creator {
+            Some(Creator { owner, ttl, .. }) => (
                 Some(owner.id),
                 Some(owner.host),
                 Some(owner.pid),
-                Some(now.saturating_add(millis(ttl))),
+                Some(now.saturating_add(millis(*ttl))),
             ),
             None => (None, None, None, None),
         };
+        let fence = creator.and_then(|creator| creator.fence);
+        let heals = creator.map_or(&[][..], |creator| creator.heals);
         match self {
             Self::Sqlite(sqlite) => sqlite.transaction(Commit::Durable, |connection| {
+                guard_sqlite(connection, fence, now)?;
                 let pipeline = new.pipeline.as_str();
                 let values = params![
                     run_id,
@@ -76,9 +98,13 @@ impl Store {
                 ];
                 sqlite::execute(connection, sql::INSERT_RUN_SQLITE, values)?;
                 insert_tasks_sqlite(connection, run_id, &new.tasks)?;
+                for gap in heals {
+                    sqlite::execute(connection, sql::TRIGGER_GAP.sqlite, params![gap, run_id])?;
+                }
                 Ok(())
             })?,
             Self::Postgres(pool) => pg_tx!(pool, |tx| {
+                guard_postgres(&mut tx, fence, now).await?;
                 sqlx::query(sql::INSERT_RUN_POSTGRES)
                     .bind(run_id)
                     .bind(kind)
@@ -92,6 +118,13 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 insert_tasks_postgres(&mut tx, run_id, &new.tasks).await?;
+                for gap in heals {
+                    sqlx::query(sql::TRIGGER_GAP.postgres)
+                        .bind(gap)
+                        .bind(run_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 sqlx::query(sql::NOTIFY_WORK_POSTGRES)
                     .execute(&mut *tx)
                     .await?;
