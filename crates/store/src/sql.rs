@@ -275,9 +275,14 @@ statements! {
     TASK_STATES = "SELECT id, state, lease_epoch FROM tasks WHERE run_id = $1 ORDER BY id";
 
     /// Running runs of pipeline `$1` with a task claimable at `$2`: work a node can help with.
-    RUNS_WITH_WORK = "SELECT DISTINCT t.run_id FROM tasks t JOIN runs r ON r.id = t.run_id \
-         WHERE t.state = 'pending' AND (t.not_before IS NULL OR t.not_before <= $2) \
-           AND r.state = 'running' AND r.pipeline = $1 \
+    /// Each node asks on every wake-up (every completion anywhere notifies), so its cost must
+    /// follow the running runs, not the pending tasks: the runs come from `runs_running`, and
+    /// each run's first claimable task from `tasks_pending_run` (PostgreSQL's partial indexes).
+    RUNS_WITH_WORK = "SELECT r.id FROM runs r \
+         WHERE r.state = 'running' AND r.pipeline = $1 AND EXISTS ( \
+             SELECT 1 FROM tasks t WHERE t.run_id = r.id AND t.state = 'pending' \
+                 AND (t.not_before IS NULL OR t.not_before <= $2)) \
+         ORDER BY r.created_at \
          LIMIT 50";
 
     SET_LEASE_COUNTER = "UPDATE lease_counter SET last = $1 WHERE id = 1";
