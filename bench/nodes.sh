@@ -30,6 +30,10 @@
 #   a database gapless_bench_* is created per measurement and dropped after.
 #   DAYS (default 300), JOBS (default 8), LATENCY_DAYS (default 40), NODES (default "1 2 3"),
 #   KINDS (default "sleep noop").
+#   PG_CPUACCT: a cgroup-v1 cpuacct directory holding the PostgreSQL server's processes (as
+#   root: mkdir /sys/fs/cgroup/cpuacct/pg; for p in $(pgrep -x postgres); do echo $p >
+#   /sys/fs/cgroup/cpuacct/pg/cgroup.procs; done). Adds the server's CPU time per task.
+#   DEBUG_WAITS=1: also prints every latency of every measurement (stderr).
 # Prints a Markdown table. Run it under `nice -n 19` on a shared machine.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -134,6 +138,8 @@ measure() { # $1 = kind, $2 = nodes (0: one node on SQLite), $3 = dates, $4 = jo
   fi
   pipeline "$run_line" "$state" >"$work/gapless.toml"
   (cd "$work" && GAPLESS_TODAY=$today "$bin" -q migrate >/dev/null)
+  local cpu_before=0
+  if [[ -n ${PG_CPUACCT:-} ]]; then cpu_before=$(cat "$PG_CPUACCT/cpuacct.usage"); fi
   local n=$(( $2 == 0 ? 1 : $2 ))
   for i in $(seq 1 "$n"); do start_node "$i" "$4"; done
   local base
@@ -156,8 +162,12 @@ measure() { # $1 = kind, $2 = nodes (0: one node on SQLite), $3 = dates, $4 = jo
   else
     psql -At -F ' ' "${pg%/*}/$database" -c "$query" >"$work/tasks.txt"
   fi
+  local pg_cpu=-
+  if [[ -n ${PG_CPUACCT:-} && $2 != 0 ]]; then
+    pg_cpu=$(( $(cat "$PG_CPUACCT/cpuacct.usage") - cpu_before ))
+  fi
   cleanup
-  python3 - "$work/tasks.txt" "$1" <<'PY'
+  python3 - "$work/tasks.txt" "$1" "$pg_cpu" <<'PY'
 import sys
 rows = [line.split() for line in open(sys.argv[1]) if line.strip()]
 tasks = [(int(p), d, int(s), int(f), int(c)) for p, d, s, f, c in rows]
@@ -168,9 +178,12 @@ if sys.argv[2] == "hold":
 else:
     finish1 = {d: f for p, d, s, f, c in tasks if p == 1}
     waits = sorted(s - finish1[d] for p, d, s, f, c in tasks if p == 2)
+import os
+if os.environ.get("DEBUG_WAITS"): print(waits, file=sys.stderr)
 def pct(q):
     return waits[min(len(waits) - 1, int(q * len(waits)))]
-print(f"{len(tasks) / ((last - first) / 1000):.0f} {pct(0.5)} {pct(0.95)} {pct(0.99)} {waits[-1]}")
+cpu = "-" if sys.argv[3] == "-" else f"{int(sys.argv[3]) / 1e6 / len(tasks):.2f}"
+print(f"{len(tasks) / ((last - first) / 1000):.0f} {pct(0.5)} {pct(0.95)} {pct(0.99)} {waits[-1]} {cpu}")
 PY
 }
 
@@ -178,19 +191,21 @@ summarize() { # stdin: measurements; $1 = label, $2 = nodes, $3 = what to print
   python3 -c '
 import sys
 label, nodes, what = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-rows = sorted((list(map(float, line.split())) for line in sys.stdin if line.strip()), key=lambda r: r[0])
+rows = sorted((line.split() for line in sys.stdin if line.strip()), key=lambda r: float(r[0]))
+cpu = rows[len(rows) // 2][5]
+rows = [list(map(float, r[:5])) for r in rows]
 mid = rows[len(rows) // 2]
 store = "SQLite" if nodes == 0 else "PostgreSQL"
 if what == "rate":
-    print(f"| {label} | {store} | {max(nodes, 1)} | {mid[0]:.0f} |")
+    print(f"| {label} | {store} | {max(nodes, 1)} | {mid[0]:.0f} | {cpu} |")
 else:
     mid = sorted(rows, key=lambda r: r[1])[len(rows) // 2]
     print(f"| {label} | {store} | {max(nodes, 1)} | {mid[1]:.0f} ms | {mid[2]:.0f} ms | {mid[3]:.0f} ms | {mid[4]:.0f} ms |")
 ' "$@"
 }
 
-echo "| tasks | state store | nodes | tasks/s (median of $rounds) |"
-echo "| --- | --- | ---: | ---: |"
+echo "| tasks | state store | nodes | tasks/s (median of $rounds) | PostgreSQL CPU per task (ms) |"
+echo "| --- | --- | ---: | ---: | ---: |"
 for kind in $kinds; do
   for nodes in 0 $node_counts; do
     for _ in $(seq 1 "$rounds"); do measure "$kind" "$nodes" "$days" "$jobs"; done |

@@ -378,13 +378,23 @@ impl Scheduler {
             context,
             ..
         } = self.execution.as_ref();
-        let limits: Vec<u32> = if options.shared.is_some() {
+        // Shared with other nodes: each claim counts its phase's running tasks on every node,
+        // under a lock per run and phase held to the commit. The first claim in the completed
+        // task's own phase is exempt: the completion frees the slot it takes, in the same
+        // transaction, so the phase's count cannot grow (and that lock, the one every node's
+        // claims of the phase queue on, is not taken).
+        let limits: Vec<Option<u32>> = if options.shared.is_some() {
+            let mut swapped = false;
             next.iter()
                 .map(|&n| {
+                    if !swapped && self.tasks[n].phase == self.tasks[i].phase {
+                        swapped = true;
+                        return None;
+                    }
                     context
                         .spec
                         .phase(self.tasks[n].phase)
-                        .map_or(u32::MAX, |phase| phase.concurrency)
+                        .map(|phase| phase.concurrency)
                 })
                 .collect()
         } else {

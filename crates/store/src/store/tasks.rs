@@ -19,8 +19,10 @@ pub struct NextClaims<'a> {
     /// `(task_id, seen_epoch)` of each task to claim.
     pub tasks: &'a [(i64, i64)],
     /// Per task, the most tasks of its run and phase that may run at once on every node
-    /// together (the phase's `concurrency`), checked on PostgreSQL; empty: no limit.
-    pub limits: &'a [u32],
+    /// together (the phase's `concurrency`), checked on PostgreSQL; `None` or missing: not
+    /// checked. A claim of the completed task's own run and phase needs no check: the
+    /// completion frees the slot it takes, in the same transaction.
+    pub limits: &'a [Option<u32>],
     /// The lease owner.
     pub owner: &'a str,
     /// The lease length.
@@ -288,7 +290,7 @@ impl Store {
                             next.owner,
                             expires_at,
                             now,
-                            next.limits.get(k).copied(),
+                            next.limits.get(k).copied().flatten(),
                         )
                         .await?;
                         if claim.is_some() {
