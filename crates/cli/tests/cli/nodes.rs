@@ -660,10 +660,10 @@ async fn eventually_nodes(cluster: &Cluster, live: &[u32]) {
 }
 
 /// PostgreSQL restarted mid-heal (a private cluster, `pg_ctl restart -m fast`, every session
-/// ended): two nodes reconnect and go on; every cell is written once, nothing fails, and both
-/// nodes, and a leader, are there at the end.
+/// ended): three nodes reconnect and go on; every cell is written once, nothing fails, and all
+/// three nodes, and a leader, are there at the end.
 #[tokio::test(flavor = "multi_thread")]
-async fn two_nodes_go_on_through_a_postgres_restart() {
+async fn three_nodes_go_on_through_a_postgres_restart() {
     if gapless_testkit::pg_url().is_none() {
         return;
     }
@@ -691,7 +691,7 @@ async fn two_nodes_go_on_through_a_postgres_restart() {
              ended_ms INTEGER, token INTEGER, written INTEGER);",
     )
     .await;
-    let nodes: Vec<Serve> = (0..2)
+    let nodes: Vec<Serve> = (0..3)
         .map(|_| Serve::start_after(&project, &["--lease", LEASE], &[]))
         .collect();
     let http = gapless_connect::http_client().unwrap();
@@ -762,7 +762,7 @@ async fn two_nodes_go_on_through_a_postgres_restart() {
     let report = project.run(&["--json", "nodes"]);
     assert_eq!(report.status.code(), Some(0), "{report:?}");
     let report: Value = serde_json::from_slice(&report.stdout).unwrap();
-    assert_eq!(report["nodes"].as_array().unwrap().len(), 2, "{report}");
+    assert_eq!(report["nodes"].as_array().unwrap().len(), 3, "{report}");
     assert!(report["leader"].is_string(), "{report}");
     for serve in nodes {
         assert_eq!(
