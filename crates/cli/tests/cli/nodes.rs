@@ -21,12 +21,34 @@ pub(crate) struct Cluster {
     pub(crate) project: Project,
     pub(crate) state: PgPool,
     pub(crate) db: gapless_testkit::PgTestDb,
+    /// A PostgreSQL server of the test's own, which it may restart ([`Cluster::on_own_server`]).
+    server: Option<gapless_testkit::cluster::PgCluster>,
 }
 
 impl Cluster {
     pub(crate) async fn new(pipeline: &str) -> Option<Self> {
         let url = gapless_testkit::pg_url()?;
-        let db = gapless_testkit::fresh_pg_database(&url).await.unwrap();
+        Some(Self::on(pipeline, &url, None).await)
+    }
+
+    /// [`Cluster::new`] on a private PostgreSQL server that [`Cluster::restart_server`] can
+    /// restart under the nodes. `None` when no PostgreSQL is configured; PostgreSQL's server
+    /// binaries must be installed then.
+    pub(crate) async fn on_own_server(pipeline: &str) -> Option<Self> {
+        gapless_testkit::pg_url()?;
+        let Some(server) = gapless_testkit::cluster::PgCluster::start().unwrap() else {
+            panic!("PostgreSQL's server binaries are needed to restart a server under test");
+        };
+        let url = server.url();
+        Some(Self::on(pipeline, &url, Some(server)).await)
+    }
+
+    async fn on(
+        pipeline: &str,
+        url: &str,
+        server: Option<gapless_testkit::cluster::PgCluster>,
+    ) -> Self {
+        let db = gapless_testkit::fresh_pg_database(url).await.unwrap();
         let project = Project::new();
         project.write(
             "gapless.toml",
@@ -35,7 +57,22 @@ impl Cluster {
         let output = project.run(&["migrate"]);
         assert_eq!(output.status.code(), Some(0), "{output:?}");
         let state = PgPool::connect(db.url()).await.unwrap();
-        Some(Self { project, state, db })
+        Self {
+            project,
+            state,
+            db,
+            server,
+        }
+    }
+
+    /// Restarts the private server (fast: every session of every node is ended), waiting
+    /// until it accepts connections again.
+    pub(crate) fn restart_server(&self) {
+        self.server
+            .as_ref()
+            .expect("a cluster on its own server")
+            .restart()
+            .unwrap();
     }
 
     pub(crate) fn serve(&self, args: &[&str]) -> Serve {
@@ -75,6 +112,7 @@ impl Cluster {
     pub(crate) async fn finish(self) {
         self.state.close().await;
         self.db.drop_db().await.unwrap();
+        drop(self.server);
     }
 }
 
@@ -368,7 +406,7 @@ import datetime, os, random, sqlite3, sys, time
 phase, start, end = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 token = int(os.environ["GAPLESS_ATTEMPT_TOKEN"])
 started = int(time.time() * 1000)
-time.sleep(random.uniform(0.2, 0.6))
+time.sleep(random.uniform(0.5, 1.5))
 db = sqlite3.connect("warehouse.db", timeout=60)
 db.execute("BEGIN IMMEDIATE")
 day, last, written = datetime.date.fromisoformat(start), datetime.date.fromisoformat(end), 0
@@ -424,12 +462,13 @@ check.sql = "SELECT d, COUNT(*) FROM sink WHERE phase = 3 AND d BETWEEN :start A
 "#;
 
 /// Three nodes heal 3 phases × 300 days while a random node is killed -9 and started again,
-/// twenty times. Every cell ends complete with exactly one sink row written (the unique key),
-/// no two recorded executions of a cell overlap, the work was shared, no lease is left with a
+/// twenty times, every kill mid-heal, after their PostgreSQL server restarted mid-heal. Every
+/// cell ends complete with exactly one sink row written (the unique key), no two recorded
+/// executions of a cell overlap, the work was shared, no lease is left with a
 /// dead node, and the ledger closes every gap.
 #[tokio::test(flavor = "multi_thread")]
-async fn three_nodes_heal_300_days_through_twenty_kills() {
-    let Some(cluster) = Cluster::new(CHAOS).await else {
+async fn three_nodes_heal_300_days_through_twenty_kills_and_a_database_restart() {
+    let Some(cluster) = Cluster::on_own_server(CHAOS).await else {
         return;
     };
     let project = &cluster.project;
@@ -454,9 +493,31 @@ async fn three_nodes_heal_300_days_through_twenty_kills() {
         .unwrap();
     assert_eq!(response.status(), 200, "{:?}", response.text().await);
     let started = Instant::now();
+    // Once the heal is under way, the database restarts under the nodes (every session
+    // ended); then the kills begin.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let written: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sink")
+            .fetch_one(&warehouse)
+            .await
+            .unwrap();
+        if written >= 60 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the heal did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let open: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM gaps WHERE healing_status <> 'complete'")
+            .fetch_one(&cluster.state)
+            .await
+            .unwrap();
+    assert!(open > 0, "the heal ended before the restart");
+    cluster.restart_server();
     let mut sharing = 0;
+    let mut kills_mid_heal = 0;
     for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(fastrand::u64(1_000..2_500))).await;
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(400..1_200))).await;
         let holders: i64 = sqlx::query_scalar(
             "SELECT COUNT(DISTINCT lease_owner) FROM tasks WHERE state = 'running'",
         )
@@ -464,9 +525,19 @@ async fn three_nodes_heal_300_days_through_twenty_kills() {
         .await
         .unwrap();
         sharing = sharing.max(holders);
+        let open: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM gaps WHERE healing_status <> 'complete'")
+                .fetch_one(&cluster.state)
+                .await
+                .unwrap();
+        assert!(
+            open > 0,
+            "the heal ended after {kills_mid_heal} kills: every kill must land mid-heal"
+        );
+        kills_mid_heal += 1;
         let victim = fastrand::usize(..nodes.len());
         nodes[victim].kill();
-        tokio::time::sleep(Duration::from_millis(fastrand::u64(100..800))).await;
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(100..500))).await;
         nodes[victim] = cluster.serve(&["--jobs", "4"]);
     }
     // The heal's cells: 300 days, and today's in every phase (planned with the windows
@@ -512,7 +583,10 @@ async fn three_nodes_heal_300_days_through_twenty_kills() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    eprintln!("healed through 20 kills in {:?}", started.elapsed());
+    eprintln!(
+        "healed through {kills_mid_heal} kills in {:?}",
+        started.elapsed()
+    );
 
     // Exactly one row per cell, each written by one execution.
     let per_cell: Vec<(i64, String, i64)> =
