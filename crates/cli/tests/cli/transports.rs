@@ -245,3 +245,109 @@ async fn every_event_goes_to_the_webhook_once_in_order_after_a_refusal() {
     assert_eq!(sources.iter().filter(|s| **s == "trigger").count(), 10);
     assert_eq!(serve.stop(), 0);
 }
+
+/// Several nodes on one PostgreSQL take events from one NATS durable consumer: whichever node
+/// a message reaches stores it in the shared event log, the leader plans the cells it makes
+/// runnable, any node runs them, and every completion goes out on NATS.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_share_one_nats_consumer_and_act_on_each_event_once() {
+    let Some(url) = gapless_testkit::external("GAPLESS_TEST_NATS_URL") else {
+        return;
+    };
+    let Some(pg) = gapless_testkit::pg_url() else {
+        return;
+    };
+    let db = gapless_testkit::fresh_pg_database(&pg).await.unwrap();
+    let config = unique_config(&url);
+    let project = cascade().await;
+    let text = std::fs::read_to_string(project.path().join("gapless.toml")).unwrap();
+    project.write(
+        "gapless.toml",
+        &format!("{text}\n[state]\nurl = \"{}\"\n", db.url()),
+    );
+    let output = project.run(&["migrate"]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let warehouse = project.sqlite("warehouse.db").await;
+    exec(
+        &warehouse,
+        "INSERT INTO loaded SELECT d, v FROM raw WHERE d BETWEEN '2024-03-01' AND '2024-03-20'",
+    )
+    .await;
+    let client = async_nats::connect(&url).await.unwrap();
+    let mut completions = client
+        .subscribe(config.completions_subject.clone())
+        .await
+        .unwrap();
+    let env = nats_env(&config);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let nodes: Vec<Serve> = (0..3)
+        .map(|_| Serve::start_after(&project, &["--lease", "3s"], &env))
+        .collect();
+    let bus = nats::connect(&config).await.unwrap();
+    for day in 1..=20 {
+        let date = format!("2024-03-{day:02}");
+        let event = format!(r#"{{"phase": 2, "date": "{date}"}}"#).into_bytes();
+        bus.publish(&config.subject, &format!("load-{date}"), event)
+            .await
+            .unwrap();
+    }
+    let state = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let pg_count = |query: &'static str| {
+        let state = state.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(query)
+                .fetch_one(&state)
+                .await
+                .unwrap()
+        }
+    };
+    eventually("phase 3 for the twenty dates", || async {
+        scalar(&warehouse, "SELECT COUNT(DISTINCT d) FROM daily").await == 20
+    })
+    .await;
+    assert_eq!(
+        pg_count("SELECT COUNT(*) FROM events WHERE source = 'nats'").await,
+        20,
+        "every event stored once, whichever node took it"
+    );
+    assert_eq!(
+        pg_count(
+            "SELECT COUNT(*) FROM (SELECT phase, date FROM run_cells WHERE phase > 2 \
+             GROUP BY phase, date HAVING COUNT(*) > 1) c"
+        )
+        .await,
+        0,
+        "no cell planned twice"
+    );
+    assert_eq!(
+        scalar(
+            &warehouse,
+            "SELECT COUNT(*) FROM (SELECT d FROM daily GROUP BY d HAVING COUNT(*) > 1)"
+        )
+        .await,
+        0,
+        "no phase-3 row written twice"
+    );
+
+    // Every event of the shared log goes out on the completions subject.
+    let expected = pg_count("SELECT COUNT(*) FROM events").await;
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (seen.len() as i64) < expected && Instant::now() < deadline {
+        if let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_secs(1), completions.next()).await
+        {
+            let body: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+            *seen.entry(body["id"].to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len() as i64, expected, "{seen:?}");
+    for serve in nodes {
+        assert_eq!(serve.stop(), 0);
+    }
+    state.close().await;
+    warehouse.close().await;
+    let js = async_nats::jetstream::new(client);
+    js.delete_stream(&config.stream).await.unwrap();
+    db.drop_db().await.unwrap();
+}
