@@ -242,26 +242,6 @@ async fn the_leader_is_replaced_within_a_lease_and_a_paused_one_is_fenced() {
     cluster.finish().await;
 }
 
-/// Scans every second over the last ten days; the heals below are of older dates, which no
-/// scan covers, so only recording their heals can move their gaps.
-const LATE: &str = r#"
-[pipeline]
-name = "late"
-start = "2024-01-01"
-
-[warehouse]
-url = "sqlite://warehouse.db"
-
-[[phase]]
-id = 1
-name = "raw"
-check.sql = "SELECT d, COUNT(*) FROM raw WHERE d BETWEEN :start AND :end GROUP BY d"
-
-[healing]
-scan = "* * * * * *"
-lookback = "10d"
-"#;
-
 /// Two heal runs ended while their node died before recording the heals: one completed its
 /// cell, one failed. Their gaps say `triggered` and nothing runs them any more; the leader's
 /// next scheduled tick records both heals: the first gap complete (with `healed_at`), the
@@ -269,7 +249,12 @@ lookback = "10d"
 #[tokio::test(flavor = "multi_thread")]
 async fn heals_whose_node_died_unrecorded_are_recorded_by_the_next_tick() {
     use gapless_store::{Creator, DetectedGap, NewRun, NewTask, NewTaskState, RunKind, RunOwner};
-    let Some(cluster) = Cluster::new(LATE).await else {
+    // Scans every second over the last ten days; the heals below are of older dates, which no
+    // scan covers, so only recording their heals can move their gaps.
+    let late = SCANNED
+        .replace("\"scanned\"", "\"late\"")
+        .replace("2024-03-20", "2024-01-01");
+    let Some(cluster) = Cluster::new(&late).await else {
         return;
     };
     let warehouse = cluster.project.sqlite("warehouse.db").await;

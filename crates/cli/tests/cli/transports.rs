@@ -36,6 +36,25 @@ fn nats_env(config: &NatsConfig) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The completion messages read from `completions` until `expected` distinct event ids were
+/// seen, or a minute passed: how many times each id came.
+async fn completions_seen(
+    completions: &mut async_nats::Subscriber,
+    expected: i64,
+) -> BTreeMap<String, usize> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (seen.len() as i64) < expected && Instant::now() < deadline {
+        if let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_secs(1), completions.next()).await
+        {
+            let body: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+            *seen.entry(body["id"].to_string()).or_default() += 1;
+        }
+    }
+    seen
+}
+
 #[tokio::test]
 async fn nats_events_act_once_across_redeliveries_and_restarts_and_completions_go_out() {
     let Some(url) = gapless_testkit::external("GAPLESS_TEST_NATS_URL") else {
@@ -128,18 +147,9 @@ async fn nats_events_act_once_across_redeliveries_and_restarts_and_completions_g
     );
 
     // Every event of the log went out on the completions subject, the phase-3 completions
-    // included, each once.
+    // included.
     let expected = scalar(&state, "SELECT COUNT(*) FROM events").await;
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while (seen.len() as i64) < expected && Instant::now() < deadline {
-        if let Ok(Some(message)) =
-            tokio::time::timeout(Duration::from_secs(1), completions.next()).await
-        {
-            let body: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
-            *seen.entry(body["id"].to_string()).or_default() += 1;
-        }
-    }
+    let seen = completions_seen(&mut completions, expected).await;
     assert_eq!(seen.len() as i64, expected, "{seen:?}");
     assert_eq!(serve.stop(), 0);
     let js = async_nats::jetstream::new(client);
@@ -331,16 +341,7 @@ async fn three_nodes_share_one_nats_consumer_and_act_on_each_event_once() {
 
     // Every event of the shared log goes out on the completions subject.
     let expected = pg_count("SELECT COUNT(*) FROM events").await;
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while (seen.len() as i64) < expected && Instant::now() < deadline {
-        if let Ok(Some(message)) =
-            tokio::time::timeout(Duration::from_secs(1), completions.next()).await
-        {
-            let body: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
-            *seen.entry(body["id"].to_string()).or_default() += 1;
-        }
-    }
+    let seen = completions_seen(&mut completions, expected).await;
     assert_eq!(seen.len() as i64, expected, "{seen:?}");
     for serve in nodes {
         assert_eq!(serve.stop(), 0);
