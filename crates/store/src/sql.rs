@@ -507,10 +507,16 @@ statements! {
     CLOSE_GAP = "UPDATE gaps SET healing_status = 'complete', healed_at = $2 \
          WHERE id = $1 AND healing_status <> 'complete'";
 
-    /// A heal run `$2` was started for open gap `$1`.
+    /// A heal run `$2` was started for open gap `$1` (SQLite, one statement a gap: in process).
     TRIGGER_GAP = "UPDATE gaps SET healing_status = 'triggered', run_id = $2, \
              attempts = attempts + 1, last_error = NULL \
          WHERE id = $1 AND healing_status <> 'complete'";
+
+    /// A heal run `$2` was started for the open gaps `$1` (an array): one round trip however
+    /// many gaps it heals.
+    TRIGGER_GAPS_POSTGRES = "UPDATE gaps SET healing_status = 'triggered', run_id = $2, \
+             attempts = attempts + 1, last_error = NULL \
+         WHERE id = ANY($1) AND healing_status <> 'complete'";
 
     /// After heal run `$1`: the gaps it was started for whose cell it completed are closed.
     HEALED_GAPS = "UPDATE gaps SET healing_status = 'complete', healed_at = $2 \

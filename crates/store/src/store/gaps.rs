@@ -143,25 +143,11 @@ impl Store {
         match self {
             Self::Sqlite(sqlite) => sqlite.transaction(Commit::Configured, |connection| {
                 guard_sqlite(connection, fence, now)?;
-                let mut moved = 0;
-                for id in ids {
-                    moved +=
-                        sqlite::execute(connection, sql::TRIGGER_GAP.sqlite, params![id, run])?;
-                }
-                Ok(moved)
+                trigger_gaps_sqlite(connection, ids, run)
             }),
             Self::Postgres(pool) => pg_tx!(pool, |tx| {
                 guard_postgres(&mut tx, fence, now).await?;
-                let mut moved = 0;
-                for id in ids {
-                    moved += sqlx::query(sql::TRIGGER_GAP.postgres)
-                        .bind(id)
-                        .bind(run)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected() as usize;
-                }
-                moved
+                trigger_gaps_postgres(&mut tx, ids, run).await?
             }),
         }
     }
@@ -225,6 +211,35 @@ impl Store {
 }
 
 /// `(id, phase_to, partition_date)` of an open gap.
+/// Marks the open gaps `ids` triggered by heal run `run`, in the caller's transaction; how
+/// many it moved.
+pub(crate) fn trigger_gaps_sqlite(
+    connection: &rusqlite::Connection,
+    ids: &[i64],
+    run: &str,
+) -> Result<usize, StoreError> {
+    let mut moved = 0;
+    for id in ids {
+        moved += sqlite::execute(connection, sql::TRIGGER_GAP.sqlite, params![id, run])?;
+    }
+    Ok(moved)
+}
+
+/// [`trigger_gaps_sqlite`] on PostgreSQL: one statement for all of them.
+pub(crate) async fn trigger_gaps_postgres(
+    tx: &mut sqlx::PgConnection,
+    ids: &[i64],
+    run: &str,
+) -> Result<usize, StoreError> {
+    let moved = sqlx::query(sql::TRIGGER_GAPS_POSTGRES.postgres)
+        .bind(ids)
+        .bind(run)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    Ok(usize::try_from(moved).unwrap_or(usize::MAX))
+}
+
 fn open_gap_cell(row: &(impl RowExt + ?Sized)) -> Result<(i64, i64, NaiveDate), StoreError> {
     Ok((
         row.i64("id")?,

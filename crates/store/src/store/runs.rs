@@ -10,6 +10,7 @@ use crate::error::StoreError;
 use crate::model::{Creator, NewRun, NewTask, RunId, RunOwner, RunRecord, RunState};
 use crate::sql;
 use crate::sqlite::{self, Commit};
+use crate::store::gaps::{trigger_gaps_postgres, trigger_gaps_sqlite};
 use crate::store::nodes::{guard_postgres, guard_sqlite};
 use crate::store::{Store, log_outcome, millis};
 
@@ -98,9 +99,7 @@ impl Store {
                 ];
                 sqlite::execute(connection, sql::INSERT_RUN_SQLITE, values)?;
                 insert_tasks_sqlite(connection, run_id, &new.tasks)?;
-                for gap in heals {
-                    sqlite::execute(connection, sql::TRIGGER_GAP.sqlite, params![gap, run_id])?;
-                }
+                trigger_gaps_sqlite(connection, heals, run_id)?;
                 Ok(())
             })?,
             Self::Postgres(pool) => pg_tx!(pool, |tx| {
@@ -118,12 +117,8 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 insert_tasks_postgres(&mut tx, run_id, &new.tasks).await?;
-                for gap in heals {
-                    sqlx::query(sql::TRIGGER_GAP.postgres)
-                        .bind(gap)
-                        .bind(run_id)
-                        .execute(&mut *tx)
-                        .await?;
+                if !heals.is_empty() {
+                    trigger_gaps_postgres(&mut tx, heals, run_id).await?;
                 }
                 sqlx::query(sql::NOTIFY_WORK_POSTGRES)
                     .execute(&mut *tx)
