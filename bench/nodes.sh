@@ -168,7 +168,7 @@ measure() { # $1 = kind, $2 = nodes (0: one node on SQLite), $3 = dates, $4 = jo
   fi
   cleanup
   python3 - "$work/tasks.txt" "$1" "$pg_cpu" <<'PY'
-import sys
+import os, sys
 rows = [line.split() for line in open(sys.argv[1]) if line.strip()]
 tasks = [(int(p), d, int(s), int(f), int(c)) for p, d, s, f, c in rows]
 first = min(t[2] for t in tasks)
@@ -178,8 +178,8 @@ if sys.argv[2] == "hold":
 else:
     finish1 = {d: f for p, d, s, f, c in tasks if p == 1}
     waits = sorted(s - finish1[d] for p, d, s, f, c in tasks if p == 2)
-import os
-if os.environ.get("DEBUG_WAITS"): print(waits, file=sys.stderr)
+if os.environ.get("DEBUG_WAITS"):
+    print(waits, file=sys.stderr)
 def pct(q):
     return waits[min(len(waits) - 1, int(q * len(waits)))]
 cpu = "-" if sys.argv[3] == "-" else f"{int(sys.argv[3]) / 1e6 / len(tasks):.2f}"

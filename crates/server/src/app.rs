@@ -295,8 +295,9 @@ impl App {
         if run.state == RunState::Running {
             return Ok(false);
         }
-        if run.kind == RunKind::Heal {
-            let (healed, failed) = gapless_runtime::heal::finish_heal(&self.store, run_id).await?;
+        if let Some((healed, failed)) =
+            gapless_runtime::heal::record_if_ended(&self.store, run_id).await?
+        {
             self.metrics.heals("healed", healed as u64);
             self.metrics.heals("failed", failed as u64);
             tracing::info!(run = %run_id, healed, failed, "heal run recorded");

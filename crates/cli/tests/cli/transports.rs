@@ -11,7 +11,7 @@ use futures::StreamExt as _;
 use gapless_server::nats::{self, NatsConfig};
 
 use crate::serve::{Serve, cascade, eventually};
-use crate::util::{exec, scalar};
+use crate::util::{Project, exec, scalar};
 
 fn unique_config(url: &str) -> NatsConfig {
     let tag = format!("{:08x}", fastrand::u32(..));
@@ -34,6 +34,53 @@ fn nats_env(config: &NatsConfig) -> Vec<(&'static str, String)> {
         ),
         ("GAPLESS_NATS_DURABLE", config.durable.clone()),
     ]
+}
+
+/// The cascade pipeline with phase 2's table filled for 2024-03-01..20, on a NATS stream of its
+/// own (`config`), and a subscription to its completions subject.
+struct NatsScene {
+    config: NatsConfig,
+    project: Project,
+    warehouse: sqlx::SqlitePool,
+    client: async_nats::Client,
+    completions: async_nats::Subscriber,
+}
+
+impl NatsScene {
+    async fn new(url: &str) -> Self {
+        let config = unique_config(url);
+        let project = cascade().await;
+        let warehouse = project.sqlite("warehouse.db").await;
+        exec(
+            &warehouse,
+            "INSERT INTO loaded SELECT d, v FROM raw WHERE d BETWEEN '2024-03-01' AND '2024-03-20'",
+        )
+        .await;
+        let client = async_nats::connect(url).await.unwrap();
+        let completions = client
+            .subscribe(config.completions_subject.clone())
+            .await
+            .unwrap();
+        Self {
+            config,
+            project,
+            warehouse,
+            client,
+            completions,
+        }
+    }
+
+    /// The `GAPLESS_NATS_*` environment of `serve` for this stream.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        nats_env(&self.config)
+    }
+
+    /// Deletes the stream.
+    async fn finish(self) {
+        self.warehouse.close().await;
+        let js = async_nats::jetstream::new(self.client);
+        js.delete_stream(&self.config.stream).await.unwrap();
+    }
 }
 
 /// The completion messages read from `completions` until `expected` distinct event ids were
@@ -60,24 +107,13 @@ async fn nats_events_act_once_across_redeliveries_and_restarts_and_completions_g
     let Some(url) = gapless_testkit::external("GAPLESS_TEST_NATS_URL") else {
         return;
     };
-    let config = unique_config(&url);
-    let project = cascade().await;
-    let warehouse = project.sqlite("warehouse.db").await;
-    exec(
-        &warehouse,
-        "INSERT INTO loaded SELECT d, v FROM raw WHERE d BETWEEN '2024-03-01' AND '2024-03-20'",
-    )
-    .await;
     // Completions out are watched on the completions subject.
-    let client = async_nats::connect(&url).await.unwrap();
-    let mut completions = client
-        .subscribe(config.completions_subject.clone())
-        .await
-        .unwrap();
-    let env = nats_env(&config);
+    let mut scene = NatsScene::new(&url).await;
+    let (config, project, warehouse) = (&scene.config, &scene.project, &scene.warehouse);
+    let env = scene.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let serve = Serve::start(&project, &env);
-    let bus = nats::connect(&config).await.unwrap();
+    let serve = Serve::start(project, &env);
+    let bus = nats::connect(config).await.unwrap();
     let event = |date: &str| format!(r#"{{"phase": 2, "date": "{date}"}}"#).into_bytes();
     // The same message id three times (a publisher's retries), and ten distinct events.
     for _ in 0..3 {
@@ -100,7 +136,7 @@ async fn nats_events_act_once_across_redeliveries_and_restarts_and_completions_g
     })
     .await;
     eventually("phase 3 for the ten dates", || async {
-        scalar(&warehouse, "SELECT COUNT(DISTINCT d) FROM daily").await == 10
+        scalar(warehouse, "SELECT COUNT(DISTINCT d) FROM daily").await == 10
     })
     .await;
     assert_eq!(
@@ -125,9 +161,9 @@ async fn nats_events_act_once_across_redeliveries_and_restarts_and_completions_g
     bus.publish(&config.subject, "load-2024-03-05", event("2024-03-05"))
         .await
         .unwrap();
-    let serve = Serve::start(&project, &env);
+    let serve = Serve::start(project, &env);
     eventually("phase 3 for the twenty dates", || async {
-        scalar(&warehouse, "SELECT COUNT(DISTINCT d) FROM daily").await == 20
+        scalar(warehouse, "SELECT COUNT(DISTINCT d) FROM daily").await == 20
     })
     .await;
     assert_eq!(
@@ -149,11 +185,10 @@ async fn nats_events_act_once_across_redeliveries_and_restarts_and_completions_g
     // Every event of the log went out on the completions subject, the phase-3 completions
     // included.
     let expected = scalar(&state, "SELECT COUNT(*) FROM events").await;
-    let seen = completions_seen(&mut completions, expected).await;
+    let seen = completions_seen(&mut scene.completions, expected).await;
     assert_eq!(seen.len() as i64, expected, "{seen:?}");
     assert_eq!(serve.stop(), 0);
-    let js = async_nats::jetstream::new(client);
-    js.delete_stream(&config.stream).await.unwrap();
+    scene.finish().await;
 }
 
 /// A webhook receiver: answers 503 to the first request, then 200, and keeps the bodies and
@@ -268,8 +303,8 @@ async fn three_nodes_share_one_nats_consumer_and_act_on_each_event_once() {
         return;
     };
     let db = gapless_testkit::fresh_pg_database(&pg).await.unwrap();
-    let config = unique_config(&url);
-    let project = cascade().await;
+    let mut scene = NatsScene::new(&url).await;
+    let (config, project, warehouse) = (&scene.config, &scene.project, &scene.warehouse);
     let text = std::fs::read_to_string(project.path().join("gapless.toml")).unwrap();
     project.write(
         "gapless.toml",
@@ -277,23 +312,12 @@ async fn three_nodes_share_one_nats_consumer_and_act_on_each_event_once() {
     );
     let output = project.run(&["migrate"]);
     assert_eq!(output.status.code(), Some(0), "{output:?}");
-    let warehouse = project.sqlite("warehouse.db").await;
-    exec(
-        &warehouse,
-        "INSERT INTO loaded SELECT d, v FROM raw WHERE d BETWEEN '2024-03-01' AND '2024-03-20'",
-    )
-    .await;
-    let client = async_nats::connect(&url).await.unwrap();
-    let mut completions = client
-        .subscribe(config.completions_subject.clone())
-        .await
-        .unwrap();
-    let env = nats_env(&config);
+    let env = scene.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let nodes: Vec<Serve> = (0..3)
-        .map(|_| Serve::start_after(&project, &["--lease", "3s"], &env))
+        .map(|_| Serve::start_after(project, &["--lease", "3s"], &env))
         .collect();
-    let bus = nats::connect(&config).await.unwrap();
+    let bus = nats::connect(config).await.unwrap();
     for day in 1..=20 {
         let date = format!("2024-03-{day:02}");
         let event = format!(r#"{{"phase": 2, "date": "{date}"}}"#).into_bytes();
@@ -312,7 +336,7 @@ async fn three_nodes_share_one_nats_consumer_and_act_on_each_event_once() {
         }
     };
     eventually("phase 3 for the twenty dates", || async {
-        scalar(&warehouse, "SELECT COUNT(DISTINCT d) FROM daily").await == 20
+        scalar(warehouse, "SELECT COUNT(DISTINCT d) FROM daily").await == 20
     })
     .await;
     assert_eq!(
@@ -331,7 +355,7 @@ async fn three_nodes_share_one_nats_consumer_and_act_on_each_event_once() {
     );
     assert_eq!(
         scalar(
-            &warehouse,
+            warehouse,
             "SELECT COUNT(*) FROM (SELECT d FROM daily GROUP BY d HAVING COUNT(*) > 1)"
         )
         .await,
@@ -341,14 +365,12 @@ async fn three_nodes_share_one_nats_consumer_and_act_on_each_event_once() {
 
     // Every event of the shared log goes out on the completions subject.
     let expected = pg_count("SELECT COUNT(*) FROM events").await;
-    let seen = completions_seen(&mut completions, expected).await;
+    let seen = completions_seen(&mut scene.completions, expected).await;
     assert_eq!(seen.len() as i64, expected, "{seen:?}");
     for serve in nodes {
         assert_eq!(serve.stop(), 0);
     }
     state.close().await;
-    warehouse.close().await;
-    let js = async_nats::jetstream::new(client);
-    js.delete_stream(&config.stream).await.unwrap();
+    scene.finish().await;
     db.drop_db().await.unwrap();
 }
