@@ -3,13 +3,14 @@
 //! read here and nowhere else.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use gapless_core::dates::{self, Date, DateTime};
 use gapless_core::diagnostic::render_all;
 use gapless_core::spec::{self, FileSource, Spec};
 use gapless_runtime::context::Context;
-use gapless_store::{Store, SyncMode};
+use gapless_store::{ConnectOptions, Store, SyncMode};
 
 use crate::cli::Global;
 use crate::exit::UsageError;
@@ -219,11 +220,19 @@ impl Loaded {
 
     /// Connects the state store and brings its schema up to date (first use migrates).
     pub(crate) async fn store(&self) -> anyhow::Result<Store> {
+        self.store_stalling_at(ConnectOptions::DEFAULT_STALL_LIMIT)
+            .await
+    }
+
+    /// [`Loaded::store`] whose PostgreSQL sessions end when stalled inside a transaction for
+    /// `stall_limit` (see [`ConnectOptions::stall_limit`]).
+    pub(crate) async fn store_stalling_at(&self, stall_limit: Duration) -> anyhow::Result<Store> {
         let sync = match self.spec.state_sync {
             spec::StateSync::Normal => SyncMode::Normal,
             spec::StateSync::Full => SyncMode::Full,
         };
-        let store = Store::connect_with(&self.state_url, &self.base_dir, sync)
+        let options = ConnectOptions { sync, stall_limit };
+        let store = Store::connect_with(&self.state_url, &self.base_dir, options)
             .await
             .with_context(|| {
                 format!(

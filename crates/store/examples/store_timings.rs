@@ -36,7 +36,15 @@ fn per_call(started: Instant, calls: usize) -> f64 {
 }
 
 async fn measure(dir: &Path, mode: SyncMode, tasks: usize) -> anyhow::Result<()> {
-    let store = Store::connect_with("sqlite://state.db", dir, mode).await?;
+    let store = Store::connect_with(
+        "sqlite://state.db",
+        dir,
+        gapless_store::ConnectOptions {
+            sync: mode,
+            ..Default::default()
+        },
+    )
+    .await?;
     store.migrate().await?;
 
     let started = Instant::now();

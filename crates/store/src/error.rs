@@ -232,7 +232,8 @@ fn is_transient_postgres(error: &sqlx::Error) -> bool {
                 let code = pg.code();
                 // 08: connection exception; 40001 serialization failure; 40P01 deadlock;
                 // 55P03 lock not available; 57014 query canceled (statement_timeout);
-                // 57P01..57P03 shutdown / cannot connect now; 53300 too many connections.
+                // 57P01..57P03 shutdown / cannot connect now; 53300 too many connections;
+                // 25P03 the session stalled in a transaction past the stall limit.
                 code.starts_with("08")
                     || matches!(
                         code,
@@ -244,6 +245,7 @@ fn is_transient_postgres(error: &sqlx::Error) -> bool {
                             | "57P02"
                             | "57P03"
                             | "53300"
+                            | "25P03"
                     )
             }),
         _ => false,

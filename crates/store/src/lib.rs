@@ -41,4 +41,4 @@ pub use crate::model::{
 };
 pub use crate::schema::SCHEMA_VERSION;
 pub use crate::sqlite::{SqliteStore, SyncMode};
-pub use crate::store::{LEADER, NextClaims, Store};
+pub use crate::store::{ConnectOptions, LEADER, NextClaims, Store};

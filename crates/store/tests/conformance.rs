@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use chrono::{NaiveDate, Utc};
@@ -735,7 +735,15 @@ async fn sqlite_sessions_are_bounded_and_normal_by_default() -> anyhow::Result<(
 async fn sqlite_sync_mode_survives_durable_commits() -> anyhow::Result<()> {
     for (mode, level) in [(SyncMode::Normal, 1), (SyncMode::Full, 2)] {
         let dir = tempfile::tempdir()?;
-        let store = Store::connect_with("sqlite://state.db", dir.path(), mode).await?;
+        let store = Store::connect_with(
+            "sqlite://state.db",
+            dir.path(),
+            gapless_store::ConnectOptions {
+                sync: mode,
+                ..Default::default()
+            },
+        )
+        .await?;
         assert_eq!(store.sync_mode(), Some(mode));
         assert_eq!(mode.pragma_value(), level);
         assert_eq!(pragma::<i64>(&store, "synchronous")?, level, "{mode:?}");
@@ -1341,6 +1349,64 @@ async fn postgres_sessions_are_bounded() -> anyhow::Result<()> {
         Ok(())
     })
     .await
+}
+
+/// A client stalled inside a transaction (paused, cut off) loses its session at the stall limit:
+/// the locks it held go to the others, and its own next statement fails as worth a retry.
+#[tokio::test]
+async fn postgres_a_stalled_transaction_releases_its_locks_at_the_stall_limit() -> anyhow::Result<()>
+{
+    let Some(url) = gapless_testkit::pg_url() else {
+        eprintln!("skipped: `GAPLESS_TEST_PG_URL` is not set");
+        return Ok(());
+    };
+    let db = gapless_testkit::fresh_pg_database(&url).await?;
+    let options = gapless_store::ConnectOptions {
+        stall_limit: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let store = Store::connect_with(db.url(), Path::new("."), options).await?;
+    let Store::Postgres(pool) = &store else {
+        bail!("a postgres:// URL must open PostgreSQL");
+    };
+    let limit: String = sqlx::query_scalar("SHOW idle_in_transaction_session_timeout")
+        .fetch_one(pool)
+        .await?;
+    assert_eq!(limit, "500ms");
+
+    let mut stalled = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(17)")
+        .execute(&mut *stalled)
+        .await?;
+    // Another session waits for the lock, and gets it once the stalled one is ended.
+    let other = sqlx::PgPool::connect(db.url()).await?;
+    let started = Instant::now();
+    let mut waiting = other.begin().await?;
+    sqlx::query("SET LOCAL lock_timeout = '20s'")
+        .execute(&mut *waiting)
+        .await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(17)")
+        .execute(&mut *waiting)
+        .await?;
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(10),
+        "the lock came free after {waited:?}"
+    );
+    waiting.rollback().await?;
+    let error = sqlx::query("SELECT 1")
+        .execute(&mut *stalled)
+        .await
+        .expect_err("the stalled session was ended");
+    assert!(
+        StoreError::from(error).is_retryable(),
+        "a stalled session's error is worth a retry"
+    );
+    drop(stalled);
+    other.close().await;
+    store.close().await;
+    db.drop_db().await?;
+    Ok(())
 }
 
 // --- fencing across runs, cell holds, run owners, runners, splits ---------------------------------

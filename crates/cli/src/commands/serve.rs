@@ -44,7 +44,10 @@ pub(crate) async fn run(global: &Global, args: &ServeArgs) -> anyhow::Result<Exi
     let auth = auth_from_env()?;
     gapless_server::check_listen(listen, &auth)
         .map_err(|error| UsageError::new(error.to_string()))?;
-    let store = loaded.store().await?;
+    // A node stalled inside a transaction (paused, cut off) must not hold the other nodes'
+    // locks, the leader lease's among them, for longer than half a lease.
+    let stall_limit = (lease / 2).min(gapless_store::ConnectOptions::DEFAULT_STALL_LIMIT);
+    let store = loaded.store_stalling_at(stall_limit).await?;
     let context = loaded.context().await?;
     let clock: gapless_server::Clock =
         Arc::new(|| settings::now().unwrap_or_else(|_| chrono::Utc::now().naive_utc()));

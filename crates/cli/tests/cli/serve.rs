@@ -171,27 +171,42 @@ impl Serve {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, then the exit status.
+    /// SIGTERM, then the exit status; -1 when it had to be killed (see [`terminate`]).
     pub(crate) fn stop(mut self) -> i32 {
-        terminate(&self.child);
-        let status = self.child.wait().unwrap();
-        status.code().unwrap_or(-1)
+        terminate(&mut self.child).code().unwrap_or(-1)
     }
 }
 
 impl Drop for Serve {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
-            terminate(&self.child);
-            let _ = self.child.wait();
+            terminate(&mut self.child);
         }
     }
 }
 
-fn terminate(child: &Child) {
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+/// How long a `serve` has to stop after SIGTERM before it is killed.
+const STOP_LIMIT: Duration = Duration::from_secs(60);
+
+/// SIGCONT (a test may have paused it) and SIGTERM, then waits for the exit; SIGKILL after
+/// [`STOP_LIMIT`], so that a node that does not stop fails its test instead of hanging it.
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    for signal in ["-CONT", "-TERM"] {
+        let _ = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status();
+    }
+    let deadline = Instant::now() + STOP_LIMIT;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("serve (pid {pid}) did not stop within {STOP_LIMIT:?} of SIGTERM; killed");
+    let _ = child.kill();
+    child.wait().unwrap()
 }
 
 pub(crate) fn client() -> reqwest::Client {

@@ -1,12 +1,18 @@
 //! A pipeline in a temporary directory, and the binary run against it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{Row, SqlitePool};
 
 pub(crate) const TODAY: &str = "2024-03-31";
+
+/// How long [`Project::run`] lets one command run: far past the slowest (the demo on the
+/// BigQuery emulator, 8 minutes in a debug build).
+const RUN_LIMIT: Duration = Duration::from_secs(15 * 60);
 
 pub(crate) struct Project {
     pub(crate) dir: tempfile::TempDir,
@@ -60,8 +66,35 @@ impl Project {
         );
     }
 
+    /// Runs the binary to its end, its output; fails the test when it runs past [`RUN_LIMIT`]
+    /// (it is killed then), so that a hang is a failure that names the command.
     pub(crate) fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
+        let child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id().to_string();
+        let (finished, waiting) = mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            let timed_out = waiting.recv_timeout(RUN_LIMIT) == Err(RecvTimeoutError::Timeout);
+            if timed_out {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            }
+            timed_out
+        });
+        let output = child.wait_with_output().unwrap();
+        let _ = finished.send(());
+        let timed_out = watchdog.join().unwrap();
+        assert!(
+            !timed_out,
+            "`gapless {}` ran past {RUN_LIMIT:?} and was killed; its stderr: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
     }
 
     pub(crate) async fn sqlite(&self, file: &str) -> SqlitePool {

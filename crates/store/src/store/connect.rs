@@ -14,10 +14,35 @@ use crate::store::Store;
 
 /// PostgreSQL cancels any statement running longer than this (server side).
 const PG_STATEMENT_TIMEOUT: &str = "30s";
-/// PostgreSQL ends a session that sits idle inside a transaction this long, releasing its locks.
-const PG_IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
 /// Bound on establishing a connection (and on waiting for a free one in the pool).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How [`Store::connect_with`] opens a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// The durability of SQLite commits; PostgreSQL ignores it.
+    pub sync: SyncMode,
+    /// PostgreSQL ends a session that sits idle inside a transaction this long (its client
+    /// stalled: paused, swapped out, cut off), so that the locks it holds (the leader lease's
+    /// row, a task's) cannot hold up the other nodes for longer. Every transaction of the store
+    /// is a few statements sent back to back, so only a stalled client reaches it. At least
+    /// 100 ms. SQLite ignores it.
+    pub stall_limit: Duration,
+}
+
+impl ConnectOptions {
+    /// The stall limit unless told otherwise: well under the default lease of `serve` (30 s).
+    pub const DEFAULT_STALL_LIMIT: Duration = Duration::from_secs(10);
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            sync: SyncMode::Normal,
+            stall_limit: Self::DEFAULT_STALL_LIMIT,
+        }
+    }
+}
 
 impl Store {
     /// Opens the store at `url` without migrating it (`gapless migrate` does that; `serve` and
@@ -28,22 +53,24 @@ impl Store {
     ///   created. WAL, `synchronous` per [`SyncMode`], 10 s busy timeout, foreign keys on.
     /// - `sqlite::memory:`: a private in-memory database on a single connection (it lives as
     ///   long as that connection).
-    /// - `postgres://…`, `postgresql://…`: 10 s connect timeout, 30 s `statement_timeout`.
+    /// - `postgres://…`, `postgresql://…`: 10 s connect timeout, 30 s `statement_timeout`,
+    ///   and `idle_in_transaction_session_timeout` set to the [stall
+    ///   limit](ConnectOptions::stall_limit).
     pub async fn connect(url: &str, base_dir: &Path) -> Result<Self, StoreError> {
-        Self::connect_with(url, base_dir, SyncMode::Normal).await
+        Self::connect_with(url, base_dir, ConnectOptions::default()).await
     }
 
-    /// [`Store::connect`] with the durability of SQLite commits chosen; PostgreSQL ignores
-    /// `sync`.
+    /// [`Store::connect`] with the durability of SQLite commits and PostgreSQL's stall limit
+    /// chosen.
     pub async fn connect_with(
         url: &str,
         base_dir: &Path,
-        sync: SyncMode,
+        options: ConnectOptions,
     ) -> Result<Self, StoreError> {
         if let Some(rest) = url.strip_prefix("sqlite:") {
-            Self::connect_sqlite(rest, base_dir, sync)
+            Self::connect_sqlite(rest, base_dir, options.sync)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Self::connect_postgres(url).await
+            Self::connect_postgres(url, options.stall_limit).await
         } else {
             Err(StoreError::UnsupportedUrl {
                 scheme: url.split(':').next().unwrap_or_default().to_owned(),
@@ -75,17 +102,15 @@ impl Store {
         Ok(Self::Sqlite(store))
     }
 
-    async fn connect_postgres(url: &str) -> Result<Self, StoreError> {
+    async fn connect_postgres(url: &str, stall_limit: Duration) -> Result<Self, StoreError> {
         let connect_error = |error| StoreError::Connect(BackendError::Postgres(error));
+        let stall_limit = format!("{}ms", stall_limit.as_millis().max(100));
         let options = PgConnectOptions::from_str(url)
             .map_err(connect_error)?
             .application_name("gapless")
             .options([
                 ("statement_timeout", PG_STATEMENT_TIMEOUT),
-                (
-                    "idle_in_transaction_session_timeout",
-                    PG_IDLE_IN_TRANSACTION_TIMEOUT,
-                ),
+                ("idle_in_transaction_session_timeout", stall_limit.as_str()),
             ]);
         let connect = PgPoolOptions::new()
             .max_connections(10)

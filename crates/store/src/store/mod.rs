@@ -70,6 +70,7 @@ mod runs;
 mod split;
 mod tasks;
 
+pub use self::connect::ConnectOptions;
 pub use self::nodes::LEADER;
 pub use self::tasks::NextClaims;
 
