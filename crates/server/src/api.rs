@@ -68,6 +68,10 @@ pub fn router(app: Arc<App>, auth: Auth) -> Router {
             BODY_TIMEOUT,
         ))
         .layer(middleware::from_fn(auth::security_headers))
+        // gzip for clients that ask (browsers, Prometheus): the dashboard of a few years of
+        // dates is about 1 MB of HTML and 50 kB gzipped. Event streams and tiny bodies are
+        // left alone (the layer's default predicate).
+        .layer(tower_http::compression::CompressionLayer::new())
         .with_state(shared)
 }
 

@@ -105,6 +105,20 @@ async fn the_dashboard_in_chromium_shows_the_seeded_gaps_and_its_buttons_work() 
     browser.failed_requests().await.unwrap();
 
     browser.goto(&page).await.unwrap();
+    // The browser asked for gzip and got the page compressed.
+    let sizes = browser
+        .eval(
+            "const nav = performance.getEntriesByType('navigation')[0];
+             return [nav.encodedBodySize, nav.decodedBodySize];",
+            json!([]),
+        )
+        .await
+        .unwrap();
+    let (encoded, decoded) = (sizes[0].as_u64().unwrap(), sizes[1].as_u64().unwrap());
+    assert!(
+        encoded > 0 && encoded * 3 < decoded,
+        "the page came compressed: {encoded} bytes for {decoded}"
+    );
     let cells = browser.eval(CELLS, json!([])).await.unwrap();
     let class = |key: &str| cells[key][0].as_str().unwrap_or_default().to_owned();
     let title = |key: &str| cells[key][1].as_str().unwrap_or_default().to_owned();

@@ -867,7 +867,34 @@ async fn post_scan_gaps_heals_and_the_ledger_follows() {
         "{classic}"
     );
     promtool_check(&classic);
+    // Asked as Prometheus asks (`Accept-Encoding: gzip`): the same text, gzipped.
+    let zipped = http
+        .get(serve.url("/metrics"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(zipped.headers()["content-encoding"], "gzip");
+    let zipped = zipped.bytes().await.unwrap();
+    let unzipped = gunzip(&zipped);
+    assert!(zipped.len() < unzipped.len(), "{} bytes", zipped.len());
+    promtool_check(&unzipped);
     assert_eq!(serve.stop(), 0);
+}
+
+/// `gzip -dc` of `bytes`, as text.
+fn gunzip(bytes: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut gzip = std::process::Command::new("gzip")
+        .arg("-dc")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    gzip.stdin.take().unwrap().write_all(bytes).unwrap();
+    let output = gzip.wait_with_output().unwrap();
+    assert!(output.status.success(), "gzip -dc: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
 }
 
 /// `promtool check metrics` (Debian's `prometheus` package) passes `text`: it parses, and
