@@ -12,7 +12,8 @@
 #   browser  Headless Chromium (chromedriver, WebDriver): navigation start to the end of the
 #            `load` event, and to the first contentful paint, median of ROUNDS page loads.
 #            Target: under 1 s at 10 phases × 10 years (36,500 cells).
-#   bytes    Size of the page.
+#   bytes    Size of the page, and as it crosses the wire gzipped (browsers ask for gzip);
+#            `server gz` is the server's answer when asked for gzip (compression included).
 #
 # Usage: bench/dashboard.sh [rounds] [gapless-binary]
 #   rounds: default 5. The release binary is built first unless a binary is given.
@@ -40,8 +41,8 @@ DRIVER_PORT="$(port_free)"
 chromedriver --port="$DRIVER_PORT" >/dev/null 2>&1 &
 sleep 1
 
-echo "| shape | cells | bytes | server GET / (ms) | floor: status --json (ms) | server/floor | browser load (ms) | first paint (ms) |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| shape | cells | bytes | gzipped | server GET / (ms) | server gz (ms) | floor: status --json (ms) | server/floor | browser load (ms) | first paint (ms) |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for shape in $SHAPES; do
   phases="${shape%%:*}"
   years="${shape##*:}"
@@ -81,16 +82,18 @@ port, driver, rounds, d, binary, today, start, shape = sys.argv[1:9]
 rounds = int(rounds)
 url = f"http://127.0.0.1:{port}/"
 
-def get(u):
+def get(u, headers={}):
     t = time.perf_counter()
-    body = urllib.request.urlopen(u).read()
+    body = urllib.request.urlopen(urllib.request.Request(u, headers=headers)).read()
     return time.perf_counter() - t, body
 
 get(url)  # warm: the first probe opens the warehouse
-server, floor = [], []
+server, server_gz, floor = [], [], []
 for _ in range(rounds):
     t, body = get(url)
     server.append(t)
+    t, zipped = get(url, {"Accept-Encoding": "gzip"})
+    server_gz.append(t)
     t = time.perf_counter()
     subprocess.run([binary, "-q", "--json", "status", "--start-date", start, "--end-date", today],
                    cwd=d, env={"GAPLESS_TODAY": today, "PATH": "/usr/bin:/bin"},
@@ -128,7 +131,8 @@ finally:
     wd("DELETE", f"/session/{session}")
 ms = lambda xs: f"{statistics.median(xs) * 1000:.0f}" if xs else "n/a"
 phases, years = shape.split(":")
-print(f"| {phases} phases × {years} years | {cells:,} | {len(body):,} | {ms(server)} | {ms(floor)} | "
+print(f"| {phases} phases × {years} years | {cells:,} | {len(body):,} | {len(zipped):,} | {ms(server)} | "
+      f"{ms(server_gz)} | {ms(floor)} | "
       f"{statistics.median(server) / statistics.median(floor):.2f}× | {ms(load)} | {ms(paint)} |")
 EOF
   kill "$serve" 2>/dev/null || true
