@@ -70,7 +70,7 @@ pub fn router(app: Arc<App>, auth: Auth) -> Router {
         .layer(middleware::from_fn(auth::security_headers))
         // gzip for clients that ask (browsers, Prometheus): the dashboard of a few years of
         // dates is about 1 MB of HTML and 66 kB gzipped. The fastest level: on so repetitive a
-        // page the default level saves 30 % more bytes but costs tens of ms. Event streams and
+        // page the default level sends 30 % fewer bytes but takes tens of ms. Event streams and
         // tiny bodies are left alone (the layer's default predicate).
         .layer(
             tower_http::compression::CompressionLayer::new()

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use chrono::{NaiveDate, Utc};
 use gapless_store::{
-    CellState, Claim, DetectedGap, GapFilter, GapStatus, IncomingEvent, Ingested, NewEvent, NewRun,
-    NewTask, NewTaskState, NextClaims, Ownership, PhaseProgress, RunId, RunKind, RunOwner,
-    RunState, RunnerRecord, SCHEMA_VERSION, ScanRecorded, Store, StoreError, SyncMode, TaskRecord,
-    TaskState,
+    CellState, Claim, ConnectOptions, DetectedGap, GapFilter, GapStatus, IncomingEvent, Ingested,
+    NewEvent, NewRun, NewTask, NewTaskState, NextClaims, Ownership, PhaseProgress, RunId, RunKind,
+    RunOwner, RunState, RunnerRecord, SCHEMA_VERSION, ScanRecorded, Store, StoreError, SyncMode,
+    TaskRecord, TaskState,
 };
 use sqlx::SqlSafeStr as _;
 use tokio::task::JoinSet;
@@ -645,12 +645,21 @@ where
     F: FnOnce(Store) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    on_postgres_with(ConnectOptions::default(), scenario).await
+}
+
+/// [`on_postgres`] with the store opened with `options`.
+async fn on_postgres_with<F, Fut>(options: ConnectOptions, scenario: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     let Some(url) = gapless_testkit::pg_url() else {
         eprintln!("skipped: `GAPLESS_TEST_PG_URL` is not set");
         return Ok(());
     };
     let db = gapless_testkit::fresh_pg_database(&url).await?;
-    let store = Store::connect(db.url(), Path::new(".")).await?;
+    let store = Store::connect_with(db.url(), Path::new("."), options).await?;
     let outcome = scenario(store.clone()).await;
     store.close().await;
     db.drop_db().await?;
@@ -738,7 +747,7 @@ async fn sqlite_sync_mode_survives_durable_commits() -> anyhow::Result<()> {
         let store = Store::connect_with(
             "sqlite://state.db",
             dir.path(),
-            gapless_store::ConnectOptions {
+            ConnectOptions {
                 sync: mode,
                 ..Default::default()
             },
@@ -1356,57 +1365,52 @@ async fn postgres_sessions_are_bounded() -> anyhow::Result<()> {
 #[tokio::test]
 async fn postgres_a_stalled_transaction_releases_its_locks_at_the_stall_limit() -> anyhow::Result<()>
 {
-    let Some(url) = gapless_testkit::pg_url() else {
-        eprintln!("skipped: `GAPLESS_TEST_PG_URL` is not set");
-        return Ok(());
-    };
-    let db = gapless_testkit::fresh_pg_database(&url).await?;
-    let options = gapless_store::ConnectOptions {
+    let options = ConnectOptions {
         stall_limit: Duration::from_millis(500),
         ..Default::default()
     };
-    let store = Store::connect_with(db.url(), Path::new("."), options).await?;
-    let Store::Postgres(pool) = &store else {
-        bail!("a postgres:// URL must open PostgreSQL");
-    };
-    let limit: String = sqlx::query_scalar("SHOW idle_in_transaction_session_timeout")
-        .fetch_one(pool)
-        .await?;
-    assert_eq!(limit, "500ms");
+    on_postgres_with(options, |store| async move {
+        let Store::Postgres(pool) = &store else {
+            bail!("a postgres:// URL must open PostgreSQL");
+        };
+        let limit: String = sqlx::query_scalar("SHOW idle_in_transaction_session_timeout")
+            .fetch_one(pool)
+            .await?;
+        assert_eq!(limit, "500ms");
 
-    let mut stalled = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(17)")
-        .execute(&mut *stalled)
-        .await?;
-    // Another session waits for the lock, and gets it once the stalled one is ended.
-    let other = sqlx::PgPool::connect(db.url()).await?;
-    let started = Instant::now();
-    let mut waiting = other.begin().await?;
-    sqlx::query("SET LOCAL lock_timeout = '20s'")
-        .execute(&mut *waiting)
-        .await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(17)")
-        .execute(&mut *waiting)
-        .await?;
-    let waited = started.elapsed();
-    assert!(
-        waited < Duration::from_secs(10),
-        "the lock came free after {waited:?}"
-    );
-    waiting.rollback().await?;
-    let error = sqlx::query("SELECT 1")
-        .execute(&mut *stalled)
-        .await
-        .expect_err("the stalled session was ended");
-    assert!(
-        StoreError::from(error).is_retryable(),
-        "a stalled session's error is worth a retry"
-    );
-    drop(stalled);
-    other.close().await;
-    store.close().await;
-    db.drop_db().await?;
-    Ok(())
+        let mut stalled = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(17)")
+            .execute(&mut *stalled)
+            .await?;
+        // Another session waits for the lock, and gets it once the stalled one is ended.
+        let other = sqlx::PgPool::connect_with(pool.connect_options().as_ref().clone()).await?;
+        let started = Instant::now();
+        let mut waiting = other.begin().await?;
+        sqlx::query("SET LOCAL lock_timeout = '20s'")
+            .execute(&mut *waiting)
+            .await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(17)")
+            .execute(&mut *waiting)
+            .await?;
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_secs(10),
+            "the lock came free after {waited:?}"
+        );
+        waiting.rollback().await?;
+        other.close().await;
+        // PostgreSQL ended it with 25P03, which the runtime retries on a new connection.
+        let error = sqlx::query("SELECT 1")
+            .execute(&mut *stalled)
+            .await
+            .expect_err("the stalled session was ended");
+        assert!(
+            StoreError::from(error).is_retryable(),
+            "a stalled session's error is worth a retry"
+        );
+        Ok(())
+    })
+    .await
 }
 
 // --- fencing across runs, cell holds, run owners, runners, splits ---------------------------------
